@@ -1,0 +1,92 @@
+"""Training hyper-parameters and the update count they imply.
+
+Torch-free: the API checks a job's schedule (``total_updates`` feeding
+``AdaLoraConfig.schedule``) at submission time without loading the trainer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from adalora_core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimiser and data-loop settings; exactly one of ``epochs`` / ``max_steps`` is set."""
+
+    epochs: float | None = 3
+    max_steps: int | None = None
+    batch_size: int = 16
+    grad_accum: int = 1
+    learning_rate: float = 5e-4
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    max_length: int = 128
+    seed: int = 0
+    eval_every: int | None = None
+    checkpoint_every: int | None = None
+
+    def validate(self) -> TrainingConfig:
+        """Raise ``ConfigError("training.<field>", ...)`` for the first invalid setting."""
+        if (self.epochs is None) == (self.max_steps is None):
+            raise ConfigError("training.epochs", "set exactly one of epochs or max_steps")
+        if self.epochs is not None and not (
+            _is_number(self.epochs) and math.isfinite(self.epochs) and self.epochs > 0
+        ):
+            raise ConfigError("training.epochs", f"must be a positive number, got {self.epochs!r}")
+        if self.max_steps is not None:
+            _positive_int("max_steps", self.max_steps)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("grad_accum", self.grad_accum)
+        _positive_int("max_length", self.max_length)
+        if not (_is_number(self.learning_rate) and math.isfinite(self.learning_rate)):
+            raise ConfigError("training.learning_rate", "must be a finite number")
+        if self.learning_rate <= 0:
+            raise ConfigError("training.learning_rate", f"must be > 0, got {self.learning_rate}")
+        if not (_is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):
+            raise ConfigError("training.warmup_ratio", f"must be in [0, 1): {self.warmup_ratio}")
+        if not (_is_number(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError("training.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ConfigError("training.seed", f"must be a non-negative integer, got {self.seed!r}")
+        if self.eval_every is not None:
+            _positive_int("eval_every", self.eval_every)
+        if self.checkpoint_every is not None:
+            _positive_int("checkpoint_every", self.checkpoint_every)
+        return self
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size * self.grad_accum
+
+
+def micro_batches_per_epoch(num_rows: int, training: TrainingConfig) -> int:
+    """Micro-batches in one pass over the data; the last one may be short."""
+    return math.ceil(num_rows / training.batch_size)
+
+
+def updates_per_epoch(num_rows: int, training: TrainingConfig) -> int:
+    """Optimizer updates per epoch; a trailing partial accumulation still makes one update."""
+    return math.ceil(micro_batches_per_epoch(num_rows, training) / training.grad_accum)
+
+
+def total_updates(num_rows: int, training: TrainingConfig) -> int:
+    """Optimizer updates the whole run makes (the T of AdaLoRA's budget schedule)."""
+    training.validate()
+    if num_rows < 1:
+        raise ConfigError("dataset", "the training set has no rows")
+    if training.max_steps is not None:
+        return training.max_steps
+    assert training.epochs is not None
+    return max(1, math.ceil(training.epochs * updates_per_epoch(num_rows, training)))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"training.{name}", f"must be an integer >= 1, got {value!r}")
