@@ -1,0 +1,1 @@
+"""Registry: settings, SQL models and queries, artifact store, dataset parsing. Nothing of HTTP."""

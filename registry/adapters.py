@@ -1,0 +1,99 @@
+"""Adapter rows: what a finished job produced, with its rank pattern and stored formats."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from registry.models import Adapter, Job, utcnow
+from registry.pagination import Page, paginate
+
+FORMAT_NAMES = ("peft", "lora", "merged")
+
+
+def create_adapter(
+    session: Session,
+    *,
+    adapter_id: str,
+    tenant_id: str,
+    job_id: str | None,
+    base_model: str,
+    task: str,
+    labels: list[Any] | None,
+    init_r: int,
+    target_r: int,
+    total_rank: int,
+    trainable_params: int,
+    formats: dict[str, dict[str, Any]],
+    rank_info: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    name: str | None = None,
+) -> Adapter:
+    """Insert the row once its artifacts are stored; ``formats`` must include "peft" with
+    storage_key, sha256 and size_bytes."""
+    unknown = set(formats) - set(FORMAT_NAMES)
+    if unknown:
+        raise ValueError(f"unknown adapter formats {sorted(unknown)}")
+    peft = formats["peft"]
+    adapter = Adapter(
+        id=adapter_id,
+        tenant_id=tenant_id,
+        job_id=job_id,
+        name=name,
+        base_model=base_model,
+        task=task,
+        labels=labels,
+        init_r=init_r,
+        target_r=target_r,
+        total_rank=total_rank,
+        trainable_params=trainable_params,
+        size_bytes=int(peft["size_bytes"]),
+        sha256=str(peft["sha256"]),
+        formats=formats,
+        metrics=metrics or {},
+        rank_info=rank_info,
+        status="ready",
+        created_at=utcnow(),
+    )
+    session.add(adapter)
+    session.flush()
+    return adapter
+
+
+def get_adapter(session: Session, tenant_id: str, adapter_id: str) -> Adapter | None:
+    """The tenant's adapter; another tenant's id reads as absent."""
+    adapter = session.get(Adapter, adapter_id)
+    return adapter if adapter is not None and adapter.tenant_id == tenant_id else None
+
+
+def list_adapters(
+    session: Session, tenant_id: str, limit: int = 50, cursor: str | None = None
+) -> Page[Adapter]:
+    stmt = select(Adapter).where(Adapter.tenant_id == tenant_id)
+    return paginate(session, stmt, Adapter.id, limit, cursor)
+
+
+def mark_corrupt(session: Session, adapter_id: str) -> None:
+    session.execute(
+        update(Adapter)
+        .where(Adapter.id == adapter_id)
+        .values(status="corrupt")
+        .execution_options(synchronize_session=False)
+    )
+
+
+def delete_adapter(session: Session, adapter: Adapter) -> list[str]:
+    """Delete the row and unlink it from its job; returns the storage keys to remove after
+    the caller commits (a row never points at deleted files)."""
+    keys = [info["storage_key"] for info in adapter.formats.values()]
+    session.execute(
+        update(Job)
+        .where(Job.adapter_id == adapter.id)
+        .values(adapter_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.delete(adapter)
+    session.flush()
+    return keys

@@ -1,0 +1,73 @@
+"""Dataset rows: create, read, list and delete, always scoped to one tenant."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from registry.datasets_io import DatasetSummary
+from registry.models import Dataset, Job, utcnow
+from registry.pagination import Page, paginate
+from registry.states import ACTIVE
+
+
+def create_dataset(
+    session: Session,
+    *,
+    dataset_id: str,
+    tenant_id: str,
+    name: str,
+    summary: DatasetSummary,
+    sha256: str,
+    size_bytes: int,
+    storage_key: str,
+) -> Dataset:
+    dataset = Dataset(
+        id=dataset_id,
+        tenant_id=tenant_id,
+        name=name,
+        format=summary.format,
+        num_rows=summary.num_rows,
+        columns=summary.columns,
+        column_types=summary.column_types,
+        label_values=summary.label_values,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        storage_key=storage_key,
+        created_at=utcnow(),
+    )
+    session.add(dataset)
+    session.flush()
+    return dataset
+
+
+def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset | None:
+    """The tenant's dataset; another tenant's id reads as absent."""
+    dataset = session.get(Dataset, dataset_id)
+    return dataset if dataset is not None and dataset.tenant_id == tenant_id else None
+
+
+def list_datasets(
+    session: Session, tenant_id: str, limit: int = 50, cursor: str | None = None
+) -> Page[Dataset]:
+    stmt = select(Dataset).where(Dataset.tenant_id == tenant_id)
+    return paginate(session, stmt, Dataset.id, limit, cursor)
+
+
+def active_jobs_using(session: Session, dataset_id: str) -> int:
+    """Jobs not yet finished that read this dataset (training or validation)."""
+    stmt = (
+        select(func.count())
+        .select_from(Job)
+        .where(or_(Job.dataset_id == dataset_id, Job.validation_dataset_id == dataset_id))
+        .where(Job.status.in_([status.value for status in ACTIVE]))
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+def delete_dataset(session: Session, dataset: Dataset) -> str:
+    """Delete the row (the caller commits, then removes the returned storage key)."""
+    key = dataset.storage_key
+    session.delete(dataset)
+    session.flush()
+    return key

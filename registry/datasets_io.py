@@ -1,0 +1,275 @@
+"""Streaming parse and validation of .jsonl/.csv/.tsv datasets.
+
+Files are read line by line (each line bounded by ``max_line_bytes``), so a file is never held
+whole in memory. Errors name the 1-based line of the file (``row``) and the column.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from registry.settings import Settings
+
+FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+_INT = re.compile(r"^[+-]?\d+$")
+
+csv.field_size_limit(64 * 1024 * 1024)  # per-line limits below are the real bound
+
+
+class DatasetError(ValueError):
+    """A bad dataset; ``row`` is the 1-based line in the file, ``column`` the column name."""
+
+    def __init__(self, row: int | None, column: str | None, message: str) -> None:
+        self.row = row
+        self.column = column
+        self.message = message
+        where = []
+        if row is not None:
+            where.append(f"line {row}")
+        if column is not None:
+            where.append(f"column {column!r}")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+@dataclass(frozen=True)
+class DatasetLimits:
+    max_columns: int = 64
+    max_line_bytes: int = 1024 * 1024
+    max_label_values: int = 1000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DatasetLimits:
+        return cls(settings.max_columns, settings.max_line_bytes, settings.max_label_values)
+
+
+@dataclass
+class DatasetSummary:
+    format: str
+    num_rows: int
+    columns: list[str]
+    column_types: dict[str, str]
+    # Distinct values (as label_key strings) per column, or None once a column has too many.
+    label_values: dict[str, list[str] | None]
+
+
+def check_filename(filename: str | None) -> str:
+    """The format for an upload's filename; rejects path separators, '..' and unknown types."""
+    if not filename:
+        raise DatasetError(None, None, "the upload has no filename")
+    if "/" in filename or "\\" in filename or ".." in filename or "\x00" in filename:
+        raise DatasetError(None, None, f"invalid filename {filename!r}: no paths or '..'")
+    suffix = Path(filename).suffix.lower()
+    if suffix not in FORMATS:
+        raise DatasetError(
+            None, None, f"unsupported file type {suffix or '(none)'!r}; use .jsonl, .csv or .tsv"
+        )
+    return FORMATS[suffix]
+
+
+def label_key(value: Any) -> str:
+    """The string form used for label sets: the API's label names and the worker's label ids."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _value_kind(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if _INT.match(value):
+        return "integer"
+    try:
+        number = float(value)
+    except ValueError:
+        return "string"
+    return "number" if math.isfinite(number) else "string"
+
+
+def _column_type(kinds: set[str]) -> str:
+    if not kinds:
+        return "empty"
+    if kinds == {"integer"}:
+        return "integer"
+    if kinds <= {"integer", "number"}:
+        return "number"
+    if kinds == {"boolean"}:
+        return "boolean"
+    return "string"
+
+
+def _lines(handle: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, str]]:
+    """Decoded lines (newline kept) with their 1-based numbers, each checked for size and UTF-8."""
+    number = 0
+    while raw := handle.readline(max_line_bytes + 2):
+        number += 1
+        if len(raw.rstrip(b"\r\n")) > max_line_bytes:
+            raise DatasetError(number, None, f"line longer than {max_line_bytes} bytes")
+        if b"\x00" in raw:
+            raise DatasetError(number, None, "binary content (NUL byte); expected UTF-8 text")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(number, None, f"not valid UTF-8 (byte {exc.start + 1})") from exc
+        if number == 1 and text.startswith("\ufeff"):
+            text = text[1:]
+        yield number, text
+
+
+def _reject_constant(token: str) -> float:
+    raise ValueError(f"{token} is not allowed")
+
+
+def _jsonl_records(
+    handle: BinaryIO, limits: DatasetLimits, columns: list[str]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    known = set(columns)
+    for number, text in _lines(handle, limits.max_line_bytes):
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text, parse_constant=_reject_constant)
+        except json.JSONDecodeError as exc:
+            message = f"malformed JSON: {exc.msg} (char {exc.colno})"
+            raise DatasetError(number, None, message) from exc
+        except ValueError as exc:
+            raise DatasetError(number, None, f"malformed JSON: {exc}") from exc
+        if not isinstance(record, dict):
+            raise DatasetError(number, None, "each line must be a JSON object")
+        for key, value in record.items():
+            if key not in known:
+                if not key.strip():
+                    raise DatasetError(number, key, "empty column name")
+                if len(columns) >= limits.max_columns:
+                    raise DatasetError(
+                        number, key, f"more than {limits.max_columns} columns (max_columns)"
+                    )
+                known.add(key)
+                columns.append(key)
+            if isinstance(value, dict | list):
+                raise DatasetError(number, key, "nested values are not supported; use a string")
+        yield number, record
+
+
+def _delimited_records(
+    handle: BinaryIO, limits: DatasetLimits, columns: list[str], delimiter: str
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    lines = (text for _, text in _lines(handle, limits.max_line_bytes))
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DatasetError(None, None, "the file is empty")
+        if len(header) > limits.max_columns:
+            raise DatasetError(
+                1, None, f"{len(header)} columns; the limit is {limits.max_columns} (max_columns)"
+            )
+        names = [name.strip() for name in header]
+        for index, name in enumerate(names):
+            if not name:
+                raise DatasetError(1, f"#{index + 1}", "empty column name in the header")
+            if name in names[:index]:
+                raise DatasetError(1, name, "duplicate column name in the header")
+        columns.extend(names)
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(names):
+                column = names[len(row)] if len(row) < len(names) else None
+                raise DatasetError(
+                    reader.line_num,
+                    column,
+                    f"expected {len(names)} fields (as in the header), found {len(row)}",
+                )
+            yield (
+                reader.line_num,
+                {
+                    name: (value if value != "" else None)
+                    for name, value in zip(names, row, strict=True)
+                },
+            )
+    except csv.Error as exc:
+        message = f"malformed {delimiter!r}-separated data: {exc}"
+        raise DatasetError(reader.line_num, None, message) from exc
+
+
+def _records(
+    handle: BinaryIO, fmt: str, limits: DatasetLimits, columns: list[str]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    if fmt == "jsonl":
+        return _jsonl_records(handle, limits, columns)
+    if fmt in ("csv", "tsv"):
+        return _delimited_records(handle, limits, columns, "," if fmt == "csv" else "\t")
+    raise DatasetError(None, None, f"unknown format {fmt!r}")
+
+
+@dataclass
+class _ColumnStats:
+    kinds: set[str] = field(default_factory=set)
+    values: set[str] | None = field(default_factory=set)
+
+
+def scan(path: str | Path, fmt: str, limits: DatasetLimits | None = None) -> DatasetSummary:
+    """Validate the whole file in one streaming pass and summarize it for the dataset row."""
+    limits = limits or DatasetLimits()
+    columns: list[str] = []
+    stats: dict[str, _ColumnStats] = {}
+    num_rows = 0
+    with open(path, "rb") as handle:
+        if handle.read(1) == b"":
+            raise DatasetError(None, None, "the file is empty")
+        handle.seek(0)
+        for _, record in _records(handle, fmt, limits, columns):
+            num_rows += 1
+            for key, value in record.items():
+                column = stats.setdefault(key, _ColumnStats())
+                kind = _value_kind(value)
+                if kind is None:
+                    continue
+                column.kinds.add(kind)
+                if column.values is not None:
+                    column.values.add(label_key(value))
+                    if len(column.values) > limits.max_label_values:
+                        column.values = None
+    if num_rows == 0:
+        message = "no data rows (only a header)" if fmt != "jsonl" else "no data rows"
+        raise DatasetError(None, None, message)
+    types = {name: _column_type(stats.get(name, _ColumnStats()).kinds) for name in columns}
+    label_values: dict[str, list[str] | None] = {}
+    for name in columns:
+        values = stats.get(name, _ColumnStats()).values
+        label_values[name] = None if values is None else _sorted_labels(values, types[name])
+    return DatasetSummary(fmt, num_rows, columns, types, label_values)
+
+
+def _sorted_labels(values: set[str], column_type: str) -> list[str]:
+    if column_type in ("integer", "number"):
+        return sorted(values, key=float)
+    return sorted(values)
+
+
+def iter_rows(
+    path: str | Path, fmt: str, limits: DatasetLimits | None = None
+) -> Iterator[dict[str, Any]]:
+    """Rows as dicts (CSV/TSV values are strings, empty cells None; JSONL values as written)."""
+    columns: list[str] = []
+    with open(path, "rb") as handle:
+        for _, record in _records(handle, fmt, limits or DatasetLimits(), columns):
+            yield record
+
+
+def read_rows(path: str | Path, fmt: str) -> list[dict[str, Any]]:
+    """All rows in memory: what the worker hands to the trainer."""
+    return list(iter_rows(path, fmt))

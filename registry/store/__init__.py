@@ -1,0 +1,65 @@
+"""Artifact storage: datasets, adapter zips and checkpoints, addressed by '/'-separated keys.
+
+Keys: datasets/<tenant>/<dataset_id>/data.<ext>, adapters/<tenant>/<adapter_id>/<format>.zip,
+checkpoints/<job_id>/ckpt-<step>.zip (helpers below build them).
+"""
+
+from __future__ import annotations
+
+from registry.settings import Settings
+from registry.store.base import (
+    ArtifactStore,
+    ChecksumMismatch,
+    InvalidKey,
+    NotFound,
+    StoreError,
+    validate_key,
+)
+from registry.store.local import LocalStore
+from registry.store.s3 import S3Store
+
+__all__ = [
+    "ArtifactStore",
+    "ChecksumMismatch",
+    "InvalidKey",
+    "LocalStore",
+    "NotFound",
+    "S3Store",
+    "StoreError",
+    "adapter_key",
+    "adapter_prefix",
+    "checkpoint_key",
+    "dataset_key",
+    "get_store",
+    "validate_key",
+]
+
+
+def get_store(settings: Settings) -> LocalStore | S3Store:
+    if settings.store_backend == "s3":
+        if not settings.s3_bucket:
+            raise ValueError("store_backend 's3' needs ADALORA_S3_BUCKET")
+        return S3Store(
+            settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+        )
+    assert settings.store_dir is not None
+    return LocalStore(settings.store_dir)
+
+
+def dataset_key(tenant_id: str, dataset_id: str, fmt: str) -> str:
+    return f"datasets/{tenant_id}/{dataset_id}/data.{fmt}"
+
+
+def adapter_prefix(tenant_id: str, adapter_id: str) -> str:
+    return f"adapters/{tenant_id}/{adapter_id}"
+
+
+def adapter_key(tenant_id: str, adapter_id: str, fmt: str) -> str:
+    return f"{adapter_prefix(tenant_id, adapter_id)}/{fmt}.zip"
+
+
+def checkpoint_key(job_id: str, step: int) -> str:
+    return f"checkpoints/{job_id}/ckpt-{step}.zip"

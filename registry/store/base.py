@@ -1,0 +1,85 @@
+"""The artifact store contract shared by the local and S3 backends."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+DEFAULT_CHUNK = 1024 * 1024
+
+
+class StoreError(Exception):
+    pass
+
+
+class InvalidKey(StoreError, ValueError):
+    """A key that could escape the store root or is otherwise malformed."""
+
+
+class NotFound(StoreError, KeyError):
+    pass
+
+
+class ChecksumMismatch(StoreError):
+    def __init__(self, key: str, expected: str, actual: str) -> None:
+        super().__init__(f"{key}: sha256 {actual} does not match the recorded {expected}")
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+
+
+@runtime_checkable
+class ArtifactStore(Protocol):
+    def put_file(self, key: str, path: str | Path) -> tuple[str, int]:
+        """Store a local file under ``key`` atomically; returns (sha256 hex, size)."""
+
+    def put_stream(self, key: str, chunks: Iterable[bytes]) -> tuple[str, int]:
+        """Store the concatenated chunks atomically; returns (sha256 hex, size)."""
+
+    def open_read(self, key: str, expected_sha256: str | None = None) -> bytes:
+        """The whole object; raises ChecksumMismatch if it does not hash to expected_sha256."""
+
+    def iter_read(
+        self, key: str, chunk_size: int = DEFAULT_CHUNK, expected_sha256: str | None = None
+    ) -> Iterator[bytes]:
+        """Stream the object; with expected_sha256, raises ChecksumMismatch after the last chunk."""
+
+    def get_file(self, key: str, dest: str | Path, expected_sha256: str | None = None) -> Path:
+        """Copy the object to a local file (checked), for readers that need a path."""
+
+    def delete(self, key: str) -> None:
+        """Remove the object; a missing key is not an error."""
+
+    def exists(self, key: str) -> bool: ...
+
+
+def validate_key(key: str) -> str:
+    """Keys are relative, '/'-separated, without '.', '..', empty parts, backslashes or NULs."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKey("empty key")
+    if key.startswith("/") or "\\" in key or "\x00" in key or ":" in key.split("/")[0]:
+        raise InvalidKey(f"invalid key {key!r}")
+    for part in key.split("/"):
+        if part in ("", ".", ".."):
+            raise InvalidKey(f"invalid key {key!r}")
+    return key
+
+
+def checked_chunks(
+    key: str, chunks: Iterable[bytes], expected_sha256: str | None
+) -> Iterator[bytes]:
+    """Pass chunks through, hashing them; raise ChecksumMismatch at the end on a wrong digest."""
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
+    if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
+        raise ChecksumMismatch(key, expected_sha256, digest.hexdigest())
+
+
+def file_chunks(path: str | Path, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            yield chunk

@@ -1,0 +1,101 @@
+"""Artifacts as files under one root directory; writes are atomic (temp file, then os.replace)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from registry.store.base import (
+    DEFAULT_CHUNK,
+    ChecksumMismatch,
+    InvalidKey,
+    NotFound,
+    checked_chunks,
+    file_chunks,
+    validate_key,
+)
+
+
+class LocalStore:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.root / ".tmp"
+        self._tmp.mkdir(exist_ok=True)
+
+    def path_for(self, key: str) -> Path:
+        """The file for ``key``; refuses anything that would land outside the root."""
+        validate_key(key)
+        if key.split("/")[0] == ".tmp":
+            raise InvalidKey(f"invalid key {key!r}")
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise InvalidKey(f"key {key!r} escapes the store root")
+        return path
+
+    def put_stream(self, key: str, chunks: Iterable[bytes]) -> tuple[str, int]:
+        final = self.path_for(key)
+        digest = hashlib.sha256()
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="put-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp_name, final)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return digest.hexdigest(), size
+
+    def put_file(self, key: str, path: str | Path) -> tuple[str, int]:
+        return self.put_stream(key, file_chunks(path))
+
+    def _existing(self, key: str) -> Path:
+        path = self.path_for(key)
+        if not path.is_file():
+            raise NotFound(key)
+        return path
+
+    def open_read(self, key: str, expected_sha256: str | None = None) -> bytes:
+        data = self._existing(key).read_bytes()
+        if expected_sha256 is not None:
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != expected_sha256:
+                raise ChecksumMismatch(key, expected_sha256, actual)
+        return data
+
+    def iter_read(
+        self, key: str, chunk_size: int = DEFAULT_CHUNK, expected_sha256: str | None = None
+    ) -> Iterator[bytes]:
+        path = self._existing(key)
+        return checked_chunks(key, file_chunks(path, chunk_size), expected_sha256)
+
+    def get_file(self, key: str, dest: str | Path, expected_sha256: str | None = None) -> Path:
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest, "wb") as handle:
+            for chunk in self.iter_read(key, expected_sha256=expected_sha256):
+                handle.write(chunk)
+        return dest
+
+    def delete(self, key: str) -> None:
+        self.path_for(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object under ``prefix/`` (e.g. all of one adapter's formats)."""
+        path = self.path_for(prefix.rstrip("/"))
+        if path.is_dir():
+            shutil.rmtree(path)
+
+    def exists(self, key: str) -> bool:
+        return self.path_for(key).is_file()
