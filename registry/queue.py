@@ -6,6 +6,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from registry.settings import Settings
+
 TRAIN_TASK = "adalora.train_job"
 TRAINING_QUEUE = "training"
 
@@ -54,3 +56,21 @@ class TaskProducer:
             if self._app is not None:
                 self._app.close()
                 self._app = None
+
+
+_producers: dict[str, TaskProducer] = {}
+_producers_lock = threading.Lock()
+
+
+def producer_for(broker_url: str) -> TaskProducer:
+    """One shared producer per broker URL in this process."""
+    with _producers_lock:
+        producer = _producers.get(broker_url)
+        if producer is None:
+            producer = _producers[broker_url] = TaskProducer(broker_url)
+        return producer
+
+
+def enqueue_training_job(job_id: str, settings: Settings) -> None:
+    """Send ``adalora.train_job(job_id)`` to the training queue (raises if the broker is down)."""
+    producer_for(settings.broker_url).send_train_job(job_id)
