@@ -1,0 +1,143 @@
+"""`adalora adapters list|ranks|download`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from cli.client import DEFAULT_URL, ApiClient, JsonOption, KeyOption, UrlOption, fail, items
+
+app = typer.Typer(
+    help="List adapters, inspect their rank pattern, download them.", no_args_is_help=True
+)
+
+FORMATS = ("peft", "lora", "merged")
+
+
+@app.command("list")
+def list_(url: UrlOption = DEFAULT_URL, key: KeyOption = None, as_json: JsonOption = False) -> None:
+    """List this tenant's adapters."""
+    with ApiClient(url, key) as api:
+        payload = api.json("GET", "/adapters")
+    if as_json:
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    table = Table("id", "name", "base model", "task", "total rank", "params", "formats", "created")
+    for ad in items(payload):
+        table.add_row(
+            ad["id"],
+            ad.get("name") or "",
+            ad.get("base_model") or "",
+            ad.get("task") or "",
+            str(ad.get("total_rank", "")),
+            str(ad.get("trainable_params", "")),
+            ", ".join(sorted(ad.get("formats") or {})),
+            str(ad.get("created_at") or ""),
+        )
+    Console().print(table)
+
+
+@app.command("ranks")
+def ranks(
+    adapter_id: str,
+    url: UrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print the final rank of every adapted module and a layers × kinds heatmap."""
+    with ApiClient(url, key) as api:
+        info = api.json("GET", f"/adapters/{adapter_id}/ranks")
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    console = Console()
+    modules = info.get("modules") or []
+    table = Table("module", "layer", "kind", "rank", title=f"ranks of {adapter_id}")
+    for m in modules:
+        table.add_row(m["name"], _cell(m.get("layer")), m.get("kind") or "", str(m["rank"]))
+    console.print(table)
+    console.print(rank_heatmap(modules))
+    budget = info.get("budget") or {}
+    if budget:
+        console.print(
+            "budget: initial {initial}, target {target}, final {final}".format(
+                initial=budget.get("initial", "?"),
+                target=budget.get("target", "?"),
+                final=budget.get("final", sum(int(m["rank"]) for m in modules)),
+            )
+        )
+
+
+def rank_heatmap(modules: list[dict[str, Any]]) -> Table:
+    """Layers as rows, module kinds as columns, each cell shaded by its rank."""
+    kinds = sorted({m.get("kind") or "?" for m in modules})
+    layers = sorted(
+        {m.get("layer") for m in modules}, key=lambda x: (x is None, x if x is not None else 0)
+    )
+    grid = {(m.get("layer"), m.get("kind") or "?"): int(m["rank"]) for m in modules}
+    top = max(grid.values(), default=0) or 1
+    table = Table("layer", *kinds, title="rank heatmap (layers × kinds)", show_lines=False)
+    for layer in layers:
+        row = [Text(_cell(layer))]
+        for kind in kinds:
+            rank = grid.get((layer, kind))
+            row.append(_shade(rank, top))
+        table.add_row(*row)
+    return table
+
+
+def _shade(rank: int | None, top: int) -> Text:
+    if rank is None:
+        return Text("·", style="dim")
+    level = int(round(rank / top * 5))  # 0..5 steps of a 6-level ramp
+    colours = ["grey23", "navy_blue", "blue3", "dodger_blue2", "deep_sky_blue1", "bright_white"]
+    fg = "black" if level >= 4 else "white"
+    return Text(f"{rank:>3}", style=f"{fg} on {colours[level]}")
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+@app.command("download")
+def download(
+    adapter_id: str,
+    format: Annotated[str, typer.Option("--format", help="peft | lora | merged.")] = "peft",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output file (default <id>-<format>.zip).")
+    ] = None,
+    url: UrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+) -> None:
+    """Download an adapter as a zip; the sha256 the service recorded is checked."""
+    import hashlib
+
+    if format not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    out = out or Path(f"{adapter_id}-{format}.zip")
+    digest = hashlib.sha256()
+    with ApiClient(url, key, timeout=600) as api, api.stream(
+        "GET", f"/adapters/{adapter_id}/download", params={"format": format}
+    ) as resp:
+        if resp.status_code >= 400:
+            resp.read()
+            from cli.client import describe_error
+
+            fail(describe_error(resp))
+        expected = resp.headers.get("x-sha256") or resp.headers.get("x-checksum-sha256")
+        tmp = out.with_suffix(out.suffix + ".part")
+        with tmp.open("wb") as handle:
+            for chunk in resp.iter_bytes():
+                digest.update(chunk)
+                handle.write(chunk)
+    if expected and expected != digest.hexdigest():
+        tmp.unlink(missing_ok=True)
+        fail(f"download corrupted: sha256 {digest.hexdigest()} != {expected}")
+    tmp.replace(out)
+    typer.echo(str(out))

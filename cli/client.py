@@ -1,0 +1,95 @@
+"""The HTTP side of the CLI: one httpx client, API errors turned into readable exits."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+API_PREFIX = "/v1"
+
+UrlOption = Annotated[
+    str,
+    typer.Option("--url", envvar="ADALORA_URL", help="Service base URL.", show_default=True),
+]
+KeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--key", envvar="ADALORA_KEY", help="API key (or ADALORA_KEY).", show_default=False
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the raw JSON answer.")]
+
+
+class ApiClient:
+    """Thin wrapper: base URL + bearer key; non-2xx answers exit with the API's message."""
+
+    def __init__(self, url: str, key: str | None, timeout: float = 60.0) -> None:
+        if not key:
+            raise typer.BadParameter("an API key is required: pass --key or set ADALORA_KEY")
+        self._http = httpx.Client(
+            base_url=url.rstrip("/") + API_PREFIX,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=timeout,
+        )
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            fail(f"cannot reach the service: {exc}")
+        if response.status_code >= 400:
+            fail(describe_error(response))
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.request(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    def stream(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._http.stream(method, path, **kwargs)
+
+
+def describe_error(response: httpx.Response) -> str:
+    """`<status>: <code>: <message>` from the API's error body, whatever its exact shape."""
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}: {response.text[:500]}"
+    error = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(error, dict):
+        parts = [str(error[k]) for k in ("code", "message") if error.get(k)]
+        if error.get("field"):
+            parts.append(f"field {error['field']}")
+        if not parts and "detail" in error:
+            parts.append(str(error["detail"]))
+        if parts:
+            return f"HTTP {response.status_code}: " + ": ".join(parts)
+    return f"HTTP {response.status_code}: {error}"
+
+
+def fail(message: str, code: int = 1) -> Any:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def default_url() -> str:
+    return os.environ.get("ADALORA_URL", DEFAULT_URL)
+
+
+def items(payload: Any) -> list[dict[str, Any]]:
+    """List endpoints answer {"data": [...]} (or a bare list)."""
+    if isinstance(payload, dict):
+        for key in ("data", "items"):
+            if isinstance(payload.get(key), list):
+                return payload[key]
+    return payload if isinstance(payload, list) else []

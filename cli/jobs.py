@@ -1,0 +1,236 @@
+"""`adalora jobs submit|list|show|cancel|follow`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cli.client import DEFAULT_URL, ApiClient, JsonOption, KeyOption, UrlOption, fail, items
+
+app = typer.Typer(help="Submit, watch and cancel training jobs.", no_args_is_help=True)
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def build_request(
+    config: Path | None,
+    overrides: dict[str, Any],
+) -> dict[str, Any]:
+    """The job body: a JSON file (if given) with command-line options laid over it."""
+    body: dict[str, Any] = {}
+    if config is not None:
+        try:
+            body = json.loads(config.read_text())
+        except (OSError, ValueError) as exc:
+            fail(f"--config {config}: {exc}")
+        if not isinstance(body, dict):
+            fail(f"--config {config}: must hold a JSON object")
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        target = body
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = value
+    return body
+
+
+@app.command("submit")
+def submit(
+    dataset: Annotated[str | None, typer.Option(help="Training data set id.")] = None,
+    base_model: Annotated[str | None, typer.Option(help="Registered base model name.")] = None,
+    task: Annotated[
+        str | None, typer.Option(help="classification | regression | causal-lm | seq2seq.")
+    ] = None,
+    text_column: Annotated[str | None, typer.Option(help="Input text column.")] = None,
+    text_pair_column: Annotated[str | None, typer.Option(help="Second text column.")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Label column.")] = None,
+    target_column: Annotated[str | None, typer.Option(help="Target column (seq2seq).")] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="Comma-separated label names (default: from the data).")
+    ] = None,
+    validation_dataset: Annotated[str | None, typer.Option(help="Eval data set id.")] = None,
+    init_r: Annotated[int | None, typer.Option(help="Initial rank per module.")] = None,
+    target_r: Annotated[int | None, typer.Option(help="Average target rank per module.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Training epochs.")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Optimizer updates (instead of epochs).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    output: Annotated[str | None, typer.Option(help="peft (default) or merged.")] = None,
+    name: Annotated[str | None, typer.Option(help="A name for the job.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="JSON file with the full job body."),
+    ] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Idempotency-Key header.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Submit a fine-tuning job; prints its id."""
+    body = build_request(
+        config,
+        {
+            "name": name,
+            "base_model": base_model,
+            "dataset_id": dataset,
+            "validation_dataset_id": validation_dataset,
+            "output": output,
+            "task.kind": task,
+            "task.text_column": text_column,
+            "task.text_pair_column": text_pair_column,
+            "task.label_column": label_column,
+            "task.target_column": target_column,
+            "task.labels": [x.strip() for x in labels.split(",")] if labels else None,
+            "adalora.init_r": init_r,
+            "adalora.target_r": target_r,
+            "training.epochs": epochs,
+            "training.max_steps": max_steps,
+            "training.batch_size": batch_size,
+            "training.learning_rate": learning_rate,
+        },
+    )
+    if max_steps is not None and epochs is None:
+        body.setdefault("training", {})["epochs"] = None
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    with ApiClient(url, key) as api:
+        job = api.json("POST", "/jobs", json=body, headers=headers)
+    if as_json:
+        typer.echo(json.dumps(job, indent=2))
+        return
+    typer.echo(job["id"])
+
+
+@app.command("list")
+def list_(
+    status: Annotated[str | None, typer.Option(help="Only jobs in this status.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List jobs, newest first."""
+    with ApiClient(url, key) as api:
+        payload = api.json("GET", "/jobs", params={"status": status} if status else None)
+    if as_json:
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    table = Table("id", "name", "status", "base model", "progress", "adapter", "created")
+    for job in items(payload):
+        table.add_row(
+            job["id"],
+            job.get("name") or "",
+            job["status"],
+            job.get("base_model") or "",
+            _progress_text(job),
+            job.get("adapter_id") or "",
+            str(job.get("created_at") or ""),
+        )
+    Console().print(table)
+
+
+@app.command("show")
+def show(
+    job_id: str,
+    url: UrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+) -> None:
+    """Print one job as JSON."""
+    with ApiClient(url, key) as api:
+        typer.echo(json.dumps(api.json("GET", f"/jobs/{job_id}"), indent=2))
+
+
+@app.command("cancel")
+def cancel(job_id: str, url: UrlOption = DEFAULT_URL, key: KeyOption = None) -> None:
+    """Ask a job to stop; a running job stops within a training step."""
+    with ApiClient(url, key) as api:
+        job = api.json("POST", f"/jobs/{job_id}/cancel")
+    typer.echo(f"{job_id}: {job['status']}")
+
+
+@app.command("follow")
+def follow(
+    job_id: str,
+    interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 1.0,
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+) -> None:
+    """Draw a progress bar (loss, current rank budget) until the job ends; exit 1 unless it
+    succeeded."""
+    console = Console(stderr=True)
+    started = time.monotonic()
+    after = 0
+    loss: float | None = None
+    with (
+        ApiClient(url, key) as api,
+        Progress(
+            TextColumn("[bold]{task.fields[status]}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} steps"),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("budget {task.fields[budget]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as bar,
+    ):
+        task = bar.add_task(job_id, total=None, status="queued", loss="-", budget="-")
+        while True:
+            job = api.json("GET", f"/jobs/{job_id}")
+            events = items(api.json("GET", f"/jobs/{job_id}/events", params={"after": after}))
+            for event in events:
+                after = max(after, int(event["id"]))
+                data = event.get("data") or {}
+                if event["kind"] == "progress" and data.get("loss") is not None:
+                    loss = float(data["loss"])
+                elif event["kind"] == "eval":
+                    bar.console.print(f"eval @ step {data.get('step')}: {data.get('metrics')}")
+                elif event["kind"] == "error":
+                    bar.console.print(f"[red]error: {data}")
+            progress = job.get("progress") or {}
+            budget = job.get("budget") or {}
+            bar.update(
+                task,
+                total=progress.get("total_steps"),
+                completed=progress.get("step", 0),
+                status=job["status"],
+                loss=f"{loss:.4f}" if loss is not None else "-",
+                budget=_budget_text(budget),
+            )
+            if job["status"] in TERMINAL:
+                break
+            if timeout is not None and time.monotonic() - started > timeout:
+                fail(f"job {job_id} still {job['status']} after {timeout:.0f}s", code=2)
+            time.sleep(interval)
+    if job["status"] == "succeeded":
+        console.print(f"[green]succeeded[/green]: adapter {job.get('adapter_id')}")
+        typer.echo(job.get("adapter_id") or "")
+        return
+    error = job.get("error") or {}
+    fail(
+        f"job {job['status']}" + (f": {error.get('code')}: {error.get('message')}" if error else "")
+    )
+
+
+def _progress_text(job: dict[str, Any]) -> str:
+    progress = job.get("progress") or {}
+    if progress.get("total_steps"):
+        return f"{progress.get('step', 0)}/{progress['total_steps']}"
+    return ""
+
+
+def _budget_text(budget: dict[str, Any]) -> str:
+    if not budget:
+        return "-"
+    current = budget.get("current", budget.get("initial"))
+    return f"{current}" + (f" → {budget['target']}" if budget.get("target") is not None else "")

@@ -1,0 +1,130 @@
+"""`adalora serve` (API + embedded worker) and `adalora worker` (a production queue consumer)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import Annotated
+
+import typer
+
+from registry.settings import Settings, get_settings
+
+log = logging.getLogger("adalora.serve")
+
+WORKER_STOP_TIMEOUT_S = 15.0
+
+
+def worker_argv(hostname: str | None = None, loglevel: str = "INFO") -> list[str]:
+    """Celery worker arguments: one job at a time, solo pool, only the training queue."""
+    from worker.celery_app import TRAINING_QUEUE
+
+    argv = [
+        "worker",
+        "--queues",
+        TRAINING_QUEUE,
+        "--concurrency",
+        "1",
+        "--pool",
+        "solo",
+        "--loglevel",
+        loglevel,
+        "--without-mingle",
+        "--without-gossip",
+    ]
+    if hostname:
+        argv += ["--hostname", hostname]
+    return argv
+
+
+def start_worker_process(settings: Settings) -> subprocess.Popen[bytes]:
+    """The embedded worker: `adalora worker` in a child process with the same settings."""
+    env = dict(os.environ)
+    env["ADALORA_HOME"] = str(settings.home)
+    env["ADALORA_DATABASE_URL"] = settings.database_url
+    env["ADALORA_BROKER_URL"] = settings.broker_url
+    return subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--no-reconcile"], env=env)
+
+
+def stop_worker_process(proc: subprocess.Popen[bytes]) -> None:
+    """Warm shutdown first; a job cut short is re-queued later by the reconciler."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(WORKER_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def start_reconciler(settings: Settings):  # -> ReconcilerThread
+    from registry.db import get_engine, make_sessionmaker
+    from registry.queue import enqueue_training_job
+    from worker.reconciler import ReconcilerThread
+
+    sessions = make_sessionmaker(get_engine(settings.database_url))
+    thread = ReconcilerThread(
+        sessions, settings, lambda job_id: enqueue_training_job(job_id, settings)
+    )
+    thread.start()
+    return thread
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default ADALORA_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default ADALORA_PORT).")] = None,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="Serve the API only; workers run elsewhere.")
+    ] = False,
+) -> None:
+    """Run the service: migrate the database, start a worker and the reconciler, serve HTTP."""
+    import uvicorn
+    from api.main import create_app
+    from cli.bootstrap import ensure_bootstrap_key
+
+    from registry.db import upgrade_to_head
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = get_settings()
+    settings.ensure_home()
+    upgrade_to_head(settings.database_url)
+    new_key = ensure_bootstrap_key(settings)
+    if new_key is not None:
+        typer.secho(
+            f"Bootstrap API key (shown once, store it now): {new_key}", fg=typer.colors.GREEN
+        )
+    worker = None if no_worker else start_worker_process(settings)
+    reconciler = None if no_worker else start_reconciler(settings)
+    try:
+        uvicorn.run(create_app(), host=host or settings.host, port=port or settings.port)
+    finally:
+        if reconciler is not None:
+            reconciler.stop()
+        if worker is not None:
+            stop_worker_process(worker)
+
+
+def worker(
+    hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+    reconcile: Annotated[
+        bool, typer.Option(help="Also run the reconciler in this process.")
+    ] = True,
+) -> None:
+    """Consume training jobs (one at a time); run one per GPU machine."""
+    from worker.celery_app import app as celery_app
+
+    settings = get_settings()
+    settings.ensure_home()
+    reconciler = start_reconciler(settings) if reconcile else None
+    try:
+        celery_app.worker_main(worker_argv(hostname, loglevel))
+    finally:
+        if reconciler is not None:
+            reconciler.stop()
