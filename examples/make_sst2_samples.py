@@ -40,7 +40,9 @@ def main(glue_dir: Path) -> None:
     # Very short phrases (1-3 words) dominate SST-2's train split; skip them so the sample
     # reads like sentences.
     out = Path(__file__).parent
-    write_csv(out / "sst2_sample.csv", rng.sample([r for r in train if len(r[0].split()) >= 4], 300))
+    write_csv(
+        out / "sst2_sample.csv", rng.sample([r for r in train if len(r[0].split()) >= 4], 300)
+    )
     write_csv(out / "sst2_dev_sample.csv", rng.sample(dev, 100))
 
 
