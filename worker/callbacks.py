@@ -44,6 +44,7 @@ class JobCallbacks:
         heartbeat: Heartbeat,
         budget: dict[str, Any],
         progress_write_interval_s: float,
+        checkpoint: dict[str, Any] | None = None,
     ) -> None:
         self._sessions = sessions
         self._store = store
@@ -54,24 +55,26 @@ class JobCallbacks:
         self._interval = progress_write_interval_s
         self._last_write = -math.inf
         self._metrics: dict[str, Any] = {}
-        self.checkpoint: dict[str, Any] | None = None
+        self.checkpoint = checkpoint  # the last uploaded one: {key, dir, step, sha256, size}
+        self._progress: dict[str, Any] = {}
         self.cancel_seen = False
 
     def on_progress(self, event: Any) -> None:
-        now = time.monotonic()
-        last = event.total_steps is not None and event.step >= event.total_steps
-        if now - self._last_write < self._interval and not last:
-            return
-        self._last_write = now
         if event.budget is not None:
             self._budget["current"] = int(event.budget)
-        progress: dict[str, Any] = {
+        self._progress = {
             "step": int(event.step),
             "total_steps": int(event.total_steps),
             "epoch": float(event.epoch),
         }
         if self.checkpoint is not None:
-            progress["checkpoint"] = self.checkpoint
+            self._progress["checkpoint"] = self.checkpoint
+        now = time.monotonic()
+        last = event.step >= event.total_steps
+        if now - self._last_write < self._interval and not last:
+            return
+        self._last_write = now
+        progress = dict(self._progress)
         loss = _finite(event.loss)
         data = {
             "step": int(event.step),
@@ -121,13 +124,20 @@ class JobCallbacks:
                 archive = path
             sha256, size = self._store.put_file(key, archive)
         previous = self.checkpoint["key"] if self.checkpoint else None
-        self.checkpoint = {"key": key, "step": int(step), "sha256": sha256, "size_bytes": size}
+        self.checkpoint = {
+            "key": key,
+            "dir": path.name,
+            "step": int(step),
+            "sha256": sha256,
+            "size_bytes": size,
+        }
+        progress = {**self._progress, "checkpoint": self.checkpoint}
         with self._sessions() as session:
             written = write_progress(
                 session,
                 self._job_id,
                 self._owner,
-                {"checkpoint_key": key},
+                {"checkpoint_key": key, "progress": progress},
                 [("log", {"message": "checkpoint saved", "step": int(step), "key": key})],
             )
         if written and previous and previous != key:
