@@ -1,0 +1,120 @@
+"""Full training state on disk, so a killed run resumes to the same adapter, bit for bit.
+
+A checkpoint is a directory ``step-<n>`` holding one ``state.pt``: the trainable weights
+(adapter triplets and head), optimizer and scheduler state, the rank allocator's state, every
+RNG the loop draws from, the data position and the budget history. It is written to a
+temporary directory first and renamed, so a reader never sees half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_FILE = "state.pt"
+_PREFIX = "step-"
+
+
+@dataclass
+class DataPosition:
+    """Where the loop stands: ``batch`` micro-batches of ``epoch`` done, ``step`` updates made."""
+
+    epoch: int
+    batch: int
+    step: int
+
+
+@dataclass
+class TrainingState:
+    position: DataPosition
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    allocator: Any
+    history: list[dict[str, Any]]
+    rng: dict[str, Any]
+    last_eval: dict[str, float]
+
+
+def capture_rng() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(checkpoint_dir: Path, state: TrainingState, keep: int = 2) -> Path:
+    """Write ``step-<n>`` atomically, then drop all but the newest ``keep`` checkpoints."""
+    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_dir / f"{_PREFIX}{state.position.step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=checkpoint_dir))
+    try:
+        payload = {
+            "position": vars(state.position),
+            "trainable": {k: v.detach().cpu().clone() for k, v in state.trainable.items()},
+            "optimizer": state.optimizer,
+            "scheduler": state.scheduler,
+            "allocator": state.allocator,
+            "history": state.history,
+            "rng": state.rng,
+            "last_eval": state.last_eval,
+        }
+        torch.save(payload, tmp / STATE_FILE)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(checkpoint_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary directories are ignored)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return []
+    found = [
+        p
+        for p in checkpoint_dir.iterdir()
+        if p.name.startswith(_PREFIX) and (p / STATE_FILE).is_file()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(_PREFIX) :]))
+
+
+def latest_checkpoint(checkpoint_dir: Path | None) -> Path | None:
+    if checkpoint_dir is None:
+        return None
+    found = list_checkpoints(checkpoint_dir)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path) -> TrainingState:
+    payload = torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
+    return TrainingState(
+        position=DataPosition(**payload["position"]),
+        trainable=payload["trainable"],
+        optimizer=payload["optimizer"],
+        scheduler=payload["scheduler"],
+        allocator=payload["allocator"],
+        history=payload["history"],
+        rng=payload["rng"],
+        last_eval=payload["last_eval"],
+    )

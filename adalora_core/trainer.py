@@ -1,0 +1,482 @@
+"""The training loop: one code path for AdaLoRA, the plain LoRA baseline and external adapters.
+
+Every update: forward with the task loss plus the adapter's regularisation, backward over
+``grad_accum`` micro-batches, AdamW step, LR schedule step, then the rank allocator (which reads
+the gradients, so it runs before they are zeroed). Data order comes from a generator seeded
+per epoch, and checkpoints hold every piece of state, so a resumed run ends bit for bit where
+an uninterrupted one does (on CPU).
+
+Weight decay applies to the Q/P matrices and head weights, not to λ (it is masked to zero by
+the allocator, and decaying singular values would fight the importance scores) nor to biases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from adalora_core import checkpoint as ckpt
+from adalora_core.config import AdaLoraConfig
+from adalora_core.errors import ConfigError
+from adalora_core.formats.bundle import AdapterMeta
+from adalora_core.inject import module_layer_and_kind
+from adalora_core.plan import TrainingConfig, micro_batches_per_epoch, total_updates
+from adalora_core.tasks import (
+    EvalAccumulator,
+    TaskSpec,
+    encode_rows,
+    head_modules,
+    load_model,
+    load_tokenizer,
+    make_collator,
+)
+
+METHODS = ("adalora", "lora")
+EVAL_BATCH_FACTOR = 2
+LossFn = Callable[[Any, Mapping[str, torch.Tensor]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    budget: int | None
+    learning_rate: float
+
+
+class TrainCallbacks:
+    """Hooks the caller overrides; every default does nothing."""
+
+    def on_progress(self, event: ProgressEvent) -> None:
+        """After every optimizer update."""
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        """After each evaluation on the validation rows."""
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        """After a checkpoint directory is complete."""
+
+    def should_stop(self) -> bool:
+        """Polled before every micro-batch; True cancels the run without writing an adapter."""
+        return False
+
+
+class Adaptation(Protocol):
+    """What the loop needs from an adapted model (AdaLoraModel, the LoRA baseline, or a
+    wrapper around another implementation)."""
+
+    def __call__(self, **batch: torch.Tensor) -> Any: ...
+    def parameters(self) -> Iterator[nn.Parameter]: ...
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]: ...
+    def train(self, mode: bool = True) -> Any: ...
+    def eval(self) -> Any: ...
+    def regularization_loss(self) -> torch.Tensor: ...
+    def update_and_allocate(self, step: int) -> None: ...
+
+
+AdaptFn = Callable[[nn.Module, tuple[str, ...], int], Adaptation]
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path | None
+    steps: int
+    metrics: dict[str, float]
+    ranks: dict[str, int]
+    total_rank: int
+    trainable_params: int
+    cancelled: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train(
+    *,
+    base_model: str | Path,
+    task: TaskSpec,
+    train_rows: Sequence[Mapping[str, Any]],
+    eval_rows: Sequence[Mapping[str, Any]] | None,
+    adalora: AdaLoraConfig,
+    training: TrainingConfig,
+    output_dir: Path,
+    callbacks: TrainCallbacks | None = None,
+    checkpoint_dir: Path | None = None,
+    method: str = "adalora",
+    device: str = "auto",
+    loss_fn: LossFn | None = None,
+    lora_r: int | None = None,
+    adapt: AdaptFn | None = None,
+) -> TrainResult:
+    """Fine-tune ``base_model`` and write the adapter bundle to ``output_dir``.
+
+    ``method="lora"`` trains plain LoRA of rank ``lora_r`` (default ``adalora.target_r``);
+    ``adapt`` replaces the built-in adapters (used for external baselines) and then nothing is
+    saved. A run finding a checkpoint in ``checkpoint_dir`` resumes from the newest one.
+    """
+    task.validate()
+    adalora.validate()
+    training.validate()
+    if method not in METHODS:
+        raise ConfigError("method", f"must be one of {list(METHODS)}, got {method!r}")
+    total = total_updates(len(train_rows), training)
+    if method == "adalora":
+        adalora.schedule(total)
+    callbacks = callbacks or TrainCallbacks()
+    run_device = resolve_device(device)
+
+    tokenizer = load_tokenizer(base_model)
+    train_data = encode_rows(task, train_rows, tokenizer, training.max_length, "train_rows")
+    eval_data = (
+        encode_rows(task, eval_rows, tokenizer, training.max_length, "eval_rows")
+        if eval_rows
+        else None
+    )
+    collate = make_collator(task, tokenizer)
+
+    seed_everything(training.seed)
+    model = load_model(base_model, task, tokenizer).to(run_device)
+    heads = head_modules(task, model)
+    adapted = _adapt(model, heads, total, method, adalora, lora_r, adapt)
+    loop = _Loop(
+        adapted=adapted,
+        task=task,
+        training=training,
+        total=total,
+        train_data=train_data,
+        eval_data=eval_data,
+        collate=collate,
+        callbacks=callbacks,
+        checkpoint_dir=checkpoint_dir,
+        device=run_device,
+        loss_fn=loss_fn,
+    )
+    finished = loop.run()
+    ranks = _ranks(adapted)
+    trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+    result = TrainResult(
+        adapter_dir=None,
+        steps=loop.step,
+        metrics=dict(loop.last_eval),
+        ranks=ranks,
+        total_rank=sum(ranks.values()),
+        trainable_params=trainable,
+        cancelled=not finished,
+        history=list(getattr(adapted, "history", [])),
+    )
+    if finished and adapt is None:
+        result.adapter_dir = _save(
+            adapted, method, base_model, task, adalora, training, result, output_dir, lora_r
+        )
+    return result
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "CUDA was requested but is not available")
+    return resolved
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _adapt(
+    model: nn.Module,
+    heads: tuple[str, ...],
+    total: int,
+    method: str,
+    adalora: AdaLoraConfig,
+    lora_r: int | None,
+    adapt: AdaptFn | None,
+) -> Adaptation:
+    if adapt is not None:
+        return adapt(model, heads, total)
+    from adalora_core.model import inject_adalora, inject_lora
+
+    if method == "lora":
+        rank = lora_r if lora_r is not None else adalora.target_r
+        if rank < 1:
+            raise ConfigError("lora_r", f"must be >= 1, got {rank}")
+        return inject_lora(
+            model,
+            r=rank,
+            lora_alpha=adalora.lora_alpha,
+            lora_dropout=adalora.lora_dropout,
+            target_modules=adalora.target_modules,
+            head_modules=heads,
+        )
+    return inject_adalora(model, adalora, total_steps=total, head_modules=heads)
+
+
+class _Loop:
+    """State of one run; ``run`` returns False when cancelled."""
+
+    def __init__(
+        self,
+        *,
+        adapted: Adaptation,
+        task: TaskSpec,
+        training: TrainingConfig,
+        total: int,
+        train_data: list[dict[str, Any]],
+        eval_data: list[dict[str, Any]] | None,
+        collate: Callable[[Sequence[Mapping[str, Any]]], dict[str, torch.Tensor]],
+        callbacks: TrainCallbacks,
+        checkpoint_dir: Path | None,
+        device: torch.device,
+        loss_fn: LossFn | None,
+    ) -> None:
+        self.adapted = adapted
+        self.task = task
+        self.training = training
+        self.total = total
+        self.train_data = train_data
+        self.eval_data = eval_data
+        self.collate = collate
+        self.callbacks = callbacks
+        self.checkpoint_dir = checkpoint_dir
+        self.device = device
+        self.loss_fn = loss_fn
+        self.trainable = [(n, p) for n, p in adapted.named_parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.trainable, training)
+        self.scheduler = build_scheduler(self.optimizer, total, training.warmup_ratio)
+        self.batches_per_epoch = micro_batches_per_epoch(len(train_data), training)
+        self.step = 0
+        self.epoch = 0
+        self.batch = 0
+        self.last_eval: dict[str, float] = {}
+
+    # -- main loop -------------------------------------------------------------------------
+    def run(self) -> bool:
+        self._resume()
+        self.adapted.train()
+        accum = self.training.grad_accum
+        while self.step < self.total:
+            order = epoch_order(len(self.train_data), self.training.seed, self.epoch)
+            starts = range(self.batch, self.batches_per_epoch, accum)
+            for first in starts:
+                group = range(first, min(first + accum, self.batches_per_epoch))
+                loss = self._accumulate(order, group)
+                if loss is None:
+                    return False
+                self.batch = group[-1] + 1
+                self._update(loss)
+                epoch_done = self.batch == self.batches_per_epoch
+                if self._due(self.training.eval_every) or epoch_done or self.step == self.total:
+                    self._evaluate()
+                if epoch_done:
+                    self.epoch, self.batch = self.epoch + 1, 0
+                if self._due(self.training.checkpoint_every) and self.step < self.total:
+                    self._checkpoint()
+                if self.step == self.total:
+                    break
+        return True
+
+    def _accumulate(self, order: torch.Tensor, group: range) -> float | None:
+        """Forward/backward over one update's micro-batches; None when cancelled."""
+        total_loss = 0.0
+        for index in group:
+            if self.callbacks.should_stop():
+                return None
+            rows = order[index * self.training.batch_size : (index + 1) * self.training.batch_size]
+            batch = self._to_device(self.collate([self.train_data[i] for i in rows.tolist()]))
+            with self._autocast():
+                outputs = self.adapted(**batch)
+                task_loss = self.loss_fn(outputs, batch) if self.loss_fn else outputs.loss
+                loss = task_loss + self.adapted.regularization_loss()
+            (loss / len(group)).backward()
+            total_loss += float(loss.detach()) / len(group)
+        return total_loss
+
+    def _update(self, loss: float) -> None:
+        learning_rate = float(self.scheduler.get_last_lr()[0])
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.adapted.update_and_allocate(self.step)
+        self._zero_grad()
+        budget_now = getattr(self.adapted, "budget_now", None)
+        self.callbacks.on_progress(
+            ProgressEvent(
+                step=self.step,
+                total_steps=self.total,
+                epoch=self.epoch + self.batch / self.batches_per_epoch,
+                loss=loss,
+                budget=int(budget_now()) if budget_now else None,
+                learning_rate=learning_rate,
+            )
+        )
+
+    def _zero_grad(self) -> None:
+        zero_adapters = getattr(self.adapted, "zero_grad_adapters", None)
+        if zero_adapters is not None:
+            zero_adapters()  # keeps AdaLoraModel's flat gradient buffer attached
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def _due(self, every: int | None) -> bool:
+        return every is not None and self.step % every == 0
+
+    # -- evaluation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def _evaluate(self) -> None:
+        if not self.eval_data:
+            return
+        self.adapted.eval()
+        accumulator = EvalAccumulator(self.task)
+        size = self.training.batch_size * EVAL_BATCH_FACTOR
+        for start in range(0, len(self.eval_data), size):
+            batch = self._to_device(self.collate(self.eval_data[start : start + size]))
+            with self._autocast():
+                outputs = self.adapted(**batch)
+            accumulator.add(outputs, batch)
+        self.adapted.train()
+        self.last_eval = accumulator.result()
+        self.callbacks.on_eval(self.step, dict(self.last_eval))
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _checkpoint(self) -> None:
+        if self.checkpoint_dir is None:
+            return
+        allocator_state = getattr(self.adapted, "allocator_state", None)
+        state = ckpt.TrainingState(
+            position=ckpt.DataPosition(epoch=self.epoch, batch=self.batch, step=self.step),
+            trainable={name: p for name, p in self.trainable},
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            allocator=allocator_state() if allocator_state else None,
+            history=list(getattr(self.adapted, "history", [])),
+            rng=ckpt.capture_rng(),
+            last_eval=dict(self.last_eval),
+        )
+        path = ckpt.save_checkpoint(self.checkpoint_dir, state)
+        self.callbacks.on_checkpoint(self.step, path)
+
+    @torch.no_grad()
+    def _resume(self) -> None:
+        path = ckpt.latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            return
+        state = ckpt.load_checkpoint(path)
+        params = dict(self.trainable)
+        if set(state.trainable) != set(params):
+            raise ConfigError(
+                "checkpoint", f"{path} was written for a different set of trainable weights"
+            )
+        for name, value in state.trainable.items():
+            if value.shape != params[name].shape:
+                raise ConfigError("checkpoint", f"{path}: {name} has shape {tuple(value.shape)}")
+            params[name].copy_(value)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        load_allocator_state = getattr(self.adapted, "load_allocator_state", None)
+        if load_allocator_state is not None and state.allocator is not None:
+            load_allocator_state(state.allocator)
+        ckpt.restore_rng(state.rng)
+        self.step = state.position.step
+        self.epoch = state.position.epoch
+        self.batch = state.position.batch
+        self.last_eval = dict(state.last_eval)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        # bf16 autocast on CUDA only; the CPU path runs in full fp32 so resumes are bitwise.
+        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def epoch_order(num_rows: int, seed: int, epoch: int) -> torch.Tensor:
+    """The row permutation of one epoch: a function of (seed, epoch) only, so resumable."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_rows, generator=generator)
+
+
+def build_optimizer(
+    named: Sequence[tuple[str, nn.Parameter]], training: TrainingConfig
+) -> torch.optim.AdamW:
+    decay = [p for n, p in named if p.ndim >= 2 and not n.endswith("lora_E")]
+    no_decay = [p for n, p in named if not (p.ndim >= 2 and not n.endswith("lora_E"))]
+    groups = [
+        {"params": decay, "weight_decay": training.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=training.learning_rate)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``ceil(warmup_ratio·T)`` updates, then linear decay to 0 at T."""
+    warmup = math.ceil(warmup_ratio * total)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _ranks(adapted: Adaptation) -> dict[str, int]:
+    ranks = getattr(adapted, "ranks", None)
+    return dict(ranks()) if ranks else {}
+
+
+def _save(
+    adapted: Adaptation,
+    method: str,
+    base_model: str | Path,
+    task: TaskSpec,
+    adalora: AdaLoraConfig,
+    training: TrainingConfig,
+    result: TrainResult,
+    output_dir: Path,
+    lora_r: int | None,
+) -> Path:
+    from adalora_core.formats.peft import save_adapter
+
+    init_r = adalora.init_r if method == "adalora" else (lora_r or adalora.target_r)
+    target_r = adalora.target_r if method == "adalora" else init_r
+    modules = [
+        {"name": name, "layer": layer, "kind": kind, "rank": rank}
+        for name, rank in result.ranks.items()
+        for layer, kind in [module_layer_and_kind(name)]
+    ]
+    meta = AdapterMeta(
+        task=task.to_json(),
+        base_model=str(base_model),
+        init_r=init_r,
+        target_r=target_r,
+        lora_alpha=adalora.lora_alpha,
+        scaling=adalora.lora_alpha / init_r,
+        labels=list(task.labels) if task.labels else None,
+        modules=modules,
+        budget={
+            "initial": init_r * len(modules),
+            "target": target_r * len(modules),
+            "final": result.total_rank,
+        },
+        history=result.history,
+        metrics=result.metrics,
+        trainable_params=result.trainable_params,
+        max_length=training.max_length,
+        method=method,
+    )
+    return save_adapter(adapted, Path(output_dir), meta)
