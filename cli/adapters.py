@@ -122,9 +122,10 @@ def download(
         fail(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     out = out or Path(f"{adapter_id}-{format}.zip")
     digest = hashlib.sha256()
-    with ApiClient(url, key, timeout=600) as api, api.stream(
-        "GET", f"/adapters/{adapter_id}/download", params={"format": format}
-    ) as resp:
+    with (
+        ApiClient(url, key, timeout=600) as api,
+        api.stream("GET", f"/adapters/{adapter_id}/download", params={"format": format}) as resp,
+    ):
         if resp.status_code >= 400:
             resp.read()
             from cli.client import describe_error

@@ -54,9 +54,6 @@ def submit(
     text_pair_column: Annotated[str | None, typer.Option(help="Second text column.")] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column.")] = None,
     target_column: Annotated[str | None, typer.Option(help="Target column (seq2seq).")] = None,
-    labels: Annotated[
-        str | None, typer.Option(help="Comma-separated label names (default: from the data).")
-    ] = None,
     validation_dataset: Annotated[str | None, typer.Option(help="Eval data set id.")] = None,
     init_r: Annotated[int | None, typer.Option(help="Initial rank per module.")] = None,
     target_r: Annotated[int | None, typer.Option(help="Average target rank per module.")] = None,
@@ -66,7 +63,9 @@ def submit(
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
-    output: Annotated[str | None, typer.Option(help="peft (default) or merged.")] = None,
+    output: Annotated[
+        str | None, typer.Option(help="unmerged (default) or merged (adds a merged model).")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="A name for the job.")] = None,
     config: Annotated[
         Path | None,
@@ -86,12 +85,11 @@ def submit(
             "dataset_id": dataset,
             "validation_dataset_id": validation_dataset,
             "output": output,
-            "task.kind": task,
-            "task.text_column": text_column,
-            "task.text_pair_column": text_pair_column,
-            "task.label_column": label_column,
-            "task.target_column": target_column,
-            "task.labels": [x.strip() for x in labels.split(",")] if labels else None,
+            "task": task,
+            "columns.text": text_column,
+            "columns.text_pair": text_pair_column,
+            "columns.label": label_column,
+            "columns.target": target_column,
             "adalora.init_r": init_r,
             "adalora.target_r": target_r,
             "training.epochs": epochs,
@@ -100,8 +98,6 @@ def submit(
             "training.learning_rate": learning_rate,
         },
     )
-    if max_steps is not None and epochs is None:
-        body.setdefault("training", {})["epochs"] = None
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     with ApiClient(url, key) as api:
         job = api.json("POST", "/jobs", json=body, headers=headers)

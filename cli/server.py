@@ -84,8 +84,8 @@ def serve(
     """Run the service: migrate the database, start a worker and the reconciler, serve HTTP."""
     import uvicorn
     from api.main import create_app
-    from cli.bootstrap import ensure_bootstrap_key
 
+    from cli.bootstrap import ensure_bootstrap_key
     from registry.db import upgrade_to_head
 
     logging.basicConfig(

@@ -10,7 +10,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from adalora_core.config import AdaLoraConfig
-from adalora_core.errors import ConfigError
 from adalora_core.plan import TrainingConfig
 from adalora_core.tasks import TaskSpec
 from registry.models import Job
@@ -21,36 +20,39 @@ class JobSpec:
     task: TaskSpec
     adalora: AdaLoraConfig
     training: TrainingConfig
-    output: str
+    merged: bool
 
 
-def _section(job: Job, name: str) -> dict[str, Any]:
-    """A resolved section from hyperparameters, else the submitted one, else empty."""
-    for source in (job.hyperparameters or {}, job.request or {}):
+def _section(job: Job, name: str, known: set[str]) -> dict[str, Any]:
+    """Settings the user gave (unset ones left to the library's defaults), with the resolved
+    values from ``hyperparameters`` laid over them."""
+    merged: dict[str, Any] = {}
+    for source in (job.request or {}, job.hyperparameters or {}):
         value = source.get(name)
         if isinstance(value, dict):
-            return dict(value)
-    return {}
+            merged.update({k: v for k, v in value.items() if v is not None and k in known})
+    return merged
 
 
 def job_spec(job: Job) -> JobSpec:
-    task = _section(job, "task")
-    task.setdefault("kind", job.task)
-    labels = (job.hyperparameters or {}).get("labels", task.get("labels"))
-    known_task = {f.name for f in fields(TaskSpec)}
+    request = job.request or {}
+    columns = request.get("columns") or {}
+    labels = (job.hyperparameters or {}).get("labels")
     spec = TaskSpec(
-        **{k: v for k, v in task.items() if k in known_task and k != "labels"},
-        labels=tuple(labels) if labels else None,
+        kind=job.task,
+        text_column=columns.get("text") or "",
+        text_pair_column=columns.get("text_pair"),
+        label_column=columns.get("label"),
+        target_column=columns.get("target"),
+        labels=tuple(str(x) for x in labels) if labels else None,
     )
-    training = _section(job, "training")
-    known_training = {f.name for f in fields(TrainingConfig)}
-    unknown = sorted(set(training) - known_training)
-    if unknown:
-        raise ConfigError(f"training.{unknown[0]}", "unknown training setting")
-    output = (job.request or {}).get("output") or (job.hyperparameters or {}).get("output")
+    adalora = _section(job, "adalora", {f.name for f in fields(AdaLoraConfig)})
+    training = _section(job, "training", {f.name for f in fields(TrainingConfig)})
+    if training.get("max_steps") is not None and "epochs" not in (request.get("training") or {}):
+        training["epochs"] = None  # max_steps replaces the default epoch count
     return JobSpec(
         task=spec.validate(),
-        adalora=AdaLoraConfig.from_dict(_section(job, "adalora")),
+        adalora=AdaLoraConfig.from_dict(adalora),
         training=TrainingConfig(**training).validate(),
-        output=output or "peft",
+        merged=request.get("output") == "merged",
     )

@@ -29,7 +29,13 @@ from worker.callbacks import JobCallbacks, restore_checkpoint
 from worker.celery_app import TRAIN_TASK, app
 from worker.heartbeat import Heartbeat
 from worker.job_spec import JobSpec, job_spec
-from worker.leases import add_event, lease_job, load_owned_job, worker_identity
+from worker.leases import (
+    add_event,
+    lease_job,
+    load_owned_job,
+    worker_identity,
+    write_progress,
+)
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +218,14 @@ class JobRunner:
             log.warning("job %s: checkpoint unusable (%s); starting over", job.id, exc)
             return None
         log.info("job %s: resuming from %s", job.id, job.checkpoint_key)
+        with self.sessions() as session:
+            write_progress(
+                session,
+                job.id,
+                self.owner,
+                {},
+                [("log", {"message": "resumed", "step": record.get("step"), "key": record["key"]})],
+            )
         return record
 
     def _publish(self, job: Job, spec: JobSpec, base_model: str, result: Any, tmp: Path) -> Outcome:
@@ -232,7 +246,7 @@ class JobRunner:
         weights = read_adapter(bundle_dir)
         archives = {"peft": zip_bundle(bundle_dir, tmp / "peft.zip")}
         archives["lora"] = zip_bundle(export_lora(weights, tmp / "lora"), tmp / "lora.zip")
-        if spec.output == "merged":
+        if spec.merged:
             merged_dir = save_merged(base_model, weights, tmp / "merged", spec.task)
             archives["merged"] = zip_bundle(merged_dir, tmp / "merged.zip")
         formats: dict[str, dict[str, Any]] = {}

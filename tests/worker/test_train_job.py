@@ -1,0 +1,188 @@
+"""The train_job task run in-process on SQLite + a local store with a tiny BERT."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import zipfile
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from adalora_core.formats.bundle import read_adapter
+from registry.jobs import request_cancel
+from registry.models import Adapter, Job, JobEvent, utcnow
+from registry.settings import Settings
+from registry.store import LocalStore
+from worker.leases import lease_job
+from worker.reconciler import reconcile_once
+from worker.tasks import run_job
+
+
+def events(world, job_id: str, kind: str) -> list[dict]:
+    with world.sessions() as session:
+        rows = session.scalars(
+            select(JobEvent)
+            .where(JobEvent.job_id == job_id, JobEvent.kind == kind)
+            .order_by(JobEvent.id)
+        ).all()
+        return [r.data for r in rows]
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_job_succeeds_and_publishes_every_format(world, settings, sessions, store) -> None:
+    job_id = world.submit()
+    outcome = run_job(job_id, settings, sessions, store)
+    assert outcome.status == "succeeded"
+    job = world.job(job_id)
+    assert job.status == "succeeded" and job.adapter_id == outcome.adapter_id
+    assert job.progress["step"] == 12 and job.lease_owner is None
+    assert [e["to"] for e in events(world, job_id, "status")] == [
+        "queued",
+        "running",
+        "uploading",
+        "succeeded",
+    ]
+    assert len(events(world, job_id, "progress")) == 12  # interval 0: one per update
+    with sessions() as session:
+        adapter = session.get(Adapter, job.adapter_id)
+    assert set(adapter.formats) == {"peft", "lora", "merged"}
+    modules = adapter.rank_info["modules"]
+    assert sum(m["rank"] for m in modules) == adapter.total_rank
+    assert adapter.rank_info["budget"]["final"] == adapter.total_rank
+    assert adapter.total_rank <= adapter.rank_info["budget"]["target"]
+    assert all({"name", "layer", "kind", "rank"} <= set(m) for m in modules)
+    assert adapter.labels == ["negative", "positive"]
+    for name, info in adapter.formats.items():
+        data = store.open_read(info["storage_key"], info["sha256"])  # checksum verified
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        assert "adapter_config.json" in names or "config.json" in names, (name, names)
+    weights = read_adapter(store.open_read(adapter.formats["peft"]["storage_key"]))
+    assert weights.total_rank == adapter.total_rank
+
+
+def test_a_second_delivery_does_nothing(world, settings, sessions, store) -> None:
+    job_id = world.submit(max_steps=6)
+    assert run_job(job_id, settings, sessions, store).status == "succeeded"
+    assert run_job(job_id, settings, sessions, store).status == "skipped"
+    with sessions() as session:
+        assert len(session.scalars(select(Adapter)).all()) == 1
+
+
+def test_live_lease_blocks_a_second_worker(world, settings, sessions) -> None:
+    job_id = world.submit()
+    with sessions() as session:
+        assert lease_job(session, job_id, "worker-a", 60) is not None
+        assert lease_job(session, job_id, "worker-b", 60) is None
+        # An expired lease can be taken over.
+        session.get(Job, job_id).lease_expires_at = utcnow() - timedelta(seconds=1)
+        session.commit()
+        assert lease_job(session, job_id, "worker-b", 60).lease_owner == "worker-b"
+
+
+def test_cancel_mid_run_stops_within_a_step(world, settings, sessions, store) -> None:
+    job_id = world.submit(max_steps=400)
+    result: dict[str, object] = {}
+    thread = threading.Thread(
+        target=lambda: result.update(o=run_job(job_id, settings, sessions, store))
+    )
+    thread.start()
+    wait_for(lambda: (world.job(job_id).progress or {}).get("step", 0) >= 3)
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        request_cancel(session, job)
+        session.commit()
+        step_at_cancel = session.get(Job, job_id, populate_existing=True).progress["step"]
+    thread.join(60)
+    assert result["o"].status == "cancelled"
+    job = world.job(job_id)
+    assert job.status == "cancelled" and job.adapter_id is None
+    assert job.progress["step"] <= step_at_cancel + 2
+    assert [e["to"] for e in events(world, job_id, "status")][-2:] == ["cancelling", "cancelled"]
+
+
+def test_corrupt_dataset_fails_with_a_clear_error(world, settings, sessions, store) -> None:
+    job_id = world.submit()
+    store.path_for(world.dataset_key).write_text("text,label\nchanged,positive\n")
+    assert run_job(job_id, settings, sessions, store).status == "failed"
+    job = world.job(job_id)
+    assert job.error["code"] == "dataset_corrupt"
+    assert "Traceback" not in job.error["message"]
+
+
+def test_unknown_base_model_fails(world, settings, sessions, store, tiny_model) -> None:
+    other = Settings(home=settings.home, base_models={"elsewhere": str(tiny_model)})
+    job_id = world.submit()
+    assert run_job(job_id, other, sessions, store).status == "failed"
+    assert world.job(job_id).error["code"] == "unknown_base_model"
+
+
+def test_reconciler_requeues_a_lost_job_which_resumes_from_its_checkpoint(
+    world, settings, sessions, store: LocalStore
+) -> None:
+    job_id = world.submit(max_steps=40, checkpoint_every=3)
+    first: dict[str, object] = {}
+    thread = threading.Thread(
+        target=lambda: first.update(o=run_job(job_id, settings, sessions, store, owner="w1"))
+    )
+    thread.start()
+    wait_for(lambda: world.job(job_id).checkpoint_key is not None)
+    # The worker looks dead: its lease is in the past. The reconciler takes the job back.
+    with sessions() as session:
+        session.get(Job, job_id).lease_expires_at = utcnow() - timedelta(seconds=1)
+        session.commit()
+        sent: list[str] = []
+        report = reconcile_once(session, settings, sent.append)
+    assert report.requeued == [job_id] and sent == [job_id]
+    thread.join(60)
+    assert first["o"].status == "lost"  # the old run noticed and stopped
+    job = world.job(job_id)
+    assert job.status == "queued"
+    saved_step = job.progress["checkpoint"]["step"]
+    assert store.exists(job.checkpoint_key)
+
+    second = run_job(job_id, settings, sessions, store, owner="w2")
+    assert second.status == "succeeded"
+    runs = [e for e in events(world, job_id, "status") if e["to"] == "running"]
+    assert [r["worker"] for r in runs] == ["w1", "w2"]
+    resumed = [e for e in events(world, job_id, "log") if e.get("message") == "resumed"]
+    assert resumed and resumed[0]["step"] == saved_step
+    assert world.job(job_id).attempts == 2
+    assert not store.exists(job.checkpoint_key)  # dropped once the job finished
+
+
+def test_reconciler_fails_jobs_out_of_attempts_and_finishes_cancelling(
+    world, settings, sessions
+) -> None:
+    out_of_attempts, cancelling = world.submit(), world.submit()
+    with sessions() as session:
+        for job_id in (out_of_attempts, cancelling):
+            lease_job(session, job_id, "gone", 60)
+        session.get(Job, out_of_attempts).attempts = settings.max_attempts
+        request_cancel(session, session.get(Job, cancelling))
+        for job_id in (out_of_attempts, cancelling):
+            session.get(Job, job_id).lease_expires_at = utcnow() - timedelta(seconds=1)
+        session.commit()
+        report = reconcile_once(session, settings, lambda _id: None)
+    assert report.failed == [out_of_attempts] and report.cancelled == [cancelling]
+    assert world.job(out_of_attempts).error["code"] == "worker_lost"
+    assert world.job(cancelling).status == "cancelled"
+
+
+def test_reconciler_resends_a_stale_queued_job_once_per_interval(world, settings, sessions) -> None:
+    job_id = world.submit()
+    with sessions() as session:
+        sent: list[str] = []
+        assert not reconcile_once(session, settings, sent.append)  # fresh: left alone
+        session.get(Job, job_id).updated_at = utcnow() - timedelta(hours=1)
+        session.commit()
+        reconcile_once(session, settings, sent.append)
+        reconcile_once(session, settings, sent.append)
+    assert sent == [job_id]
