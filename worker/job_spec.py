@@ -6,7 +6,7 @@ The API validated everything at submission; ``hyperparameters`` holds the resolv
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from adalora_core.config import AdaLoraConfig
@@ -23,21 +23,22 @@ class JobSpec:
     merged: bool
 
 
-def _section(job: Job, name: str, known: set[str]) -> dict[str, Any]:
-    """Settings the user gave (unset ones left to the library's defaults), with the resolved
-    values from ``hyperparameters`` laid over them."""
-    merged: dict[str, Any] = {}
-    for source in (job.request or {}, job.hyperparameters or {}):
-        value = source.get(name)
-        if isinstance(value, dict):
-            merged.update({k: v for k, v in value.items() if v is not None and k in known})
-    return merged
+def _section(job: Job, name: str) -> dict[str, Any]:
+    """The resolved section the API stored in ``hyperparameters`` (complete, used as is), else
+    the submitted one with unset fields left to the library defaults."""
+    resolved = (job.hyperparameters or {}).get(name)
+    if isinstance(resolved, dict):
+        return dict(resolved)
+    given = {k: v for k, v in ((job.request or {}).get(name) or {}).items() if v is not None}
+    if name == "training" and "max_steps" in given and "epochs" not in given:
+        given["epochs"] = None  # max_steps replaces the default epoch count
+    return given
 
 
 def job_spec(job: Job) -> JobSpec:
-    request = job.request or {}
-    columns = request.get("columns") or {}
-    labels = (job.hyperparameters or {}).get("labels")
+    hyper = job.hyperparameters or {}
+    columns = _section(job, "columns")
+    labels = hyper.get("labels")
     spec = TaskSpec(
         kind=job.task,
         text_column=columns.get("text") or "",
@@ -46,13 +47,9 @@ def job_spec(job: Job) -> JobSpec:
         target_column=columns.get("target"),
         labels=tuple(str(x) for x in labels) if labels else None,
     )
-    adalora = _section(job, "adalora", {f.name for f in fields(AdaLoraConfig)})
-    training = _section(job, "training", {f.name for f in fields(TrainingConfig)})
-    if training.get("max_steps") is not None and "epochs" not in (request.get("training") or {}):
-        training["epochs"] = None  # max_steps replaces the default epoch count
     return JobSpec(
         task=spec.validate(),
-        adalora=AdaLoraConfig.from_dict(adalora),
-        training=TrainingConfig(**training).validate(),
-        merged=request.get("output") == "merged",
+        adalora=AdaLoraConfig.from_dict(_section(job, "adalora")),
+        training=TrainingConfig(**_section(job, "training")).validate(),
+        merged=(hyper.get("output") or (job.request or {}).get("output")) == "merged",
     )
