@@ -48,3 +48,34 @@ def sentiment_rows(count: int, seed: int = 0) -> list[dict[str, object]]:
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "label": ["negative", "positive"][label]})
     return rows
+
+
+def save_tiny_gpt2(directory: Path, seed: int = 0) -> Path:
+    """Random-init GPT-2 (Conv1D projections) with a word-level tokenizer, saved like a hub
+    model."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    words = ["<unk>", "<eos>", *POSITIVE, *NEGATIVE, *FILLER]
+    backend = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>", bos_token="<eos>"
+    )
+    tokenizer.save_pretrained(directory)
+    config = GPT2Config(
+        vocab_size=len(words),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        bos_token_id=1,
+        eos_token_id=1,
+        initializer_range=0.3,
+    )
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    return directory
