@@ -1,0 +1,1 @@
+"""HTTP API (FastAPI). The app factory is ``api.main.create_app``."""

@@ -1,0 +1,94 @@
+"""Request dependencies as ``Annotated`` aliases: settings, DB session, store, caller, limits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError
+from api.ratelimit import TokenBuckets, retry_after_header
+from registry import tenants
+from registry.queue import TaskProducer
+from registry.settings import Settings
+from registry.store import ArtifactStore
+
+bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    session = request.app.state.sessions()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def get_store(request: Request) -> ArtifactStore:
+    return request.app.state.store
+
+
+def get_producer(request: Request) -> TaskProducer:
+    return request.app.state.producer
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+ProducerDep = Annotated[TaskProducer, Depends(get_producer)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated caller: everything it touches is scoped to ``tenant_id``."""
+
+    tenant_id: str
+    key_id: str
+
+
+def get_caller(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Caller:
+    unauthorized = {"WWW-Authenticate": "Bearer"}
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise ApiError(
+            401, "unauthorized", "missing API key (Authorization: Bearer <key>)", None, unauthorized
+        )
+    key = tenants.authenticate_key(session, credentials.credentials)
+    if key is None:
+        raise ApiError(401, "unauthorized", "invalid or revoked API key", None, unauthorized)
+    return Caller(tenant_id=key.tenant_id, key_id=key.id)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def _limit(name: str):
+    def check(request: Request, caller: CallerDep) -> Caller:
+        buckets: TokenBuckets = request.app.state.rate_limits[name]
+        wait = buckets.acquire(caller.key_id)
+        if wait > 0:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"too many {name} requests for this key; retry in {wait:.1f}s",
+                None,
+                retry_after_header(wait),
+            )
+        return caller
+
+    return check
+
+
+# Use these instead of CallerDep on rate-limited routes (they authenticate too).
+JobsLimitedCaller = Annotated[Caller, Depends(_limit("jobs"))]
+InferLimitedCaller = Annotated[Caller, Depends(_limit("infer"))]

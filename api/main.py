@@ -1,0 +1,83 @@
+"""The app factory. ``create_app(settings)`` wires settings, DB sessions, the artifact store, the
+queue producer, rate limits, metrics and every router; ``uvicorn --factory api.main:create_app``.
+
+Inference wiring: if ``api.inference`` defines ``startup(app)`` / ``shutdown(app)`` (sync or
+async), the lifespan calls them (e.g. to put the engine on ``app.state.engine``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.metrics import ApiMetrics, MetricsMiddleware
+from api.ratelimit import TokenBuckets
+from api.routes import adapters, datasets, health, infer, jobs, keys, models
+from registry import tenants
+from registry.db import get_engine, make_sessionmaker
+from registry.queue import TaskProducer
+from registry.settings import Settings, get_settings
+from registry.store import get_store
+
+
+async def _call_hook(module: Any, name: str, app: FastAPI) -> None:
+    hook = getattr(module, name, None)
+    if hook is None:
+        return
+    result = hook(app)
+    if inspect.isawaitable(result):
+        await result
+
+
+def _inference_module() -> Any | None:
+    if importlib.util.find_spec("api.inference") is None:
+        return None
+    return importlib.import_module("api.inference")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    if settings.api_key:
+        with app.state.sessions() as session:
+            tenants.ensure_api_key(session, settings.api_key)
+            session.commit()
+    inference = _inference_module()
+    await _call_hook(inference, "startup", app)
+    try:
+        yield
+    finally:
+        await _call_hook(inference, "shutdown", app)
+        app.state.producer.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    settings.ensure_home()
+    app = FastAPI(
+        title="AdaLoRA Service",
+        version="0.1.0",
+        description="Fine-tune transformer models with AdaLoRA and serve the adapters.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.sessions = make_sessionmaker(get_engine(settings.database_url))
+    app.state.store = get_store(settings)
+    app.state.producer = TaskProducer(settings.broker_url)
+    app.state.rate_limits = {
+        "jobs": TokenBuckets(settings.jobs_rate_per_s, settings.jobs_burst),
+        "infer": TokenBuckets(settings.infer_rate_per_s, settings.infer_burst),
+    }
+    app.state.metrics = ApiMetrics(app.state.sessions)
+    install_error_handlers(app)
+    for module in (health, models, keys, datasets, jobs, adapters, infer):
+        app.include_router(module.router)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app

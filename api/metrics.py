@@ -1,0 +1,89 @@
+"""Prometheus metrics: request counts and latency by route template, jobs by status from SQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from registry import jobs
+
+
+class JobsCollector(Collector):
+    """Counts jobs per status at scrape time; queued jobs are the training queue's depth."""
+
+    def __init__(self, sessions: Callable[[], Session]) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            with self._sessions() as session:
+                counts = jobs.count_by_status(session)
+        except SQLAlchemyError:
+            return
+        by_status = GaugeMetricFamily("adalora_jobs", "Jobs by status.", labels=["status"])
+        for status, count in sorted(counts.items()):
+            by_status.add_metric([status], count)
+        yield by_status
+        yield GaugeMetricFamily(
+            "adalora_queue_depth", "Jobs waiting for a worker.", value=counts.get("queued", 0)
+        )
+
+
+class ApiMetrics:
+    def __init__(self, sessions: Callable[[], Session]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "adalora_http_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "adalora_http_request_duration_seconds",
+            "HTTP request latency by route template.",
+            ["route", "method"],
+            registry=self.registry,
+        )
+        self.registry.register(JobsCollector(sessions))
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's path template (bounded label values), or "unmatched"."""
+    route = scope.get("route")
+    return getattr(route, "path", "unmatched") if route is not None else "unmatched"
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware, so streamed responses are timed to their last byte."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = _route_template(scope)
+            method = scope.get("method", "")
+            self.metrics.requests.labels(route, method, str(status)).inc()
+            self.metrics.latency.labels(route, method).observe(time.perf_counter() - start)

@@ -1,0 +1,256 @@
+"""Dataset upload (streamed to disk, validated line by line), listing and deletion."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
+from starlette.datastructures import UploadFile
+from starlette.types import Message
+
+from api.deps import CallerDep, SessionDep, SettingsDep, StoreDep
+from api.errors import ApiError, not_found, responses
+from api.schemas import DatasetList, DatasetOut
+from registry import datasets as dataset_rows
+from registry.datasets_io import (
+    DatasetError,
+    DatasetLimits,
+    DatasetSummary,
+    check_filename,
+    scan,
+)
+from registry.ids import new_id
+from registry.models import Dataset
+from registry.store import dataset_key
+
+log = logging.getLogger("adalora.api.datasets")
+router = APIRouter(tags=["datasets"])
+
+COPY_CHUNK = 1024 * 1024
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": ".jsonl, .csv or .tsv (csv/tsv need a header row)",
+                        },
+                        "name": {"type": "string", "maxLength": 255},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def dataset_out(dataset: Dataset) -> DatasetOut:
+    return DatasetOut(
+        id=dataset.id,
+        name=dataset.name,
+        format=dataset.format,  # type: ignore[arg-type]
+        num_rows=dataset.num_rows,
+        columns=dataset.columns,
+        column_types=dataset.column_types,
+        sha256=dataset.sha256,
+        size_bytes=dataset.size_bytes,
+        created_at=dataset.created_at,
+    )
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"upload exceeds max_upload_bytes ({limit} bytes)")
+
+
+def _size_limited(request: Request, limit: int) -> Request:
+    """The same request, but reading its body fails with 413 once past ``limit`` bytes, so an
+    oversized upload is refused while streaming instead of after landing on disk."""
+    received = 0
+    receive = request.receive
+
+    async def limited_receive() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit + MULTIPART_OVERHEAD:
+                raise _too_large(limit)
+        return message
+
+    return Request(request.scope, limited_receive)
+
+
+def _bad_file(exc: DatasetError) -> ApiError:
+    return ApiError(422, "invalid_dataset", str(exc), "file")
+
+
+def _check_name(name: object, filename: str) -> str:
+    if name is None or name == "":
+        return filename
+    if not isinstance(name, str):
+        raise ApiError(422, "validation_error", "name must be a text field", "name")
+    if len(name) > 255 or "/" in name or "\\" in name or ".." in name or "\x00" in name:
+        raise ApiError(
+            422, "validation_error", "name: at most 255 characters, no paths or '..'", "name"
+        )
+    return name
+
+
+async def _spool(upload: UploadFile, dest: Path, limit: int) -> tuple[str, int]:
+    """Copy the upload to ``dest`` in chunks (hashing as it goes), refusing more than ``limit``."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(dest, "wb") as handle:
+        while chunk := await upload.read(COPY_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            digest.update(chunk)
+            handle.write(chunk)
+    return digest.hexdigest(), size
+
+
+def _insert_row(
+    session: Session,
+    tenant_id: str,
+    dataset_id: str,
+    name: str,
+    summary: DatasetSummary,
+    sha256: str,
+    size: int,
+    key: str,
+) -> Dataset:
+    dataset = dataset_rows.create_dataset(
+        session,
+        dataset_id=dataset_id,
+        tenant_id=tenant_id,
+        name=name,
+        summary=summary,
+        sha256=sha256,
+        size_bytes=size,
+        storage_key=key,
+    )
+    session.commit()
+    return dataset
+
+
+@router.post(
+    "/datasets",
+    status_code=201,
+    response_model=DatasetOut,
+    responses=responses(401, 413, 415, 422),
+    openapi_extra=UPLOAD_BODY,
+)
+async def upload_dataset(
+    request: Request,
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+) -> DatasetOut:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise ApiError(
+            415, "unsupported_media_type", "upload the file as multipart/form-data (field 'file')"
+        )
+    limit = settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
+        raise _too_large(limit)
+
+    limited = _size_limited(request, limit)
+    async with limited.form(max_files=1, max_fields=8) as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            message = "a file is required (form field 'file')"
+            raise ApiError(422, "validation_error", message, "file")
+        filename = upload.filename or ""
+        try:
+            fmt = check_filename(filename)
+        except DatasetError as exc:
+            status = 415 if "unsupported file type" in exc.message else 422
+            raise ApiError(status, "invalid_dataset", str(exc), "file") from exc
+        name = _check_name(form.get("name"), filename)
+
+        dataset_id = new_id("ds")
+        key = dataset_key(caller.tenant_id, dataset_id, fmt)
+        staging = Path(settings.home) / "uploads"
+        staging.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=staging, suffix=f".{fmt}")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        stored = False
+        try:
+            await _spool(upload, tmp, limit)
+            try:
+                summary = await run_in_threadpool(
+                    scan, tmp, fmt, DatasetLimits.from_settings(settings)
+                )
+            except DatasetError as exc:
+                raise _bad_file(exc) from exc
+            sha256, size = await run_in_threadpool(store.put_file, key, tmp)
+            stored = True
+            dataset = await run_in_threadpool(
+                _insert_row, session, caller.tenant_id, dataset_id, name, summary, sha256, size, key
+            )
+            stored = False  # the row owns the file now
+            return dataset_out(dataset)
+        finally:
+            tmp.unlink(missing_ok=True)
+            if stored:
+                session.rollback()
+                await run_in_threadpool(store.delete, key)
+
+
+@router.get("/datasets", response_model=DatasetList, responses=responses(401, 422))
+def list_datasets(
+    caller: CallerDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> DatasetList:
+    page = dataset_rows.list_datasets(session, caller.tenant_id, limit, cursor)
+    return DatasetList(items=[dataset_out(d) for d in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/datasets/{dataset_id}", response_model=DatasetOut, responses=responses(401, 404))
+def get_dataset(dataset_id: str, caller: CallerDep, session: SessionDep) -> DatasetOut:
+    dataset = dataset_rows.get_dataset(session, caller.tenant_id, dataset_id)
+    if dataset is None:
+        raise not_found("dataset", dataset_id)
+    return dataset_out(dataset)
+
+
+@router.delete("/datasets/{dataset_id}", status_code=204, responses=responses(401, 404, 409))
+def delete_dataset(
+    dataset_id: str, caller: CallerDep, session: SessionDep, store: StoreDep
+) -> Response:
+    dataset = dataset_rows.get_dataset(session, caller.tenant_id, dataset_id)
+    if dataset is None:
+        raise not_found("dataset", dataset_id)
+    active = dataset_rows.active_jobs_using(session, dataset_id)
+    if active:
+        raise ApiError(
+            409, "conflict", f"dataset {dataset_id!r} is used by {active} unfinished job(s)"
+        )
+    key = dataset_rows.delete_dataset(session, dataset)
+    session.commit()
+    try:
+        store.delete(key)
+    except Exception:  # the row is gone; a leftover file is harmless
+        log.warning("could not delete %s from the store", key, exc_info=True)
+    return Response(status_code=204)

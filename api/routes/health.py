@@ -1,0 +1,57 @@
+"""Liveness, readiness (database + broker) and Prometheus metrics; no authentication."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from api.errors import error_response, responses
+from api.schemas import Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    return Health(status="ok")
+
+
+def _check_database(request: Request) -> str:
+    try:
+        with request.app.state.sessions() as session:
+            session.execute(text("SELECT 1"))
+    except Exception as exc:
+        return f"unreachable ({exc.__class__.__name__})"
+    return "ok"
+
+
+def _check_broker(request: Request) -> str:
+    try:
+        request.app.state.producer.ping(timeout=2.0)
+    except Exception as exc:
+        return f"unreachable ({exc.__class__.__name__})"
+    return "ok"
+
+
+@router.get("/readyz", response_model=Readiness, responses=responses(503))
+async def readyz(request: Request) -> Readiness | Response:
+    checks = {
+        "database": await run_in_threadpool(_check_database, request),
+        "broker": await run_in_threadpool(_check_broker, request),
+    }
+    if all(value == "ok" for value in checks.values()):
+        return Readiness(status="ready", checks=checks)
+    failing = "; ".join(f"{name}: {value}" for name, value in checks.items() if value != "ok")
+    return error_response(503, "not_ready", f"not ready: {failing}")
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
+def metrics(request: Request) -> Response:
+    body = generate_latest(request.app.state.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

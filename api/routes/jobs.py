@@ -1,0 +1,199 @@
+"""Job submission (validated up front, idempotent), listing, events and cancellation."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, BackgroundTasks, Header, Query, Response
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.deps import CallerDep, JobsLimitedCaller, ProducerDep, SessionDep, SettingsDep
+from api.errors import ApiError, not_found, responses
+from api.schemas import EventList, EventOut, JobCreate, JobList, JobOut
+from api.submission import invalid, request_hash, resolve_hyperparameters
+from registry import datasets as dataset_rows
+from registry import jobs as job_rows
+from registry.models import Job
+from registry.queue import TaskProducer
+from registry.states import IllegalTransition
+
+log = logging.getLogger("adalora.api.jobs")
+router = APIRouter(tags=["jobs"])
+
+StatusFilter = Literal[
+    "queued", "running", "uploading", "succeeded", "failed", "cancelling", "cancelled"
+]
+
+
+def job_out(job: Job) -> JobOut:
+    return JobOut.model_validate(
+        {
+            "id": job.id,
+            "name": job.name,
+            "status": job.status,
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "base_model": job.base_model,
+            "task": job.task,
+            "dataset_id": job.dataset_id,
+            "validation_dataset_id": job.validation_dataset_id,
+            "hyperparameters": job.hyperparameters,
+            "progress": job.progress,
+            "metrics": job.metrics,
+            "budget": job.budget,
+            "adapter_id": job.adapter_id,
+            "error": job.error,
+            "metadata": job.metadata_,
+        }
+    )
+
+
+def _replay(existing: Job, digest: str, response: Response) -> JobOut:
+    """Same Idempotency-Key: the same body gets the same job, a different body a 409."""
+    if existing.request_hash != digest:
+        raise ApiError(
+            409,
+            "idempotency_conflict",
+            "this Idempotency-Key was used for a different request body",
+            "Idempotency-Key",
+        )
+    response.status_code = 200
+    return job_out(existing)
+
+
+def _enqueue(producer: TaskProducer, job_id: str) -> None:
+    try:
+        producer.send_train_job(job_id)
+    except Exception:  # the job row stays queued; the reconciler re-sends it
+        log.warning("could not enqueue %s; the reconciler will retry", job_id, exc_info=True)
+
+
+def _load_dataset(session: Session, tenant_id: str, dataset_id: str, field: str):
+    dataset = dataset_rows.get_dataset(session, tenant_id, dataset_id)
+    if dataset is None:
+        raise invalid(field, f"dataset {dataset_id!r} not found")
+    return dataset
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobOut,
+    responses={
+        200: {"model": JobOut, "description": "replay of an earlier identical submission"},
+        **responses(401, 409, 422, 429),
+    },
+)
+def submit_job(
+    body: JobCreate,
+    response: Response,
+    background: BackgroundTasks,
+    caller: JobsLimitedCaller,
+    session: SessionDep,
+    settings: SettingsDep,
+    producer: ProducerDep,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+    ] = None,
+) -> JobOut:
+    digest = request_hash(body)
+    if idempotency_key is not None:
+        existing = job_rows.find_by_idempotency_key(session, caller.tenant_id, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest, response)
+
+    train = _load_dataset(session, caller.tenant_id, body.dataset_id, "dataset_id")
+    validation = None
+    if body.validation_dataset_id is not None:
+        validation = _load_dataset(
+            session, caller.tenant_id, body.validation_dataset_id, "validation_dataset_id"
+        )
+    hyperparameters = resolve_hyperparameters(body, train, validation, settings)
+    try:
+        job = job_rows.create_job(
+            session,
+            tenant_id=caller.tenant_id,
+            base_model=body.base_model,
+            task=body.task,
+            dataset_id=train.id,
+            validation_dataset_id=validation.id if validation is not None else None,
+            request=body.model_dump(mode="json"),
+            hyperparameters=hyperparameters,
+            request_hash=digest,
+            idempotency_key=idempotency_key,
+            name=body.name,
+            metadata=body.metadata,
+        )
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = job_rows.find_by_idempotency_key(session, caller.tenant_id, idempotency_key)
+        if existing is None:
+            raise
+        return _replay(existing, digest, response)
+    background.add_task(_enqueue, producer, job.id)
+    return job_out(job)
+
+
+@router.get("/jobs", response_model=JobList, responses=responses(401, 422))
+def list_jobs(
+    caller: CallerDep,
+    session: SessionDep,
+    status: StatusFilter | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> JobList:
+    page = job_rows.list_jobs(session, caller.tenant_id, status, limit, cursor)
+    return JobList(items=[job_out(j) for j in page.items], next_cursor=page.next_cursor)
+
+
+def _job(session: Session, tenant_id: str, job_id: str) -> Job:
+    job = job_rows.get_job(session, tenant_id, job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    return job
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=responses(401, 404))
+def get_job(job_id: str, caller: CallerDep, session: SessionDep) -> JobOut:
+    return job_out(_job(session, caller.tenant_id, job_id))
+
+
+@router.get("/jobs/{job_id}/events", response_model=EventList, responses=responses(401, 404, 422))
+def list_events(
+    job_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> EventList:
+    job = _job(session, caller.tenant_id, job_id)
+    events = job_rows.list_events(session, job, after, limit)
+    return EventList(
+        items=[
+            EventOut.model_validate(
+                {"id": e.id, "kind": e.kind, "data": e.data, "created_at": e.created_at}
+            )
+            for e in events
+        ],
+        next_after=events[-1].id if events else after,
+    )
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=responses(401, 404, 409))
+def cancel_job(job_id: str, caller: CallerDep, session: SessionDep) -> JobOut:
+    job = _job(session, caller.tenant_id, job_id)
+    try:
+        job_rows.request_cancel(session, job)
+    except IllegalTransition as exc:
+        session.rollback()
+        raise ApiError(
+            409, "conflict", f"job {job_id!r} is {exc.current} and can no longer be cancelled"
+        ) from exc
+    session.commit()
+    return job_out(job)

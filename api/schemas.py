@@ -1,0 +1,252 @@
+"""Request and response bodies; declared on every route so the OpenAPI schema is exact."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TaskName = Literal["classification", "regression", "causal-lm", "seq2seq"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable error code.")
+    message: str
+    field: str | None = Field(None, description="Dotted request field, when one is at fault.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+
+class KeyCreate(Strict):
+    name: str | None = Field(None, max_length=200)
+
+
+class KeyOut(BaseModel):
+    id: str
+    prefix: str
+    name: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The secret; shown only in this response.")
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut]
+
+
+# --- datasets -----------------------------------------------------------------------------
+
+
+class DatasetOut(BaseModel):
+    id: str
+    name: str
+    format: Literal["jsonl", "csv", "tsv"]
+    num_rows: int
+    columns: list[str]
+    column_types: dict[str, str]
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetOut]
+    next_cursor: str | None
+
+
+# --- jobs ---------------------------------------------------------------------------------
+
+
+class Columns(Strict):
+    text: str = Field(min_length=1)
+    text_pair: str | None = None
+    label: str | None = None
+    target: str | None = None
+
+
+class AdaLoraParams(Strict):
+    init_r: int
+    target_r: int
+    t_init: int | None = None
+    t_final: int | None = None
+    delta_t: int | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    orth_reg_weight: float | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float | None = None
+    target_modules: list[str] | str | None = None
+
+
+class TrainingParams(Strict):
+    epochs: float | None = Field(None, description="Passes over the data (default 3).")
+    max_steps: int | None = Field(None, description="Optimizer updates, instead of epochs.")
+    batch_size: int | None = None
+    grad_accum: int | None = None
+    learning_rate: float | None = None
+    warmup_ratio: float | None = None
+    weight_decay: float | None = None
+    max_length: int | None = None
+    seed: int | None = None
+    eval_every: int | None = None
+    checkpoint_every: int | None = None
+
+
+class JobCreate(Strict):
+    base_model: str = Field(min_length=1)
+    task: TaskName
+    dataset_id: str = Field(min_length=1)
+    validation_dataset_id: str | None = None
+    columns: Columns
+    adalora: AdaLoraParams
+    training: TrainingParams = Field(default_factory=TrainingParams)
+    output: Literal["unmerged", "merged"] = "unmerged"
+    name: str | None = Field(None, max_length=255)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float | None = None
+
+
+class Budget(BaseModel):
+    initial: int | None = None
+    target: int | None = None
+    current: int | None = None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobOut(BaseModel):
+    id: str
+    name: str | None
+    status: Literal[
+        "queued", "running", "uploading", "succeeded", "failed", "cancelling", "cancelled"
+    ]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    base_model: str
+    task: TaskName
+    dataset_id: str | None
+    validation_dataset_id: str | None
+    hyperparameters: dict[str, Any]
+    progress: Progress
+    metrics: dict[str, Any]
+    budget: Budget
+    adapter_id: str | None
+    error: JobError | None
+    metadata: dict[str, Any]
+
+
+class JobList(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class EventOut(BaseModel):
+    id: int
+    kind: Literal["status", "progress", "eval", "error", "log"]
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class EventList(BaseModel):
+    items: list[EventOut]
+    next_after: int | None = Field(description="Pass as ?after= to get the following events.")
+
+
+# --- adapters -----------------------------------------------------------------------------
+
+
+class AdapterOut(BaseModel):
+    id: str
+    name: str | None
+    job_id: str | None
+    base_model: str
+    task: TaskName
+    labels: list[Any] | None
+    init_r: int
+    target_r: int
+    total_rank: int
+    trainable_params: int
+    size_bytes: int
+    sha256: str
+    formats: list[Literal["peft", "lora", "merged"]]
+    metrics: dict[str, Any]
+    status: Literal["ready", "corrupt"]
+    created_at: datetime
+
+
+class AdapterList(BaseModel):
+    items: list[AdapterOut]
+    next_cursor: str | None
+
+
+class RankModule(BaseModel):
+    name: str
+    layer: int | None
+    kind: str
+    rank: int
+
+
+class RankHistoryPoint(BaseModel):
+    step: int
+    budget: int
+    ranks: dict[str, int]
+
+
+class FinalBudget(BaseModel):
+    initial: int | None = None
+    target: int | None = None
+    final: int | None = None
+
+
+class RanksOut(BaseModel):
+    init_r: int
+    target_r: int
+    budget: FinalBudget
+    modules: list[RankModule]
+    history: list[RankHistoryPoint]
+
+
+# --- misc ---------------------------------------------------------------------------------
+
+
+class ModelOut(BaseModel):
+    name: str
+
+
+class ModelList(BaseModel):
+    items: list[ModelOut]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str]

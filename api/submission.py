@@ -1,0 +1,164 @@
+"""Everything about a job that can be checked at submission, resolved into stored
+hyper-parameters (total_steps, the budget schedule, label names). Torch-free."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from typing import Any
+
+from adalora_core.config import AdaLoraConfig
+from adalora_core.errors import ConfigError
+from adalora_core.plan import TrainingConfig, total_updates
+from api.errors import ApiError
+from api.schemas import JobCreate
+from registry.models import Dataset
+from registry.settings import Settings
+
+NUMERIC_TYPES = ("integer", "number")
+
+
+def invalid(field: str, message: str) -> ApiError:
+    return ApiError(422, "invalid_request", message, field)
+
+
+def request_hash(body: JobCreate) -> str:
+    """Stable digest of the submitted job (defaults included) for idempotency checks."""
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def resolve_columns(body: JobCreate) -> dict[str, str]:
+    """The column roles the task needs, named by the body field that must supply them."""
+    columns = body.columns
+    roles: dict[str, str] = {"text": columns.text}
+    if columns.text_pair:
+        roles["text_pair"] = columns.text_pair
+    if body.task == "classification":
+        if not columns.label:
+            raise invalid("columns.label", "classification needs a label column")
+        roles["label"] = columns.label
+    elif body.task == "regression":
+        target = columns.label or columns.target
+        if not target:
+            raise invalid("columns.label", "regression needs a numeric label (or target) column")
+        roles["label"] = target
+    elif body.task == "seq2seq":
+        if not columns.target:
+            raise invalid("columns.target", "seq2seq needs a target column")
+        roles["target"] = columns.target
+    return roles
+
+
+def body_field(body: JobCreate, role: str) -> str:
+    """The request field that named the column for ``role`` (regression may use target)."""
+    if role == "label" and body.task == "regression" and not body.columns.label:
+        return "columns.target"
+    return f"columns.{role}"
+
+
+def _check_columns(
+    body: JobCreate, roles: dict[str, str], dataset: Dataset, description: str
+) -> None:
+    for role, column in roles.items():
+        if column not in dataset.columns:
+            raise invalid(
+                body_field(body, role),
+                f"column {column!r} is not in {description} {dataset.id!r} "
+                f"(its columns: {', '.join(dataset.columns)})",
+            )
+
+
+def _label_set(dataset: Dataset, column: str, field: str, settings: Settings) -> list[str]:
+    values = dataset.label_values.get(column)
+    if values is None:
+        raise invalid(
+            field,
+            f"column {column!r} of {dataset.id!r} has more than {settings.max_label_values} "
+            "distinct values; that is not a classification label",
+        )
+    return list(values)
+
+
+def resolve_labels(
+    body: JobCreate,
+    roles: dict[str, str],
+    train: Dataset,
+    validation: Dataset | None,
+    settings: Settings,
+) -> list[str] | None:
+    """Classification: labels from the data (>= 2; validation labels must be known).
+    Regression: the target must be numeric. Other tasks: no labels."""
+    if body.task == "classification":
+        column = roles["label"]
+        labels = _label_set(train, column, "columns.label", settings)
+        if len(labels) < 2:
+            raise invalid(
+                "columns.label",
+                f"column {column!r} has {len(labels)} distinct value(s); classification needs >= 2",
+            )
+        if validation is not None:
+            extra = sorted(
+                set(_label_set(validation, column, "validation_dataset_id", settings)) - set(labels)
+            )
+            if extra:
+                raise invalid(
+                    "validation_dataset_id",
+                    f"validation labels not in the training data: {', '.join(extra[:10])}",
+                )
+        return labels
+    if body.task == "regression":
+        column = roles["label"]
+        for dataset in (train, validation):
+            if dataset is not None and dataset.column_types.get(column) not in NUMERIC_TYPES:
+                raise invalid(
+                    body_field(body, "label"),
+                    f"regression target {column!r} in {dataset.id!r} must be numeric "
+                    f"(found {dataset.column_types.get(column)})",
+                )
+    return None
+
+
+def _adalora_config(body: JobCreate) -> AdaLoraConfig:
+    return AdaLoraConfig.from_dict(body.adalora.model_dump(exclude_none=True))
+
+
+def _training_config(body: JobCreate) -> TrainingConfig:
+    given = body.training.model_dump(exclude_none=True)
+    if "max_steps" in given and "epochs" not in given:
+        given["epochs"] = None
+    try:
+        config = TrainingConfig(**given)
+    except TypeError as exc:  # a field this trainer version does not know
+        raise ConfigError("training", str(exc)) from exc
+    return config.validate()
+
+
+def resolve_hyperparameters(
+    body: JobCreate, train: Dataset, validation: Dataset | None, settings: Settings
+) -> dict[str, Any]:
+    """Validate the whole submission; raises ApiError/ConfigError naming the field at fault."""
+    if body.base_model not in settings.base_models:
+        known = ", ".join(sorted(settings.base_models)) or "(none configured)"
+        raise invalid("base_model", f"unknown base model {body.base_model!r}; known: {known}")
+    roles = resolve_columns(body)
+    _check_columns(body, roles, train, "dataset")
+    if validation is not None:
+        _check_columns(body, roles, validation, "validation dataset")
+    labels = resolve_labels(body, roles, train, validation, settings)
+    adalora = _adalora_config(body)
+    training = _training_config(body)
+    steps = total_updates(train.num_rows, training)
+    schedule = adalora.schedule(steps)
+    return {
+        "adalora": adalora.to_dict(),
+        "training": asdict(training),
+        "total_steps": steps,
+        "schedule": schedule.to_dict(),
+        "labels": labels,
+        "columns": roles,
+        "output": body.output,
+        "num_train_rows": train.num_rows,
+        "num_validation_rows": validation.num_rows if validation is not None else None,
+    }

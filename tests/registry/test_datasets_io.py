@@ -1,0 +1,162 @@
+"""Dataset parsing: every rejection names the line and column; limits hold while streaming."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from registry.datasets_io import (
+    DatasetError,
+    DatasetLimits,
+    check_filename,
+    iter_rows,
+    label_key,
+    read_rows,
+    scan,
+)
+
+
+def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return path
+
+
+def test_csv_summary_types_and_labels(tmp_path: Path) -> None:
+    path = write(tmp_path, "d.csv", 'text,label,score\nhello,pos,1.5\n"a, b",neg,2\nx,pos,3\n')
+    summary = scan(path, "csv")
+    assert summary.num_rows == 3
+    assert summary.columns == ["text", "label", "score"]
+    assert summary.column_types == {"text": "string", "label": "string", "score": "number"}
+    assert summary.label_values["label"] == ["neg", "pos"]
+    assert summary.label_values["score"] == ["1.5", "2", "3"]
+    assert read_rows(path, "csv")[1] == {"text": "a, b", "label": "neg", "score": "2"}
+
+
+def test_tsv_and_bom_and_quoted_newline(tmp_path: Path) -> None:
+    path = write(tmp_path, "d.tsv", '\ufefftext\tlabel\n"two\nlines"\t0\nb\t1\n')
+    summary = scan(path, "tsv")
+    assert summary.columns == ["text", "label"]
+    assert summary.column_types["label"] == "integer"
+    assert [r["text"] for r in iter_rows(path, "tsv")] == ["two\nlines", "b"]
+
+
+def test_jsonl_summary_union_of_keys(tmp_path: Path) -> None:
+    lines = [{"text": "a", "label": 1}, {"text": "b", "label": 0, "extra": True}, {}]
+    path = write(tmp_path, "d.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n\n")
+    summary = scan(path, "jsonl")
+    assert summary.num_rows == 3
+    assert summary.columns == ["text", "label", "extra"]
+    assert summary.column_types == {"text": "string", "label": "integer", "extra": "boolean"}
+    assert summary.label_values["label"] == ["0", "1"]
+    assert summary.label_values["extra"] == ["true"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fmt", "row", "column", "fragment"),
+    [
+        ("empty.csv", "", "csv", None, None, "empty"),
+        ("header.csv", "text,label\n", "csv", None, None, "no data rows"),
+        ("ragged.csv", "text,label\na,1\nb\n", "csv", 3, "label", "expected 2 fields"),
+        ("extra.csv", "text,label\na,1,2\n", "csv", 2, None, "found 3"),
+        ("dup.csv", "text,text\na,b\n", "csv", 1, "text", "duplicate"),
+        ("blankname.csv", "text,\na,b\n", "csv", 1, "#2", "empty column name"),
+        ("bad.jsonl", '{"text": "a"}\n{"text": \n', "jsonl", 2, None, "malformed JSON"),
+        ("list.jsonl", "[1, 2]\n", "jsonl", 1, None, "JSON object"),
+        ("nested.jsonl", '{"text": {"a": 1}}\n', "jsonl", 1, "text", "nested"),
+        ("nan.jsonl", '{"x": NaN}\n', "jsonl", 1, None, "NaN"),
+        ("blank.jsonl", "\n\n", "jsonl", None, None, "no data rows"),
+        ("quote.csv", 'text,label\n"unterminated,1\n', "csv", None, None, "malformed"),
+    ],
+)
+def test_rejections_name_row_and_column(
+    tmp_path: Path,
+    name: str,
+    content: str,
+    fmt: str,
+    row: int | None,
+    column: str | None,
+    fragment: str,
+) -> None:
+    with pytest.raises(DatasetError) as info:
+        scan(write(tmp_path, name, content), fmt)
+    if row is not None:
+        assert info.value.row == row
+    assert info.value.column == column
+    assert fragment in str(info.value)
+
+
+def test_non_utf8_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "latin.csv", "text,label\nok,1\ncaf\xe9,0\n".encode("latin-1"))
+    with pytest.raises(DatasetError) as info:
+        scan(path, "csv")
+    assert info.value.row == 3
+    assert "UTF-8" in info.value.message
+
+
+def test_binary_named_csv(tmp_path: Path) -> None:
+    path = write(tmp_path, "image.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(DatasetError, match="binary|UTF-8"):
+        scan(path, "csv")
+
+
+def test_line_over_max_line_bytes(tmp_path: Path) -> None:
+    path = write(tmp_path, "long.jsonl", '{"t": "a"}\n' + '{"t": "' + "x" * 500 + '"}\n')
+    with pytest.raises(DatasetError) as info:
+        scan(path, "jsonl", DatasetLimits(max_line_bytes=100))
+    assert info.value.row == 2
+    assert "longer than 100 bytes" in info.value.message
+
+
+def test_long_line_without_newline_is_not_read_whole(tmp_path: Path) -> None:
+    path = write(tmp_path, "blob.csv", "a" * 10_000_000)
+    with pytest.raises(DatasetError, match="longer than 1000 bytes"):
+        scan(path, "csv", DatasetLimits(max_line_bytes=1000))
+
+
+def test_too_many_columns(tmp_path: Path) -> None:
+    header = ",".join(f"c{i}" for i in range(5))
+    with pytest.raises(DatasetError, match="max_columns"):
+        scan(write(tmp_path, "wide.csv", header + "\n" + "1,2,3,4,5\n"), "csv", DatasetLimits(4))
+    wide = json.dumps({f"k{i}": i for i in range(5)})
+    with pytest.raises(DatasetError) as info:
+        scan(write(tmp_path, "wide.jsonl", wide + "\n"), "jsonl", DatasetLimits(4))
+    assert info.value.column == "k4"
+
+
+def test_too_many_label_values_drops_the_set(tmp_path: Path) -> None:
+    rows = "".join(f"t{i},{i}\n" for i in range(20))
+    summary = scan(
+        write(tmp_path, "many.csv", "text,label\n" + rows),
+        "csv",
+        DatasetLimits(max_label_values=10),
+    )
+    assert summary.label_values["label"] is None
+    assert summary.label_values["text"] is None
+
+
+@pytest.mark.parametrize(
+    ("filename", "fmt"), [("a.jsonl", "jsonl"), ("A.CSV", "csv"), ("x.y.tsv", "tsv")]
+)
+def test_check_filename_accepts(filename: str, fmt: str) -> None:
+    assert check_filename(filename) == fmt
+
+
+@pytest.mark.parametrize(
+    "filename", ["../x.csv", "dir/x.csv", "..\\x.csv", "a..b.csv", "x.txt", "noext", "", None]
+)
+def test_check_filename_rejects(filename: str | None) -> None:
+    with pytest.raises(DatasetError):
+        check_filename(filename)
+
+
+def test_label_key_is_stable() -> None:
+    assert [label_key(v) for v in (True, False, 3, "pos", 1.5)] == [
+        "true",
+        "false",
+        "3",
+        "pos",
+        "1.5",
+    ]
