@@ -183,6 +183,9 @@ def load_model(
         )
     elif task.kind == REGRESSION:
         kwargs.update(num_labels=1, problem_type="regression")
+    if task.kind in (CLASSIFICATION, REGRESSION):
+        # The head is trained from scratch; a base saved with another label count is fine.
+        kwargs["ignore_mismatched_sizes"] = True
     model = auto.from_pretrained(str(base_model), **kwargs)
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -79,3 +79,25 @@ def save_tiny_gpt2(directory: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     GPT2LMHeadModel(config).save_pretrained(directory)
     return directory
+
+
+def save_tiny_t5(directory: Path, seed: int = 0) -> Path:
+    """Random-init T5 encoder-decoder sharing the word-level vocabulary of the GPT-2 helper."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    save_tiny_gpt2(directory, seed)  # writes the tokenizer (and a GPT-2 we overwrite)
+    tokenizer_vocab = len(["<unk>", "<eos>", *POSITIVE, *NEGATIVE, *FILLER])
+    config = T5Config(
+        vocab_size=tokenizer_vocab,
+        d_model=32,
+        d_kv=16,
+        d_ff=48,
+        num_layers=2,
+        num_heads=2,
+        pad_token_id=1,
+        eos_token_id=1,
+        decoder_start_token_id=1,
+    )
+    torch.manual_seed(seed)
+    T5ForConditionalGeneration(config).save_pretrained(directory)
+    return directory
