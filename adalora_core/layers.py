@@ -84,6 +84,15 @@ class _AdapterLayer(nn.Module):
         for param in base_layer.parameters():
             param.requires_grad_(False)
 
+    @property
+    def weight(self) -> Tensor:
+        """The frozen base weight: model code such as T5's FFN reads `.weight.dtype`."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.base_layer.bias
+
     def _adapter_input(self, x: Tensor, dtype: torch.dtype) -> Tensor:
         if self.training and self.lora_dropout > 0.0:
             if self.dropout_cache is not None:
