@@ -70,7 +70,7 @@ def test_minilm_train_save_reload(tmp_path: Path) -> None:
         eval_rows=ROWS[::4],
         adalora=AdaLoraConfig(init_r=4, target_r=2, lora_alpha=16.0),
         training=TrainingConfig(
-            epochs=None, max_steps=6, batch_size=8, learning_rate=2e-3, max_length=32
+            epochs=None, max_steps=6, batch_size=8, learning_rate=1e-2, max_length=32
         ),
         output_dir=tmp_path / "adapter",
     )
