@@ -168,6 +168,7 @@ class RankAllocator:
     @torch.no_grad()
     def update_and_allocate(self, step: int) -> None:
         """Call once after optimizer update `step` (1-based), before the grads are zeroed."""
+        self.store.ensure_grads_attached()
         final = self.schedule.final_mask_step
         if step > final:
             if not self.frozen:  # e.g. resumed from a checkpoint written before the final mask
