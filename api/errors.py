@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adalora_core.errors import ConfigError
@@ -114,6 +114,12 @@ async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _data_error(_: Request, exc: Exception) -> JSONResponse:
+    # The database refused a value validation let through (e.g. a NUL byte in an id).
+    log.info("database rejected a value: %s", exc.__class__.__name__)
+    return error_response(422, "invalid_value", "a value in the request cannot be stored")
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", "internal server error")
@@ -125,6 +131,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ConfigError, _config_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(Exception, _unexpected)
 
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+# Printable-ish text: no NUL or other C0 control characters (PostgreSQL rejects NUL).
+NO_CONTROL = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"
+Text = Annotated[str, StringConstraints(pattern=NO_CONTROL)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=NO_CONTROL)]
 
 TaskName = Literal["classification", "regression", "causal-lm", "seq2seq"]
 
@@ -31,7 +36,7 @@ class ErrorResponse(BaseModel):
 
 
 class KeyCreate(Strict):
-    name: str | None = Field(None, max_length=200)
+    name: Name | None = None
 
 
 class KeyOut(BaseModel):
@@ -75,10 +80,10 @@ class DatasetList(BaseModel):
 
 
 class Columns(Strict):
-    text: str = Field(min_length=1)
-    text_pair: str | None = None
-    label: str | None = None
-    target: str | None = None
+    text: Name
+    text_pair: Name | None = None
+    label: Name | None = None
+    target: Name | None = None
 
 
 class AdaLoraParams(Strict):
@@ -92,7 +97,7 @@ class AdaLoraParams(Strict):
     orth_reg_weight: float | None = None
     lora_alpha: float | None = None
     lora_dropout: float | None = None
-    target_modules: list[str] | str | None = None
+    target_modules: list[Text] | Text | None = None
 
 
 class TrainingParams(Strict):
@@ -110,15 +115,15 @@ class TrainingParams(Strict):
 
 
 class JobCreate(Strict):
-    base_model: str = Field(min_length=1)
+    base_model: Name
     task: TaskName
-    dataset_id: str = Field(min_length=1)
-    validation_dataset_id: str | None = None
+    dataset_id: Name
+    validation_dataset_id: Name | None = None
     columns: Columns
     adalora: AdaLoraParams
     training: TrainingParams = Field(default_factory=TrainingParams)
     output: Literal["unmerged", "merged"] = "unmerged"
-    name: str | None = Field(None, max_length=255)
+    name: Name | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -38,6 +38,9 @@ class TaskProducer:
                 _ensure_sqlite_broker_dir(self.broker_url)
                 self._app = Celery("adalora-producer", broker=self.broker_url)
                 self._app.conf.broker_connection_retry_on_startup = False
+                # Fail fast instead of blocking a request for seconds: a job that could not be
+                # sent stays queued and the reconciler sends it again.
+                self._app.conf.broker_transport_options = {"max_retries": 0}
             return self._app
 
     def send_train_job(self, job_id: str) -> None:

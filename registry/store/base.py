@@ -70,13 +70,19 @@ def validate_key(key: str) -> str:
 def checked_chunks(
     key: str, chunks: Iterable[bytes], expected_sha256: str | None
 ) -> Iterator[bytes]:
-    """Pass chunks through, hashing them; raise ChecksumMismatch at the end on a wrong digest."""
+    """Pass chunks through, hashing them; on a wrong digest raise ChecksumMismatch BEFORE the
+    last chunk goes out, so a consumer never receives the complete bad object."""
     digest = hashlib.sha256()
+    pending: bytes | None = None
     for chunk in chunks:
         digest.update(chunk)
-        yield chunk
+        if pending is not None:
+            yield pending
+        pending = chunk
     if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
         raise ChecksumMismatch(key, expected_sha256, digest.hexdigest())
+    if pending is not None:
+        yield pending
 
 
 def file_chunks(path: str | Path, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]:

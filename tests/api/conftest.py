@@ -46,11 +46,11 @@ def dataset(upload: Callable[..., Any], tenant: TenantKey) -> dict[str, Any]:
     return response.json()
 
 
-def job_body(dataset_id: str, **overrides: Any) -> dict[str, Any]:
+def job_body(dataset: str, /, **overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "base_model": TEST_BASE_MODEL,
         "task": "classification",
-        "dataset_id": dataset_id,
+        "dataset_id": dataset,
         "columns": {"text": "sentence", "label": "label"},
         "adalora": {"init_r": 6, "target_r": 4},
         "training": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3},

@@ -100,6 +100,11 @@ def test_checksum_mismatch(local: LocalStore) -> None:
     assert info.value.expected == sha
     with pytest.raises(ChecksumMismatch):
         b"".join(local.iter_read("k", expected_sha256=sha))
+    received: list[bytes] = []
+    with pytest.raises(ChecksumMismatch):
+        for chunk in local.iter_read("k", chunk_size=1, expected_sha256=sha):
+            received.append(chunk)
+    assert b"".join(received) == b"evi"  # never the whole bad object
 
 
 def test_key_helpers_are_valid_keys(local: LocalStore) -> None:

@@ -1,0 +1,110 @@
+"""Authentication on every route, key management, and per-key rate limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from api.ratelimit import TokenBuckets
+from registry.settings import Settings
+from tests.api.conftest import job_body
+from tests.conftest import TenantKey
+
+PROTECTED = [
+    ("GET", "/models"),
+    ("GET", "/keys"),
+    ("POST", "/keys"),
+    ("DELETE", "/keys/key_x"),
+    ("GET", "/datasets"),
+    ("POST", "/datasets"),
+    ("GET", "/datasets/ds_x"),
+    ("DELETE", "/datasets/ds_x"),
+    ("GET", "/jobs"),
+    ("POST", "/jobs"),
+    ("GET", "/jobs/job_x"),
+    ("GET", "/jobs/job_x/events"),
+    ("POST", "/jobs/job_x/cancel"),
+    ("GET", "/adapters"),
+    ("GET", "/adapters/ad_x"),
+    ("DELETE", "/adapters/ad_x"),
+    ("GET", "/adapters/ad_x/ranks"),
+    ("GET", "/adapters/ad_x/download"),
+    ("POST", "/infer"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic dXNlcjpwYXNz"}],
+    ids=["missing", "wrong", "basic"],
+)
+def test_protected_routes_need_a_valid_key(
+    client: TestClient, method: str, path: str, headers: dict[str, str]
+) -> None:
+    response = client.request(method, path, headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthorized"
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_open_routes(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/metrics").status_code == 200
+
+
+def test_key_lifecycle(client: TestClient, tenant: TenantKey, other_tenant: TenantKey) -> None:
+    created = client.post("/keys", json={"name": "laptop"}, headers=tenant.headers)
+    assert created.status_code == 201
+    secret = created.json()["key"]
+    new_headers = {"Authorization": f"Bearer {secret}"}
+    assert client.get("/models", headers=new_headers).status_code == 200
+    listed = client.get("/keys", headers=tenant.headers).json()["items"]
+    assert {k["id"] for k in listed} == {tenant.key_id, created.json()["id"]}
+    assert secret not in str(listed)
+    # Another tenant can neither see nor revoke it.
+    assert created.json()["id"] not in str(client.get("/keys", headers=other_tenant.headers).json())
+    gone = client.delete(f"/keys/{created.json()['id']}", headers=other_tenant.headers)
+    assert gone.status_code == 404
+    assert client.delete(f"/keys/{created.json()['id']}", headers=tenant.headers).status_code == 204
+    assert client.get("/models", headers=new_headers).status_code == 401
+    assert client.get("/models", headers=tenant.headers).status_code == 200
+
+
+def test_bootstrap_key_from_settings(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"api_key": "bootstrap-secret-for-tests"}))
+    with TestClient(app) as client:
+        response = client.get(
+            "/models", headers={"Authorization": "Bearer bootstrap-secret-for-tests"}
+        )
+    assert response.status_code == 200
+    assert "tiny-test-model" in [m["name"] for m in response.json()["items"]]
+
+
+def test_token_bucket_refills_with_time() -> None:
+    now = [0.0]
+    buckets = TokenBuckets(rate=2.0, burst=2, clock=lambda: now[0])
+    assert [buckets.acquire("k") for _ in range(2)] == [0.0, 0.0]
+    assert buckets.acquire("k") == pytest.approx(0.5)
+    assert buckets.acquire("other") == 0.0  # buckets are per key
+    now[0] = 0.5
+    assert buckets.acquire("k") == 0.0
+    assert TokenBuckets(rate=0, burst=1).acquire("k") == 0.0  # rate 0: unlimited
+
+
+def test_jobs_rate_limit_answers_429(
+    client: TestClient, app: Any, tenant: TenantKey, other_tenant: TenantKey, dataset: dict
+) -> None:
+    app.state.rate_limits["jobs"] = TokenBuckets(rate=0.001, burst=2, clock=lambda: 0.0)
+    body = job_body(dataset["id"])
+    codes = [client.post("/jobs", json=body, headers=tenant.headers).status_code for _ in range(3)]
+    assert codes == [202, 202, 429]
+    limited = client.post("/jobs", json=body, headers=tenant.headers)
+    assert limited.json()["error"]["code"] == "rate_limited"
+    assert int(limited.headers["retry-after"]) >= 1
+    # Another key has its own bucket (its request fails validation, not the limit).
+    other = client.post("/jobs", json=body, headers=other_tenant.headers)
+    assert other.status_code == 422

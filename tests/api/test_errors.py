@@ -1,0 +1,189 @@
+"""One error shape everywhere, no stack traces, 503 for a database outage, an exact OpenAPI."""
+
+from __future__ import annotations
+
+import random
+import string
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from registry.settings import Settings
+from tests.api.conftest import job_body
+from tests.conftest import TenantKey
+
+
+def assert_error_shape(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message", "field"}
+    assert "Traceback" not in response.text
+    return body["error"]
+
+
+def test_unknown_route_and_method(client: TestClient, tenant: TenantKey) -> None:
+    assert assert_error_shape(client.get("/nope"), 404)["code"] == "not_found"
+    assert assert_error_shape(client.put("/jobs", headers=tenant.headers), 405)["code"] == (
+        "method_not_allowed"
+    )
+
+
+def test_validation_error_uses_dotted_field(
+    client: TestClient, tenant: TenantKey, dataset: dict
+) -> None:
+    response = client.post(
+        "/jobs", json=job_body(dataset["id"], adalora__init_r=[1]), headers=tenant.headers
+    )
+    assert assert_error_shape(response, 422)["field"] == "adalora.init_r"
+    response = client.get("/jobs/job_x/events?after=-1", headers=tenant.headers)
+    assert assert_error_shape(response, 422)["field"] == "after"
+
+
+def test_database_down_is_503(settings: Settings) -> None:
+    down = settings.model_copy(
+        update={"database_url": "postgresql+psycopg://nobody@127.0.0.1:1/none"}
+    )
+    with TestClient(create_app(down), raise_server_exceptions=False) as client:
+        response = client.get("/jobs", headers={"Authorization": "Bearer whatever"})
+        error = assert_error_shape(response, 503)
+        assert error["code"] == "database_unavailable"
+        assert "database" in error["message"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "database" in ready.json()["error"]["message"]
+
+
+def test_unexpected_error_is_a_generic_500(app: Any, client: TestClient) -> None:
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("secret internals /etc/passwd")
+
+    response = client.get("/boom")
+    error = assert_error_shape(response, 500)
+    assert error == {"code": "internal_error", "message": "internal server error", "field": None}
+    assert "secret" not in response.text
+
+
+def test_readyz_ok(client: TestClient) -> None:
+    assert client.get("/readyz").json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "broker": "ok"},
+    }
+
+
+def _junk(rng: random.Random) -> Any:
+    choice = rng.randrange(7)
+    if choice == 0:
+        return "".join(rng.choice(string.printable + "éß∑\u0000") for _ in range(rng.randrange(30)))
+    if choice == 1:
+        return rng.choice([0, -1, 2**70, -(2**70), 1e308, -0.0])
+    if choice == 2:
+        return None
+    if choice == 3:
+        return [rng.randrange(5)]
+    if choice == 4:
+        return {"x": {"y": []}}
+    if choice == 5:
+        return rng.choice([True, False])
+    return "../" * rng.randrange(5)
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "postgres"])
+def test_no_5xx_on_junk_input(client: TestClient, tenant: TenantKey, dataset: dict) -> None:
+    rng = random.Random(1234)
+    fields = [
+        "base_model",
+        "task",
+        "dataset_id",
+        "validation_dataset_id",
+        "columns__text",
+        "columns__label",
+        "adalora__init_r",
+        "adalora__target_r",
+        "adalora__t_final",
+        "adalora__delta_t",
+        "adalora__target_modules",
+        "adalora__lora_alpha",
+        "training__epochs",
+        "training__max_steps",
+        "training__batch_size",
+        "training__learning_rate",
+        "training__seed",
+        "output",
+        "name",
+        "metadata",
+    ]
+    for _ in range(150):
+        overrides = {f: _junk(rng) for f in rng.sample(fields, rng.randrange(1, 4))}
+        response = client.post(
+            "/jobs", json=job_body(dataset["id"], **overrides), headers=tenant.headers
+        )
+        assert response.status_code < 500, (overrides, response.text)
+    paths = [
+        "/jobs/{}",
+        "/jobs/{}/events",
+        "/adapters/{}",
+        "/adapters/{}/ranks",
+        "/adapters/{}/download",
+        "/datasets/{}",
+    ]
+    for _ in range(60):
+        ident = "".join(
+            rng.choice(string.ascii_letters + "%._-~") for _ in range(rng.randrange(1, 80))
+        )
+        query = rng.choice(["", "?after=abc", "?limit=-5", "?format=zip", "?cursor=" + "z" * 100])
+        response = client.get(rng.choice(paths).format(ident) + query, headers=tenant.headers)
+        assert response.status_code < 500, response.text
+    for body in (b"", b"null", b"[]", b"\xff\xfe", b'{"task": ' * 50):
+        response = client.post(
+            "/jobs", content=body, headers={**tenant.headers, "Content-Type": "application/json"}
+        )
+        assert response.status_code == 422, body
+
+
+def test_openapi_declares_models_and_errors(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    for path in (
+        "/datasets",
+        "/jobs",
+        "/jobs/{job_id}/events",
+        "/adapters/{adapter_id}/ranks",
+        "/adapters/{adapter_id}/download",
+        "/models",
+        "/healthz",
+        "/readyz",
+    ):
+        assert path in paths
+    submit = paths["/jobs"]["post"]
+    assert "202" in submit["responses"] and "409" in submit["responses"]
+    assert submit["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "ErrorResponse"
+    )
+    upload = paths["/datasets"]["post"]
+    assert "multipart/form-data" in upload["requestBody"]["content"]
+    assert "JobOut" in schema["components"]["schemas"]
+
+
+def test_metrics_count_routes_and_jobs(
+    client: TestClient, tenant: TenantKey, dataset: dict
+) -> None:
+    client.post("/jobs", json=job_body(dataset["id"]), headers=tenant.headers)
+    client.get("/jobs/job_missing", headers=tenant.headers)
+    text = client.get("/metrics").text
+    assert 'adalora_http_requests_total{method="POST",route="/jobs",status="202"} 1.0' in text
+    assert 'route="/jobs/{job_id}",status="404"' in text
+    assert 'adalora_jobs{status="queued"} 1.0' in text
+    assert "adalora_queue_depth 1.0" in text
+    assert "adalora_http_request_duration_seconds_bucket" in text
+
+
+@pytest.mark.parametrize("db_backend", ["postgres"])
+def test_postgres_backed_app_round_trip(
+    client: TestClient, tenant: TenantKey, dataset: dict
+) -> None:
+    job = client.post("/jobs", json=job_body(dataset["id"]), headers=tenant.headers)
+    assert job.status_code == 202
+    assert client.get(f"/jobs/{job.json()['id']}", headers=tenant.headers).status_code == 200

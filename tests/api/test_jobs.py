@@ -1,0 +1,287 @@
+"""Job submission: checked up front (422 naming the field), idempotent, enqueued by name."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.main import create_app
+from registry import jobs as job_rows
+from registry.models import Job
+from registry.queue import TRAIN_TASK
+from registry.settings import Settings
+from tests.api.conftest import SST_ROWS, job_body, jsonl
+from tests.conftest import LiveServer, TenantKey
+from tests.registry.test_settings_queue import _drain
+
+
+def job_count(sessions: sessionmaker[Session]) -> int:
+    with sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(Job)) or 0)
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "postgres"])
+def test_submit_resolves_and_enqueues(
+    client: TestClient, tenant: TenantKey, dataset: dict[str, Any], settings: Settings
+) -> None:
+    response = client.post(
+        "/jobs",
+        json=job_body(dataset["id"], name="first", metadata={"team": "nlp"}),
+        headers=tenant.headers,
+    )
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["status"] == "queued" and job["name"] == "first"
+    assert job["metadata"] == {"team": "nlp"}
+    hp = job["hyperparameters"]
+    assert hp["total_steps"] == 10  # ceil(40 rows / 8) * 2 epochs
+    assert hp["schedule"] == {"total_steps": 10, "t_init": 1, "t_final": 3, "delta_t": 1}
+    assert hp["labels"] == ["0", "1"]
+    assert hp["columns"] == {"text": "sentence", "label": "label"}
+    assert hp["adalora"]["init_r"] == 6 and hp["training"]["learning_rate"] == 1e-3
+    assert job["progress"] == {"step": 0, "total_steps": 10, "epoch": 0.0}
+    assert _drain(settings.broker_url) == [(TRAIN_TASK, [job["id"]])]
+    assert client.get(f"/jobs/{job['id']}", headers=tenant.headers).json() == job
+
+
+def test_broker_down_keeps_the_job_queued(
+    settings: Settings, tenant: TenantKey, upload: Callable[..., Any]
+) -> None:
+    down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(down), raise_server_exceptions=False) as client:
+        ds = client.post(
+            "/datasets", headers=tenant.headers, files={"file": ("t.jsonl", jsonl(SST_ROWS))}
+        ).json()
+        response = client.post("/jobs", json=job_body(ds["id"]), headers=tenant.headers)
+        assert response.status_code == 202
+        job = client.get(f"/jobs/{response.json()['id']}", headers=tenant.headers).json()
+        assert job["status"] == "queued"
+        assert client.get("/readyz").status_code == 503
+
+
+@pytest.fixture
+def regression_and_text(upload: Callable[..., Any], tenant: TenantKey) -> dict[str, str]:
+    rows = [{"text": f"t{i}", "tag": "a" if i % 2 else "b", "one": "x"} for i in range(10)]
+    val = [{"sentence": "s", "label": 7, "score": 0.1}]
+    return {
+        "text": upload(tenant, "text.jsonl", jsonl(rows)).json()["id"],
+        "val_bad_labels": upload(tenant, "val.jsonl", jsonl(val)).json()["id"],
+    }
+
+
+INVALID = [
+    ({"base_model": "gpt-17"}, "base_model", "unknown base model"),
+    ({"task": "translation"}, "task", None),
+    ({"columns__text": "nope"}, "columns.text", "not in dataset"),
+    ({"columns__label": "nope"}, "columns.label", "not in dataset"),
+    ({"columns__label": ...}, "columns.label", "needs a label"),
+    ({"task": "seq2seq"}, "columns.target", "needs a target"),
+    ({"task": "regression", "columns__label": "sentence"}, "columns.label", "numeric"),
+    ({"columns__text_pair": "missing"}, "columns.text_pair", "not in dataset"),
+    ({"adalora__target_r": 9}, "adalora.target_r", "init_r"),
+    ({"adalora__init_r": ...}, "adalora.init_r", None),
+    ({"adalora__init_r": "many"}, "adalora.init_r", None),
+    ({"adalora__beta1": 1.5}, "adalora.beta1", None),
+    ({"adalora__t_final": 50}, "adalora.t_final", "t_final"),
+    ({"adalora__t_init": 9}, "adalora.t_init", None),
+    ({"adalora__bogus": 1}, "adalora.bogus", None),
+    ({"training__learning_rate": 0}, "training.learning_rate", "> 0"),
+    ({"training__learning_rate": -1e-3}, "training.learning_rate", None),
+    ({"training__learning_rate": "fast"}, "training.learning_rate", None),
+    ({"training__batch_size": 0}, "training.batch_size", None),
+    ({"training__max_steps": 5}, "training.epochs", "exactly one"),
+    ({"dataset_id": "ds_missing"}, "dataset_id", "not found"),
+    ({"validation_dataset_id": "ds_missing"}, "validation_dataset_id", "not found"),
+    ({"output": "zip"}, "output", None),
+    ({"columns": "text"}, "columns", None),
+    ({"metadata": [1, 2]}, "metadata", None),
+]
+
+
+@pytest.mark.parametrize(("overrides", "field", "fragment"), INVALID)
+def test_invalid_submissions_name_the_field(
+    client: TestClient,
+    tenant: TenantKey,
+    dataset: dict[str, Any],
+    sessions: sessionmaker[Session],
+    overrides: dict[str, Any],
+    field: str,
+    fragment: str | None,
+) -> None:
+    response = client.post(
+        "/jobs", json=job_body(dataset["id"], **overrides), headers=tenant.headers
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == field, error
+    if fragment:
+        assert fragment in error["message"]
+    assert job_count(sessions) == 0
+
+
+def test_label_checks(
+    client: TestClient, tenant: TenantKey, dataset: dict, regression_and_text: dict[str, str]
+) -> None:
+    one_class = job_body(regression_and_text["text"], columns={"text": "text", "label": "one"})
+    response = client.post("/jobs", json=one_class, headers=tenant.headers)
+    assert response.json()["error"]["field"] == "columns.label"
+    assert ">= 2" in response.json()["error"]["message"]
+
+    unseen = job_body(dataset["id"], validation_dataset_id=regression_and_text["val_bad_labels"])
+    response = client.post("/jobs", json=unseen, headers=tenant.headers)
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "validation_dataset_id"
+    assert "7" in response.json()["error"]["message"]
+
+    regression = job_body(
+        dataset["id"], task="regression", columns={"text": "sentence", "target": "score"}
+    )
+    accepted = client.post("/jobs", json=regression, headers=tenant.headers)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["hyperparameters"]["labels"] is None
+
+    lm = job_body(
+        dataset["id"],
+        task="causal-lm",
+        columns={"text": "sentence"},
+        training={"max_steps": 12, "learning_rate": 1e-3},
+    )
+    accepted = client.post("/jobs", json=lm, headers=tenant.headers)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["hyperparameters"]["total_steps"] == 12
+
+
+def test_malformed_json_body(client: TestClient, tenant: TenantKey) -> None:
+    response = client.post(
+        "/jobs",
+        content=b"{not json",
+        headers={**tenant.headers, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_json"
+
+
+def test_idempotency_key(
+    client: TestClient,
+    tenant: TenantKey,
+    other_tenant: TenantKey,
+    dataset: dict,
+    sessions: sessionmaker[Session],
+) -> None:
+    body = job_body(dataset["id"])
+    headers = {**tenant.headers, "Idempotency-Key": "abc-1"}
+    first = client.post("/jobs", json=body, headers=headers)
+    again = client.post("/jobs", json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert first.json()["id"] == again.json()["id"]
+    changed = client.post("/jobs", json=job_body(dataset["id"], name="other"), headers=headers)
+    assert changed.status_code == 409
+    assert changed.json()["error"]["code"] == "idempotency_conflict"
+    # Keys are per tenant: the same key elsewhere is unrelated (and here fails validation).
+    foreign = client.post(
+        "/jobs", json=body, headers={**other_tenant.headers, "Idempotency-Key": "abc-1"}
+    )
+    assert foreign.status_code == 422
+    assert job_count(sessions) == 1
+
+
+@pytest.mark.parametrize("db_backend", ["postgres", "sqlite"])
+def test_concurrent_identical_submissions_make_one_job(
+    live_server: LiveServer,
+    tenant: TenantKey,
+    dataset: dict[str, Any],
+    sessions: sessionmaker[Session],
+) -> None:
+    body = job_body(dataset["id"])
+    headers = {**tenant.headers, "Idempotency-Key": "race-1"}
+    start = threading.Barrier(8)
+
+    def submit(_: int) -> tuple[int, str]:
+        with httpx.Client(base_url=live_server.url, timeout=60) as http:
+            start.wait()
+            response = http.post("/jobs", json=body, headers=headers)
+            return response.status_code, response.json()["id"]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(submit, range(8)))
+    assert {job_id for _, job_id in results} and len({job_id for _, job_id in results}) == 1
+    assert sorted(code for code, _ in results) == [200] * 7 + [202]
+    assert job_count(sessions) == 1
+
+
+def test_list_filter_and_pages(
+    client: TestClient, tenant: TenantKey, dataset: dict, sessions: sessionmaker[Session]
+) -> None:
+    ids = [
+        client.post("/jobs", json=job_body(dataset["id"]), headers=tenant.headers).json()["id"]
+        for _ in range(3)
+    ]
+    client.post(f"/jobs/{ids[0]}/cancel", headers=tenant.headers)
+    queued = client.get("/jobs?status=queued", headers=tenant.headers).json()
+    assert [j["id"] for j in queued["items"]] == [ids[2], ids[1]]
+    page = client.get("/jobs?limit=2", headers=tenant.headers).json()
+    assert [j["id"] for j in page["items"]] == [ids[2], ids[1]]
+    page = client.get(f"/jobs?limit=2&cursor={page['next_cursor']}", headers=tenant.headers).json()
+    assert [j["id"] for j in page["items"]] == [ids[0]] and page["next_cursor"] is None
+    for bad in ("status=bogus", "limit=0", "limit=1000"):
+        assert client.get(f"/jobs?{bad}", headers=tenant.headers).status_code == 422
+
+
+def test_events_and_cancel(
+    client: TestClient, tenant: TenantKey, dataset: dict, sessions: sessionmaker[Session]
+) -> None:
+    queued = client.post("/jobs", json=job_body(dataset["id"]), headers=tenant.headers).json()
+    cancelled = client.post(f"/jobs/{queued['id']}/cancel", headers=tenant.headers)
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled" and cancelled.json()["finished_at"]
+    again = client.post(f"/jobs/{queued['id']}/cancel", headers=tenant.headers)
+    assert again.status_code == 409
+
+    running = client.post("/jobs", json=job_body(dataset["id"]), headers=tenant.headers).json()
+    with sessions() as session:
+        job = job_rows.get_job_by_id(session, running["id"])
+        assert job is not None and job_rows.claim_job(session, job, "worker-1", 60)
+        for step in (1, 2, 3):
+            job_rows.record_progress(session, job, step=step, epoch=0.1 * step, budget_current=20)
+        session.commit()
+    response = client.post(f"/jobs/{running['id']}/cancel", headers=tenant.headers)
+    assert response.json()["status"] == "cancelling"
+
+    events = client.get(f"/jobs/{running['id']}/events", headers=tenant.headers).json()
+    kinds = [(e["kind"], e["data"].get("to", e["data"].get("step"))) for e in events["items"]]
+    assert kinds == [
+        ("status", "queued"),
+        ("status", "running"),
+        ("progress", 1),
+        ("progress", 2),
+        ("progress", 3),
+        ("status", "cancelling"),
+    ]
+    tail = client.get(
+        f"/jobs/{running['id']}/events?after={events['items'][2]['id']}&limit=2",
+        headers=tenant.headers,
+    ).json()
+    assert [e["data"]["step"] for e in tail["items"]] == [2, 3]
+    assert tail["next_after"] == events["items"][4]["id"]
+    empty = client.get(
+        f"/jobs/{running['id']}/events?after={events['next_after']}", headers=tenant.headers
+    ).json()
+    assert empty == {"items": [], "next_after": events["next_after"]}
+    progress = client.get(f"/jobs/{running['id']}", headers=tenant.headers).json()
+    assert progress["progress"]["step"] == 3 and progress["budget"]["current"] == 20
+
+    with sessions() as session:
+        job = job_rows.get_job_by_id(session, running["id"])
+        assert job is not None
+        job.status = "succeeded"
+        session.commit()
+    finished = client.post(f"/jobs/{running['id']}/cancel", headers=tenant.headers)
+    assert finished.status_code == 409 and "succeeded" in finished.json()["error"]["message"]
