@@ -9,7 +9,7 @@ import httpx
 import typer
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-API_PREFIX = "/v1"
+API_PREFIX = ""
 
 UrlOption = Annotated[
     str,

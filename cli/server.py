@@ -83,8 +83,8 @@ def serve(
 ) -> None:
     """Run the service: migrate the database, start a worker and the reconciler, serve HTTP."""
     import uvicorn
-    from api.main import create_app
 
+    from api.main import create_app
     from cli.bootstrap import ensure_bootstrap_key
     from registry.db import upgrade_to_head
 
@@ -101,6 +101,9 @@ def serve(
         )
     worker = None if no_worker else start_worker_process(settings)
     reconciler = None if no_worker else start_reconciler(settings)
+    # uvicorn re-raises the SIGTERM it handled once it has shut down; turning it into
+    # SystemExit lets the `finally` below stop the worker instead of orphaning it.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(create_app(), host=host or settings.host, port=port or settings.port)
     finally:
@@ -108,6 +111,10 @@ def serve(
             reconciler.stop()
         if worker is not None:
             stop_worker_process(worker)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(0)  # a requested stop is a clean stop
 
 
 def worker(

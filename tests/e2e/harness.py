@@ -44,6 +44,7 @@ class Proc:
 
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
+        self.left_children = False
         self._handle = log.open("wb")
         self.popen = subprocess.Popen(
             argv,
@@ -63,14 +64,29 @@ class Proc:
             os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait()
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM to the process itself (as Ctrl-C/docker stop would); it must take its own
+        children down. Anything left in its process group afterwards is recorded and killed."""
         if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGTERM)
+            self.popen.send_signal(signal.SIGTERM)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+        deadline = time.monotonic() + 10
+        while self.group_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.left_children = self.group_alive()
+        if self.left_children:
+            os.killpg(self.popen.pid, signal.SIGKILL)
         self._handle.close()
+
+    def group_alive(self) -> bool:
+        try:
+            os.killpg(self.popen.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 def adalora(args: list[str], env: dict[str, str], log: Path) -> Proc:
