@@ -1,0 +1,139 @@
+"""The `adalora` client commands against a live embedded service (typer's CliRunner)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+
+pytestmark = pytest.mark.slow
+
+runner = CliRunner()
+
+
+def run(live, *args: str, key: str | None = None, ok: bool = True):
+    env = {"ADALORA_URL": live.url, "ADALORA_KEY": key or live.key, "COLUMNS": "200"}
+    result = runner.invoke(app, list(args), env=env)
+    if ok:
+        assert result.exit_code == 0, (args, result.output, result.exception)
+    return result
+
+
+def submit(live, dataset_id: str, *extra: str) -> str:
+    result = run(
+        live,
+        "jobs",
+        "submit",
+        "--dataset",
+        dataset_id,
+        "--base-model",
+        "tiny",
+        "--task",
+        "classification",
+        "--text-column",
+        "text",
+        "--label-column",
+        "label",
+        "--init-r",
+        "4",
+        "--target-r",
+        "2",
+        "--batch-size",
+        "8",
+        "--learning-rate",
+        "0.005",
+        *extra,
+    )
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_quickstart_through_the_cli(live, tmp_path: Path) -> None:
+    dataset_id = run(live, "datasets", "upload", str(live.data)).stdout.strip()
+    assert dataset_id.startswith("ds_")
+    assert dataset_id in run(live, "datasets", "list").stdout
+
+    config = tmp_path / "job.json"
+    config.write_text(json.dumps({"adalora": {"t_init": 2, "t_final": 2, "delta_t": 1}}))
+    job_id = submit(
+        live, dataset_id, "--max-steps", "12", "--output", "merged", "--config", str(config)
+    )
+    followed = run(live, "jobs", "follow", job_id, "--interval", "0.2", "--timeout", "240")
+    adapter_id = followed.stdout.strip().splitlines()[-1]
+    assert adapter_id.startswith("ad_")
+    assert "succeeded" in followed.output
+
+    shown = json.loads(run(live, "jobs", "show", job_id).stdout)
+    assert shown["status"] == "succeeded" and shown["hyperparameters"]["adalora"]["t_init"] == 2
+    assert job_id in run(live, "jobs", "list").stdout
+    assert adapter_id in run(live, "adapters", "list").stdout
+
+    ranks = json.loads(run(live, "adapters", "ranks", adapter_id, "--json").stdout)
+    drawn = run(live, "adapters", "ranks", adapter_id).stdout
+    for module in ranks["modules"]:
+        assert module["name"] in drawn
+    assert "rank heatmap (layers × kinds)" in drawn
+    assert f"final {sum(m['rank'] for m in ranks['modules'])}" in drawn
+
+    for fmt in ("peft", "lora", "merged"):
+        out = tmp_path / f"{fmt}.zip"
+        run(live, "adapters", "download", adapter_id, "--format", fmt, "--out", str(out))
+        assert zipfile.ZipFile(out).testzip() is None
+        served = live.client.http.get(f"/adapters/{adapter_id}/download", params={"format": fmt})
+        assert hashlib.sha256(out.read_bytes()).hexdigest() == served.headers["x-checksum-sha256"]
+
+
+def test_cancel_through_the_cli(live) -> None:
+    dataset_id = run(live, "datasets", "upload", str(live.data), "--name", "again").stdout.strip()
+    job_id = submit(live, dataset_id, "--max-steps", "3000")
+    import time
+
+    deadline = time.monotonic() + 120
+    while live.client.job(job_id)["progress"]["step"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert job_id in run(live, "jobs", "cancel", job_id).stdout
+    followed = run(
+        live, "jobs", "follow", job_id, "--interval", "0.2", "--timeout", "120", ok=False
+    )
+    assert followed.exit_code == 1 and "cancelled" in followed.output
+
+
+def test_keys_create_list_revoke(live) -> None:
+    created = json.loads(run(live, "keys", "create", "--name", "ci", "--json").stdout)
+    secret, key_id = created["key"], created["id"]
+    assert key_id in run(live, "keys", "list", key=secret).stdout
+    assert key_id in run(live, "keys", "revoke", key_id).stdout
+    refused = run(live, "datasets", "list", key=secret, ok=False)
+    assert refused.exit_code == 1 and "HTTP 401" in refused.output
+
+
+def test_errors_name_the_field(live) -> None:
+    bad = run(
+        live,
+        "jobs",
+        "submit",
+        "--dataset",
+        "ds_missing",
+        "--base-model",
+        "tiny",
+        "--task",
+        "classification",
+        "--text-column",
+        "text",
+        "--label-column",
+        "label",
+        "--init-r",
+        "4",
+        "--target-r",
+        "2",
+        ok=False,
+    )
+    assert bad.exit_code == 1 and "HTTP 422" in bad.output and "dataset_id" in bad.output
+    wrong_format = run(live, "adapters", "download", "ad_x", "--format", "onnx", ok=False)
+    assert wrong_format.exit_code == 1 and "--format must be one of" in wrong_format.output
