@@ -70,6 +70,20 @@ def _check_columns(
             )
 
 
+def _check_text_columns(body: JobCreate, roles: dict[str, str], dataset: Dataset) -> None:
+    """JSON Lines keep value types, and the trainer reads text columns as strings."""
+    if dataset.format != "jsonl":
+        return
+    for role in ("text", "text_pair", "target"):
+        column = roles.get(role)
+        found = dataset.column_types.get(column) if column else None
+        if column and found != "string":
+            raise invalid(
+                body_field(body, role),
+                f"column {column!r} of {dataset.id!r} must hold strings (found {found})",
+            )
+
+
 def _label_set(dataset: Dataset, column: str, field: str, settings: Settings) -> list[str]:
     values = dataset.label_values.get(column)
     if values is None:
@@ -97,6 +111,14 @@ def resolve_labels(
             raise invalid(
                 "columns.label",
                 f"column {column!r} has {len(labels)} distinct value(s); classification needs >= 2",
+            )
+        # JSON integers are class indices to the trainer, so they must be 0..K-1.
+        indices = train.format == "jsonl" and train.column_types.get(column) == "integer"
+        if indices and labels != [str(i) for i in range(len(labels))]:
+            raise invalid(
+                "columns.label",
+                f"integer labels in {column!r} must be class indices 0..{len(labels) - 1} "
+                f"(found {', '.join(labels[:10])}); use 0-based indices or label strings",
             )
         if validation is not None:
             extra = sorted(
@@ -143,9 +165,10 @@ def resolve_hyperparameters(
         known = ", ".join(sorted(settings.base_models)) or "(none configured)"
         raise invalid("base_model", f"unknown base model {body.base_model!r}; known: {known}")
     roles = resolve_columns(body)
-    _check_columns(body, roles, train, "dataset")
-    if validation is not None:
-        _check_columns(body, roles, validation, "validation dataset")
+    for dataset, description in ((train, "dataset"), (validation, "validation dataset")):
+        if dataset is not None:
+            _check_columns(body, roles, dataset, description)
+            _check_text_columns(body, roles, dataset)
     labels = resolve_labels(body, roles, train, validation, settings)
     adalora = _adalora_config(body)
     training = _training_config(body)

@@ -80,7 +80,8 @@ def label_key(value: Any) -> str:
     return str(value)
 
 
-def _value_kind(value: Any) -> str | None:
+def _value_kind(value: Any, typed: bool) -> str | None:
+    """JSON values keep their own type (``typed``); CSV/TSV text is typed by what it looks like."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -89,6 +90,8 @@ def _value_kind(value: Any) -> str | None:
         return "integer"
     if isinstance(value, float):
         return "number"
+    if typed:
+        return "string"
     if _INT.match(value):
         return "integer"
     try:
@@ -235,7 +238,7 @@ def scan(path: str | Path, fmt: str, limits: DatasetLimits | None = None) -> Dat
             num_rows += 1
             for key, value in record.items():
                 column = stats.setdefault(key, _ColumnStats())
-                kind = _value_kind(value)
+                kind = _value_kind(value, typed=fmt == "jsonl")
                 if kind is None:
                     continue
                 column.kinds.add(kind)

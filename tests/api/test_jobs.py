@@ -285,3 +285,29 @@ def test_events_and_cancel(
         session.commit()
     finished = client.post(f"/jobs/{running['id']}/cancel", headers=tenant.headers)
     assert finished.status_code == 409 and "succeeded" in finished.json()["error"]["message"]
+
+
+def test_jsonl_value_types_are_checked(
+    client: TestClient, tenant: TenantKey, upload: Callable[..., Any]
+) -> None:
+    stars = [{"text": f"review {i}", "stars": 1 + i % 5, "n": i} for i in range(20)]
+    ds = upload(tenant, "stars.jsonl", jsonl(stars)).json()["id"]
+    response = client.post(
+        "/jobs",
+        json=job_body(ds, columns={"text": "text", "label": "stars"}),
+        headers=tenant.headers,
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "columns.label"
+    assert "0..4" in response.json()["error"]["message"]
+    numeric_text = client.post(
+        "/jobs", json=job_body(ds, columns={"text": "n", "label": "stars"}), headers=tenant.headers
+    )
+    assert numeric_text.json()["error"]["field"] == "columns.text"
+    assert "strings" in numeric_text.json()["error"]["message"]
+    regression = client.post(
+        "/jobs",
+        json=job_body(ds, task="regression", columns={"text": "text", "label": "stars"}),
+        headers=tenant.headers,
+    )
+    assert regression.status_code == 202, regression.text

@@ -160,3 +160,10 @@ def test_label_key_is_stable() -> None:
         "pos",
         "1.5",
     ]
+
+
+def test_jsonl_keeps_json_types_csv_infers(tmp_path: Path) -> None:
+    jl = write(tmp_path, "t.jsonl", '{"a": "5", "b": 5, "c": 5.5}\n')
+    assert scan(jl, "jsonl").column_types == {"a": "string", "b": "integer", "c": "number"}
+    csv_path = write(tmp_path, "t.csv", "a,b\n5,5.5\n")
+    assert scan(csv_path, "csv").column_types == {"a": "integer", "b": "number"}
