@@ -24,6 +24,11 @@ def checkpoint_key(job_id: str, step: int) -> str:
     return f"checkpoints/{job_id}/ckpt-{step}.zip"
 
 
+def eval_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Eval results as the job row shows them: ``eval_<name>``, next to ``train_loss``."""
+    return {k if k.startswith("eval_") else f"eval_{k}": v for k, v in metrics.items()}
+
+
 def _finite(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
@@ -100,9 +105,7 @@ class JobCallbacks:
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: _finite(v) for k, v in metrics.items()}
-        self._metrics.update(
-            {f"eval_{k}" if not k.startswith("eval_") else k: v for k, v in clean.items()}
-        )
+        self._metrics.update(eval_metrics(clean))
         with self._sessions() as session:
             write_progress(
                 session,

@@ -25,7 +25,7 @@ from registry.settings import Settings, get_settings
 from registry.states import JobStatus, transition
 from registry.store import get_store
 from registry.store.base import ArtifactStore, ChecksumMismatch, StoreError
-from worker.callbacks import JobCallbacks, restore_checkpoint
+from worker.callbacks import JobCallbacks, eval_metrics, restore_checkpoint
 from worker.celery_app import TRAIN_TASK, app
 from worker.heartbeat import Heartbeat
 from worker.job_spec import JobSpec, job_spec
@@ -285,7 +285,7 @@ class JobRunner:
             )
             owned.adapter_id = adapter_id
             owned.budget = {**(owned.budget or {}), **meta.budget, "current": weights.total_rank}
-            owned.metrics = {**(owned.metrics or {}), **meta.metrics}
+            owned.metrics = {**(owned.metrics or {}), **eval_metrics(meta.metrics)}
             owned.progress = {**(owned.progress or {}), "step": result.steps}
             transition(owned, JobStatus.SUCCEEDED, adapter_id=adapter_id)
             session.commit()
