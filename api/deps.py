@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -92,3 +93,24 @@ def _limit(name: str):
 # Use these instead of CallerDep on rate-limited routes (they authenticate too).
 JobsLimitedCaller = Annotated[Caller, Depends(_limit("jobs"))]
 InferLimitedCaller = Annotated[Caller, Depends(_limit("infer"))]
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def reject_unknown_query(request: Request) -> None:
+    """A misspelled query parameter (``?stauts=``) is an error, not silently ignored."""
+    route = request.scope.get("route")
+    if route is None or not request.query_params:
+        return
+    known = _query_names(route.dependant)
+    for name in request.query_params:
+        if name not in known:
+            expected = ", ".join(sorted(known)) or "none"
+            raise ApiError(
+                422, "validation_error", f"unknown query parameter (expected: {expected})", name
+            )

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from adalora_core.errors import ConfigError
 
@@ -98,13 +99,27 @@ async def _config_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_config", exc.message, exc.field)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def _allowed_methods(request: Request) -> str:
+    """Every method any route serves at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "__none__"})
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _STATUS_CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    headers = dict(exc.headers or {})
     if exc.status_code == 404 and message == "Not Found":
         message = "no such route"
-    return error_response(exc.status_code, code, message, None, exc.headers)
+    if exc.status_code == 405:
+        message = "method not allowed"
+        headers["Allow"] = _allowed_methods(request)
+    return error_response(exc.status_code, code, message, None, headers or None)
 
 
 async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:

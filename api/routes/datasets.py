@@ -152,7 +152,7 @@ def _insert_row(
     "/datasets",
     status_code=201,
     response_model=DatasetOut,
-    responses=responses(401, 413, 415, 422),
+    responses=responses(400, 401, 413, 415, 422),
     openapi_extra=UPLOAD_BODY,
 )
 async def upload_dataset(

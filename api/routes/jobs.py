@@ -84,7 +84,7 @@ def _load_dataset(session: Session, tenant_id: str, dataset_id: str, field: str)
     response_model=JobOut,
     responses={
         200: {"model": JobOut, "description": "replay of an earlier identical submission"},
-        **responses(401, 409, 422, 429),
+        **responses(400, 401, 409, 422, 429),
     },
 )
 def submit_job(

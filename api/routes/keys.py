@@ -24,7 +24,9 @@ def key_out(key: ApiKey) -> KeyOut:
     )
 
 
-@router.post("/keys", status_code=201, response_model=KeyCreated, responses=responses(401, 422))
+@router.post(
+    "/keys", status_code=201, response_model=KeyCreated, responses=responses(400, 401, 422)
+)
 def create_key(
     caller: CallerDep, session: SessionDep, body: KeyCreate = Body(default_factory=KeyCreate)
 ) -> KeyCreated:

@@ -187,3 +187,10 @@ def test_postgres_backed_app_round_trip(
     job = client.post("/jobs", json=job_body(dataset["id"]), headers=tenant.headers)
     assert job.status_code == 202
     assert client.get(f"/jobs/{job.json()['id']}", headers=tenant.headers).status_code == 200
+
+
+def test_unknown_query_parameter_is_rejected(client: TestClient, tenant: TenantKey) -> None:
+    response = client.get("/jobs?stauts=queued", headers=tenant.headers)
+    error = assert_error_shape(response, 422)
+    assert error["field"] == "stauts" and "status" in error["message"]
+    assert client.get("/jobs?status=queued&limit=5", headers=tenant.headers).status_code == 200
