@@ -1,8 +1,9 @@
 """Adapter layers: AdaLoRA's SVD-form update and a plain LoRA baseline.
 
-Both add their low-rank term into the frozen base layer's output in place (one addmm_ on a 2-D
-view), so no output-sized temporaries are created, and both can share one dropout draw among
-the modules that read the same input tensor (query/key/value), see `DropoutCache`.
+Both add their low-rank term into the frozen base layer's 2-D output in place (one addmm_), so
+no output-sized temporaries are created and backward copies no output-sized gradient. Both can
+share one dropout draw among the modules that read the same input tensor (query/key/value), see
+`DropoutCache`.
 """
 
 from __future__ import annotations
@@ -58,16 +59,11 @@ def _adapter_dtype(base_layer: nn.Module) -> torch.dtype:
 
 
 def _add_low_rank_(result: Tensor, hidden: Tensor, up: Tensor, alpha: float = 1.0) -> Tensor:
-    """result += alpha · hidden @ upᵀ, in place on a 2-D view when the layout allows it."""
+    """result += alpha · hidden @ upᵀ for 2-D tensors, in place (one fused GEMM)."""
     if hidden.dtype != result.dtype:
         hidden = hidden.to(result.dtype)
         up = up.to(result.dtype)
-    if result.is_contiguous():
-        result.view(-1, result.shape[-1]).addmm_(
-            hidden.reshape(-1, hidden.shape[-1]), up.t(), alpha=alpha
-        )
-        return result
-    return result + alpha * (hidden @ up.t())
+    return result.addmm_(hidden, up.t(), alpha=alpha)
 
 
 class _AdapterLayer(nn.Module):
@@ -92,6 +88,23 @@ class _AdapterLayer(nn.Module):
     @property
     def bias(self) -> Tensor | None:
         return self.base_layer.bias
+
+    def _base_2d(self, x2d: Tensor) -> Tensor:
+        """The base layer's output for a 2-D input, as a fresh (non-view) tensor.
+
+        Writing the adapter term into a view of a 3-D output makes autograd copy the whole
+        output gradient in backward (CopySlices); a 2-D base output avoids that. Plain Linear and
+        Conv1D layers without hooks are computed here directly; anything else goes through the
+        module itself."""
+        base = self.base_layer
+        plain = not (base._forward_hooks or base._forward_pre_hooks)
+        if type(base) is nn.Linear and plain:
+            return F.linear(x2d, base.weight, base.bias)
+        if type(base) is Conv1D and plain:
+            if base.bias is None:
+                return x2d @ base.weight
+            return torch.addmm(base.bias, x2d, base.weight)
+        return base(x2d).clone()
 
     def _adapter_input(self, x: Tensor, dtype: torch.dtype) -> Tensor:
         if self.training and self.lora_dropout > 0.0:
@@ -139,13 +152,15 @@ class SVDLinear(_AdapterLayer):
         nn.init.normal_(self.lora_A, mean=0.0, std=0.02)
         nn.init.normal_(self.lora_B, mean=0.0, std=0.02)
 
-    def forward(self, x: Tensor, *args: object, **kwargs: object) -> Tensor:
-        result = self.base_layer(x, *args, **kwargs)
+    def forward(self, x: Tensor) -> Tensor:
         if self.rank == 0 or not self.adapter_enabled:
-            return result
-        hidden = F.linear(self._adapter_input(x, self.lora_A.dtype), self.lora_A)
+            return self.base_layer(x)
+        x2d = x.reshape(-1, self.in_features)
+        adapter_in = self._adapter_input(x, self.lora_A.dtype).reshape(-1, self.in_features)
+        hidden = F.linear(adapter_in, self.lora_A)
         hidden = hidden * (self.lora_E.view(-1) * self.scaling)
-        return _add_low_rank_(result, hidden, self.lora_B)
+        result = _add_low_rank_(self._base_2d(x2d), hidden, self.lora_B)
+        return result.view(*x.shape[:-1], self.out_features)
 
     def delta_weight(self) -> Tensor:
         """ΔW in the base layer's weight layout (out×in, or in×out for Conv1D)."""
@@ -178,12 +193,14 @@ class LoRALinear(_AdapterLayer):
     def rank(self) -> int:
         return self.r
 
-    def forward(self, x: Tensor, *args: object, **kwargs: object) -> Tensor:
-        result = self.base_layer(x, *args, **kwargs)
+    def forward(self, x: Tensor) -> Tensor:
         if not self.adapter_enabled:
-            return result
-        hidden = F.linear(self._adapter_input(x, self.lora_A.dtype), self.lora_A)
-        return _add_low_rank_(result, hidden, self.lora_B, alpha=self.scaling)
+            return self.base_layer(x)
+        x2d = x.reshape(-1, self.in_features)
+        adapter_in = self._adapter_input(x, self.lora_A.dtype).reshape(-1, self.in_features)
+        hidden = F.linear(adapter_in, self.lora_A)
+        result = _add_low_rank_(self._base_2d(x2d), hidden, self.lora_B, alpha=self.scaling)
+        return result.view(*x.shape[:-1], self.out_features)
 
     def delta_weight(self) -> Tensor:
         delta = (self.lora_B @ self.lora_A) * self.scaling

@@ -157,3 +157,12 @@ def test_model_forward_shares_one_draw_per_input_and_clears_it(make_tiny_bert, b
     # Per layer: q/k/v share one draw; attention.output.dense, intermediate, output: one each.
     assert len(draws) == 2 * 4
     assert not cache._entries
+
+
+def test_hooked_base_layers_go_through_their_module() -> None:
+    base = _base("linear")
+    base.register_forward_hook(lambda module, inputs, output: output + 1.0)
+    layer = SVDLinear(base, rank=2, init_r=2, lora_alpha=2.0)
+    x = torch.randn(2, 3, 5)
+    torch.testing.assert_close(layer(x), base(x))  # the hook's +1 is kept (λ = 0)
+    assert layer(x).shape == (2, 3, 7)
