@@ -26,8 +26,14 @@ def infer(
     inputs = texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not inputs:
         raise typer.BadParameter("give at least one text (arguments or stdin)")
-    body: dict[str, object] = {"adapter_id": adapter_id, "inputs": inputs}
-    if text_pair:
-        body["text_pairs"] = text_pair
+    if text_pair and len(text_pair) != len(inputs):
+        raise typer.BadParameter(
+            f"got {len(inputs)} texts but {len(text_pair)} --text-pair values",
+            param_hint="--text-pair",
+        )
+    rows: list[object] = (
+        [[t, p] for t, p in zip(inputs, text_pair, strict=True)] if text_pair else inputs
+    )
+    body: dict[str, object] = {"adapter_id": adapter_id, "inputs": rows}
     with ApiClient(url, key) as api:
         typer.echo(json.dumps(api.json("POST", "/infer", json=body), indent=2))
