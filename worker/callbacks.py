@@ -13,15 +13,12 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from adalora_core.formats.bundle import zip_bundle
+from registry.store import checkpoint_key
 from registry.store.base import ArtifactStore
 from worker.heartbeat import Heartbeat
 from worker.leases import cancel_requested, write_progress
 
 log = logging.getLogger(__name__)
-
-
-def checkpoint_key(job_id: str, step: int) -> str:
-    return f"checkpoints/{job_id}/ckpt-{step}.zip"
 
 
 def eval_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

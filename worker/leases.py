@@ -125,12 +125,6 @@ def write_progress(
     return True
 
 
-def add_event(session: Session, job: Job, kind: str, data: dict[str, Any]) -> None:
-    session.add(
-        JobEvent(job_id=job.id, tenant_id=job.tenant_id, kind=kind, data=data, created_at=utcnow())
-    )
-
-
 def load_owned_job(session: Session, job_id: str, owner: str) -> Job | None:
     """The job row, fresh from the database, if we still hold its lease."""
     job = session.get(Job, job_id, populate_existing=True)

@@ -20,17 +20,17 @@ from registry.adapters import create_adapter
 from registry.datasets_io import DatasetError, read_rows
 from registry.db import get_engine, make_sessionmaker
 from registry.ids import new_id
+from registry.jobs import add_event
 from registry.models import Dataset, Job
 from registry.settings import Settings, get_settings
 from registry.states import JobStatus, transition
-from registry.store import get_store
+from registry.store import adapter_key, get_store
 from registry.store.base import ArtifactStore, ChecksumMismatch, StoreError
 from worker.callbacks import JobCallbacks, eval_metrics, restore_checkpoint
 from worker.celery_app import TRAIN_TASK, app
 from worker.heartbeat import Heartbeat
 from worker.job_spec import JobSpec, job_spec
 from worker.leases import (
-    add_event,
     lease_job,
     load_owned_job,
     worker_identity,
@@ -241,7 +241,6 @@ class JobRunner:
             session.commit()
 
         adapter_id = new_id("ad")
-        prefix = f"adapters/{job.tenant_id}/{adapter_id}"
         bundle_dir = Path(result.adapter_dir)
         weights = read_adapter(bundle_dir)
         archives = {"peft": zip_bundle(bundle_dir, tmp / "peft.zip")}
@@ -251,7 +250,7 @@ class JobRunner:
             archives["merged"] = zip_bundle(merged_dir, tmp / "merged.zip")
         formats: dict[str, dict[str, Any]] = {}
         for name, archive in archives.items():
-            key = f"{prefix}/{name}.zip"
+            key = adapter_key(job.tenant_id, adapter_id, name)
             sha256, size = self.store.put_file(key, archive)
             formats[name] = {"storage_key": key, "sha256": sha256, "size_bytes": size}
 
