@@ -311,3 +311,32 @@ def test_jsonl_value_types_are_checked(
         headers=tenant.headers,
     )
     assert regression.status_code == 202, regression.text
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "postgres"])
+def test_lost_race_on_the_unique_constraint_replays(
+    client: TestClient,
+    tenant: TenantKey,
+    dataset: dict,
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pre-check misses (another request commits in between): the INSERT hits the unique
+    constraint, and the request answers with the job that won."""
+    body = job_body(dataset["id"])
+    headers = {**tenant.headers, "Idempotency-Key": "race-2"}
+    winner = client.post("/jobs", json=body, headers=headers).json()
+    real = job_rows.find_by_idempotency_key
+    calls = {"n": 0}
+
+    def first_call_misses(*args: Any) -> Any:
+        calls["n"] += 1
+        return None if calls["n"] == 1 else real(*args)
+
+    monkeypatch.setattr(job_rows, "find_by_idempotency_key", first_call_misses)
+    replay = client.post("/jobs", json=body, headers=headers)
+    assert (replay.status_code, replay.json()["id"]) == (200, winner["id"])
+    calls["n"] = 0
+    conflict = client.post("/jobs", json=job_body(dataset["id"], name="x"), headers=headers)
+    assert conflict.status_code == 409
+    assert calls["n"] == 2 and job_count(sessions) == 1
