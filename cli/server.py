@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from typing import Annotated
 
 import typer
@@ -16,6 +17,9 @@ from registry.settings import Settings, get_settings
 log = logging.getLogger("adalora.serve")
 
 WORKER_STOP_TIMEOUT_S = 15.0
+WORKER_POLL_S = 1.0
+WORKER_RESTART_MIN_S = 1.0
+WORKER_RESTART_MAX_S = 30.0
 
 
 def worker_argv(hostname: str | None = None, loglevel: str = "INFO") -> list[str]:
@@ -61,6 +65,41 @@ def stop_worker_process(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+class EmbeddedWorker(threading.Thread):
+    """Keeps one worker child alive for `adalora serve`: a worker that dies (OOM, a crash) is
+    started again, and its job is re-queued by the reconciler once its lease expires."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="adalora-embedded-worker", daemon=True)
+        self._settings = settings
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.proc = start_worker_process(settings)
+        self.restarts = 0
+
+    def run(self) -> None:
+        backoff = WORKER_RESTART_MIN_S
+        while not self._stopping.wait(WORKER_POLL_S):
+            with self._lock:
+                code = self.proc.poll()
+                if code is None or self._stopping.is_set():
+                    continue
+                log.warning("embedded worker exited with %s; restarting in %.0fs", code, backoff)
+            if self._stopping.wait(backoff):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self.proc = start_worker_process(self._settings)
+                self.restarts += 1
+            backoff = min(backoff * 2, WORKER_RESTART_MAX_S)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            stop_worker_process(self.proc)
+
+
 def start_reconciler(settings: Settings):  # -> ReconcilerThread
     from registry.db import get_engine, make_sessionmaker
     from registry.queue import enqueue_training_job
@@ -99,7 +138,9 @@ def serve(
         typer.secho(
             f"Bootstrap API key (shown once, store it now): {new_key}", fg=typer.colors.GREEN
         )
-    worker = None if no_worker else start_worker_process(settings)
+    worker = None if no_worker else EmbeddedWorker(settings)
+    if worker is not None:
+        worker.start()
     reconciler = None if no_worker else start_reconciler(settings)
     # uvicorn re-raises the SIGTERM it handled once it has shut down; turning it into
     # SystemExit lets the `finally` below stop the worker instead of orphaning it.
@@ -110,7 +151,7 @@ def serve(
         if reconciler is not None:
             reconciler.stop()
         if worker is not None:
-            stop_worker_process(worker)
+            worker.stop()
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psutil
 import pytest
 from harness import (
     Client,
@@ -16,10 +17,16 @@ from harness import (
     new_api_key,
     service_env,
     upload,
+    wait_until,
 )
 from service_fixtures import job_body
 
 pytestmark = pytest.mark.slow
+
+
+def event_messages(client: Client, job_id: str) -> set[str]:
+    events = client.ok("GET", f"/jobs/{job_id}/events", params={"limit": 1000})["items"]
+    return {e["data"].get("message") or e["data"].get("to") for e in events}
 
 
 def test_embedded_serve_trains_cancels_and_serves_downloads(
@@ -45,6 +52,22 @@ def test_embedded_serve_trains_cancels_and_serves_downloads(
         assert job["status"] == "succeeded", (job, serve.tail())
         check_succeeded_job(client, job_id)
         cancel_mid_run(client, dataset_id, job_body(dataset_id, max_steps=3000), procs)
+
+        # The worker child is SIGKILLed mid-job: serve starts a new one, the reconciler
+        # re-queues the job once its lease expires, and it resumes from its checkpoint.
+        body = job_body(dataset_id, max_steps=400, checkpoint_every=5)
+        job_id = client.ok("POST", "/jobs", json=body)["id"]
+        wait_until(
+            lambda: event_messages(client, job_id) & {"checkpoint saved"}, "a checkpoint", procs
+        )
+        (child,) = [
+            c for c in psutil.Process(serve.popen.pid).children() if "worker" in c.cmdline()
+        ]
+        child.kill()
+        job = client.wait_status(job_id, {"succeeded", "failed", "cancelled"}, procs)
+        assert job["status"] == "succeeded", (job, serve.tail())
+        assert "resumed" in event_messages(client, job_id)
+        check_succeeded_job(client, job_id)
     finally:
         serve.stop()
     assert serve.popen.returncode == 0, serve.tail()
