@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 
+from api.bodylimit import BodySizeLimitMiddleware
 from api.deps import reject_unknown_query
 from api.errors import install_error_handlers
 from api.metrics import ApiMetrics, MetricsMiddleware
@@ -81,5 +82,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (health, models, keys, datasets, jobs, adapters, infer):
         app.include_router(module.router)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_request_bytes,
+        exempt_paths=frozenset({"/datasets"}),
+    )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
-    # Dataset uploads.
+    # Request bodies: JSON routes, and dataset uploads (streamed to disk).
+    max_request_bytes: int = 8 * 1024 * 1024
     max_upload_bytes: int = 200 * 1024 * 1024
     max_columns: int = 64
     max_line_bytes: int = 1024 * 1024

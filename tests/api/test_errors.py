@@ -194,3 +194,25 @@ def test_unknown_query_parameter_is_rejected(client: TestClient, tenant: TenantK
     error = assert_error_shape(response, 422)
     assert error["field"] == "stauts" and "status" in error["message"]
     assert client.get("/jobs?status=queued&limit=5", headers=tenant.headers).status_code == 200
+
+
+def test_oversized_json_body_is_413(settings: Settings, tenant: TenantKey) -> None:
+    small = settings.model_copy(update={"max_request_bytes": 2000})
+    with TestClient(create_app(small), raise_server_exceptions=False) as client:
+        big = {"name": "x" * 5000}
+        response = client.post("/keys", json=big, headers=tenant.headers)
+        assert assert_error_shape(response, 413)["code"] == "payload_too_large"
+
+        def chunks() -> Any:
+            yield b'{"name": "'
+            for _ in range(10):
+                yield b"y" * 500
+            yield b'"}'
+
+        streamed = client.post(
+            "/keys",
+            content=chunks(),
+            headers={**tenant.headers, "Content-Type": "application/json"},
+        )
+        assert assert_error_shape(streamed, 413)["code"] == "payload_too_large"
+        assert client.post("/keys", json={"name": "ok"}, headers=tenant.headers).status_code == 201
