@@ -27,6 +27,7 @@ TASK_KINDS = (CLASSIFICATION, REGRESSION, CAUSAL_LM, SEQ2SEQ)
 
 # Sequence-classification heads by model family; they are trained and saved with the adapter.
 SEQ_CLS_HEADS = ("classifier", "score", "classification_head")
+POOLER = "pooler"
 IGNORE_INDEX = -100
 
 _AUTO_CLASS = {
@@ -193,11 +194,23 @@ def load_model(
 
 
 def head_modules(task: TaskSpec, model: torch.nn.Module) -> tuple[str, ...]:
-    """Top-level modules trained in full and saved with the adapter (none for LM tasks)."""
+    """Modules trained in full and saved with the adapter (none for LM tasks).
+
+    For sequence classification: the classifier, plus the pooler that feeds it where the
+    family has one (BERT, DeBERTa). A pooler pre-trained for another objective (or left over
+    from a sentence-embedding model such as all-MiniLM-L6-v2) gives features a frozen-pooler
+    classifier barely learns from, so it is trained and saved along with the classifier.
+    """
     if task.is_language_modelling:
         return ()
     children = dict(model.named_children())
-    return tuple(name for name in SEQ_CLS_HEADS if name in children)
+    heads = [name for name in SEQ_CLS_HEADS if name in children]
+    poolers = [
+        path
+        for path, _ in model.named_modules()
+        if path.split(".")[-1] == POOLER and path.count(".") <= 1
+    ]
+    return tuple(heads + poolers)
 
 
 def encode_rows(

@@ -122,7 +122,7 @@ def test_lm_accumulator_weights_tokens_not_batches() -> None:
 
 def test_head_modules_per_kind(bert_dir: Path, gpt2_dir: Path) -> None:
     bert = load_model(bert_dir, CLS, load_tokenizer(bert_dir))
-    assert head_modules(CLS, bert) == ("classifier",)
+    assert head_modules(CLS, bert) == ("classifier", "bert.pooler")
     lm = TaskSpec("causal-lm", "t")
     assert head_modules(lm, load_model(gpt2_dir, lm, load_tokenizer(gpt2_dir))) == ()
 

@@ -98,7 +98,12 @@ def test_full_run_reports_progress_evals_and_writes_the_bundle(
     assert bundle.meta.budget == {"initial": 48, "target": 24, "final": 24}
     assert {m["name"]: m["rank"] for m in bundle.meta.modules} == result.ranks
     assert bundle.meta.trainable_params == result.trainable_params
-    assert set(bundle.head) == {"classifier.weight", "classifier.bias"}
+    assert set(bundle.head) == {
+        "classifier.weight",
+        "classifier.bias",
+        "bert.pooler.dense.weight",
+        "bert.pooler.dense.bias",
+    }
 
 
 def test_should_stop_cancels_within_one_step_and_writes_nothing(
