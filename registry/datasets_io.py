@@ -38,6 +38,10 @@ class DatasetError(ValueError):
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
 
 
+class UnsupportedFormat(DatasetError):
+    """The file type (by extension) is not one we read."""
+
+
 @dataclass(frozen=True)
 class DatasetLimits:
     max_columns: int = 64
@@ -67,7 +71,7 @@ def check_filename(filename: str | None) -> str:
         raise DatasetError(None, None, f"invalid filename {filename!r}: no paths or '..'")
     suffix = Path(filename).suffix.lower()
     if suffix not in FORMATS:
-        raise DatasetError(
+        raise UnsupportedFormat(
             None, None, f"unsupported file type {suffix or '(none)'!r}; use .jsonl, .csv or .tsv"
         )
     return FORMATS[suffix]

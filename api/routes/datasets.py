@@ -23,6 +23,7 @@ from registry.datasets_io import (
     DatasetError,
     DatasetLimits,
     DatasetSummary,
+    UnsupportedFormat,
     check_filename,
     scan,
 )
@@ -120,7 +121,7 @@ async def _spool(upload: UploadFile, dest: Path, limit: int) -> tuple[str, int]:
             if size > limit:
                 raise _too_large(limit)
             digest.update(chunk)
-            handle.write(chunk)
+            await run_in_threadpool(handle.write, chunk)
     return digest.hexdigest(), size
 
 
@@ -182,7 +183,7 @@ async def upload_dataset(
         try:
             fmt = check_filename(filename)
         except DatasetError as exc:
-            status = 415 if "unsupported file type" in exc.message else 422
+            status = 415 if isinstance(exc, UnsupportedFormat) else 422
             raise ApiError(status, "invalid_dataset", str(exc), "file") from exc
         name = _check_name(form.get("name"), filename)
 
