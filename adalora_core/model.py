@@ -40,6 +40,8 @@ class _AdaptedModel(nn.Module):
         # A plain dict: the layers are already registered as submodules of base_model.
         self.adapted = adapted
         self.head_paths = head_paths
+        # Shared by every adapter and cleared around each forward. It stays active outside the
+        # forward too, so activation-checkpoint recomputation draws the same shared masks.
         self._dropout_cache = DropoutCache()
         for layer in adapted.values():
             layer.dropout_cache = self._dropout_cache
@@ -52,7 +54,11 @@ class _AdaptedModel(nn.Module):
             self._dropout_cache.clear()
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base_model.generate(*args, **kwargs)
+        self._dropout_cache.clear()
+        try:
+            return self.base_model.generate(*args, **kwargs)
+        finally:
+            self._dropout_cache.clear()
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         return [p for layer in self.adapted.values() for p in layer.parameters() if p.requires_grad]
@@ -124,6 +130,7 @@ class AdaLoraModel(_AdaptedModel):
         self.allocator.update_and_allocate(step)
 
     def zero_grad_adapters(self) -> None:
+        self._dropout_cache.clear()  # drops entries left by activation-checkpoint recomputation
         self.store.zero_grad()
         for param in self.head_parameters():
             param.grad = None
@@ -162,6 +169,7 @@ class LoraModel(_AdaptedModel):
         """Nothing to allocate: every module keeps rank r."""
 
     def zero_grad_adapters(self) -> None:
+        self._dropout_cache.clear()
         for param in self.adapter_parameters() + self.head_parameters():
             param.grad = None
 

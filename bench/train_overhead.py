@@ -2,11 +2,12 @@
 
 all-MiniLM-L6-v2 for sequence classification, every attention and FFN linear adapted, init_r 12
 (AdaLoRA target 8), lora_alpha 32, lora_dropout 0.1, AdamW. One step = forward + backward +
-optimizer step + allocator update + zero_grad. The four variants alternate inside every round
-(after warm-up rounds) so machine noise hits them alike; each round times `--steps` consecutive
-steps per variant and the figure reported is the median over rounds of the mean step time. Both
-AdaLoRA schedules have t_init = 0 and delta_t = 10 with the whole run in the budget-reducing phase,
-so one in ten timed steps is a masking step. Run by hand; the last line is one JSON object.
+optimizer step + allocator update + zero_grad. The four variants take turns step by step inside
+every round (after warm-up rounds) so machine noise hits them alike; each round gives every
+variant `--steps` steps and the figure reported is the median over rounds of the mean step
+time. Both AdaLoRA schedules have t_init = 0 and delta_t = 10 with the whole run in the
+budget-reducing phase, so one in ten timed steps is a masking step. Run by hand; the last
+line is one JSON object.
 
     MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296 \\
         .venv/bin/python -m bench.train_overhead
@@ -133,13 +134,17 @@ def _peft(name: str, model, batch, *, adalora: bool) -> Variant:
     return Variant(name, model, optimizer, step)
 
 
-def run_round(variant: Variant, steps: int) -> float:
-    """Mean ms per step over `steps` consecutive steps of one variant."""
-    start = time.perf_counter()
+def run_round(variants: list[Variant], steps: int) -> dict[str, float]:
+    """Mean ms per step of each variant over `steps` steps, the variants taking turns step by
+    step (so a burst of load on the shared machine hits all of them alike)."""
+    totals = dict.fromkeys((v.name for v in variants), 0.0)
     for _ in range(steps):
-        variant.step += 1
-        variant.step_fn(variant.step)
-    return (time.perf_counter() - start) * 1000 / steps
+        for variant in variants:
+            variant.step += 1
+            start = time.perf_counter()
+            variant.step_fn(variant.step)
+            totals[variant.name] += time.perf_counter() - start
+    return {name: total * 1000 / steps for name, total in totals.items()}
 
 
 def main() -> None:
@@ -167,12 +172,11 @@ def main() -> None:
     for round_index in range(total_rounds):
         warm = round_index < args.warmup_rounds
         order = variants if round_index % 2 == 0 else variants[::-1]
-        line = []
-        for variant in order:
-            ms = run_round(variant, args.steps)
-            if not warm:
-                times[variant.name].append(ms)
-            line.append(f"{variant.name}={ms:.0f}ms")
+        round_ms = run_round(order, args.steps)
+        if not warm:
+            for name, ms in round_ms.items():
+                times[name].append(ms)
+        line = [f"{name}={ms:.0f}ms" for name, ms in round_ms.items()]
         print(f"round {round_index}{' (warm-up)' if warm else ''}: {' '.join(line)}", flush=True)
 
     medians = {name: statistics.median(values) for name, values in times.items()}
