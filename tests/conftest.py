@@ -9,8 +9,9 @@ Services
   on that server (empty; dropped at the end of the test). Never touches other databases.
 
 Databases
-- ``db_backend``: "sqlite" by default. Run a test on both backends with
-  ``@pytest.mark.parametrize("db_backend", ["sqlite", "postgres"])``.
+- ``db_backend``: "sqlite" by default (ADALORA_TEST_DB=postgres runs everything on PostgreSQL).
+  Run a test on both backends with ``@pytest.mark.parametrize("db_backend", ["sqlite",
+  "postgres"])``.
 - ``db_url``: a migrated database for this test: a copy of a migrated SQLite template under
   tmp_path, or (postgres) one migrated throw-away database per session, emptied after each test.
 - ``engine`` / ``sessions`` / ``db_session``: SQLAlchemy engine, sessionmaker, and an open
@@ -148,7 +149,7 @@ def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def db_backend() -> str:
-    return "sqlite"
+    return os.environ.get("ADALORA_TEST_DB", "sqlite")
 
 
 def _empty_tables(url: str) -> None:
