@@ -7,6 +7,7 @@ need not load torch; the functions that build models and tensors import it when 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -140,8 +141,9 @@ def label_index(task: TaskSpec, value: Any, where: str) -> int:
         if value in labels:
             return labels.index(value)
         raise ConfigError(where, f"unknown label {value!r}; expected one of {list(labels)}")
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(labels):
-        return value
+    is_integer = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if is_integer and 0 <= int(value) < len(labels):
+        return int(value)
     raise ConfigError(where, f"label {value!r} is not a label name nor an index < {len(labels)}")
 
 

@@ -144,6 +144,12 @@ def train(
 
     seed_everything(training.seed)
     model = load_model(base_model, task, tokenizer).to(run_device)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and training.max_length > positions:
+        raise ConfigError(
+            "training.max_length",
+            f"{training.max_length} exceeds the model's {positions} positions",
+        )
     heads = head_modules(task, model)
     adapted = _adapt(model, heads, total, method, adalora, lora_r, adapt)
     loop = _Loop(

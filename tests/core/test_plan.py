@@ -55,9 +55,9 @@ def test_empty_dataset_is_rejected() -> None:
         total_updates(0, TrainingConfig())
 
 
-def test_plan_and_config_import_without_torch() -> None:
+def test_plan_config_and_task_spec_import_without_torch() -> None:
     code = (
-        "import sys, adalora_core.plan, adalora_core.config; "
+        "import sys, adalora_core.plan, adalora_core.config, adalora_core.tasks; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from tiny_trainer_model import save_tiny_bert, save_tiny_gpt2, save_tiny_t5, sentiment_rows
@@ -62,6 +63,7 @@ def test_invalid_specs_name_their_field(spec: TaskSpec, field: str) -> None:
 def test_labels_by_name_or_index() -> None:
     assert label_index(CLS, "z", "w") == 1
     assert label_index(CLS, 0, "w") == 0
+    assert label_index(CLS, np.int64(1), "w") == 1
     for bad in ("q", 2, True, 1.0):
         with pytest.raises(ConfigError) as info:
             label_index(CLS, bad, "rows[4].y")

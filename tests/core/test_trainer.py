@@ -217,6 +217,9 @@ def test_bad_rows_and_settings_name_the_field(base_dir: Path, tmp_path: Path) ->
     with pytest.raises(ConfigError) as info:
         _train(base_dir, tmp_path / "c", TrainingConfig(learning_rate=0))
     assert info.value.field == "training.learning_rate"
+    with pytest.raises(ConfigError) as info:  # the tiny BERT has 128 positions
+        _train(base_dir, tmp_path / "d", TrainingConfig(max_length=129))
+    assert info.value.field == "training.max_length"
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero() -> None:

@@ -27,7 +27,7 @@ def save_tiny_bert(directory: Path, seed: int = 0, dropout: float = 0.1) -> Path
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=48,
-        max_position_embeddings=64,
+        max_position_embeddings=128,
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
         pad_token_id=0,
