@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
@@ -41,9 +43,22 @@ def create_dataset(
     return dataset
 
 
-def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset | None:
-    """The tenant's dataset; another tenant's id reads as absent."""
-    dataset = session.get(Dataset, dataset_id)
+def get_dataset(
+    session: Session,
+    tenant_id: str,
+    dataset_id: str,
+    lock: Literal["share", "update"] | None = None,
+) -> Dataset | None:
+    """The tenant's dataset; another tenant's id reads as absent.
+
+    ``lock`` takes a row lock until commit (PostgreSQL; SQLite serializes writers anyway): a job
+    submission holds "share" on its datasets and a deletion takes "update", so a dataset cannot
+    vanish under a job that is being created.
+    """
+    options = {"read": lock == "share"} if lock else None
+    dataset = session.get(
+        Dataset, dataset_id, with_for_update=options, populate_existing=bool(lock)
+    )
     return dataset if dataset is not None and dataset.tenant_id == tenant_id else None
 
 

@@ -240,7 +240,7 @@ def get_dataset(dataset_id: str, caller: CallerDep, session: SessionDep) -> Data
 def delete_dataset(
     dataset_id: str, caller: CallerDep, session: SessionDep, store: StoreDep
 ) -> Response:
-    dataset = dataset_rows.get_dataset(session, caller.tenant_id, dataset_id)
+    dataset = dataset_rows.get_dataset(session, caller.tenant_id, dataset_id, lock="update")
     if dataset is None:
         raise not_found("dataset", dataset_id)
     active = dataset_rows.active_jobs_using(session, dataset_id)

@@ -72,7 +72,7 @@ def _enqueue(producer: TaskProducer, job_id: str) -> None:
 
 
 def _load_dataset(session: Session, tenant_id: str, dataset_id: str, field: str):
-    dataset = dataset_rows.get_dataset(session, tenant_id, dataset_id)
+    dataset = dataset_rows.get_dataset(session, tenant_id, dataset_id, lock="share")
     if dataset is None:
         raise invalid(field, f"dataset {dataset_id!r} not found")
     return dataset
