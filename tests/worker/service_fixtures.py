@@ -26,7 +26,7 @@ def save_tiny_bert(directory: Path, seed: int = 0) -> Path:
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=48,
-        max_position_embeddings=64,
+        max_position_embeddings=128,  # the default training.max_length fits
         pad_token_id=0,
     )
     torch.manual_seed(seed)
@@ -55,6 +55,12 @@ def job_body(dataset_id: str, base_model: str = "tiny", **training: object) -> d
         "dataset_id": dataset_id,
         "columns": {"text": "text", "label": "label"},
         "adalora": {"init_r": 4, "target_r": 2, "t_init": 2, "t_final": 2, "delta_t": 1},
-        "training": {"max_steps": 12, "batch_size": 8, "learning_rate": 5e-3, **training},
+        "training": {
+            "max_steps": 12,
+            "batch_size": 8,
+            "learning_rate": 5e-3,
+            "max_length": 32,
+            **training,
+        },
         "output": "merged",
     }
