@@ -33,6 +33,7 @@ TRIPLET_NAMES = ("lora_A", "lora_B", "lora_E")
 
 # A fixed timestamp makes zips of equal bundles byte-identical, so their sha256 is stable.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_COPY_CHUNK = 1 << 20
 
 
 class BundleError(ValueError):
@@ -228,21 +229,30 @@ def read_adapter(source: Path | str | bytes) -> AdapterWeights:
 
 
 def zip_bundle(bundle_dir: Path, out_path: Path | None = None) -> bytes | Path:
-    """Zip a bundle deterministically; return the bytes, or ``out_path`` once written."""
+    """Zip a bundle (or any exported directory) deterministically.
+
+    Returns the bytes, or writes ``out_path`` and returns it; files are streamed, so a merged
+    model of several GB never sits in memory at once when ``out_path`` is given.
+    """
     bundle_dir = Path(bundle_dir)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    if out_path is None:
+        buffer = io.BytesIO()
+        _write_zip(bundle_dir, buffer)
+        return buffer.getvalue()
+    out_path = Path(out_path)
+    with out_path.open("wb") as handle:
+        _write_zip(bundle_dir, handle)
+    return out_path
+
+
+def _write_zip(bundle_dir: Path, target: io.BytesIO | io.BufferedWriter) -> None:
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for file in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
             info = zipfile.ZipInfo(file.relative_to(bundle_dir).as_posix(), date_time=_ZIP_DATE)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
-            zf.writestr(info, file.read_bytes())
-    data = buffer.getvalue()
-    if out_path is None:
-        return data
-    out_path = Path(out_path)
-    out_path.write_bytes(data)
-    return out_path
+            with file.open("rb") as source, zf.open(info, "w", force_zip64=True) as sink:
+                shutil.copyfileobj(source, sink, _COPY_CHUNK)
 
 
 def unzip_bundle(data: bytes, out_dir: Path) -> Path:
