@@ -1,0 +1,253 @@
+"""Two-tier LRU cache of loaded adapters with single-flight loading and an explicit state machine.
+
+States: ``absent → loading → ready_device ⇄ ready_host → evicted`` (and back to loading on the
+next request), or ``loading → corrupt`` when the artifact fails its checksum or does not parse.
+A corrupt adapter stays corrupt (requests fail fast) until it is evicted by id, e.g. when the
+adapter is deleted or re-uploaded. Loads run outside the lock; concurrent requests for the same
+cold adapter wait on the first caller's future, so the artifact is read and parsed once.
+
+Budgets count the bytes of the adapters' tensors. An adapter still used by an in-flight batch
+may outlive its eviction by that batch's duration (the batch holds a reference).
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+import torch
+
+
+class AdapterState(enum.Enum):
+    ABSENT = "absent"
+    LOADING = "loading"
+    READY_DEVICE = "ready_device"
+    READY_HOST = "ready_host"
+    EVICTED = "evicted"
+    CORRUPT = "corrupt"
+
+
+_TRANSITIONS: dict[AdapterState, frozenset[AdapterState]] = {
+    AdapterState.ABSENT: frozenset({AdapterState.LOADING}),
+    AdapterState.EVICTED: frozenset({AdapterState.LOADING}),
+    AdapterState.LOADING: frozenset(
+        {AdapterState.READY_DEVICE, AdapterState.CORRUPT, AdapterState.ABSENT}
+    ),
+    AdapterState.READY_DEVICE: frozenset({AdapterState.READY_HOST, AdapterState.EVICTED}),
+    AdapterState.READY_HOST: frozenset({AdapterState.READY_DEVICE, AdapterState.EVICTED}),
+    AdapterState.CORRUPT: frozenset({AdapterState.ABSENT}),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A cache bug: the code tried a state change the state machine does not allow."""
+
+
+def check_transition(old: AdapterState, new: AdapterState) -> None:
+    """The one place that decides which state changes are legal."""
+    if new not in _TRANSITIONS[old]:
+        raise IllegalTransition(f"adapter cache: {old.value} → {new.value} is not allowed")
+
+
+class AdapterNotFound(LookupError):
+    """The source has no such adapter (or not for this caller)."""
+
+
+class AdapterCorrupt(RuntimeError):
+    """The artifact failed its sha256 check or does not parse; the adapter is marked corrupt."""
+
+    def __init__(self, adapter_id: str, reason: str) -> None:
+        super().__init__(f"adapter {adapter_id} is corrupt: {reason}")
+        self.adapter_id = adapter_id
+        self.reason = reason
+
+
+class AdapterTooLarge(RuntimeError):
+    """One adapter alone exceeds the device budget, so it can never be resident."""
+
+
+class Cacheable(Protocol):
+    nbytes: int
+
+    def to(self, device: torch.device) -> Cacheable: ...
+
+
+V = TypeVar("V", bound=Cacheable)
+
+
+@dataclass
+class _Entry(Generic[V]):
+    state: AdapterState
+    value: V | None = None
+    future: Future[V] | None = None
+    reason: str = ""
+
+    def move(self, new: AdapterState) -> None:
+        check_transition(self.state, new)
+        self.state = new
+
+
+@dataclass
+class CacheStats:
+    loads: int = 0
+    hits: int = 0
+    promotions: int = 0
+    demotions: int = 0
+    evictions: int = 0
+    peak_device_bytes: int = 0
+    peak_host_bytes: int = 0
+
+
+@dataclass
+class AdapterCache(Generic[V]):
+    """Adapters by id: `get` returns one resident on `device`, loading it at most once."""
+
+    load: Callable[[str], V]
+    device_budget: int
+    host_budget: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    pinned: frozenset[str] = frozenset()
+    stats: CacheStats = field(default_factory=CacheStats)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, _Entry[V]] = {}
+        self._device_lru: OrderedDict[str, int] = OrderedDict()
+        self._host_lru: OrderedDict[str, int] = OrderedDict()
+
+    # ---- queries -------------------------------------------------------------------------
+    def state(self, adapter_id: str) -> AdapterState:
+        with self._lock:
+            entry = self._entries.get(adapter_id)
+            return entry.state if entry is not None else AdapterState.ABSENT
+
+    @property
+    def device_bytes(self) -> int:
+        return sum(self._device_lru.values())
+
+    @property
+    def host_bytes(self) -> int:
+        return sum(self._host_lru.values())
+
+    def resident(self) -> list[str]:
+        with self._lock:
+            return list(self._device_lru) + list(self._host_lru)
+
+    # ---- the one entry point -------------------------------------------------------------
+    def get(self, adapter_id: str) -> V:
+        with self._lock:
+            entry = self._entries.get(adapter_id)
+            if entry is None:
+                entry = self._entries[adapter_id] = _Entry(AdapterState.ABSENT)
+            if entry.state is AdapterState.READY_DEVICE:
+                self._device_lru.move_to_end(adapter_id)
+                self.stats.hits += 1
+                assert entry.value is not None
+                return entry.value
+            if entry.state is AdapterState.READY_HOST:
+                self.stats.hits += 1
+                return self._promote(adapter_id, entry)
+            if entry.state is AdapterState.CORRUPT:
+                raise AdapterCorrupt(adapter_id, entry.reason)
+            if entry.state is AdapterState.LOADING:
+                assert entry.future is not None
+                waiting, leader = entry.future, False
+            else:
+                entry.move(AdapterState.LOADING)
+                entry.future = waiting = Future()
+                waiting.set_running_or_notify_cancel()
+                leader = True
+        if leader:
+            return self._load(adapter_id, entry, waiting)
+        return waiting.result()
+
+    def _load(self, adapter_id: str, entry: _Entry[V], future: Future[V]) -> V:
+        try:
+            value = self.load(adapter_id)
+            if value.nbytes > self.device_budget:
+                raise AdapterTooLarge(
+                    f"adapter {adapter_id} needs {value.nbytes} bytes, more than the device "
+                    f"cache budget of {self.device_budget}"
+                )
+        except AdapterCorrupt as exc:
+            with self._lock:
+                entry.move(AdapterState.CORRUPT)
+                entry.reason, entry.future = exc.reason, None
+            future.set_exception(exc)
+            raise
+        except BaseException as exc:
+            with self._lock:
+                entry.move(AdapterState.ABSENT)
+                entry.future = None
+            future.set_exception(exc)
+            raise
+        with self._lock:
+            self.stats.loads += 1
+            entry.move(AdapterState.READY_DEVICE)
+            entry.value, entry.future = value, None
+            self._device_lru[adapter_id] = value.nbytes
+            self._shrink(keep=adapter_id)
+        future.set_result(value)
+        return value
+
+    # ---- tiers (called with the lock held) -----------------------------------------------
+    def _promote(self, adapter_id: str, entry: _Entry[V]) -> V:
+        assert entry.value is not None
+        entry.move(AdapterState.READY_DEVICE)
+        entry.value = entry.value.to(self.device)  # type: ignore[assignment]
+        self._device_lru[adapter_id] = self._host_lru.pop(adapter_id)
+        self.stats.promotions += 1
+        self._shrink(keep=adapter_id)
+        return entry.value  # type: ignore[return-value]
+
+    def _shrink(self, keep: str) -> None:
+        for victim in self._victims(self._device_lru, self.device_budget, keep):
+            entry = self._entries[victim]
+            assert entry.value is not None
+            entry.move(AdapterState.READY_HOST)
+            entry.value = entry.value.to(torch.device("cpu"))  # type: ignore[assignment]
+            self._host_lru[victim] = self._device_lru.pop(victim)
+            self.stats.demotions += 1
+        for victim in self._victims(self._host_lru, self.host_budget, keep):
+            self._drop(victim)
+        self.stats.peak_device_bytes = max(self.stats.peak_device_bytes, self.device_bytes)
+        self.stats.peak_host_bytes = max(self.stats.peak_host_bytes, self.host_bytes)
+
+    def _victims(self, lru: OrderedDict[str, int], budget: int, keep: str) -> Iterable[str]:
+        used = sum(lru.values())
+        chosen: list[str] = []
+        for adapter_id, size in lru.items():
+            if used <= budget:
+                break
+            if adapter_id == keep or adapter_id in self.pinned:
+                continue
+            chosen.append(adapter_id)
+            used -= size
+        return chosen
+
+    def _drop(self, adapter_id: str) -> None:
+        entry = self._entries[adapter_id]
+        entry.move(AdapterState.EVICTED)
+        entry.value = None
+        self._device_lru.pop(adapter_id, None)
+        self._host_lru.pop(adapter_id, None)
+        self.stats.evictions += 1
+
+    # ---- explicit removal ----------------------------------------------------------------
+    def evict(self, adapter_id: str) -> None:
+        """Forget an adapter (deleted, replaced, corrupt to retry); a load in flight finishes."""
+        with self._lock:
+            entry = self._entries.get(adapter_id)
+            if entry is None:
+                return
+            if entry.state in (AdapterState.READY_DEVICE, AdapterState.READY_HOST):
+                self._drop(adapter_id)
+            elif entry.state is AdapterState.CORRUPT:
+                entry.move(AdapterState.ABSENT)
+            if entry.state is not AdapterState.LOADING:
+                del self._entries[adapter_id]

@@ -1,0 +1,88 @@
+"""Text generation for causal-LM and seq2seq rows of a routed batch.
+
+HF ``generate()`` keeps every row at its position for greedy search and sampling (only beam
+search reorders rows), so with the routing context set around it each row keeps its adapter for
+every decoding step. Rows of one batch share temperature/top_p (the batcher groups by them);
+``max_new_tokens`` may differ per row: the batch runs to the largest and each row is cut to its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from adalora_core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+
+    @property
+    def sampling_key(self) -> tuple[float, float]:
+        """What must be equal for rows to share one generate() call."""
+        return (self.temperature, self.top_p)
+
+
+def parse_generation(
+    parameters: Mapping[str, Any] | None, *, default_max_new_tokens: int, cap: int
+) -> GenerationParams:
+    """Check the request's generation fields; each error names its field."""
+    parameters = parameters or {}
+    max_new = parameters.get("max_new_tokens")
+    max_new = default_max_new_tokens if max_new is None else max_new
+    if isinstance(max_new, bool) or not isinstance(max_new, int) or not 1 <= max_new <= cap:
+        raise ConfigError(
+            "parameters.max_new_tokens", f"must be an integer from 1 to {cap}, got {max_new!r}"
+        )
+    temperature = parameters.get("temperature")
+    temperature = 0.0 if temperature is None else temperature
+    if not isinstance(temperature, int | float) or not 0.0 <= float(temperature) <= 100.0:
+        raise ConfigError(
+            "parameters.temperature", f"must be a number from 0 to 100, got {temperature!r}"
+        )
+    top_p = parameters.get("top_p")
+    top_p = 1.0 if top_p is None else top_p
+    if not isinstance(top_p, int | float) or not 0.0 < float(top_p) <= 1.0:
+        raise ConfigError("parameters.top_p", f"must be in (0, 1], got {top_p!r}")
+    return GenerationParams(int(max_new), float(temperature), float(top_p))
+
+
+def generate_rows(
+    model: nn.Module,
+    tokenizer: Any,
+    encodings: Sequence[Mapping[str, list[int]]],
+    max_new_tokens: Sequence[int],
+    sampling: tuple[float, float],
+    decoder_only: bool,
+    device: torch.device,
+) -> list[str]:
+    """Generate for sorted rows (the caller set the routing); decode each row's new text."""
+    batch = tokenizer.pad(
+        [{"input_ids": e["input_ids"], "attention_mask": e["attention_mask"]} for e in encodings],
+        return_tensors="pt",
+    ).to(device)
+    temperature, top_p = sampling
+    options: dict[str, Any] = {
+        "max_new_tokens": max(max_new_tokens),
+        "num_beams": 1,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if temperature > 0:
+        options.update(do_sample=True, temperature=temperature, top_p=top_p)
+    else:
+        options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    output = model.generate(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **options
+    )
+    new_tokens = output[:, batch["input_ids"].shape[1] :] if decoder_only else output[:, 1:]
+    return [
+        tokenizer.decode(row[:limit], skip_special_tokens=True)
+        for row, limit in zip(new_tokens.tolist(), max_new_tokens, strict=True)
+    ]

@@ -1,0 +1,196 @@
+"""The mixed-adapter low-rank op: one routed layer type wrapped around the shared base's Linears.
+
+The engine sorts a batch's rows by adapter, so every adapter owns one contiguous slice of rows
+(and therefore of the flattened tokens). It publishes that layout as a `Routing` in a context
+variable around the forward; each `RoutedLinear` reads it and adds, in place on the base output,
+``x[s:e] @ Q'ᵀ @ Pᵀ`` for each adapter group that has a non-zero rank at this layer. Base rows
+and rank-0 modules cost nothing beyond the base matmul. Nothing is merged, copied or padded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+Strategy = Literal["grouped", "concat"]
+
+
+@dataclass(frozen=True)
+class LowRankDelta:
+    """One adapted module, folded: ΔW = P·Q' with Q' = diag(λ·s)·Q, stored transposed for addmm."""
+
+    qt: torch.Tensor  # in × r  (Q'ᵀ, contiguous)
+    pt: torch.Tensor  # r × out (Pᵀ, contiguous)
+
+    @property
+    def rank(self) -> int:
+        return self.qt.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.qt.numel() * self.qt.element_size() + self.pt.numel() * self.pt.element_size()
+
+
+def fold_delta(
+    lora_a: torch.Tensor, lora_b: torch.Tensor, lora_e: torch.Tensor, scaling: float
+) -> LowRankDelta | None:
+    """Fold λ and the scale into Q so the forward is two plain matmuls; rank 0 folds to nothing.
+
+    Triplets whose λ is exactly zero (pruned but kept in the file) are dropped too.
+    """
+    lam = lora_e.reshape(-1).to(torch.float64) * float(scaling)
+    keep = lam != 0
+    if int(keep.sum()) == 0:
+        return None
+    q = lora_a.to(torch.float64)[keep] * lam[keep, None]
+    p = lora_b.to(torch.float64)[:, keep]
+    dtype = lora_a.dtype
+    return LowRankDelta(qt=q.t().contiguous().to(dtype), pt=p.t().contiguous().to(dtype))
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """Rows [start, stop) of the sorted batch all use one adapter (`layers` None: base rows).
+
+    `heads` are the adapter's head modules by name (seq-cls bases); `adapter` is the engine's
+    handle for the group, opaque here.
+    """
+
+    start: int
+    stop: int
+    layers: tuple[LowRankDelta | None, ...] | None
+    heads: dict[str, nn.Module] | None = None
+    adapter: Any = None
+
+
+@dataclass(frozen=True)
+class ConcatLayer:
+    """The "concat" strategy's per-layer operands: all groups' Q' side by side, masked per row."""
+
+    qt: torch.Tensor  # in × R_total
+    pt: torch.Tensor  # R_total × out
+    row_mask: torch.Tensor  # rows × R_total, 1 where the row's adapter owns that column
+
+
+@dataclass(frozen=True)
+class Routing:
+    """The current batch's rows → adapter layout, read by every routed layer during one forward."""
+
+    rows: int
+    groups: tuple[RowGroup, ...]
+    strategy: Strategy = "grouped"
+    concat: tuple[ConcatLayer | None, ...] = ()
+
+    @classmethod
+    def build(
+        cls, rows: int, groups: tuple[RowGroup, ...], num_layers: int, strategy: Strategy
+    ) -> Routing:
+        concat: tuple[ConcatLayer | None, ...] = ()
+        if strategy == "concat":
+            concat = tuple(_concat_layer(rows, groups, i) for i in range(num_layers))
+        return cls(rows=rows, groups=groups, strategy=strategy, concat=concat)
+
+
+def _concat_layer(rows: int, groups: tuple[RowGroup, ...], index: int) -> ConcatLayer | None:
+    qts: list[torch.Tensor] = []
+    pts: list[torch.Tensor] = []
+    spans: list[tuple[int, int, int]] = []
+    width = 0
+    for g in groups:
+        delta = g.layers[index] if g.layers is not None else None
+        if delta is None:
+            continue
+        qts.append(delta.qt)
+        pts.append(delta.pt)
+        spans.append((g.start, g.stop, width))
+        width += delta.rank
+    if not qts:
+        return None
+    mask = torch.zeros(rows, width, dtype=qts[0].dtype, device=qts[0].device)
+    for (start, stop, col), qt in zip(spans, qts, strict=True):
+        mask[start:stop, col : col + qt.shape[1]] = 1
+    return ConcatLayer(qt=torch.cat(qts, dim=1), pt=torch.cat(pts, dim=0), row_mask=mask)
+
+
+_ROUTING: ContextVar[Routing | None] = ContextVar("adalora_routing", default=None)
+
+
+@contextlib.contextmanager
+def routed(routing: Routing) -> Iterator[None]:
+    """Make `routing` visible to the routed layers for the duration of one forward / generate."""
+    token = _ROUTING.set(routing)
+    try:
+        yield
+    finally:
+        _ROUTING.reset(token)
+
+
+class RoutedLinear(nn.Module):
+    """A frozen Linear / GPT-2 Conv1D plus the per-row low-rank terms of the current routing."""
+
+    def __init__(self, base: nn.Module, index: int) -> None:
+        super().__init__()
+        self.base = base
+        self.index = index
+        if isinstance(base, Conv1D):
+            self.in_features, self.out_features = base.weight.shape
+        else:
+            self.in_features, self.out_features = base.in_features, base.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        routing = _ROUTING.get()
+        if routing is None:
+            return out
+        out2 = out.view(-1, self.out_features)
+        x2 = x.reshape(-1, self.in_features)
+        per_row, rest = divmod(out2.shape[0], routing.rows)
+        if rest:
+            raise RuntimeError(
+                f"routed layer {self.index}: {out2.shape[0]} tokens do not split into "
+                f"{routing.rows} rows"
+            )
+        if routing.strategy == "concat":
+            layer = routing.concat[self.index]
+            if layer is not None:
+                low = x2 @ layer.qt
+                low.view(routing.rows, per_row, -1).mul_(layer.row_mask[:, None, :])
+                out2.addmm_(low, layer.pt)
+            return out
+        for g in routing.groups:
+            if g.layers is None:
+                continue
+            delta = g.layers[self.index]
+            if delta is None:
+                continue
+            s, e = g.start * per_row, g.stop * per_row
+            out2[s:e].addmm_(x2[s:e] @ delta.qt, delta.pt)
+        return out
+
+
+def wrap_linears(model: nn.Module, skip: set[str]) -> dict[str, int]:
+    """Wrap every Linear / Conv1D outside `skip` (heads) once; return module path → layer index.
+
+    Every projection is wrapped, not only a default target set, so any adapter's target_modules
+    can be served by the same shared base; unadapted layers cost one context lookup.
+    """
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear | Conv1D)
+        and not any(name == s or name.startswith(s + ".") for s in skip)
+    ]
+    index: dict[str, int] = {}
+    for i, (name, module) in enumerate(targets):
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, leaf, RoutedLinear(module, i))
+        index[name] = i
+    return index

@@ -1,0 +1,30 @@
+"""Fixtures for the serving tests (helpers live in tiny_serving.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from tiny_serving import MemorySource, base_factory
+
+from adalora_core.serving.engine import EngineSettings, InferenceEngine
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def source() -> MemorySource:
+    return MemorySource()
+
+
+@pytest.fixture
+def make_engine(source: MemorySource) -> Callable[..., InferenceEngine]:
+    def build(**settings: Any) -> InferenceEngine:
+        return InferenceEngine(source, EngineSettings(**settings), base_factory=base_factory)
+
+    return build

@@ -1,0 +1,228 @@
+"""Tiny random models, a word-level tokenizer and real adapter bundles for the serving tests."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from torch import nn
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+from transformers.pytorch_utils import Conv1D
+
+from adalora_core.formats.bundle import (
+    AdapterMeta,
+    AdapterWeights,
+    ModuleDelta,
+    write_bundle,
+    zip_bundle,
+)
+from adalora_core.serving.cache import AdapterNotFound
+from adalora_core.serving.engine import AdapterBlob
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "</s>"] + [f"w{i}" for i in range(59)]
+WORDS = VOCAB[5:]
+
+
+def make_tokenizer(with_cls: bool) -> PreTrainedTokenizerFast:
+    ids = {w: i for i, w in enumerate(VOCAB)}
+    tok = Tokenizer(models.WordLevel(ids, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if with_cls:
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+        )
+        names = ["input_ids", "token_type_ids", "attention_mask"]
+    else:
+        names = ["input_ids", "attention_mask"]
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        eos_token="</s>",
+        model_input_names=names,
+        model_max_length=64,
+    )
+
+
+def make_model(kind: str) -> nn.Module:
+    """Same weights every call (fixed seed), so a test can rebuild the engine's base."""
+    torch.manual_seed(1234)
+    if kind == "bert":
+        config = BertConfig(
+            vocab_size=len(VOCAB),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            num_labels=2,
+        )
+        return BertForSequenceClassification(config).eval()
+    if kind == "gpt2":
+        config = GPT2Config(
+            vocab_size=len(VOCAB),
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=64,
+            bos_token_id=4,
+            eos_token_id=4,
+            pad_token_id=0,
+        )
+        return GPT2LMHeadModel(config).eval()
+    config = T5Config(
+        vocab_size=len(VOCAB),
+        d_model=32,
+        d_kv=16,
+        d_ff=64,
+        num_layers=2,
+        num_heads=2,
+        pad_token_id=0,
+        eos_token_id=4,
+        decoder_start_token_id=0,
+    )
+    return T5ForConditionalGeneration(config).eval()
+
+
+BASES = {"tiny-bert": "bert", "tiny-gpt2": "gpt2", "tiny-t5": "t5"}
+
+
+def base_factory(name: str, kind: str) -> tuple[nn.Module, Any]:
+    family = BASES[name]
+    return make_model(family), make_tokenizer(with_cls=family == "bert")
+
+
+def projections(model: nn.Module, skip: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """Module path → (in, out) of every Linear / Conv1D outside the heads."""
+    found: dict[str, tuple[int, int]] = {}
+    for name, module in model.named_modules():
+        if any(name == s or name.startswith(s + ".") for s in skip):
+            continue
+        if isinstance(module, Conv1D):
+            found[name] = tuple(module.weight.shape)  # type: ignore[assignment]
+        elif isinstance(module, nn.Linear):
+            found[name] = (module.in_features, module.out_features)
+    return found
+
+
+def make_adapter(
+    base_name: str,
+    task: str,
+    ranks: dict[str, int],
+    seed: int,
+    labels: list[str] | None = None,
+    init_r: int = 4,
+) -> AdapterWeights:
+    """A random AdaLoRA-like adapter: per-module ranks (0 allowed) and, for seq-cls, a head."""
+    gen = torch.Generator().manual_seed(seed)
+    model = make_model(BASES[base_name])
+    shapes = projections(model, ("classifier", "lm_head"))
+    modules: dict[str, ModuleDelta] = {}
+    scaling = 8.0 / init_r
+    for path, r in ranks.items():
+        fan_in, fan_out = shapes[path]
+        modules[path] = ModuleDelta(
+            lora_A=torch.randn(r, fan_in, generator=gen) * 0.3,
+            lora_B=torch.randn(fan_out, r, generator=gen) * 0.3,
+            lora_E=torch.randn(r, 1, generator=gen),
+            scaling=scaling,
+        )
+    head: dict[str, torch.Tensor] = {}
+    if task == "classification":
+        head = {
+            "classifier.weight": torch.randn(len(labels or ()), 32, generator=gen),
+            "classifier.bias": torch.randn(len(labels or ()), generator=gen),
+        }
+    elif task == "regression":
+        head = {
+            "classifier.weight": torch.randn(1, 32, generator=gen),
+            "classifier.bias": torch.randn(1, generator=gen),
+        }
+    meta = AdapterMeta(
+        task={"kind": task},
+        base_model=base_name,
+        init_r=init_r,
+        target_r=2,
+        lora_alpha=8.0,
+        scaling=scaling,
+        labels=labels,
+        modules=[{"name": p, "rank": r} for p, r in ranks.items()],
+        max_length=64,
+    )
+    return AdapterWeights(
+        meta=meta, peft_config={"peft_type": "ADALORA"}, modules=modules, head=head
+    )
+
+
+def merged_reference(weights: AdapterWeights) -> nn.Module:
+    """The adapter merged into its own copy of the base: W += s·P·diag(λ)·Q, head replaced."""
+    model = copy.deepcopy(make_model(BASES[weights.meta.base_model]))
+    with torch.no_grad():
+        for path, delta in weights.modules.items():
+            module = model.get_submodule(path)
+            dw = delta.scaling * delta.lora_B @ torch.diag(delta.lora_E[:, 0]) @ delta.lora_A
+            if isinstance(module, Conv1D):
+                module.weight += dw.t()
+            else:
+                module.weight += dw
+        if weights.head:
+            w, b = weights.head["classifier.weight"], weights.head["classifier.bias"]
+            model.classifier = nn.Linear(w.shape[1], w.shape[0])
+            model.classifier.weight.copy_(w)
+            model.classifier.bias.copy_(b)
+    return model.eval()
+
+
+@dataclass
+class MemorySource:
+    """Adapters as zipped bundles in memory; counts reads; can serve tampered bytes."""
+
+    blobs: dict[str, AdapterBlob] = field(default_factory=dict)
+    reads: dict[str, int] = field(default_factory=dict)
+    delay: Callable[[], None] | None = None
+
+    def add(self, adapter_id: str, weights: AdapterWeights, tmp: Path) -> None:
+        data = zip_bundle(write_bundle(weights, tmp / adapter_id))
+        assert isinstance(data, bytes)
+        self.blobs[adapter_id] = AdapterBlob(data, hashlib.sha256(data).hexdigest())
+
+    def corrupt(self, adapter_id: str) -> None:
+        blob = self.blobs[adapter_id]
+        self.blobs[adapter_id] = AdapterBlob(blob.data[:-7] + b"garbage", blob.sha256)
+
+    def read(self, adapter_id: str) -> AdapterBlob:
+        self.reads[adapter_id] = self.reads.get(adapter_id, 0) + 1
+        if self.delay is not None:
+            self.delay()
+        try:
+            return self.blobs[adapter_id]
+        except KeyError:
+            raise AdapterNotFound(adapter_id) from None
+
+
+def bert_layer_paths(layer: int) -> dict[str, str]:
+    p = f"bert.encoder.layer.{layer}"
+    return {
+        "q": f"{p}.attention.self.query",
+        "k": f"{p}.attention.self.key",
+        "v": f"{p}.attention.self.value",
+        "o": f"{p}.attention.output.dense",
+        "up": f"{p}.intermediate.dense",
+        "down": f"{p}.output.dense",
+    }
