@@ -249,11 +249,29 @@ class JobRunner:
             merged_dir = save_merged(base_model, weights, tmp / "merged", spec.task)
             archives["merged"] = zip_bundle(merged_dir, tmp / "merged.zip")
         formats: dict[str, dict[str, Any]] = {}
-        for name, archive in archives.items():
-            key = adapter_key(job.tenant_id, adapter_id, name)
-            sha256, size = self.store.put_file(key, archive)
-            formats[name] = {"storage_key": key, "sha256": sha256, "size_bytes": size}
+        try:
+            for name, archive in archives.items():
+                key = adapter_key(job.tenant_id, adapter_id, name)
+                sha256, size = self.store.put_file(key, archive)
+                formats[name] = {"storage_key": key, "sha256": sha256, "size_bytes": size}
+            outcome = self._commit_adapter(job, spec, result, weights, adapter_id, formats)
+        except BaseException:
+            self._discard(formats)
+            raise
+        if outcome.status != "succeeded":
+            self._discard(formats)
+        return outcome
 
+    def _commit_adapter(
+        self,
+        job: Job,
+        spec: JobSpec,
+        result: Any,
+        weights: Any,
+        adapter_id: str,
+        formats: dict[str, dict[str, Any]],
+    ) -> Outcome:
+        """The adapter row and the job's success, in one transaction, if we still hold it."""
         meta = weights.meta
         rank_info = {
             "budget": dict(meta.budget),
@@ -263,7 +281,7 @@ class JobRunner:
         with self.sessions() as session:
             owned = load_owned_job(session, job.id, self.owner)
             if owned is None or owned.status != JobStatus.UPLOADING.value:
-                log.warning("job %s: lease lost while uploading; artifacts left unused", job.id)
+                log.warning("job %s: lease lost while uploading; artifacts discarded", job.id)
                 return Outcome("lost")
             create_adapter(
                 session,
@@ -321,6 +339,14 @@ class JobRunner:
                 status = "failed"
             session.commit()
         return Outcome(status)
+
+    def _discard(self, formats: dict[str, dict[str, Any]]) -> None:
+        """Artifacts no adapter row will point at."""
+        for info in formats.values():
+            try:
+                self.store.delete(info["storage_key"])
+            except StoreError:
+                log.warning("could not delete orphaned artifact %s", info["storage_key"])
 
     def _drop_checkpoint(self, job_id: str, key: str | None) -> None:
         """A finished job never resumes, so its checkpoint is only taking space."""

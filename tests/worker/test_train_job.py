@@ -186,3 +186,22 @@ def test_reconciler_resends_a_stale_queued_job_once_per_interval(world, settings
         reconcile_once(session, settings, sent.append)
         reconcile_once(session, settings, sent.append)
     assert sent == [job_id]
+
+
+def test_a_failed_publish_leaves_no_orphaned_artifacts(
+    world, settings, sessions, store: LocalStore, monkeypatch
+) -> None:
+    def broken_insert(*args, **kwargs):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr("worker.tasks.create_adapter", broken_insert)
+    job_id = world.submit(max_steps=6)
+    assert run_job(job_id, settings, sessions, store).status == "failed"
+    job = world.job(job_id)
+    assert job.error == {
+        "code": "internal_error",
+        "message": "training failed; the operator can see the logs",
+    }
+    assert [e["to"] for e in events(world, job_id, "status")][-2:] == ["uploading", "failed"]
+    adapters_dir = store.path_for(f"adapters/{world.tenant_id}/x").parent
+    assert not adapters_dir.exists() or not any(p.is_file() for p in adapters_dir.rglob("*"))
