@@ -349,7 +349,9 @@ class InferenceEngine:
         if base.kind != "sequence-classification":
             generation = parse_generation(
                 parameters,
-                default_max_new_tokens=self.settings.default_max_new_tokens,
+                default_max_new_tokens=min(
+                    self.settings.default_max_new_tokens, self.settings.max_new_tokens
+                ),
                 cap=self.settings.max_new_tokens,
             )
         max_length = adapter.max_length if adapter is not None else base.max_length

@@ -144,6 +144,15 @@ class RoutedLinear(nn.Module):
         else:
             self.in_features, self.out_features = base.in_features, base.out_features
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """Model code sometimes inspects a projection's weight (T5 reads its dtype)."""
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         routing = _ROUTING.get()

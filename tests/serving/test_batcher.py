@@ -1,0 +1,110 @@
+"""Dynamic batching: concurrent requests share forwards and each gets its own adapter's answer."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from test_cache import add_adapters
+from tiny_serving import WORDS
+
+from adalora_core.errors import ConfigError
+from adalora_core.serving.batcher import DynamicBatcher
+
+
+def requests(ids: list[str | None], count: int, seed: int) -> list[tuple[str | None, list[str]]]:
+    rng = random.Random(seed)
+    return [
+        (
+            rng.choice(ids),
+            [" ".join(rng.choices(WORDS, k=rng.randint(1, 9))) for _ in range(rng.randint(1, 3))],
+        )
+        for _ in range(count)
+    ]
+
+
+def test_threads_get_their_own_adapters_answers(make_engine, source, tmp_path) -> None:
+    ids: list[str | None] = [*add_adapters(source, tmp_path, 4), None]
+    engine = make_engine(max_batch_size=16, max_wait_ms=30)
+    work = requests(ids, 24, seed=5)
+    expected = [engine.infer(a, texts, base_model="tiny-bert") for a, texts in work]
+    batcher = DynamicBatcher(engine)
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            got = list(
+                pool.map(
+                    lambda r: batcher.submit_blocking(
+                        engine.prepare(r[0], r[1], base_model="tiny-bert")
+                    ),
+                    work,
+                )
+            )
+    finally:
+        batcher.close()
+    for want, have in zip(expected, got, strict=True):
+        assert len(want) == len(have)
+        for w, h in zip(want, have, strict=True):
+            assert w.keys() == h.keys()
+            if "label" in w:
+                assert w["label"] == h["label"]
+                assert w["scores"] == pytest.approx(h["scores"], abs=1e-5)
+            else:
+                assert w["embedding"] == pytest.approx(h["embedding"], abs=1e-5)
+    assert batcher.stats.rows == sum(len(t) for _, t in work)
+    assert batcher.stats.batches < len(work)  # requests really shared forwards
+    assert batcher.stats.largest_batch_rows <= 16
+
+
+def test_asyncio_requests_are_batched_and_answered_in_order(make_engine, source, tmp_path) -> None:
+    ids: list[str | None] = list(add_adapters(source, tmp_path, 3))
+    engine = make_engine(max_batch_size=32, max_wait_ms=50)
+    work = requests(ids, 10, seed=9)
+    expected = [engine.infer(a, texts) for a, texts in work]
+    batcher = DynamicBatcher(engine)
+
+    async def main() -> list[list[dict]]:
+        prepared = [engine.prepare(a, texts) for a, texts in work]
+        return await asyncio.gather(*(batcher.submit(p) for p in prepared))
+
+    try:
+        got = asyncio.run(main())
+    finally:
+        batcher.close()
+    assert [[r["label"] for r in rows] for rows in got] == [
+        [r["label"] for r in rows] for rows in expected
+    ]
+    assert batcher.stats.batches == 1
+
+
+def test_token_budget_splits_large_requests_and_refuses_one_huge_input(
+    make_engine, source, tmp_path
+) -> None:
+    (adapter_id,) = add_adapters(source, tmp_path, 1)
+    engine = make_engine(max_batch_tokens=40, max_batch_size=32)
+    texts = [" ".join(["w3"] * 8) for _ in range(12)]  # 10 tokens each with [CLS]/[SEP]
+    batcher = DynamicBatcher(engine)
+    try:
+        got = batcher.submit_blocking(engine.prepare(adapter_id, texts))
+    finally:
+        batcher.close()
+    assert got == engine.infer(adapter_id, texts)
+    assert batcher.stats.largest_batch_tokens <= 40
+    assert batcher.stats.batches == 3
+    with pytest.raises(ConfigError) as info:
+        engine.prepare(adapter_id, [" ".join(["w3"] * 50)])
+    assert info.value.field == "inputs"
+
+
+def test_batching_off_runs_each_request_alone(make_engine, source, tmp_path) -> None:
+    ids: list[str | None] = list(add_adapters(source, tmp_path, 2))
+    engine = make_engine(batching=False, max_wait_ms=50)
+    work = requests(ids, 6, seed=3)
+    batcher = DynamicBatcher(engine)
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(lambda r: batcher.submit_blocking(engine.prepare(*r)), work))
+    finally:
+        batcher.close()
+    assert batcher.stats.batches == len(work)

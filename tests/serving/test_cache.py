@@ -1,0 +1,139 @@
+"""Adapter cache: byte budgets, LRU tiers, single-flight loads, corrupt artifacts, eviction."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from tiny_serving import MemorySource, bert_layer_paths, make_adapter
+
+from adalora_core.serving.cache import (
+    AdapterCorrupt,
+    AdapterNotFound,
+    AdapterState,
+    IllegalTransition,
+    check_transition,
+)
+
+
+def add_adapters(source: MemorySource, tmp_path: Path, count: int) -> list[str]:
+    l0, l1 = bert_layer_paths(0), bert_layer_paths(1)
+    ids = []
+    for i in range(count):
+        ranks = {l0["q"]: 1 + i % 4, l1["v"]: 2, l1["up"]: i % 3}
+        adapter_id = f"ad{i}"
+        source.add(
+            adapter_id,
+            make_adapter("tiny-bert", "classification", ranks, seed=100 + i, labels=["a", "b"]),
+            tmp_path,
+        )
+        ids.append(adapter_id)
+    return ids
+
+
+def test_budgets_hold_and_reload_gives_same_outputs(make_engine, source, tmp_path) -> None:
+    ids = add_adapters(source, tmp_path, 6)
+    probe = make_engine()
+    sizes = {i: probe.adapter(i).nbytes for i in ids}
+    source.reads.clear()
+    device_budget = max(sizes.values()) * 2
+    host_budget = max(sizes.values()) * 2
+    engine = make_engine(device_cache_bytes=device_budget, host_cache_bytes=host_budget)
+    first = {i: engine.infer(i, ["w1 w2 w3", "w4 w5"]) for i in ids}
+    assert engine.cache.stats.peak_device_bytes <= device_budget
+    assert engine.cache.stats.peak_host_bytes <= host_budget
+    assert engine.state(ids[0]) is AdapterState.EVICTED
+    assert engine.state(ids[-1]) is AdapterState.READY_DEVICE
+    assert engine.state(ids[-3]) is AdapterState.READY_HOST
+    again = {i: engine.infer(i, ["w1 w2 w3", "w4 w5"]) for i in ids}
+    assert again == first
+    assert engine.cache.stats.peak_device_bytes <= device_budget
+    assert engine.cache.stats.peak_host_bytes <= host_budget
+    assert source.reads[ids[0]] == 2  # evicted, read again
+
+
+def test_pinned_adapter_is_never_evicted(make_engine, source, tmp_path) -> None:
+    ids = add_adapters(source, tmp_path, 5)
+    probe = make_engine()
+    size = max(probe.adapter(i).nbytes for i in ids)
+    source.reads.clear()
+    engine = make_engine(
+        device_cache_bytes=size * 2, host_cache_bytes=size, pinned_adapters=(ids[0],)
+    )
+    for i in ids:
+        engine.adapter(i)
+    assert engine.state(ids[0]) is AdapterState.READY_DEVICE
+    assert source.reads[ids[0]] == 1
+
+
+def test_concurrent_cold_gets_load_once(make_engine, source, tmp_path) -> None:
+    (adapter_id,) = add_adapters(source, tmp_path, 1)
+    engine = make_engine()
+    engine.base("tiny-bert", "sequence-classification")
+    gate = threading.Event()
+    source.delay = lambda: (gate.wait(5), time.sleep(0.05))
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(engine.adapter, adapter_id) for _ in range(8)]
+        time.sleep(0.05)
+        assert engine.state(adapter_id) is AdapterState.LOADING
+        gate.set()
+        loaded = {id(f.result()) for f in futures}
+    assert source.reads[adapter_id] == 1
+    assert engine.cache.stats.loads == 1
+    assert len(loaded) == 1
+
+
+def test_corrupt_artifact_is_marked_and_others_still_served(make_engine, source, tmp_path) -> None:
+    good, bad = add_adapters(source, tmp_path, 2)
+    source.corrupt(bad)
+    engine = make_engine()
+    with pytest.raises(AdapterCorrupt, match="sha256"):
+        engine.infer(bad, ["w1"])
+    assert engine.state(bad) is AdapterState.CORRUPT
+    with pytest.raises(AdapterCorrupt):
+        engine.infer(bad, ["w1"])
+    assert source.reads[bad] == 1  # fails fast while marked corrupt
+    assert engine.infer(good, ["w1 w2"])[0]["label"] in {"a", "b"}
+    engine.evict(bad)
+    assert engine.state(bad) is AdapterState.ABSENT
+
+
+def test_unparseable_artifact_with_matching_checksum_is_corrupt(
+    make_engine, source, tmp_path
+) -> None:
+    import hashlib
+
+    from adalora_core.serving.engine import AdapterBlob
+
+    source.blobs["junk"] = AdapterBlob(b"not a zip", hashlib.sha256(b"not a zip").hexdigest())
+    with pytest.raises(AdapterCorrupt, match="zip"):
+        make_engine().adapter("junk")
+
+
+def test_unknown_adapter_is_not_found_and_not_remembered(make_engine) -> None:
+    engine = make_engine()
+    with pytest.raises(AdapterNotFound):
+        engine.adapter("nope")
+    assert engine.state("nope") is AdapterState.ABSENT
+
+
+def test_evicted_adapter_is_reloaded(make_engine, source, tmp_path) -> None:
+    (adapter_id,) = add_adapters(source, tmp_path, 1)
+    engine = make_engine()
+    before = engine.infer(adapter_id, ["w7 w8"])
+    engine.evict(adapter_id)
+    assert engine.state(adapter_id) is AdapterState.ABSENT
+    assert engine.infer(adapter_id, ["w7 w8"]) == before
+    assert source.reads[adapter_id] == 2
+
+
+def test_state_machine_rejects_skipped_steps() -> None:
+    check_transition(AdapterState.ABSENT, AdapterState.LOADING)
+    check_transition(AdapterState.READY_HOST, AdapterState.READY_DEVICE)
+    with pytest.raises(IllegalTransition):
+        check_transition(AdapterState.ABSENT, AdapterState.READY_DEVICE)
+    with pytest.raises(IllegalTransition):
+        check_transition(AdapterState.CORRUPT, AdapterState.READY_DEVICE)

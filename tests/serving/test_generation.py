@@ -1,0 +1,97 @@
+"""Causal-LM (tiny GPT-2) and seq2seq (tiny T5) adapters generate the same in a mixed batch as alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tiny_serving import MemorySource, make_adapter
+
+from adalora_core.errors import ConfigError
+
+
+def gpt2_adapters() -> dict:
+    h = "transformer.h"
+    return {
+        "g1": make_adapter(
+            "tiny-gpt2", "causal-lm", {f"{h}.0.attn.c_attn": 4, f"{h}.1.mlp.c_fc": 2}, seed=11
+        ),
+        "g2": make_adapter(
+            "tiny-gpt2",
+            "causal-lm",
+            {f"{h}.0.attn.c_proj": 3, f"{h}.1.attn.c_attn": 0, f"{h}.1.mlp.c_proj": 4},
+            seed=12,
+        ),
+    }
+
+
+def t5_adapters() -> dict:
+    return {
+        "t1": make_adapter(
+            "tiny-t5",
+            "seq2seq",
+            {
+                "encoder.block.0.layer.0.SelfAttention.q": 4,
+                "decoder.block.1.layer.1.EncDecAttention.v": 3,
+            },
+            seed=21,
+        ),
+        "t2": make_adapter(
+            "tiny-t5",
+            "seq2seq",
+            {
+                "decoder.block.0.layer.0.SelfAttention.o": 2,
+                "encoder.block.1.layer.1.DenseReluDense.wi": 4,
+            },
+            seed=22,
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    ("base", "adapters"), [("tiny-gpt2", gpt2_adapters), ("tiny-t5", t5_adapters)]
+)
+def test_mixed_generation_equals_each_alone(
+    make_engine, source: MemorySource, tmp_path: Path, base: str, adapters
+) -> None:
+    weights = adapters()
+    for adapter_id, w in weights.items():
+        source.add(adapter_id, w, tmp_path)
+    engine = make_engine()
+    kind = "causal-lm" if base == "tiny-gpt2" else "seq2seq"
+    ids = list(weights)
+    requests = [
+        (ids[0], ["w1 w2 w3 w4 w5", "w9"], 6),
+        (None, ["w3 w3 w7"], 5),
+        (ids[1], ["w10 w11", "w12 w13 w14 w15 w16 w17"], 8),
+    ]
+    prepared = [
+        engine.prepare(a, inputs, {"max_new_tokens": n}, base_model=base, base_kind=kind)
+        for a, inputs, n in requests
+    ]
+    mixed = engine.run(prepared)
+    for (adapter_id, inputs, n), got in zip(requests, mixed, strict=True):
+        for text, row in zip(inputs, got, strict=True):
+            alone = engine.infer(
+                adapter_id, [text], {"max_new_tokens": n}, base_model=base, base_kind=kind
+            )
+            assert row == alone[0]
+            assert len(row["text"].split()) <= n
+    # The adapters must change what is generated, or this test would prove nothing.
+    plain = engine.infer(
+        None, ["w1 w2 w3 w4 w5"], {"max_new_tokens": 6}, base_model=base, base_kind=kind
+    )
+    assert plain[0] != mixed[0][0]
+
+
+def test_generation_parameters_are_checked(make_engine, source, tmp_path) -> None:
+    source.add("g1", gpt2_adapters()["g1"], tmp_path)
+    engine = make_engine(max_new_tokens=16)
+    with pytest.raises(ConfigError) as info:
+        engine.prepare("g1", ["w1"], {"max_new_tokens": 10_000})
+    assert info.value.field == "parameters.max_new_tokens"
+    with pytest.raises(ConfigError) as info:
+        engine.prepare("g1", ["w1"], {"top_p": 0})
+    assert info.value.field == "parameters.top_p"
+    sampled = engine.infer("g1", ["w1 w2"], {"max_new_tokens": 4, "temperature": 0.7, "top_p": 0.9})
+    assert isinstance(sampled[0]["text"], str)
