@@ -37,6 +37,7 @@ from adalora_core.serving.grouped import (
     wrap_linears,
 )
 from adalora_core.serving.heads import build_heads, route_heads
+from adalora_core.serving.malloc import tune_glibc_malloc
 
 ModelKind = Literal["sequence-classification", "causal-lm", "seq2seq"]
 _MODEL_KIND: dict[str, ModelKind] = {
@@ -68,6 +69,7 @@ class EngineSettings:
     default_max_new_tokens: int = 32
     max_length: int = 512
     strategy: Strategy = "grouped"
+    tune_malloc: bool = True  # glibc mallopt at engine start (see malloc.py, docs/benchmarks.md)
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,7 @@ class LoadedAdapter:
 
     def to(self, device: torch.device) -> LoadedAdapter:
         layers = tuple(
-            None if d is None else LowRankDelta(d.qt.to(device), d.pt.to(device))
-            for d in self.layers
+            None if d is None else LowRankDelta(d.q.to(device), d.p.to(device)) for d in self.layers
         )
         heads = None
         if self.heads is not None:
@@ -213,6 +214,8 @@ class InferenceEngine:
     ) -> None:
         self.source = source
         self.settings = settings or EngineSettings()
+        if self.settings.tune_malloc:
+            tune_glibc_malloc()
         self.device = torch.device(device)
         self.dtype = dtype
         self._base_factory = base_factory or default_base_factory(dict(base_paths or {}))
@@ -283,7 +286,7 @@ class InferenceEngine:
             folded = fold_delta(delta.lora_A, delta.lora_B, delta.lora_E, delta.scaling)
             if folded is not None:
                 layers[index] = LowRankDelta(
-                    folded.qt.to(self.device, self.dtype), folded.pt.to(self.device, self.dtype)
+                    folded.q.to(self.device, self.dtype), folded.p.to(self.device, self.dtype)
                 )
         heads = None
         labels: tuple[str, ...] = ()

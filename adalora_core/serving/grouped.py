@@ -24,18 +24,23 @@ Strategy = Literal["grouped", "concat"]
 
 @dataclass(frozen=True)
 class LowRankDelta:
-    """One adapted module, folded: ΔW = P·Q' with Q' = diag(λ·s)·Q, stored transposed for addmm."""
+    """One adapted module, folded: ΔW = P·Q' with Q' = diag(λ·s)·Q.
 
-    qt: torch.Tensor  # in × r  (Q'ᵀ, contiguous)
-    pt: torch.Tensor  # r × out (Pᵀ, contiguous)
+    Both are kept in nn.Linear's layout (q: r × in, p: out × r) and used through transposed
+    views: MKL multiplies ``x @ q.t()`` several times faster than ``x @ qt`` with a contiguous
+    in × r matrix (measured: 0.7 ms vs 2.6 ms for 4096 × 384 × 8 on one thread).
+    """
+
+    q: torch.Tensor  # r × in (Q')
+    p: torch.Tensor  # out × r (P)
 
     @property
     def rank(self) -> int:
-        return self.qt.shape[1]
+        return self.q.shape[0]
 
     @property
     def nbytes(self) -> int:
-        return self.qt.numel() * self.qt.element_size() + self.pt.numel() * self.pt.element_size()
+        return self.q.numel() * self.q.element_size() + self.p.numel() * self.p.element_size()
 
 
 def fold_delta(
@@ -52,7 +57,7 @@ def fold_delta(
     q = lora_a.to(torch.float64)[keep] * lam[keep, None]
     p = lora_b.to(torch.float64)[:, keep]
     dtype = lora_a.dtype
-    return LowRankDelta(qt=q.t().contiguous().to(dtype), pt=p.t().contiguous().to(dtype))
+    return LowRankDelta(q=q.contiguous().to(dtype), p=p.contiguous().to(dtype))
 
 
 @dataclass(frozen=True)
@@ -74,8 +79,8 @@ class RowGroup:
 class ConcatLayer:
     """The "concat" strategy's per-layer operands: all groups' Q' side by side, masked per row."""
 
-    qt: torch.Tensor  # in × R_total
-    pt: torch.Tensor  # R_total × out
+    q: torch.Tensor  # R_total × in
+    p: torch.Tensor  # out × R_total
     row_mask: torch.Tensor  # rows × R_total, 1 where the row's adapter owns that column
 
 
@@ -99,24 +104,24 @@ class Routing:
 
 
 def _concat_layer(rows: int, groups: tuple[RowGroup, ...], index: int) -> ConcatLayer | None:
-    qts: list[torch.Tensor] = []
-    pts: list[torch.Tensor] = []
+    qs: list[torch.Tensor] = []
+    ps: list[torch.Tensor] = []
     spans: list[tuple[int, int, int]] = []
     width = 0
     for g in groups:
         delta = g.layers[index] if g.layers is not None else None
         if delta is None:
             continue
-        qts.append(delta.qt)
-        pts.append(delta.pt)
+        qs.append(delta.q)
+        ps.append(delta.p)
         spans.append((g.start, g.stop, width))
         width += delta.rank
-    if not qts:
+    if not qs:
         return None
-    mask = torch.zeros(rows, width, dtype=qts[0].dtype, device=qts[0].device)
-    for (start, stop, col), qt in zip(spans, qts, strict=True):
-        mask[start:stop, col : col + qt.shape[1]] = 1
-    return ConcatLayer(qt=torch.cat(qts, dim=1), pt=torch.cat(pts, dim=0), row_mask=mask)
+    mask = torch.zeros(rows, width, dtype=qs[0].dtype, device=qs[0].device)
+    for (start, stop, col), q in zip(spans, qs, strict=True):
+        mask[start:stop, col : col + q.shape[0]] = 1
+    return ConcatLayer(q=torch.cat(qs, dim=0), p=torch.cat(ps, dim=1), row_mask=mask)
 
 
 _ROUTING: ContextVar[Routing | None] = ContextVar("adalora_routing", default=None)
@@ -169,9 +174,9 @@ class RoutedLinear(nn.Module):
         if routing.strategy == "concat":
             layer = routing.concat[self.index]
             if layer is not None:
-                low = x2 @ layer.qt
+                low = x2 @ layer.q.t()
                 low.view(routing.rows, per_row, -1).mul_(layer.row_mask[:, None, :])
-                out2.addmm_(low, layer.pt)
+                out2.addmm_(low, layer.p.t())
             return out
         for g in routing.groups:
             if g.layers is None:
@@ -180,7 +185,7 @@ class RoutedLinear(nn.Module):
             if delta is None:
                 continue
             s, e = g.start * per_row, g.stop * per_row
-            out2[s:e].addmm_(x2[s:e] @ delta.qt, delta.pt)
+            out2[s:e].addmm_(x2[s:e] @ delta.q.t(), delta.p.t())
         return out
 
 

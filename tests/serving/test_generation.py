@@ -1,4 +1,4 @@
-"""Causal-LM (tiny GPT-2) and seq2seq (tiny T5) adapters generate the same in a mixed batch as alone."""
+"""Causal-LM (tiny GPT-2) and seq2seq (tiny T5) adapters: mixed-batch generation equals alone."""
 
 from __future__ import annotations
 
