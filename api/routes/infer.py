@@ -1,15 +1,108 @@
-"""Placeholder until the serving helper's engine route lands: answers 503 for POST /infer."""
+"""POST /infer: rows of text through a tenant's adapter (or the plain base), batched with others.
+
+Response rows: classification {"label", "score", "scores"}, regression {"value"}, causal-lm /
+seq2seq {"text"}; with adapter_id null on a sequence-classification base, {"embedding"} (the
+masked mean of the final hidden states). Errors: unknown or other tenant's adapter 404; an
+artifact that fails its checksum 409 (the adapter is marked corrupt, other adapters keep
+serving); bad fields 422 naming the field; the engine not started 503.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+from typing import Any
 
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from adalora_core.errors import ConfigError
+from adalora_core.serving.cache import AdapterCorrupt, AdapterNotFound, AdapterTooLarge
+from adalora_core.serving.engine import InferenceEngine, Prepared
 from api.deps import InferLimitedCaller
-from api.errors import ApiError, responses
+from api.errors import ApiError, not_found, responses
+from registry import adapters as adapter_rows
 
 router = APIRouter(tags=["inference"])
 
 
-@router.post("/infer", responses=responses(401, 429, 503))
-def infer(_: InferLimitedCaller) -> None:
-    raise ApiError(503, "engine_unavailable", "inference engine not available")
+class InferParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int | None = Field(None, description="LM adapters: tokens to generate.")
+    temperature: float | None = Field(None, description="0 or absent: greedy decoding.")
+    top_p: float | None = Field(None, description="Nucleus sampling mass (with temperature).")
+    truncate: bool = Field(True, description="Cut inputs longer than the adapter's max_length.")
+
+
+class InferRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    adapter_id: str | None = Field(None, description="null: the plain base model.")
+    base_model: str | None = Field(
+        None, description="Only with adapter_id null; defaults to the service's default base."
+    )
+    inputs: list[str | list[str]] = Field(
+        ..., min_length=1, description="Texts, or [text, pair] for pair classification."
+    )
+    parameters: InferParameters = Field(default_factory=InferParameters)
+
+
+class InferResponse(BaseModel):
+    adapter_id: str | None
+    outputs: list[dict[str, Any]]
+
+
+def _prepare(request: Request, tenant_id: str, body: InferRequest) -> Prepared:
+    """Runs in a worker thread: DB lookup, possibly a cold adapter load, tokenization."""
+    from api.inference import default_base_model
+
+    engine: InferenceEngine = request.app.state.engine
+    parameters = body.parameters.model_dump(exclude_none=True)
+    if body.adapter_id is None:
+        settings = request.app.state.settings
+        name = body.base_model or default_base_model(settings)
+        if name is None or name not in settings.base_models:
+            known = sorted(settings.base_models)
+            raise ConfigError("base_model", f"unknown base model {name!r}; known: {known}")
+        return engine.prepare(None, body.inputs, parameters, base_model=name)
+    if body.base_model is not None:
+        raise ConfigError("base_model", "only allowed with adapter_id null")
+    with request.app.state.sessions() as session:
+        row = adapter_rows.get_adapter(session, tenant_id, body.adapter_id)
+        if row is None:
+            raise not_found("adapter", body.adapter_id)
+        if row.status == "corrupt":
+            raise _corrupt(body.adapter_id)
+        try:
+            return engine.prepare(body.adapter_id, body.inputs, parameters)
+        except AdapterNotFound:
+            raise not_found("adapter", body.adapter_id) from None
+        except AdapterCorrupt as exc:
+            adapter_rows.mark_corrupt(session, body.adapter_id)
+            session.commit()
+            raise _corrupt(body.adapter_id, exc.reason) from exc
+        except AdapterTooLarge as exc:
+            raise ApiError(503, "adapter_too_large", str(exc)) from exc
+
+
+def _corrupt(adapter_id: str, reason: str = "") -> ApiError:
+    detail = f" ({reason})" if reason else ""
+    return ApiError(
+        409,
+        "adapter_corrupt",
+        f"adapter {adapter_id!r} failed its integrity check and cannot be served{detail}; "
+        "re-train or re-import it",
+    )
+
+
+@router.post(
+    "/infer",
+    response_model=InferResponse,
+    responses=responses(401, 404, 409, 422, 429, 503),
+)
+async def infer(body: InferRequest, request: Request, caller: InferLimitedCaller) -> InferResponse:
+    if getattr(request.app.state, "engine", None) is None:
+        raise ApiError(503, "engine_unavailable", "inference engine not available")
+    prepared = await asyncio.to_thread(_prepare, request, caller.tenant_id, body)
+    outputs = await request.app.state.batcher.submit(prepared)
+    return InferResponse(adapter_id=body.adapter_id, outputs=outputs)

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 import torch
-from tiny_serving import MemorySource, base_factory
 
 from adalora_core.serving.engine import EngineSettings, InferenceEngine
+from tests.serving.tiny_serving import MemorySource, base_factory
 
 
 @pytest.fixture(autouse=True)

@@ -7,11 +7,11 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from test_cache import add_adapters
-from tiny_serving import WORDS
 
 from adalora_core.errors import ConfigError
 from adalora_core.serving.batcher import DynamicBatcher
+from tests.serving.test_cache import add_adapters
+from tests.serving.tiny_serving import WORDS
 
 
 def requests(ids: list[str | None], count: int, seed: int) -> list[tuple[str | None, list[str]]]:

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from tiny_serving import MemorySource, bert_layer_paths, make_adapter
 
 from adalora_core.serving.cache import (
     AdapterCorrupt,
@@ -17,6 +16,7 @@ from adalora_core.serving.cache import (
     IllegalTransition,
     check_transition,
 )
+from tests.serving.tiny_serving import MemorySource, bert_layer_paths, make_adapter
 
 
 def add_adapters(source: MemorySource, tmp_path: Path, count: int) -> list[str]:

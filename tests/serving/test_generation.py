@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny_serving import MemorySource, make_adapter
 
 from adalora_core.errors import ConfigError
+from tests.serving.tiny_serving import MemorySource, make_adapter
 
 
 def gpt2_adapters() -> dict:

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_serving import (
+
+from adalora_core.errors import ConfigError
+from adalora_core.formats.bundle import AdapterWeights
+from tests.serving.tiny_serving import (
     WORDS,
     MemorySource,
     bert_layer_paths,
@@ -16,9 +19,6 @@ from tiny_serving import (
     make_tokenizer,
     merged_reference,
 )
-
-from adalora_core.errors import ConfigError
-from adalora_core.formats.bundle import AdapterWeights
 
 
 def sentence(rng: random.Random, n: int) -> str:

@@ -100,7 +100,7 @@ def make_model(kind: str) -> nn.Module:
     return T5ForConditionalGeneration(config).eval()
 
 
-BASES = {"tiny-bert": "bert", "tiny-gpt2": "gpt2", "tiny-t5": "t5"}
+BASES = {"tiny-bert": "bert", "tiny-gpt2": "gpt2", "tiny-t5": "t5", "tiny-test-model": "bert"}
 
 
 def base_factory(name: str, kind: str) -> tuple[nn.Module, Any]:

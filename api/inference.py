@@ -1,0 +1,93 @@
+"""Engine wiring for the app: build the engine and batcher from Settings at startup.
+
+The engine reads adapters through `StoreAdapterSource`: the adapter row's PEFT zip from the
+artifact store, sha256-checked by the store against the row. The lifespan in api.main calls
+`startup(app)` / `shutdown(app)`; routes find `app.state.engine` and `app.state.batcher`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy.orm import Session, sessionmaker
+
+from adalora_core.serving.batcher import DynamicBatcher
+from adalora_core.serving.cache import AdapterCorrupt, AdapterNotFound
+from adalora_core.serving.engine import AdapterBlob, EngineSettings, InferenceEngine
+from registry.models import Adapter
+from registry.settings import Settings
+from registry.store import ArtifactStore, ChecksumMismatch, NotFound
+
+# Serving limits that Settings may not define yet fall back to these defaults.
+_DEFAULTS = EngineSettings()
+
+
+def engine_settings(settings: Settings) -> EngineSettings:
+    """Serving limits from Settings (optional fields read with the engine's defaults)."""
+
+    def opt(name: str, default: Any) -> Any:
+        return getattr(settings, name, default)
+
+    return EngineSettings(
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_batch_tokens=settings.max_batch_tokens,
+        device_cache_bytes=settings.device_cache_bytes,
+        host_cache_bytes=settings.host_cache_bytes,
+        pinned_adapters=tuple(settings.pinned_adapters),
+        batching=opt("infer_batching", _DEFAULTS.batching),
+        max_inputs=opt("infer_max_inputs", _DEFAULTS.max_inputs),
+        max_new_tokens=opt("infer_max_new_tokens", _DEFAULTS.max_new_tokens),
+        max_length=opt("infer_max_length", _DEFAULTS.max_length),
+    )
+
+
+class StoreAdapterSource:
+    """Adapters as the worker stored them: the `peft` zip of the adapter row."""
+
+    def __init__(self, sessions: sessionmaker[Session], store: ArtifactStore) -> None:
+        self.sessions = sessions
+        self.store = store
+
+    def read(self, adapter_id: str) -> AdapterBlob:
+        with self.sessions() as session:
+            row = session.get(Adapter, adapter_id)
+            info = None if row is None else (row.formats or {}).get("peft")
+        if row is None:
+            raise AdapterNotFound(adapter_id)
+        if not info:
+            raise AdapterCorrupt(adapter_id, "the adapter has no peft artifact")
+        try:
+            data = self.store.open_read(info["storage_key"], info["sha256"])
+        except ChecksumMismatch as exc:
+            raise AdapterCorrupt(adapter_id, f"sha256 mismatch: {exc}") from exc
+        except NotFound as exc:
+            raise AdapterCorrupt(adapter_id, "the stored artifact is missing") from exc
+        return AdapterBlob(data, info["sha256"])
+
+
+def default_base_model(settings: Settings) -> str | None:
+    """The base a request with adapter_id null runs on when it names none."""
+    from registry.settings import DEFAULT_MINILM_NAME
+
+    if DEFAULT_MINILM_NAME in settings.base_models:
+        return DEFAULT_MINILM_NAME
+    return next(iter(settings.base_models), None)
+
+
+def startup(app: FastAPI) -> None:
+    settings: Settings = app.state.settings
+    engine = InferenceEngine(
+        StoreAdapterSource(app.state.sessions, app.state.store),
+        engine_settings(settings),
+        base_paths=settings.base_models,
+    )
+    app.state.engine = engine
+    app.state.batcher = DynamicBatcher(engine)
+
+
+def shutdown(app: FastAPI) -> None:
+    batcher = getattr(app.state, "batcher", None)
+    if batcher is not None:
+        batcher.close()

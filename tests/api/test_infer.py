@@ -1,0 +1,180 @@
+"""POST /infer over HTTP: real bundles in the store, tenant scoping, 404/409/422, concurrency."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from registry import adapters as adapter_rows
+from registry.ids import new_id
+from registry.store import adapter_key
+from tests.conftest import TEST_BASE_MODEL, TenantKey
+from tests.serving.tiny_serving import (
+    bert_layer_paths,
+    make_adapter,
+    make_model,
+    make_tokenizer,
+    merged_reference,
+)
+
+
+@pytest.fixture
+def tiny_base(settings: Any) -> Path:
+    """The settings' tiny-test-model directory, holding the serving tests' tiny BERT."""
+    path = Path(settings.base_models[TEST_BASE_MODEL])
+    make_model("bert").save_pretrained(path)
+    make_tokenizer(with_cls=True).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def stored_adapter(
+    sessions: Any, store: Any, tmp_path: Path, tiny_base: Path
+) -> Callable[..., tuple[str, Any]]:
+    """stored_adapter(tenant, seed) stores a real peft zip + row; returns (id, weights)."""
+    from adalora_core.formats.bundle import write_bundle, zip_bundle
+
+    def make(tenant: TenantKey, seed: int) -> tuple[str, Any]:
+        l0, l1 = bert_layer_paths(0), bert_layer_paths(1)
+        ranks = {l0["q"]: 1 + seed % 4, l0["v"]: 2, l1["up"]: seed % 3, l1["down"]: 3}
+        weights = make_adapter(
+            TEST_BASE_MODEL, "classification", ranks, seed=seed, labels=["neg", "pos"]
+        )
+        adapter_id = new_id("ad")
+        data = zip_bundle(write_bundle(weights, tmp_path / "bundles" / adapter_id))
+        key = adapter_key(tenant.id, adapter_id, "peft")
+        sha, size = store.put_stream(key, [data])
+        with sessions() as session:
+            adapter_rows.create_adapter(
+                session,
+                adapter_id=adapter_id,
+                tenant_id=tenant.id,
+                job_id=None,
+                base_model=TEST_BASE_MODEL,
+                task="classification",
+                labels=["neg", "pos"],
+                init_r=4,
+                target_r=2,
+                total_rank=sum(ranks.values()),
+                trainable_params=0,
+                formats={"peft": {"storage_key": key, "sha256": sha, "size_bytes": size}},
+                rank_info={},
+            )
+            session.commit()
+        return adapter_id, weights
+
+    return make
+
+
+def expected_scores(weights: Any, text: str) -> list[float]:
+    enc = make_tokenizer(with_cls=True)(text, return_tensors="pt")
+    with torch.no_grad():
+        logits = merged_reference(weights)(**enc).logits[0]
+    return torch.softmax(logits, -1).tolist()
+
+
+def test_infer_answers_with_the_adapter(client, tenant, stored_adapter) -> None:
+    adapter_id, weights = stored_adapter(tenant, seed=1)
+    texts = ["w1 w2 w3", ["w4 w5", "w6"]]
+    response = client.post(
+        "/infer", headers=tenant.headers, json={"adapter_id": adapter_id, "inputs": texts}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["adapter_id"] == adapter_id
+    first = body["outputs"][0]
+    assert first["scores"]["neg"] == pytest.approx(
+        expected_scores(weights, "w1 w2 w3")[0], abs=1e-5
+    )
+    assert first["label"] in ("neg", "pos")
+    assert set(body["outputs"][1]) == {"label", "score", "scores"}
+
+
+def test_base_rows_return_embeddings(client, tenant, tiny_base) -> None:
+    response = client.post(
+        "/infer",
+        headers=tenant.headers,
+        json={"adapter_id": None, "base_model": TEST_BASE_MODEL, "inputs": ["w1 w2"]},
+    )
+    assert response.status_code == 200, response.text
+    assert len(response.json()["outputs"][0]["embedding"]) == 32
+
+
+def test_other_tenants_and_unknown_adapters_are_404(
+    client, tenant, other_tenant, stored_adapter
+) -> None:
+    adapter_id, _ = stored_adapter(other_tenant, seed=2)
+    for ident in (adapter_id, "ad_does_not_exist"):
+        response = client.post(
+            "/infer", headers=tenant.headers, json={"adapter_id": ident, "inputs": ["w1"]}
+        )
+        assert response.status_code == 404, response.text
+    assert (
+        client.post("/infer", json={"adapter_id": adapter_id, "inputs": ["w1"]}).status_code == 401
+    )
+
+
+def test_checksum_failure_is_409_and_others_keep_serving(
+    client, tenant, stored_adapter, store, settings
+) -> None:
+    good, _ = stored_adapter(tenant, seed=3)
+    bad, _ = stored_adapter(tenant, seed=4)
+    path = Path(settings.store_dir) / adapter_key(tenant.id, bad, "peft")
+    path.write_bytes(path.read_bytes()[:-5] + b"xxxxx")
+    response = client.post(
+        "/infer", headers=tenant.headers, json={"adapter_id": bad, "inputs": ["w1"]}
+    )
+    assert response.status_code == 409, response.text
+    assert response.json()["error"]["code"] == "adapter_corrupt"
+    again = client.post(
+        "/infer", headers=tenant.headers, json={"adapter_id": bad, "inputs": ["w1"]}
+    )
+    assert again.status_code == 409
+    ok = client.post("/infer", headers=tenant.headers, json={"adapter_id": good, "inputs": ["w1"]})
+    assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"inputs": ["w1"] * 300}, "inputs"),
+        ({"inputs": [" ".join(["w2"] * 100)], "parameters": {"truncate": False}}, "inputs[0]"),
+        ({"inputs": [["a", "b", "c"]]}, "inputs[0]"),
+        ({"inputs": []}, "inputs"),
+        ({"inputs": ["w1"], "parameters": {"beams": 4}}, "parameters.beams"),
+    ],
+)
+def test_bad_requests_are_422_naming_the_field(client, tenant, stored_adapter, body, field) -> None:
+    adapter_id, _ = stored_adapter(tenant, seed=5)
+    response = client.post(
+        "/infer", headers=tenant.headers, json={"adapter_id": adapter_id, **body}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"] == field
+
+
+def test_concurrent_http_requests_get_their_own_adapters(client, tenant, stored_adapter) -> None:
+    adapters = [stored_adapter(tenant, seed=10 + i) for i in range(3)]
+    texts = ["w1 w2 w3", "w9 w8", "w5 w5 w5 w5"]
+    work = [(adapters[i % 3][0], texts[i % 3]) for i in range(12)]
+    # References first, serially: building them reseeds the global RNG.
+    want = [expected_scores(adapters[i % 3][1], texts[i % 3]) for i in range(12)]
+
+    def call(item: tuple[str, str]) -> list[float]:
+        adapter_id, text = item
+        response = client.post(
+            "/infer", headers=tenant.headers, json={"adapter_id": adapter_id, "inputs": [text]}
+        )
+        assert response.status_code == 200, response.text
+        scores = response.json()["outputs"][0]["scores"]
+        return [scores["neg"], scores["pos"]]
+
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(call, work))
+    for g, w in zip(got, want, strict=True):
+        assert g == pytest.approx(w, abs=1e-5)
