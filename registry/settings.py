@@ -58,10 +58,14 @@ class Settings(BaseSettings):
     jobs_rate_per_s: float = 1.0
     jobs_burst: int = 20
 
-    # Inference batching.
+    # Inference batching and request bounds.
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     max_batch_tokens: int = 16384
+    infer_batching: bool = True
+    infer_max_inputs: int = 256
+    infer_max_new_tokens: int = 256
+    infer_max_length: int = 512
 
     # Adapter cache budgets.
     device_cache_bytes: int = 512 * 1024 * 1024
