@@ -1,6 +1,7 @@
 """Multi-adapter inference benchmark on all-MiniLM-L6-v2 (CPU), run by hand.
 
     .venv/bin/python bench/infer.py [--reps 9] [--threads 1] [--malloc-reps 5]
+    .venv/bin/python bench/infer.py --batching-only 64   # batcher on/off at concurrency 1/8/32
 
 One process times, alternating variant by variant in every repetition (medians reported):
 the plain base; the engine's wrapped base with no adapter rows; one adapter on all rows; a batch
@@ -167,6 +168,67 @@ def malloc_comparison(reps: int, rounds: int) -> dict[str, dict[str, float]]:
     return {mode: summary(v) for mode, v in results.items()}
 
 
+async def _drive(
+    batcher: Any, prepared: list[Any], concurrency: int, per: int, latencies: list[float]
+) -> float:
+    """`concurrency` clients, each sending `per` requests one after another."""
+    import asyncio
+
+    async def client() -> None:
+        for k in range(per):
+            start = time.perf_counter()
+            await batcher.submit(prepared[k % len(prepared)])
+            latencies.append((time.perf_counter() - start) * 1000)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return time.perf_counter() - start
+
+
+def batching_comparison(requests: int) -> dict[str, Any]:
+    """Single-row requests (8 adapters) through the batcher at concurrency 1/8/32, on and off.
+
+    No HTTP: asyncio tasks call `DynamicBatcher.submit` as the route does after `prepare`.
+    """
+    import asyncio
+
+    from adalora_core.serving.batcher import DynamicBatcher
+
+    tmp = Path(tempfile.mkdtemp(prefix="adalora-bench-batch-"))
+    files = {
+        f"adapter-{i}": Path(
+            zip_bundle(write_bundle(random_adapter(i), tmp / f"a{i}"), tmp / f"a{i}.zip")
+        )
+        for i in range(ADAPTERS)
+    }
+    text = " ".join(["hello world"] * 100)
+    out: dict[str, Any] = {}
+    for batching in (True, False):
+        engine = InferenceEngine(
+            FileSource(files),
+            EngineSettings(max_length=TOKENS, batching=batching, max_wait_ms=5.0),
+            base_paths={"all-MiniLM-L6-v2": minilm_path()},
+        )
+        prepared = [engine.prepare(a, [text]) for a in files]
+        batcher = DynamicBatcher(engine)
+        for concurrency in (1, 8, 32):
+            latencies: list[float] = []
+            per = max(1, requests // concurrency)
+            elapsed = asyncio.run(_drive(batcher, prepared, concurrency, per, latencies))
+            latencies.sort()
+            key = f"{'on' if batching else 'off'}_c{concurrency}"
+            out[key] = {
+                "requests": len(latencies),
+                "rps": round(len(latencies) / elapsed, 2),
+                "p50_ms": round(latencies[len(latencies) // 2], 1),
+                "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1),
+                "batches": batcher.stats.batches,
+            }
+            batcher.stats.batches = 0
+        batcher.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=9)
@@ -174,8 +236,14 @@ def main() -> None:
     parser.add_argument("--malloc-rounds", type=int, default=2)
     parser.add_argument("--malloc-child", choices=["default", "env", "mallopt"])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--batching-only", type=int, metavar="REQUESTS", help="only the batcher on/off comparison"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.batching_only:
+        print(json.dumps({"batching": batching_comparison(args.batching_only)}))
+        return
     if args.malloc_child:
         malloc_child(args.malloc_child, args.reps)
         return
