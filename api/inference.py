@@ -7,8 +7,6 @@ artifact store, sha256-checked by the store against the row. The lifespan in api
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,16 +17,9 @@ from registry.models import Adapter
 from registry.settings import Settings
 from registry.store import ArtifactStore, ChecksumMismatch, NotFound
 
-# Serving limits that Settings may not define yet fall back to these defaults.
-_DEFAULTS = EngineSettings()
-
 
 def engine_settings(settings: Settings) -> EngineSettings:
-    """Serving limits from Settings (optional fields read with the engine's defaults)."""
-
-    def opt(name: str, default: Any) -> Any:
-        return getattr(settings, name, default)
-
+    """Serving limits from Settings (env ADALORA_MAX_BATCH_SIZE, ADALORA_INFER_MAX_INPUTS, ...)."""
     return EngineSettings(
         max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
@@ -36,10 +27,10 @@ def engine_settings(settings: Settings) -> EngineSettings:
         device_cache_bytes=settings.device_cache_bytes,
         host_cache_bytes=settings.host_cache_bytes,
         pinned_adapters=tuple(settings.pinned_adapters),
-        batching=opt("infer_batching", _DEFAULTS.batching),
-        max_inputs=opt("infer_max_inputs", _DEFAULTS.max_inputs),
-        max_new_tokens=opt("infer_max_new_tokens", _DEFAULTS.max_new_tokens),
-        max_length=opt("infer_max_length", _DEFAULTS.max_length),
+        batching=settings.infer_batching,
+        max_inputs=settings.infer_max_inputs,
+        max_new_tokens=settings.infer_max_new_tokens,
+        max_length=settings.infer_max_length,
     )
 
 

@@ -348,15 +348,16 @@ class InferenceEngine:
         else:
             adapter = self.adapter(adapter_id)
             base = adapter.base
-        generation = None
-        if base.kind != "sequence-classification":
-            generation = parse_generation(
-                parameters,
-                default_max_new_tokens=min(
-                    self.settings.default_max_new_tokens, self.settings.max_new_tokens
-                ),
-                cap=self.settings.max_new_tokens,
-            )
+        # Checked for every request, so a bad value is an error even where it is not used.
+        generation: GenerationParams | None = parse_generation(
+            parameters,
+            default_max_new_tokens=min(
+                self.settings.default_max_new_tokens, self.settings.max_new_tokens
+            ),
+            cap=self.settings.max_new_tokens,
+        )
+        if base.kind == "sequence-classification":
+            generation = None
         max_length = adapter.max_length if adapter is not None else base.max_length
         encodings = [
             self._encode(base, row, i, max_length, truncate, generation is not None)

@@ -147,6 +147,7 @@ def test_checksum_failure_is_409_and_others_keep_serving(
         ({"inputs": [["a", "b", "c"]]}, "inputs[0]"),
         ({"inputs": []}, "inputs"),
         ({"inputs": ["w1"], "parameters": {"beams": 4}}, "parameters.beams"),
+        ({"inputs": ["w1"], "parameters": {"max_new_tokens": 10**6}}, "parameters.max_new_tokens"),
     ],
 )
 def test_bad_requests_are_422_naming_the_field(client, tenant, stored_adapter, body, field) -> None:
