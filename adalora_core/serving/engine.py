@@ -86,6 +86,10 @@ class AdapterSource(Protocol):
     def read(self, adapter_id: str) -> AdapterBlob: ...
 
 
+class BaseModelUnavailable(RuntimeError):
+    """The configured base model cannot be loaded (missing directory, unsupported class)."""
+
+
 BaseFactory = Callable[[str, ModelKind], tuple[nn.Module, Any]]
 Parser = Callable[[bytes], Any]
 
@@ -240,7 +244,12 @@ class InferenceEngine:
             return found
 
     def _load_base(self, name: str, kind: ModelKind) -> SharedBase:
-        model, tokenizer = self._base_factory(name, kind)
+        try:
+            model, tokenizer = self._base_factory(name, kind)
+        except (OSError, ValueError, KeyError) as exc:
+            raise BaseModelUnavailable(
+                f"base model {name!r} ({kind}) cannot be loaded: {exc}"
+            ) from exc
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         if kind == "causal-lm":

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adalora_core.errors import ConfigError
 from adalora_core.serving.cache import AdapterCorrupt, AdapterNotFound, AdapterTooLarge
-from adalora_core.serving.engine import InferenceEngine, Prepared
+from adalora_core.serving.engine import BaseModelUnavailable, InferenceEngine, Prepared
 from api.deps import InferLimitedCaller
 from api.errors import ApiError, not_found, responses
 from registry import adapters as adapter_rows
@@ -103,6 +103,9 @@ def _corrupt(adapter_id: str, reason: str = "") -> ApiError:
 async def infer(body: InferRequest, request: Request, caller: InferLimitedCaller) -> InferResponse:
     if getattr(request.app.state, "engine", None) is None:
         raise ApiError(503, "engine_unavailable", "inference engine not available")
-    prepared = await asyncio.to_thread(_prepare, request, caller.tenant_id, body)
+    try:
+        prepared = await asyncio.to_thread(_prepare, request, caller.tenant_id, body)
+    except BaseModelUnavailable as exc:
+        raise ApiError(503, "base_model_unavailable", str(exc)) from exc
     outputs = await request.app.state.batcher.submit(prepared)
     return InferResponse(adapter_id=body.adapter_id, outputs=outputs)

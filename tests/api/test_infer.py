@@ -179,3 +179,23 @@ def test_concurrent_http_requests_get_their_own_adapters(client, tenant, stored_
         got = list(pool.map(call, work))
     for g, w in zip(got, want, strict=True):
         assert g == pytest.approx(w, abs=1e-5)
+
+
+def test_missing_base_model_directory_is_503(client, tenant) -> None:
+    response = client.post(
+        "/infer",
+        headers=tenant.headers,
+        json={"adapter_id": None, "base_model": TEST_BASE_MODEL, "inputs": ["w1"]},
+    )
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "base_model_unavailable"
+
+
+def test_unknown_base_model_is_422(client, tenant) -> None:
+    response = client.post(
+        "/infer",
+        headers=tenant.headers,
+        json={"adapter_id": None, "base_model": "no-such-model", "inputs": ["w1"]},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"] == "base_model"
