@@ -194,6 +194,19 @@ def check_succeeded_job(client: Client, job_id: str) -> dict[str, Any]:
     return adapter
 
 
+def check_infer(client: Client, adapter: dict[str, Any]) -> None:
+    """The trained adapter answers /infer: one labelled row per input, scores summing to 1."""
+    answer = client.ok(
+        "POST", "/infer", json={"adapter_id": adapter["id"], "inputs": ["a good film", "bad plot"]}
+    )
+    assert answer["adapter_id"] == adapter["id"] and len(answer["outputs"]) == 2
+    for row in answer["outputs"]:
+        assert row["label"] in adapter["labels"], row
+        scores = row["scores"]
+        values = scores.values() if isinstance(scores, dict) else scores
+        assert abs(sum(values) - 1) < 1e-4, row
+
+
 def cancel_mid_run(
     client: Client, dataset_id: str, body: dict[str, Any], procs: list[Proc]
 ) -> None:
