@@ -106,6 +106,9 @@ class SharedBase:
     head_templates: dict[str, nn.Module]
     max_length: int
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # HF fast tokenizers change their truncation state per call and are not safe to share
+    # between threads (requests tokenize in their own threads).
+    tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
     last_hidden: list[torch.Tensor] = field(default_factory=list)
 
 
@@ -307,6 +310,11 @@ class InferenceEngine:
             }
             nbytes += sum(t.numel() * t.element_size() for t in weights.head.values())
             labels = tuple(weights.meta.labels or ())
+            width = _head_width(heads)
+            if kind == "classification" and labels and len(labels) != width:
+                raise AdapterCorrupt(
+                    adapter_id, f"{len(labels)} label names for a head of {width} outputs"
+                )
         elif weights.head:
             raise AdapterCorrupt(adapter_id, f"a {kind} adapter cannot carry head weights")
         max_length = min(int(getattr(weights.meta, "max_length", base.max_length)), base.max_length)
@@ -404,7 +412,8 @@ class InferenceEngine:
         else:
             allowed = "a string" if generative else "a string or a pair of strings"
             raise ConfigError(where, f"must be {allowed}")
-        full = base.tokenizer(first, second, truncation=False)
+        with base.tokenizer_lock:
+            full = base.tokenizer(first, second, truncation=False)
         if len(full["input_ids"]) > max_length:
             if not truncate:
                 raise ConfigError(
@@ -413,7 +422,8 @@ class InferenceEngine:
                     "(set parameters.truncate to true to cut it)",
                 )
             strategy = "longest_first" if second is not None else True
-            full = base.tokenizer(first, second, truncation=strategy, max_length=max_length)
+            with base.tokenizer_lock:
+                full = base.tokenizer(first, second, truncation=strategy, max_length=max_length)
         return {key: list(values) for key, values in full.items()}
 
     def infer(
@@ -472,7 +482,8 @@ class InferenceEngine:
     def _classify(
         self, base: SharedBase, encodings: list[dict[str, list[int]]], groups: list[RowGroup]
     ) -> list[dict[str, Any]]:
-        padded = base.tokenizer.pad(encodings, return_tensors="pt").to(self.device)
+        with base.tokenizer_lock:
+            padded = base.tokenizer.pad(encodings, return_tensors="pt").to(self.device)
         base.last_hidden.clear()
         logits = base.model(**padded).logits.float()
         hidden = base.last_hidden.pop()
@@ -501,14 +512,18 @@ class InferenceEngine:
             assert params is not None
             limits.extend([params.max_new_tokens] * batch[i].rows)
         sampling = batch[order[0]].generation.sampling_key  # type: ignore[union-attr]
+        rows = [
+            {"input_ids": e["input_ids"], "attention_mask": e["attention_mask"]} for e in encodings
+        ]
+        with base.tokenizer_lock:
+            padded = base.tokenizer.pad(rows, return_tensors="pt").to(self.device)
         texts = generate_rows(
             base.model,
             base.tokenizer,
-            encodings,
+            padded,
             limits,
             sampling,
             decoder_only=base.kind == "causal-lm",
-            device=self.device,
         )
         return [{"text": t} for t in texts]
 
@@ -524,7 +539,8 @@ def _keep_last_hidden(shared: SharedBase) -> Callable[..., None]:
 def _head_outputs(adapter: LoadedAdapter, logits: torch.Tensor) -> list[dict[str, Any]]:
     if adapter.task == "regression":
         return [{"value": float(v)} for v in logits[:, 0].tolist()]
-    count = len(adapter.labels) or _head_width(adapter)
+    assert adapter.heads is not None
+    count = len(adapter.labels) or _head_width(adapter.heads)
     names = adapter.labels or tuple(f"LABEL_{i}" for i in range(count))
     probs = torch.softmax(logits[:, :count], dim=-1)
     out: list[dict[str, Any]] = []
@@ -540,11 +556,11 @@ def _head_outputs(adapter: LoadedAdapter, logits: torch.Tensor) -> list[dict[str
     return out
 
 
-def _head_width(adapter: LoadedAdapter) -> int:
-    assert adapter.heads is not None
+def _head_width(heads: dict[str, nn.Module]) -> int:
+    """Outputs of the last Linear of the head chain (the logits width)."""
     widths = [
         m.out_features
-        for head in adapter.heads.values()
+        for head in heads.values()
         for m in head.modules()
         if isinstance(m, nn.Linear)
     ]

@@ -57,17 +57,15 @@ def parse_generation(
 def generate_rows(
     model: nn.Module,
     tokenizer: Any,
-    encodings: Sequence[Mapping[str, list[int]]],
+    batch: Mapping[str, torch.Tensor],
     max_new_tokens: Sequence[int],
     sampling: tuple[float, float],
     decoder_only: bool,
-    device: torch.device,
 ) -> list[str]:
-    """Generate for sorted rows (the caller set the routing); decode each row's new text."""
-    batch = tokenizer.pad(
-        [{"input_ids": e["input_ids"], "attention_mask": e["attention_mask"]} for e in encodings],
-        return_tensors="pt",
-    ).to(device)
+    """Generate for padded, sorted rows (the caller set the routing); decode each row's new text.
+
+    Decoder-only rows must be left-padded so that every row's next token follows its own prompt.
+    """
     temperature, top_p = sampling
     options: dict[str, Any] = {
         "max_new_tokens": max(max_new_tokens),
