@@ -8,11 +8,14 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from registry.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from worker.reconciler import ReconcilerThread
 
 log = logging.getLogger("adalora.serve")
 
@@ -100,7 +103,7 @@ class EmbeddedWorker(threading.Thread):
             stop_worker_process(self.proc)
 
 
-def start_reconciler(settings: Settings):  # -> ReconcilerThread
+def start_reconciler(settings: Settings) -> ReconcilerThread:
     from registry.db import get_engine, make_sessionmaker
     from registry.queue import enqueue_training_job
     from worker.reconciler import ReconcilerThread
