@@ -557,10 +557,11 @@ def _head_outputs(adapter: LoadedAdapter, logits: torch.Tensor) -> list[dict[str
 
 
 def _head_width(heads: dict[str, nn.Module]) -> int:
-    """Outputs of the last Linear of the head chain (the logits width)."""
+    """Outputs of the last Linear of the last top-level head (the logits; poolers are nested)."""
     widths = [
         m.out_features
-        for head in heads.values()
+        for name, head in heads.items()
+        if "." not in name
         for m in head.modules()
         if isinstance(m, nn.Linear)
     ]

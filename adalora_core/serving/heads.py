@@ -2,12 +2,14 @@
 
 The base is loaded once as the family's *ForSequenceClassification model. Each of its head
 modules (the top-level children with parameters other than the backbone: BERT `classifier`,
-RoBERTa `classifier`, DistilBERT `pre_classifier` + `classifier`, GPT-2 `score`, ...) is replaced
+RoBERTa `classifier`, DistilBERT `pre_classifier` + `classifier`, GPT-2 `score`, ...; plus a
+shallow `pooler` such as BERT's `bert.pooler`, which the trainer saves with the head) is replaced
 by a `RoutedHead`. During a forward it applies, to each adapter group's rows, that adapter's own
-copy of the module (template class + the adapter's head weights); rows of different label counts
-are padded on the last dim, and the engine cuts each row back to its adapter's labels. Because
-the routed module sits where the original head sat, family-specific pooling (BERT's pooler before
-the head, GPT-2's last-token pick after it) keeps working unchanged.
+copy of the module (template class + the adapter's head weights), or the base's own module for
+rows without an adapter or adapters that do not override it; rows of different label counts are
+zero-padded on the last dim, and the engine cuts each row back to its adapter's labels. Because
+the routed module sits where the original head sat, family-specific pooling (BERT's first-token
+pooler, GPT-2's last-token pick after the head) keeps working unchanged.
 """
 
 from __future__ import annotations
@@ -16,19 +18,30 @@ import copy
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from adalora_core.errors import ConfigError
 from adalora_core.serving.grouped import _ROUTING
 
 
 def head_module_names(model: nn.Module) -> list[str]:
-    """Seq-cls head modules: top-level children with weights, minus the backbone."""
+    """Seq-cls head modules: top-level children with weights other than the backbone, plus a
+    pooler at depth ≤ 1 (BERT's ``bert.pooler``), which the trainer trains and saves with the
+    classifier (adalora_core.tasks.head_modules)."""
     backbone = getattr(model, "base_model_prefix", "")
-    return [
+    tops = [
         name
         for name, child in model.named_children()
         if name != backbone and any(True for _ in child.parameters())
     ]
+    poolers = [
+        path
+        for path, module in model.named_modules()
+        if path.split(".")[-1] == "pooler"
+        and path.count(".") <= 1
+        and any(True for _ in module.parameters())
+    ]
+    return tops + poolers
 
 
 def strip_head_key(key: str) -> str:
@@ -88,30 +101,21 @@ class RoutedHead(nn.Module):
         routing = _ROUTING.get()
         if routing is None:
             return self.template(x)
-        pieces: list[tuple[int, int, torch.Tensor | None]] = []
-        width = 0
-        for g in routing.groups:
-            heads = g.heads
-            if heads is None:
-                pieces.append((g.start, g.stop, None))
-                continue
-            y = heads[self.name](x[g.start : g.stop])
-            width = max(width, y.shape[-1])
-            pieces.append((g.start, g.stop, y))
-        if width == 0:
-            return self.template(x)
-        out = x.new_zeros(*x.shape[:-1], width)
-        for start, stop, y in pieces:
-            if y is not None:
-                out[start:stop, ..., : y.shape[-1]] = y
-        return out
+        pieces = [
+            (self.template if g.heads is None else g.heads[self.name])(x[g.start : g.stop])
+            for g in routing.groups
+        ]
+        width = max(p.shape[-1] for p in pieces)
+        return torch.cat([F.pad(p, (0, width - p.shape[-1])) for p in pieces], dim=0)
 
 
 def route_heads(model: nn.Module) -> dict[str, nn.Module]:
     """Replace the model's head modules by routed ones; return the original modules as templates."""
     templates: dict[str, nn.Module] = {}
     for name in head_module_names(model):
-        template = getattr(model, name)
+        template = model.get_submodule(name)
         templates[name] = template
-        setattr(model, name, RoutedHead(name, template))
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, leaf, RoutedHead(name, template))
     return templates

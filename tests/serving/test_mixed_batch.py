@@ -41,6 +41,7 @@ def three_adapters() -> dict[str, AdapterWeights]:
             {path: (i % 4) + 1 for i, path in enumerate([*l0.values(), *l1.values()])},
             seed=2,
             labels=["x", "y", "z"],
+            pooler=True,
         ),
         "c-rank0": make_adapter(
             "tiny-bert",

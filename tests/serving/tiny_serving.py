@@ -128,6 +128,7 @@ def make_adapter(
     seed: int,
     labels: list[str] | None = None,
     init_r: int = 4,
+    pooler: bool = False,
 ) -> AdapterWeights:
     """A random AdaLoRA-like adapter: per-module ranks (0 allowed) and, for seq-cls, a head."""
     gen = torch.Generator().manual_seed(seed)
@@ -154,6 +155,9 @@ def make_adapter(
             "classifier.weight": torch.randn(1, 32, generator=gen),
             "classifier.bias": torch.randn(1, generator=gen),
         }
+    if pooler:  # the trainer saves BERT's pooler with the classifier
+        head["bert.pooler.dense.weight"] = torch.randn(32, 32, generator=gen) * 0.3
+        head["bert.pooler.dense.bias"] = torch.randn(32, generator=gen) * 0.3
     meta = AdapterMeta(
         task={"kind": task},
         base_model=base_name,
@@ -181,6 +185,9 @@ def merged_reference(weights: AdapterWeights) -> nn.Module:
                 module.weight += dw.t()
             else:
                 module.weight += dw
+        if "bert.pooler.dense.weight" in weights.head:
+            model.bert.pooler.dense.weight.copy_(weights.head["bert.pooler.dense.weight"])
+            model.bert.pooler.dense.bias.copy_(weights.head["bert.pooler.dense.bias"])
         if weights.head:
             w, b = weights.head["classifier.weight"], weights.head["classifier.bias"]
             model.classifier = nn.Linear(w.shape[1], w.shape[0])
