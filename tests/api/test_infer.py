@@ -199,3 +199,16 @@ def test_unknown_base_model_is_422(client, tenant) -> None:
     )
     assert response.status_code == 422, response.text
     assert response.json()["error"]["field"] == "base_model"
+
+
+def test_deleted_adapter_leaves_the_engine_cache(client, tenant, stored_adapter) -> None:
+    from adalora_core.serving.cache import AdapterState
+
+    adapter_id, _ = stored_adapter(tenant, seed=7)
+    body = {"adapter_id": adapter_id, "inputs": ["w1 w2"]}
+    assert client.post("/infer", headers=tenant.headers, json=body).status_code == 200
+    engine = client.app.state.engine
+    assert engine.state(adapter_id) is AdapterState.READY_DEVICE
+    assert client.delete(f"/adapters/{adapter_id}", headers=tenant.headers).status_code == 204
+    assert engine.state(adapter_id) is AdapterState.ABSENT
+    assert client.post("/infer", headers=tenant.headers, json=body).status_code == 404
