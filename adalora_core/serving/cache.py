@@ -67,6 +67,10 @@ class AdapterCorrupt(RuntimeError):
         self.reason = reason
 
 
+class AdapterIncompatible(RuntimeError):
+    """A well-formed adapter this engine cannot serve on its base (unknown module or head)."""
+
+
 class AdapterTooLarge(RuntimeError):
     """One adapter alone exceeds the device budget, so it can never be resident."""
 

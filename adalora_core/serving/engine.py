@@ -25,7 +25,12 @@ import torch
 from torch import nn
 
 from adalora_core.errors import ConfigError
-from adalora_core.serving.cache import AdapterCache, AdapterCorrupt, AdapterState
+from adalora_core.serving.cache import (
+    AdapterCache,
+    AdapterCorrupt,
+    AdapterIncompatible,
+    AdapterState,
+)
 from adalora_core.serving.generation import GenerationParams, generate_rows, parse_generation
 from adalora_core.serving.grouped import (
     LowRankDelta,
@@ -286,14 +291,17 @@ class InferenceEngine:
             weights = self._parser(blob.data)
         except ValueError as exc:  # BundleError and friends: the bytes are not a bundle
             raise AdapterCorrupt(adapter_id, str(exc)) from exc
-        kind = task_kind(weights.meta)
+        try:
+            kind = task_kind(weights.meta)
+        except ConfigError as exc:
+            raise AdapterIncompatible(f"adapter {adapter_id}: {exc}") from exc
         base = self.base(weights.meta.base_model, _MODEL_KIND[kind])
         layers: list[LowRankDelta | None] = [None] * len(base.layer_index)
         for path, delta in weights.modules.items():
             index = base.layer_index.get(path.removeprefix("base_model.model."))
             if index is None:
-                raise AdapterCorrupt(
-                    adapter_id, f"module {path!r} is not a projection of {base.name}"
+                raise AdapterIncompatible(
+                    f"adapter {adapter_id}: module {path!r} is not a projection of {base.name}"
                 )
             folded = fold_delta(delta.lora_A, delta.lora_B, delta.lora_E, delta.scaling)
             if folded is not None:
@@ -304,7 +312,10 @@ class InferenceEngine:
         labels: tuple[str, ...] = ()
         nbytes = sum(d.nbytes for d in layers if d is not None)
         if base.kind == "sequence-classification":
-            heads = build_heads(base.head_templates, weights.head, self.dtype)
+            try:
+                heads = build_heads(base.head_templates, weights.head, self.dtype)
+            except ConfigError as exc:
+                raise AdapterIncompatible(f"adapter {adapter_id}: {exc}") from exc
             heads = {
                 n: m if m is base.head_templates[n] else m.to(self.device) for n, m in heads.items()
             }
@@ -316,7 +327,9 @@ class InferenceEngine:
                     adapter_id, f"{len(labels)} label names for a head of {width} outputs"
                 )
         elif weights.head:
-            raise AdapterCorrupt(adapter_id, f"a {kind} adapter cannot carry head weights")
+            raise AdapterIncompatible(
+                f"adapter {adapter_id}: a {kind} adapter carries head weights"
+            )
         max_length = min(int(getattr(weights.meta, "max_length", base.max_length)), base.max_length)
         return LoadedAdapter(
             adapter_id, base, kind, labels, max_length, tuple(layers), heads, nbytes

@@ -3,8 +3,9 @@
 Response rows: classification {"label", "score", "scores"}, regression {"value"}, causal-lm /
 seq2seq {"text"}; with adapter_id null on a sequence-classification base, {"embedding"} (the
 masked mean of the final hidden states). Errors: unknown or other tenant's adapter 404; an
-artifact that fails its checksum 409 (the adapter is marked corrupt, other adapters keep
-serving); bad fields 422 naming the field; the engine not started 503.
+artifact that fails its checksum or does not parse 409 `adapter_corrupt` (the row is marked
+corrupt, other adapters keep serving); a well-formed adapter this base cannot serve 409
+`adapter_incompatible`; bad fields 422 naming the field; engine or base model unavailable 503.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from adalora_core.errors import ConfigError
-from adalora_core.serving.cache import AdapterCorrupt, AdapterNotFound, AdapterTooLarge
+from adalora_core.serving.cache import (
+    AdapterCorrupt,
+    AdapterIncompatible,
+    AdapterNotFound,
+    AdapterTooLarge,
+)
 from adalora_core.serving.engine import BaseModelUnavailable, InferenceEngine, Prepared
 from api.deps import InferLimitedCaller
 from api.errors import ApiError, not_found, responses
@@ -81,6 +87,8 @@ def _prepare(request: Request, tenant_id: str, body: InferRequest) -> Prepared:
             adapter_rows.mark_corrupt(session, body.adapter_id)
             session.commit()
             raise _corrupt(body.adapter_id, exc.reason) from exc
+        except AdapterIncompatible as exc:
+            raise ApiError(409, "adapter_incompatible", str(exc)) from exc
         except AdapterTooLarge as exc:
             raise ApiError(503, "adapter_too_large", str(exc)) from exc
 

@@ -137,3 +137,20 @@ def test_state_machine_rejects_skipped_steps() -> None:
         check_transition(AdapterState.ABSENT, AdapterState.READY_DEVICE)
     with pytest.raises(IllegalTransition):
         check_transition(AdapterState.CORRUPT, AdapterState.READY_DEVICE)
+
+
+def test_adapter_for_modules_the_base_lacks_is_incompatible_not_corrupt(
+    make_engine, source, tmp_path
+) -> None:
+    from adalora_core.serving.cache import AdapterIncompatible
+
+    weights = make_adapter("tiny-bert", "regression", {bert_layer_paths(0)["q"]: 2}, seed=9)
+    weights.modules["bert.encoder.layer.7.attention.self.query"] = weights.modules.pop(
+        bert_layer_paths(0)["q"]
+    )
+    weights.meta.modules = [{"name": "bert.encoder.layer.7.attention.self.query", "rank": 2}]
+    source.add("odd", weights, tmp_path)
+    engine = make_engine()
+    with pytest.raises(AdapterIncompatible, match="layer.7"):
+        engine.adapter("odd")
+    assert engine.state("odd") is AdapterState.ABSENT
