@@ -164,7 +164,8 @@ def upload(client: Client, path: Path) -> str:
 
 
 def check_succeeded_job(client: Client, job_id: str) -> dict[str, Any]:
-    """Ranks add up to the final budget; every format downloads intact and loads."""
+    """Ranks add up to the final budget; every format downloads intact and loads; the
+    adapter answers /infer."""
     job = client.job(job_id)
     assert job["status"] == "succeeded", job
     adapter_id = job["adapter_id"]
@@ -191,6 +192,7 @@ def check_succeeded_job(client: Client, job_id: str) -> dict[str, Any]:
 
     peft = client.http.get(f"/adapters/{adapter_id}/download", params={"format": "peft"})
     assert read_adapter(peft.content).total_rank == total
+    check_infer(client, adapter)
     return adapter
 
 
