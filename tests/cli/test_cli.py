@@ -80,6 +80,9 @@ def test_quickstart_through_the_cli(live, tmp_path: Path) -> None:
     assert "rank heatmap (layers × kinds)" in drawn
     assert f"final {sum(m['rank'] for m in ranks['modules'])}" in drawn
 
+    answer = json.loads(run(live, "infer", adapter_id, "a good film", "bad plot").stdout)
+    assert [row["label"] in ("negative", "positive") for row in answer["outputs"]] == [True, True]
+
     for fmt in ("peft", "lora", "merged"):
         out = tmp_path / f"{fmt}.zip"
         run(live, "adapters", "download", adapter_id, "--format", fmt, "--out", str(out))
