@@ -65,6 +65,10 @@ def get_caller(
             401, "unauthorized", "missing API key (Authorization: Bearer <key>)", None, unauthorized
         )
     key = tenants.authenticate_key(session, credentials.credentials)
+    # End the read transaction so its pooled connection goes back now: the route runs in
+    # another threadpool hop, and holding a connection across that wait deadlocks the pool
+    # under load (every thread blocked on the pool, every connection waiting for a thread).
+    session.commit()
     if key is None:
         raise ApiError(401, "unauthorized", "invalid or revoked API key", None, unauthorized)
     return Caller(tenant_id=key.tenant_id, key_id=key.id)
