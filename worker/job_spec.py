@@ -6,7 +6,8 @@ The API validated everything at submission; ``hyperparameters`` holds the resolv
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Any
 
 from adalora_core.config import AdaLoraConfig
@@ -35,8 +36,24 @@ def _section(job: Job, name: str) -> dict[str, Any]:
     return given
 
 
+CHECKPOINTS_PER_RUN = 10
+
+
+def default_checkpoint_every(total_steps: int | None) -> int | None:
+    """A lost worker should cost at most a tenth of the run, so jobs that did not choose an
+    interval still checkpoint about ten times."""
+    if not total_steps or total_steps < 2:
+        return None
+    return max(1, math.ceil(total_steps / CHECKPOINTS_PER_RUN))
+
+
 def job_spec(job: Job) -> JobSpec:
     hyper = job.hyperparameters or {}
+    training = TrainingConfig(**_section(job, "training"))
+    if training.checkpoint_every is None:
+        training = replace(
+            training, checkpoint_every=default_checkpoint_every(hyper.get("total_steps"))
+        )
     columns = _section(job, "columns")
     labels = hyper.get("labels")
     spec = TaskSpec(
@@ -50,6 +67,6 @@ def job_spec(job: Job) -> JobSpec:
     return JobSpec(
         task=spec.validate(),
         adalora=AdaLoraConfig.from_dict(_section(job, "adalora")),
-        training=TrainingConfig(**_section(job, "training")).validate(),
+        training=training.validate(),
         merged=(hyper.get("output") or (job.request or {}).get("output")) == "merged",
     )

@@ -205,3 +205,12 @@ def test_a_failed_publish_leaves_no_orphaned_artifacts(
     assert [e["to"] for e in events(world, job_id, "status")][-2:] == ["uploading", "failed"]
     adapters_dir = store.path_for(f"adapters/{world.tenant_id}/x").parent
     assert not adapters_dir.exists() or not any(p.is_file() for p in adapters_dir.rglob("*"))
+
+
+def test_jobs_checkpoint_about_ten_times_unless_they_choose(world) -> None:
+    from worker.job_spec import job_spec
+
+    unchosen = job_spec(world.job(world.submit(max_steps=40)))
+    assert unchosen.training.checkpoint_every == 4
+    chosen = job_spec(world.job(world.submit(max_steps=40, checkpoint_every=7)))
+    assert chosen.training.checkpoint_every == 7
