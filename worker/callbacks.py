@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adalora_core.formats.bundle import zip_bundle
@@ -19,6 +20,7 @@ from worker.heartbeat import Heartbeat
 from worker.leases import cancel_requested, write_progress
 
 log = logging.getLogger(__name__)
+DB_RETRY_S = 1.0  # after a failed write, train on for this long before trying the database again
 
 
 def eval_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -34,7 +36,9 @@ class JobCallbacks:
     """Implements adalora_core's TrainCallbacks for one leased job.
 
     Progress is written at most every ``progress_write_interval_s`` (and always for the last
-    step); eval results and checkpoints are written as they come.
+    step); eval results and checkpoints are written as they come. While the database is
+    unreachable, training goes on: row values and events are kept in memory and written with
+    the first write that succeeds (the lease, renewed by the heartbeat, bounds how long).
     """
 
     def __init__(
@@ -60,6 +64,9 @@ class JobCallbacks:
         self.checkpoint = checkpoint  # the last uploaded one: {key, dir, step, sha256, size}
         self._progress: dict[str, Any] = {}
         self.cancel_seen = False
+        self._pending_values: dict[str, Any] = {}
+        self._pending_events: list[tuple[str, dict[str, Any]]] = []
+        self._retry_at = -math.inf
 
     def on_progress(self, event: Any) -> None:
         if event.budget is not None:
@@ -87,30 +94,23 @@ class JobCallbacks:
             "learning_rate": _finite(event.learning_rate),
         }
         self._metrics["train_loss"] = loss
-        with self._sessions() as session:
-            write_progress(
-                session,
-                self._job_id,
-                self._owner,
-                {
-                    "progress": progress,
-                    "budget": dict(self._budget),
-                    "metrics": dict(self._metrics),
-                },
-                [("progress", data)],
-            )
+        values = {
+            "progress": progress,
+            "budget": dict(self._budget),
+            "metrics": dict(self._metrics),
+        }
+        held = self._write(values, [("progress", data)]) is None
+        # The run's record must be complete before it is published: wait out an outage.
+        while last and held and not self._heartbeat.lost.is_set():
+            time.sleep(max(0.0, self._retry_at - time.monotonic()))
+            held = self._write({}, []) is None
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: _finite(v) for k, v in metrics.items()}
         self._metrics.update(eval_metrics(clean))
-        with self._sessions() as session:
-            write_progress(
-                session,
-                self._job_id,
-                self._owner,
-                {"metrics": dict(self._metrics)},
-                [("eval", {"step": int(step), "metrics": clean})],
-            )
+        self._write(
+            {"metrics": dict(self._metrics)}, [("eval", {"step": int(step), "metrics": clean})]
+        )
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         """Upload the checkpoint so a re-delivered job resumes from it, then drop the old one."""
@@ -132,23 +132,57 @@ class JobCallbacks:
             "size_bytes": size,
         }
         progress = {**self._progress, "checkpoint": self.checkpoint}
-        with self._sessions() as session:
-            written = write_progress(
-                session,
-                self._job_id,
-                self._owner,
-                {"checkpoint_key": key, "progress": progress},
-                [("log", {"message": "checkpoint saved", "step": int(step), "key": key})],
-            )
+        written = self._write(
+            {"checkpoint_key": key, "progress": progress},
+            [("log", {"message": "checkpoint saved", "step": int(step), "key": key})],
+        )
         if written and previous and previous != key:
             self._store.delete(previous)
+
+    def _write(
+        self, values: dict[str, Any], events: list[tuple[str, dict[str, Any]]]
+    ) -> bool | None:
+        """Write ``values``/``events`` together with anything an outage held back. False when
+        the lease is gone; None when the database is unreachable (they wait for the next
+        write)."""
+        self._pending_values.update(values)
+        self._pending_events.extend(events)
+        if time.monotonic() < self._retry_at:
+            return None
+        try:
+            with self._sessions() as session:
+                written = write_progress(
+                    session,
+                    self._job_id,
+                    self._owner,
+                    dict(self._pending_values),
+                    list(self._pending_events),
+                )
+        except OperationalError as exc:
+            self._retry_at = time.monotonic() + DB_RETRY_S
+            log.warning(
+                "job %s: database unreachable (%s); %d event(s) held until it is back",
+                self._job_id,
+                exc.__class__.__name__,
+                len(self._pending_events),
+            )
+            return None
+        self._pending_values.clear()
+        self._pending_events.clear()
+        self._retry_at = -math.inf
+        return written
 
     def should_stop(self) -> bool:
         if self._heartbeat.lost.is_set():
             return True
-        with self._sessions() as session:
-            if cancel_requested(session, self._job_id):
-                self.cancel_seen = True
+        if time.monotonic() < self._retry_at:
+            return self.cancel_seen
+        try:
+            with self._sessions() as session:
+                if cancel_requested(session, self._job_id):
+                    self.cancel_seen = True
+        except OperationalError:  # the database is down: keep training, the lease decides
+            self._retry_at = time.monotonic() + DB_RETRY_S
         return self.cancel_seen
 
 
