@@ -16,6 +16,7 @@ from registry.models import Base
 from registry.settings import Settings
 from tests.api.conftest import dataset, make_adapter, upload  # noqa: F401  (fixtures)
 from tests.api.test_infer import stored_adapter, tiny_base  # noqa: F401  (fixtures)
+from tests.reliability.proxied_db import proxied_db  # noqa: F401  (fixture)
 
 
 def stored_state(sessions: sessionmaker[Session], settings: Settings) -> dict[str, Any]:

@@ -1,0 +1,80 @@
+"""Fault 4: the database goes away for a few seconds (a proxy in front of the shared
+PostgreSQL is cut). Requests fail with 503 and a clear message, nothing half-written appears,
+and the API recovers by itself once the database is back (no restart)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from api.main import create_app
+from registry import tenants
+from registry.models import Dataset, Job
+from registry.settings import Settings
+from tests.api.conftest import SST_ROWS, job_body, jsonl
+from tests.conftest import TEST_BASE_MODEL
+from tests.reliability.conftest import stored_state
+from tests.reliability.proxied_db import ProxiedDatabase
+
+
+def _settings(tmp_path: Path, database_url: str) -> Settings:
+    home = tmp_path / "home"
+    return Settings(
+        home=home,
+        database_url=database_url,
+        broker_url=f"sqla+sqlite:///{home / 'broker.sqlite'}",
+        store_dir=home / "artifacts",
+        base_models={TEST_BASE_MODEL: str(tmp_path / "tiny-test-model")},
+        jobs_rate_per_s=1000.0,
+        jobs_burst=1000,
+    )
+
+
+def _unavailable(response: Any) -> None:
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "database_unavailable"
+    assert "database is unavailable" in error["message"]
+
+
+def test_api_answers_503_while_the_database_is_cut_and_recovers(
+    proxied_db: ProxiedDatabase, tmp_path: Path
+) -> None:
+    with proxied_db.sessions() as session:
+        tenant = tenants.create_tenant(session, "acme")
+        _, secret = tenants.create_api_key(session, tenant.id, "test")
+        session.commit()
+    headers = {"Authorization": f"Bearer {secret}"}
+    settings = _settings(tmp_path, proxied_db.proxied_url)
+
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        dataset = client.post(
+            "/datasets", headers=headers, files={"file": ("t.jsonl", jsonl(SST_ROWS))}
+        )
+        assert dataset.status_code == 201, dataset.text
+        assert client.get("/jobs", headers=headers).status_code == 200  # pool holds connections
+        before = stored_state(proxied_db.sessions, settings)
+
+        proxied_db.proxy.cut()
+        _unavailable(client.get("/jobs", headers=headers))
+        _unavailable(client.post("/jobs", json=job_body(dataset.json()["id"]), headers=headers))
+        _unavailable(
+            client.post("/datasets", headers=headers, files={"file": ("u.jsonl", jsonl(SST_ROWS))})
+        )
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "database" in ready.json()["error"]["message"]
+        assert stored_state(proxied_db.sessions, settings) == before
+
+        proxied_db.proxy.restore()
+        assert client.get("/readyz").status_code == 200
+        listed = client.get("/datasets", headers=headers)
+        assert listed.status_code == 200 and len(listed.json()["items"]) == 1
+        job = client.post("/jobs", json=job_body(dataset.json()["id"]), headers=headers)
+        assert job.status_code == 202, job.text
+
+    with proxied_db.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 1
+        assert session.scalar(select(func.count()).select_from(Dataset)) == 1
