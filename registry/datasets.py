@@ -23,7 +23,10 @@ def create_dataset(
     sha256: str,
     size_bytes: int,
     storage_key: str,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
 ) -> Dataset:
+    """Insert the row (flushes: a clash on the tenant's Idempotency-Key raises here)."""
     dataset = Dataset(
         id=dataset_id,
         tenant_id=tenant_id,
@@ -36,11 +39,18 @@ def create_dataset(
         sha256=sha256,
         size_bytes=size_bytes,
         storage_key=storage_key,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
         created_at=utcnow(),
     )
     session.add(dataset)
     session.flush()
     return dataset
+
+
+def find_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Dataset | None:
+    stmt = select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.idempotency_key == key)
+    return session.scalars(stmt).one_or_none()
 
 
 def get_dataset(

@@ -76,7 +76,10 @@ class ApiKey(Base):
 
 class Dataset(Base):
     __tablename__ = "datasets"
-    __table_args__ = (Index("ix_datasets_tenant_id_id", "tenant_id", "id"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_datasets_tenant_idempotency_key"),
+        Index("ix_datasets_tenant_id_id", "tenant_id", "id"),
+    )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -89,6 +92,8 @@ class Dataset(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer)
     storage_key: Mapped[str] = mapped_column(String(500))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))  # filename, name, content
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -9,8 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 from starlette.types import Message
@@ -125,6 +126,24 @@ async def _spool(upload: UploadFile, dest: Path, limit: int) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def upload_hash(filename: str, name: str, content_sha256: str) -> str:
+    """What an Idempotency-Key stands for: the same file under the same names."""
+    return hashlib.sha256(f"{filename}\0{name}\0{content_sha256}".encode()).hexdigest()
+
+
+def _replay(existing: Dataset, digest: str, response: Response) -> DatasetOut:
+    """Same Idempotency-Key: the same upload gets the same dataset, a different one a 409."""
+    if existing.request_hash != digest:
+        raise ApiError(
+            409,
+            "idempotency_conflict",
+            "this Idempotency-Key was used for a different upload",
+            "Idempotency-Key",
+        )
+    response.status_code = 200
+    return dataset_out(existing)
+
+
 def _insert_row(
     session: Session,
     tenant_id: str,
@@ -134,6 +153,7 @@ def _insert_row(
     sha256: str,
     size: int,
     key: str,
+    idempotency: tuple[str, str] | None,
 ) -> Dataset:
     dataset = dataset_rows.create_dataset(
         session,
@@ -144,24 +164,38 @@ def _insert_row(
         sha256=sha256,
         size_bytes=size,
         storage_key=key,
+        idempotency_key=idempotency[0] if idempotency else None,
+        request_hash=idempotency[1] if idempotency else None,
     )
     session.commit()
     return dataset
+
+
+def _find_replay(session: Session, tenant_id: str, key: str) -> Dataset | None:
+    session.rollback()
+    return dataset_rows.find_by_idempotency_key(session, tenant_id, key)
 
 
 @router.post(
     "/datasets",
     status_code=201,
     response_model=DatasetOut,
-    responses=responses(400, 401, 413, 415, 422),
+    responses={
+        200: {"model": DatasetOut, "description": "replay of an earlier identical upload"},
+        **responses(400, 401, 409, 413, 415, 422),
+    },
     openapi_extra=UPLOAD_BODY,
 )
 async def upload_dataset(
     request: Request,
+    response: Response,
     caller: CallerDep,
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+    ] = None,
 ) -> DatasetOut:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
@@ -196,7 +230,16 @@ async def upload_dataset(
         tmp = Path(tmp_name)
         stored = False
         try:
-            await _spool(upload, tmp, limit)
+            content_sha256, _ = await _spool(upload, tmp, limit)
+            idempotency = None
+            if idempotency_key is not None:
+                digest = upload_hash(filename, name, content_sha256)
+                idempotency = (idempotency_key, digest)
+                existing = await run_in_threadpool(
+                    dataset_rows.find_by_idempotency_key, session, caller.tenant_id, idempotency_key
+                )
+                if existing is not None:
+                    return _replay(existing, digest, response)
             try:
                 summary = await run_in_threadpool(
                     scan, tmp, fmt, DatasetLimits.from_settings(settings)
@@ -205,9 +248,29 @@ async def upload_dataset(
                 raise _bad_file(exc) from exc
             sha256, size = await run_in_threadpool(store.put_file, key, tmp)
             stored = True
-            dataset = await run_in_threadpool(
-                _insert_row, session, caller.tenant_id, dataset_id, name, summary, sha256, size, key
-            )
+            try:
+                dataset = await run_in_threadpool(
+                    _insert_row,
+                    session,
+                    caller.tenant_id,
+                    dataset_id,
+                    name,
+                    summary,
+                    sha256,
+                    size,
+                    key,
+                    idempotency,
+                )
+            except IntegrityError:
+                if idempotency is None:
+                    raise
+                # A concurrent upload with the same key won the race: answer with its dataset.
+                existing = await run_in_threadpool(
+                    _find_replay, session, caller.tenant_id, idempotency[0]
+                )
+                if existing is None:
+                    raise
+                return _replay(existing, idempotency[1], response)
             stored = False  # the row owns the file now
             return dataset_out(dataset)
         finally:
