@@ -1,0 +1,78 @@
+"""Fault 2: Redis restarts with its queue emptied while one job runs and another waits queued.
+The running job finishes once (its worker holds the lease); the queued job, whose message is
+gone, is found by the reconciler and sent again; nothing stays stuck and nothing runs twice."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import (
+    Client,
+    adalora,
+    check_succeeded_job,
+    free_port,
+    new_api_key,
+    upload,
+    wait_until,
+)
+from tests.reliability.services import PrivateRedis, reliability_env
+from tests.worker.service_fixtures import job_body, save_tiny_bert, write_sentiment_csv
+
+WAIT_S = 120.0
+
+
+def statuses(client: Client, job_id: str) -> list[str]:
+    events = client.ok("GET", f"/jobs/{job_id}/events", params={"limit": 1000})["items"]
+    return [e["data"]["to"] for e in events if e["kind"] == "status"]
+
+
+@pytest.mark.slow
+def test_jobs_survive_a_broker_restart_with_an_empty_queue(
+    tmp_path: Path, make_pg_database: Callable[[], str]
+) -> None:
+    redis_server = PrivateRedis(tmp_path)
+    redis_server.start()
+    key, port = new_api_key(), free_port()
+    env = reliability_env(
+        tmp_path / "home",
+        make_pg_database(),
+        redis_server.url,
+        key,
+        save_tiny_bert(tmp_path / "tiny"),
+    )
+    api = adalora(["serve", "--no-worker", "--port", str(port)], env, tmp_path / "api.log")
+    worker = adalora(["worker", "--hostname", "w1@rel"], env, tmp_path / "worker.log")
+    procs = [api, worker]
+    client = Client(f"http://127.0.0.1:{port}", key)
+    try:
+        client.wait_ready(procs)
+        dataset_id = upload(client, write_sentiment_csv(tmp_path / "train.csv", 48))
+        running = client.ok("POST", "/jobs", json=job_body(dataset_id, max_steps=600))["id"]
+        wait_until(
+            lambda: client.job(running)["progress"]["step"] >= 2, "job 1 to train", procs, WAIT_S
+        )
+        waiting = client.ok("POST", "/jobs", json=job_body(dataset_id, max_steps=6))["id"]
+        wait_until(
+            lambda: redis_server.queue_length("training") == 1, "job 2's message", procs, WAIT_S
+        )
+        assert client.job(running)["status"] == "running"
+        assert client.job(waiting)["status"] == "queued"
+
+        redis_server.kill()
+        redis_server.start()
+        assert redis_server.queue_length("training") == 0  # the message is gone
+
+        for job_id in (running, waiting):
+            job = client.wait_status(job_id, {"succeeded", "failed", "cancelled"}, procs)
+            assert job["status"] == "succeeded", job
+            check_succeeded_job(client, job_id)
+        # Each ran exactly once: one lease, one "running" transition, never re-queued.
+        for job_id in (running, waiting):
+            assert statuses(client, job_id) == ["queued", "running", "uploading", "succeeded"]
+    finally:
+        for proc in procs:
+            proc.stop()
+        redis_server.kill()
