@@ -73,5 +73,7 @@ def reliability_env(
             "ADALORA_BASE_MODELS": json.dumps({"tiny": str(tiny_model)}),
             "ADALORA_LEASE_SECONDS": "2",
             "ADALORA_RECONCILE_INTERVAL_S": "0.5",
+            "ADALORA_JOBS_RATE_PER_S": "1000",
+            "ADALORA_JOBS_BURST": "1000",
         }
     )
