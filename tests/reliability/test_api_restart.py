@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.e2e.harness import Client, Proc, adalora, free_port, new_api_key, upload
+from tests.reliability.consistency import assert_store_matches_rows
 from tests.reliability.services import reliability_env
 from tests.worker.service_fixtures import job_body, save_tiny_bert, write_sentiment_csv
 
@@ -66,10 +67,10 @@ def test_api_killed_during_uploads_and_submissions(
     tmp_path: Path, make_pg_database: Callable[[], str]
 ) -> None:
     home = tmp_path / "home"
-    key = new_api_key()
+    key, database_url = new_api_key(), make_pg_database()
     env = reliability_env(
         home,
-        make_pg_database(),
+        database_url,
         f"sqla+sqlite:///{home / 'broker.sqlite'}",
         key,
         save_tiny_bert(tmp_path / "tiny"),
@@ -168,6 +169,7 @@ def test_api_killed_during_uploads_and_submissions(
         assert 1 <= answered <= len(landed), (codes, len(landed))  # every 202 seen has landed
         assert None in codes, codes  # ... and some requests were cut off by the kill
         assert sorted(p.name for p in (home / "uploads").glob("*")) == []
+        assert_store_matches_rows(database_url, home / "artifacts")
     finally:
         if api.proc is not None:
             api.proc.stop()

@@ -18,6 +18,7 @@ from tests.e2e.harness import (
     upload,
     wait_until,
 )
+from tests.reliability.consistency import assert_store_matches_rows
 from tests.reliability.services import PrivateRedis, reliability_env
 from tests.worker.service_fixtures import job_body, save_tiny_bert, write_sentiment_csv
 
@@ -35,10 +36,10 @@ def test_jobs_survive_a_broker_restart_with_an_empty_queue(
 ) -> None:
     redis_server = PrivateRedis(tmp_path)
     redis_server.start()
-    key, port = new_api_key(), free_port()
+    key, port, database_url = new_api_key(), free_port(), make_pg_database()
     env = reliability_env(
         tmp_path / "home",
-        make_pg_database(),
+        database_url,
         redis_server.url,
         key,
         save_tiny_bert(tmp_path / "tiny"),
@@ -72,6 +73,7 @@ def test_jobs_survive_a_broker_restart_with_an_empty_queue(
         # Each ran exactly once: one lease, one "running" transition, never re-queued.
         for job_id in (running, waiting):
             assert statuses(client, job_id) == ["queued", "running", "uploading", "succeeded"]
+        assert_store_matches_rows(database_url, tmp_path / "home" / "artifacts")
     finally:
         for proc in procs:
             proc.stop()
