@@ -13,56 +13,18 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from registry.datasets import create_dataset
-from registry.datasets_io import scan
 from registry.db import make_engine, make_sessionmaker
-from registry.ids import new_id
-from registry.jobs import create_job
 from registry.models import Job, JobEvent
 from registry.settings import Settings
 from registry.store import LocalStore
-from registry.tenants import create_tenant
+from tests.reliability.jobs import queued_job
 from tests.reliability.proxied_db import ProxiedDatabase
-from tests.worker.service_fixtures import job_body, save_tiny_bert, write_sentiment_csv
+from tests.worker.service_fixtures import save_tiny_bert
 from worker.callbacks import JobCallbacks
 from worker.tasks import run_job
 
 STEPS = 300
 OUTAGE_STEPS = 40  # the database stays cut while the trainer makes this many steps
-
-
-def _queued_job(db: ProxiedDatabase, store: LocalStore, tmp_path: Path) -> str:
-    csv_path = write_sentiment_csv(tmp_path / "train.csv", 48)
-    body = job_body("", max_steps=STEPS)
-    with db.sessions() as session:
-        tenant_id = create_tenant(session, "t").id
-        dataset_id = new_id("ds")
-        key = f"datasets/{tenant_id}/{dataset_id}/data.csv"
-        sha256, size = store.put_file(key, csv_path)
-        create_dataset(
-            session,
-            dataset_id=dataset_id,
-            tenant_id=tenant_id,
-            name="train.csv",
-            summary=scan(csv_path, "csv"),
-            sha256=sha256,
-            size_bytes=size,
-            storage_key=key,
-        )
-        body["dataset_id"] = dataset_id
-        job = create_job(
-            session,
-            tenant_id=tenant_id,
-            base_model="tiny",
-            task="classification",
-            dataset_id=dataset_id,
-            validation_dataset_id=None,
-            request=body,
-            hyperparameters={"labels": ["negative", "positive"], "total_steps": STEPS},
-            request_hash=new_id("h"),
-        )
-        session.commit()
-        return job.id
 
 
 def _step(db: ProxiedDatabase, job_id: str) -> int:
@@ -92,7 +54,7 @@ def test_worker_survives_a_database_outage_mid_training(
         lease_seconds=30.0,  # longer than the outage: the lease survives it
     )
     store = LocalStore(settings.store_dir)
-    job_id = _queued_job(proxied_db, store, tmp_path)
+    job_id = queued_job(proxied_db.sessions, store, tmp_path, max_steps=STEPS)
     engine = make_engine(settings.database_url)
     outcome: dict[str, Any] = {}
     worker = threading.Thread(
