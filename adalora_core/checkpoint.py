@@ -8,15 +8,15 @@ temporary directory first and renamed, so a reader never sees half a checkpoint.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from adalora_core.atomic import atomic_directory
 
 STATE_FILE = "state.pt"
 _PREFIX = "step-"
@@ -62,8 +62,7 @@ def save_checkpoint(checkpoint_dir: Path, state: TrainingState, keep: int = 2) -
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir / f"{_PREFIX}{state.position.step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=checkpoint_dir))
-    try:
+    with atomic_directory(final) as tmp:
         payload = {
             "position": vars(state.position),
             "trainable": {k: v.detach().cpu().clone() for k, v in state.trainable.items()},
@@ -75,12 +74,6 @@ def save_checkpoint(checkpoint_dir: Path, state: TrainingState, keep: int = 2) -
             "last_eval": state.last_eval,
         }
         torch.save(payload, tmp / STATE_FILE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in list_checkpoints(checkpoint_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -21,6 +19,8 @@ from typing import Any
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
+
+from adalora_core.atomic import atomic_directory
 
 PEFT_CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -159,19 +159,11 @@ def split_state_dict(
 def write_bundle(weights: AdapterWeights, out_dir: Path) -> Path:
     """Write the three bundle files; the directory appears complete or not at all."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         state = weights_to_state_dict(weights.modules, weights.head)
         (tmp / WEIGHTS_FILE).write_bytes(save_safetensors(state, metadata={"format": "pt"}))
         (tmp / PEFT_CONFIG_FILE).write_text(json.dumps(weights.peft_config, indent=2))
         (tmp / META_FILE).write_text(json.dumps(weights.meta.to_json(), indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

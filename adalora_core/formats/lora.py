@@ -9,15 +9,13 @@ left out of ``target_modules``.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
+from adalora_core.atomic import atomic_directory
 from adalora_core.formats.bundle import (
     KEY_PREFIX,
     META_FILE,
@@ -78,17 +76,9 @@ def export_lora(adapter: AdapterWeights | Path, out_dir: Path) -> Path:
     config = lora_config(weights, {path: a.shape[0] for path, (a, _) in factors.items()})
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / PEFT_CONFIG_FILE).write_text(json.dumps(config, indent=2))
         # Provenance for people; LoRA servers ignore it.
         (tmp / META_FILE).write_text(json.dumps(weights.meta.to_json(), indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -7,14 +7,12 @@ stores in×out), the trained head is copied in, and label names go into the mode
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers.pytorch_utils import Conv1D
 
+from adalora_core.atomic import atomic_directory
 from adalora_core.formats.bundle import AdapterWeights, BundleError, read_adapter
 from adalora_core.tasks import TaskSpec, load_model, load_tokenizer
 
@@ -59,15 +57,7 @@ def save_merged(
     merge_into(model, weights)
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -85,6 +85,32 @@ def checked_chunks(
         yield pending
 
 
+def verified(key: str, data: bytes, expected_sha256: str | None) -> bytes:
+    """``data`` itself, once it hashes to ``expected_sha256`` (when one is given)."""
+    if expected_sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected_sha256:
+            raise ChecksumMismatch(key, expected_sha256, actual)
+    return data
+
+
+class StoreReads:
+    """What every backend derives from its own ``iter_read``."""
+
+    def iter_read(
+        self, key: str, chunk_size: int = DEFAULT_CHUNK, expected_sha256: str | None = None
+    ) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def get_file(self, key: str, dest: str | Path, expected_sha256: str | None = None) -> Path:
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest, "wb") as handle:
+            for chunk in self.iter_read(key, expected_sha256=expected_sha256):
+                handle.write(chunk)
+        return dest
+
+
 def file_chunks(path: str | Path, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]:
     with open(path, "rb") as handle:
         while chunk := handle.read(chunk_size):

@@ -11,16 +11,17 @@ from pathlib import Path
 
 from registry.store.base import (
     DEFAULT_CHUNK,
-    ChecksumMismatch,
     InvalidKey,
     NotFound,
+    StoreReads,
     checked_chunks,
     file_chunks,
     validate_key,
+    verified,
 )
 
 
-class LocalStore:
+class LocalStore(StoreReads):
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -67,26 +68,13 @@ class LocalStore:
         return path
 
     def open_read(self, key: str, expected_sha256: str | None = None) -> bytes:
-        data = self._existing(key).read_bytes()
-        if expected_sha256 is not None:
-            actual = hashlib.sha256(data).hexdigest()
-            if actual != expected_sha256:
-                raise ChecksumMismatch(key, expected_sha256, actual)
-        return data
+        return verified(key, self._existing(key).read_bytes(), expected_sha256)
 
     def iter_read(
         self, key: str, chunk_size: int = DEFAULT_CHUNK, expected_sha256: str | None = None
     ) -> Iterator[bytes]:
         path = self._existing(key)
         return checked_chunks(key, file_chunks(path, chunk_size), expected_sha256)
-
-    def get_file(self, key: str, dest: str | Path, expected_sha256: str | None = None) -> Path:
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(dest, "wb") as handle:
-            for chunk in self.iter_read(key, expected_sha256=expected_sha256):
-                handle.write(chunk)
-        return dest
 
     def delete(self, key: str) -> None:
         self.path_for(key).unlink(missing_ok=True)

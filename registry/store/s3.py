@@ -10,16 +10,17 @@ from typing import Any
 
 from registry.store.base import (
     DEFAULT_CHUNK,
-    ChecksumMismatch,
     NotFound,
+    StoreReads,
     checked_chunks,
     validate_key,
+    verified,
 )
 
 SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024
 
 
-class S3Store:
+class S3Store(StoreReads):
     def __init__(
         self,
         bucket: str,
@@ -78,26 +79,13 @@ class S3Store:
             raise NotFound(key) from exc
 
     def open_read(self, key: str, expected_sha256: str | None = None) -> bytes:
-        data = self._get(key)["Body"].read()
-        if expected_sha256 is not None:
-            actual = hashlib.sha256(data).hexdigest()
-            if actual != expected_sha256:
-                raise ChecksumMismatch(key, expected_sha256, actual)
-        return data
+        return verified(key, self._get(key)["Body"].read(), expected_sha256)
 
     def iter_read(
         self, key: str, chunk_size: int = DEFAULT_CHUNK, expected_sha256: str | None = None
     ) -> Iterator[bytes]:
         body = self._get(key)["Body"]
         return checked_chunks(key, body.iter_chunks(chunk_size), expected_sha256)
-
-    def get_file(self, key: str, dest: str | Path, expected_sha256: str | None = None) -> Path:
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(dest, "wb") as handle:
-            for chunk in self.iter_read(key, expected_sha256=expected_sha256):
-                handle.write(chunk)
-        return dest
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
