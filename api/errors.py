@@ -81,6 +81,9 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
 
 
+NOT_AN_OBJECT = {"model_attributes_type", "model_type", "dict_type"}
+
+
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
@@ -89,6 +92,10 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     message = str(first.get("msg", "invalid request"))
     if first.get("type") == "json_invalid":
         return error_response(422, "invalid_json", "request body is not valid JSON", None)
+    if tuple(first.get("loc", ())) == ("body",) and first.get("type") in NOT_AN_OBJECT:
+        # e.g. a JSON body sent as text/plain arrives as a string
+        message = "the request body must be a JSON object (Content-Type: application/json)"
+        return error_response(422, "validation_error", message, None)
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
     return error_response(422, "validation_error", message, field)

@@ -160,7 +160,13 @@ CASES: dict[str, Case] = {
         lambda w: w.raw("/jobs", json.dumps(job_body(w.train)).encode(), "text/plain"),
         422,
         None,
-        "",
+        "must be a JSON object",
+    ),
+    "infer body that is a JSON list": Case(
+        lambda w: w.raw("/infer", b'["w1"]', "application/json"),
+        422,
+        None,
+        "must be a JSON object",
     ),
     # --- inference
     "huge max_new_tokens": Case(
