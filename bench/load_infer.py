@@ -1,0 +1,255 @@
+"""Load test of POST /infer, run by hand: many concurrent clients over many adapters.
+
+    .venv/bin/python bench/load_infer.py [--clients 200] [--adapters 50] [--seconds 60]
+
+Starts `adalora serve --no-worker` in its own process on a fresh SQLite home with
+all-MiniLM-L6-v2 as the base, stores ``--adapters`` AdaLoRA-like adapters (random rank patterns,
+as in bench/infer.py) with their rows, then runs ``--clients`` asyncio clients in this process,
+each sending one-sentence requests to a random adapter back to back for ``--seconds``. Samples the
+server's resident memory once a second. The last line is one JSON object: requests, errors by
+status, requests/s, latency percentiles, server RSS (start, peak, end, and the peak of the last
+third of the run, to show whether memory levels off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.infer import minilm_path, random_adapter  # noqa: E402
+
+BASE = "all-MiniLM-L6-v2"
+WORDS = [
+    "a",
+    "gorgeous",
+    "witty",
+    "film",
+    "the",
+    "plot",
+    "was",
+    "dull",
+    "and",
+    "the",
+    "acting",
+    "superb",
+    "but",
+    "far",
+    "too",
+    "long",
+]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def store_adapters(home: Path, count: int) -> tuple[str, list[str]]:
+    """Migrate the home's database, make a tenant + key, store ``count`` adapters + rows."""
+    from adalora_core.formats.bundle import write_bundle, zip_bundle
+    from registry import adapters as adapter_rows
+    from registry import tenants
+    from registry.db import make_engine, make_sessionmaker, upgrade_to_head
+    from registry.ids import new_id
+    from registry.settings import Settings
+    from registry.store import adapter_key, get_store
+
+    settings = Settings(home=home)
+    upgrade_to_head(settings.database_url)
+    store = get_store(settings)
+    engine = make_engine(settings.database_url)
+    ids = []
+    with make_sessionmaker(engine)() as session:
+        tenant = tenants.create_tenant(session, "load")
+        _, secret = tenants.create_api_key(session, tenant.id, "load")
+        for seed in range(count):
+            weights = random_adapter(seed)
+            adapter_id = new_id("ad")
+            data = zip_bundle(write_bundle(weights, home / "bundles" / adapter_id))
+            key = adapter_key(tenant.id, adapter_id, "peft")
+            sha, size = store.put_stream(key, [data])
+            adapter_rows.create_adapter(
+                session,
+                adapter_id=adapter_id,
+                tenant_id=tenant.id,
+                job_id=None,
+                base_model=BASE,
+                task="classification",
+                labels=["negative", "positive"],
+                init_r=weights.meta.init_r,
+                target_r=weights.meta.target_r,
+                total_rank=weights.total_rank,
+                trainable_params=0,
+                formats={"peft": {"storage_key": key, "sha256": sha, "size_bytes": size}},
+                rank_info={},
+            )
+            ids.append(adapter_id)
+        session.commit()
+    engine.dispose()
+    return secret, ids
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def client_loop(
+    http: httpx.AsyncClient,
+    adapters: list[str],
+    stop_at: float,
+    latencies: list[float],
+    statuses: Counter[str],
+    seed: int,
+) -> None:
+    rng = random.Random(seed)
+    while time.monotonic() < stop_at:
+        body = {
+            "adapter_id": rng.choice(adapters),
+            "inputs": [" ".join(rng.choices(WORDS, k=rng.randint(4, 16)))],
+        }
+        started = time.monotonic()
+        try:
+            response = await http.post("/infer", json=body)
+            statuses[str(response.status_code)] += 1
+            if response.status_code == 200:
+                latencies.append(time.monotonic() - started)
+        except httpx.HTTPError as exc:
+            statuses[exc.__class__.__name__] += 1
+
+
+async def run_load(
+    url: str, key: str, adapters: list[str], clients: int, seconds: float, pid: int
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    rss: list[tuple[float, float]] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=120) as http:
+        # Warm-up: every adapter loaded once, so the timed part measures steady serving.
+        for adapter_id in adapters:
+            response = await http.post("/infer", json={"adapter_id": adapter_id, "inputs": ["hi"]})
+            response.raise_for_status()
+        rss.append((0.0, rss_mib(pid)))
+        started = time.monotonic()
+        stop_at = started + seconds
+
+        async def sample() -> None:
+            while time.monotonic() < stop_at:
+                await asyncio.sleep(1)
+                rss.append((time.monotonic() - started, rss_mib(pid)))
+
+        tasks = [
+            client_loop(http, adapters, stop_at, latencies, statuses, seed)
+            for seed in range(clients)
+        ]
+        await asyncio.gather(sample(), *tasks)
+        elapsed = time.monotonic() - started
+    ordered = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, int(p * len(ordered)))], 1)
+
+    last_third = [m for t, m in rss if t >= 2 * seconds / 3]
+    total = sum(statuses.values())
+    return {
+        "clients": clients,
+        "adapters": len(adapters),
+        "seconds": round(elapsed, 1),
+        "requests": total,
+        "statuses": dict(statuses),
+        "errors": total - statuses.get("200", 0),
+        "requests_per_s": round(statuses.get("200", 0) / elapsed, 1),
+        "latency_ms": {
+            "p50": pct(0.50),
+            "p95": pct(0.95),
+            "p99": pct(0.99),
+            "max": round(1000 * ordered[-1], 1) if ordered else None,
+            "mean": round(1000 * statistics.fmean(ordered), 1) if ordered else None,
+        },
+        "server_rss_mib": {
+            "after_warmup": round(rss[0][1], 1),
+            "peak": round(max(m for _, m in rss), 1),
+            "peak_last_third": round(max(last_third), 1) if last_third else None,
+            "end": round(rss[-1][1], 1),
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--adapters", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in the server")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="adalora-load-") as tmp:
+        home = Path(tmp) / "home"
+        key, adapters = store_adapters(home, args.adapters)
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ADALORA_")}
+        env.update(
+            {
+                "ADALORA_HOME": str(home),
+                "ADALORA_BASE_MODELS": json.dumps({BASE: minilm_path()}),
+                "ADALORA_INFER_RATE_PER_S": "0",
+                "OMP_NUM_THREADS": str(args.threads),
+                "TOKENIZERS_PARALLELISM": "false",
+                "HF_HUB_OFFLINE": "1",
+            }
+        )
+        log = (Path(tmp) / "server.log").open("wb")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "serve", "--no-worker", "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    sys.exit((Path(tmp) / "server.log").read_text()[-4000:])
+                time.sleep(0.2)
+            result = asyncio.run(
+                run_load(url, key, adapters, args.clients, args.seconds, server.pid)
+            )
+        finally:
+            server.terminate()
+            server.wait(30)
+            log.close()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
