@@ -121,6 +121,7 @@ async def client_loop(
     stop_at: float,
     latencies: list[float],
     statuses: Counter[str],
+    failures: list[str],
     seed: int,
 ) -> None:
     rng = random.Random(seed)
@@ -137,6 +138,7 @@ async def client_loop(
                 latencies.append(time.monotonic() - started)
         except httpx.HTTPError as exc:
             statuses[exc.__class__.__name__] += 1
+            failures.append(f"{time.monotonic() - started:.1f}s into the request: {exc!r}")
 
 
 async def run_load(
@@ -144,6 +146,7 @@ async def run_load(
 ) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
+    failures: list[str] = []
     rss: list[tuple[float, float]] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Authorization": f"Bearer {key}"}
@@ -162,7 +165,7 @@ async def run_load(
                 rss.append((time.monotonic() - started, rss_mib(pid)))
 
         tasks = [
-            client_loop(http, adapters, stop_at, latencies, statuses, seed)
+            client_loop(http, adapters, stop_at, latencies, statuses, failures, seed)
             for seed in range(clients)
         ]
         await asyncio.gather(sample(), *tasks)
@@ -181,6 +184,7 @@ async def run_load(
         "requests": total,
         "statuses": dict(statuses),
         "errors": total - statuses.get("200", 0),
+        "first_failures": failures[:5],
         "requests_per_s": round(statuses.get("200", 0) / elapsed, 1),
         "latency_ms": {
             "p50": pct(0.50),
@@ -248,6 +252,8 @@ def main() -> None:
             server.terminate()
             server.wait(30)
             log.close()
+        if result["errors"]:
+            result["server_log_tail"] = (Path(tmp) / "server.log").read_text()[-3000:]
     print(json.dumps(result))
 
 
