@@ -29,10 +29,12 @@ def assert_store_matches_rows(database_url: str, store_dir: Path) -> None:
             assert job.adapter_id in adapters, f"succeeded job {job.id} has no adapter row"
         if job.status not in ("succeeded", "failed", "cancelled") and job.checkpoint_key:
             expected[job.checkpoint_key] = None  # a live job's checkpoint: no digest in a row
+    # ``.tmp/`` holds writes in progress (renamed into place when complete); a process killed
+    # mid-write leaves its temp file there, outside every key, so it is never served.
     found = {
         str(path.relative_to(store_dir)): path
         for path in store_dir.rglob("*")
-        if path.is_file() and not path.name.startswith(".")
+        if path.is_file() and path.relative_to(store_dir).parts[0] != ".tmp"
     }
     assert set(found) == set(expected), {
         "files without a row": sorted(set(found) - set(expected)),

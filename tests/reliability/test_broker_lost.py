@@ -26,8 +26,14 @@ WAIT_S = 120.0
 
 
 def statuses(client: Client, job_id: str) -> list[str]:
-    events = client.ok("GET", f"/jobs/{job_id}/events", params={"limit": 1000})["items"]
-    return [e["data"]["to"] for e in events if e["kind"] == "status"]
+    """Every status transition of the job, following the event pages to the end."""
+    found, after = [], 0
+    while True:
+        page = client.ok("GET", f"/jobs/{job_id}/events", params={"after": after, "limit": 1000})
+        found += [e["data"]["to"] for e in page["items"] if e["kind"] == "status"]
+        if not page["items"]:
+            return found
+        after = page["next_after"]
 
 
 @pytest.mark.slow
@@ -51,7 +57,7 @@ def test_jobs_survive_a_broker_restart_with_an_empty_queue(
     try:
         client.wait_ready(procs)
         dataset_id = upload(client, write_sentiment_csv(tmp_path / "train.csv", 48))
-        running = client.ok("POST", "/jobs", json=job_body(dataset_id, max_steps=600))["id"]
+        running = client.ok("POST", "/jobs", json=job_body(dataset_id, max_steps=1000))["id"]
         wait_until(
             lambda: client.job(running)["progress"]["step"] >= 2, "job 1 to train", procs, WAIT_S
         )

@@ -22,7 +22,15 @@ WAIT_S = 120.0
 
 
 def _events(client: Client, job_id: str) -> list[dict[str, Any]]:
-    return client.ok("GET", f"/jobs/{job_id}/events", params={"limit": 1000})["items"]
+    """All of the job's events, following the pages to the end."""
+    found: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = client.ok("GET", f"/jobs/{job_id}/events", params={"after": after, "limit": 1000})
+        if not page["items"]:
+            return found
+        found += page["items"]
+        after = page["next_after"]
 
 
 def _last_checkpoint_step(client: Client, job_id: str) -> int:
@@ -60,7 +68,7 @@ def test_killed_worker_resumes_to_the_uninterrupted_adapter(
     try:
         client.wait_ready(procs)
         dataset_id = upload(client, write_sentiment_csv(tmp_path / "train.csv", 48))
-        body = job_body(dataset_id, max_steps=80, checkpoint_every=5)
+        body = job_body(dataset_id, max_steps=400, checkpoint_every=5)
         reference = client.ok("POST", "/jobs", json=body)["id"]
         assert client.wait_status(reference, {"succeeded", "failed"}, procs)["status"] == (
             "succeeded"
