@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from registry.store.base import (
     verified,
 )
 
+# A write in progress touches its temp file with every chunk; one untouched this long belongs
+# to a process that died mid-write (e.g. a SIGKILLed worker uploading a checkpoint).
+STALE_TEMP_S = 3600.0
+
 
 class LocalStore(StoreReads):
     def __init__(self, root: str | Path) -> None:
@@ -27,6 +32,20 @@ class LocalStore(StoreReads):
         self.root.mkdir(parents=True, exist_ok=True)
         self._tmp = self.root / ".tmp"
         self._tmp.mkdir(exist_ok=True)
+        self.sweep_temp(STALE_TEMP_S)
+
+    def sweep_temp(self, older_than_s: float) -> int:
+        """Delete temp files left by interrupted writes; returns how many went."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for path in self._tmp.iterdir():
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # another process swept or finished it first
+                continue
+        return removed
 
     def path_for(self, key: str) -> Path:
         """The file for ``key``; refuses anything that would land outside the root."""
