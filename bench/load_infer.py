@@ -208,6 +208,12 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the server")
+    parser.add_argument(
+        "--batching",
+        choices=("on", "off"),
+        default="on",
+        help="the server's dynamic batching (ADALORA_INFER_BATCHING)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="adalora-load-") as tmp:
@@ -220,6 +226,7 @@ def main() -> None:
                 "ADALORA_HOME": str(home),
                 "ADALORA_BASE_MODELS": json.dumps({BASE: minilm_path()}),
                 "ADALORA_INFER_RATE_PER_S": "0",
+                "ADALORA_INFER_BATCHING": "true" if args.batching == "on" else "false",
                 "OMP_NUM_THREADS": str(args.threads),
                 "TOKENIZERS_PARALLELISM": "false",
                 "HF_HUB_OFFLINE": "1",
@@ -254,6 +261,8 @@ def main() -> None:
             log.close()
         if result["errors"]:
             result["server_log_tail"] = (Path(tmp) / "server.log").read_text()[-3000:]
+    result["batching"] = args.batching
+    result["clients"] = args.clients
     print(json.dumps(result))
 
 

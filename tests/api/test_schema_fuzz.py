@@ -14,7 +14,7 @@ from tests.conftest import TenantKey
 
 
 def test_api_conforms_to_its_schema(app: Any, tenant: TenantKey) -> None:
-    # /infer belongs to the serving engine and is fuzzed with it.
+    # /infer needs the engine running; tests/api/test_infer.py fuzzes it against a live server.
     schema = schemathesis.openapi.from_asgi("/openapi.json", app).exclude(path="/infer")
 
     @given(case=schema.as_strategy())
