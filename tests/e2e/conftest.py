@@ -9,8 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "worker"))
 
-from harness import require_service  # noqa: E402
 from service_fixtures import save_tiny_bert, write_sentiment_csv  # noqa: E402
+
+from tests.conftest import require_service  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_HOST = "127.0.0.1"
@@ -35,7 +36,7 @@ def postgres_url() -> Iterator[str]:
     try:
         admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
-        require_service("PostgreSQL", exc)
+        require_service("PostgreSQL", str(exc))
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
@@ -51,7 +52,7 @@ def redis_url() -> Iterator[str]:
     try:
         redis.Redis(host=REDIS_HOST, socket_connect_timeout=5).ping()
     except redis.RedisError as exc:
-        require_service("Redis", exc)
+        require_service("Redis", str(exc))
     for db in secrets.SystemRandom().sample(range(1, 16), 15):
         client = redis.Redis(host=REDIS_HOST, db=db)
         # Claim the number with a marker key; another run's marker means "taken".

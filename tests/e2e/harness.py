@@ -22,13 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 240.0
 
 
-def require_service(name: str, error: Exception) -> None:
-    """Missing PostgreSQL/Redis: a failure in CI, a skip on a laptop without them."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{name} is required in CI but unreachable: {error}")
-    pytest.skip(f"{name} not reachable: {error}")
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

