@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from api.deps import CallerDep, SessionDep, StoreDep
+from api.deps import CallerDep, PageCursor, PageLimit, SessionDep, StoreDep
 from api.errors import ApiError, not_found, responses
 from api.heatmap import draw_rank_heatmap
 from api.schemas import AdapterList, AdapterOut, RanksOut
@@ -59,8 +59,8 @@ def _adapter(session: Session, tenant_id: str, adapter_id: str) -> Adapter:
 def list_adapters(
     caller: CallerDep,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: PageLimit = 50,
+    cursor: PageCursor = None,
 ) -> AdapterList:
     page = adapter_rows.list_adapters(session, caller.tenant_id, limit, cursor)
     return AdapterList(items=[adapter_out(a) for a in page.items], next_cursor=page.next_cursor)

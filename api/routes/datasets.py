@@ -9,14 +9,14 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 from starlette.types import Message
 
-from api.deps import CallerDep, SessionDep, SettingsDep, StoreDep
+from api.deps import CallerDep, PageCursor, PageLimit, SessionDep, SettingsDep, StoreDep
 from api.errors import ApiError, not_found, responses
 from api.schemas import DatasetList, DatasetOut
 from registry import datasets as dataset_rows
@@ -284,8 +284,8 @@ async def upload_dataset(
 def list_datasets(
     caller: CallerDep,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: PageLimit = 50,
+    cursor: PageCursor = None,
 ) -> DatasetList:
     page = dataset_rows.list_datasets(session, caller.tenant_id, limit, cursor)
     return DatasetList(items=[dataset_out(d) for d in page.items], next_cursor=page.next_cursor)

@@ -9,7 +9,15 @@ from fastapi import APIRouter, BackgroundTasks, Header, Query, Response
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.deps import CallerDep, JobsLimitedCaller, ProducerDep, SessionDep, SettingsDep
+from api.deps import (
+    CallerDep,
+    JobsLimitedCaller,
+    PageCursor,
+    PageLimit,
+    ProducerDep,
+    SessionDep,
+    SettingsDep,
+)
 from api.errors import ApiError, not_found, responses
 from api.schemas import EventList, EventOut, JobCreate, JobList, JobOut
 from api.submission import invalid, request_hash, resolve_hyperparameters
@@ -145,8 +153,8 @@ def list_jobs(
     caller: CallerDep,
     session: SessionDep,
     status: StatusFilter | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: PageLimit = 50,
+    cursor: PageCursor = None,
 ) -> JobList:
     page = job_rows.list_jobs(session, caller.tenant_id, status, limit, cursor)
     return JobList(items=[job_out(j) for j in page.items], next_cursor=page.next_cursor)
