@@ -16,7 +16,9 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 VOCAB = SPECIAL + POSITIVE + NEGATIVE + FILLER
 
 
-def save_tiny_bert(directory: Path, seed: int = 0, dropout: float = 0.1) -> Path:
+def save_tiny_bert(
+    directory: Path, seed: int = 0, dropout: float = 0.1, initializer_range: float = 0.3
+) -> Path:
     """Random-init BERT (hidden 32, 2 layers) plus a tokenizer, saved like a hub model."""
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(VOCAB)})
@@ -31,7 +33,7 @@ def save_tiny_bert(directory: Path, seed: int = 0, dropout: float = 0.1) -> Path
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
         pad_token_id=0,
-        initializer_range=0.3,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
     BertForSequenceClassification(config).save_pretrained(directory)

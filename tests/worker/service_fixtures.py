@@ -6,32 +6,15 @@ import csv
 import random
 from pathlib import Path
 
-import torch
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
-
-POSITIVE = ["good", "great", "fine", "lovely", "superb", "fun"]
-NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "weak"]
-FILLER = ["the", "a", "movie", "film", "plot", "was", "is", "very", "quite", "really", "and"]
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER]
+from tests.core.tiny_trainer_model import FILLER, NEGATIVE, POSITIVE
+from tests.core.tiny_trainer_model import save_tiny_bert as _save_tiny_bert
 
 
 def save_tiny_bert(directory: Path, seed: int = 0) -> Path:
-    """Random-init BERT (hidden 32, 2 layers) and its word-level tokenizer, saved like a hub
-    model so the worker loads it by path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}).save_pretrained(directory)
-    config = BertConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=48,
-        max_position_embeddings=128,  # the default training.max_length fits
-        pad_token_id=0,
-    )
-    torch.manual_seed(seed)
-    BertForSequenceClassification(config).save_pretrained(directory)
-    return directory
+    """The trainer tests' tiny BERT with transformers' default initialisation, saved like a hub
+    model so the worker loads it by path (max_position_embeddings 128: the default
+    training.max_length fits)."""
+    return _save_tiny_bert(directory, seed=seed, initializer_range=0.02)
 
 
 def write_sentiment_csv(path: Path, count: int, seed: int = 0) -> Path:
