@@ -68,8 +68,16 @@ class _AdaptedModel(nn.Module):
             p for path in self.head_paths for p in self.base_model.get_submodule(path).parameters()
         ]
 
-    def trainable_parameter_count(self) -> int:
-        return sum(p.numel() for p in self.adapter_parameters() + self.head_parameters())
+    def final_parameter_count(self) -> int:
+        """Parameters the trained adapter holds: kept ranks only, plus the heads. Equal rank is
+        not equal size (a triplet on an FFN matrix costs more than one on attention), so budgets
+        are compared on this count."""
+        per_rank = self._parameters_per_rank()
+        kept = sum(rank * per_rank[name] for name, rank in self.ranks().items())
+        return kept + sum(p.numel() for p in self.head_parameters())
+
+    def _parameters_per_rank(self) -> dict[str, int]:
+        raise NotImplementedError
 
 
 class AdaLoraModel(_AdaptedModel):
@@ -141,6 +149,10 @@ class AdaLoraModel(_AdaptedModel):
     def ranks(self) -> dict[str, int]:
         return self.allocator.ranks()
 
+    def _parameters_per_rank(self) -> dict[str, int]:
+        # One triplet: a row of Q, a column of P and its λ.
+        return {n: m.in_features + m.out_features + 1 for n, m in self.adapted.items()}
+
     def budget_now(self) -> int:
         """Triplets kept by the current mask (the initial budget before the first mask)."""
         return self.allocator.budget
@@ -178,6 +190,9 @@ class LoraModel(_AdaptedModel):
 
     def ranks(self) -> dict[str, int]:
         return dict.fromkeys(self.adapted, self.r)
+
+    def _parameters_per_rank(self) -> dict[str, int]:
+        return {n: m.in_features + m.out_features for n, m in self.adapted.items()}
 
     def budget_now(self) -> int:
         return self.r * len(self.adapted)

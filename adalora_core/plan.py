@@ -23,6 +23,9 @@ class TrainingConfig:
     learning_rate: float = 5e-4
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
+    # Clip the global gradient norm (adapters and heads together) before each update, as the
+    # AdaLoRA authors' recipe does; 0 or None turns clipping off.
+    max_grad_norm: float | None = 1.0
     max_length: int = 128
     seed: int = 0
     eval_every: int | None = None
@@ -49,6 +52,15 @@ class TrainingConfig:
             raise ConfigError("training.warmup_ratio", f"must be in [0, 1): {self.warmup_ratio}")
         if not (_is_number(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError("training.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if self.max_grad_norm is not None and not (
+            _is_number(self.max_grad_norm)
+            and math.isfinite(self.max_grad_norm)
+            and self.max_grad_norm >= 0
+        ):
+            raise ConfigError(
+                "training.max_grad_norm",
+                f"must be a number >= 0 (0 turns clipping off), got {self.max_grad_norm!r}",
+            )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError("training.seed", f"must be a non-negative integer, got {self.seed!r}")
         if self.eval_every is not None:

@@ -16,7 +16,7 @@ import contextlib
 import math
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -96,6 +96,7 @@ class TrainResult:
     total_rank: int
     trainable_params: int
     cancelled: bool
+    final_params: int | None = None  # kept ranks + heads; None for external adapters
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -176,6 +177,7 @@ def train(
         total_rank=sum(ranks.values()),
         trainable_params=trainable,
         cancelled=not finished,
+        final_params=_final_params(adapted),
         history=list(getattr(adapted, "history", [])),
     )
     if finished and adapt is None:
@@ -309,6 +311,12 @@ class _Loop:
 
     def _update(self, loss: float) -> None:
         learning_rate = float(self.scheduler.get_last_lr()[0])
+        if self.training.max_grad_norm:
+            # foreach clipping scales in place on the device: no host sync. The allocator then
+            # scores importance on the clipped gradients, as the authors' HF Trainer loop does.
+            torch.nn.utils.clip_grad_norm_(
+                [p for _, p in self.trainable], self.training.max_grad_norm, foreach=True
+            )
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
@@ -440,6 +448,11 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _final_params(adapted: Adaptation) -> int | None:
+    count = getattr(adapted, "final_parameter_count", None)
+    return int(count()) if count else None
+
+
 def _ranks(adapted: Adaptation) -> dict[str, int]:
     ranks = getattr(adapted, "ranks", None)
     return dict(ranks()) if ranks else {}
@@ -484,5 +497,8 @@ def _save(
         trainable_params=result.trainable_params,
         max_length=training.max_length,
         method=method,
+        final_params=result.final_params,
+        adalora=adalora.to_dict(),
+        training=asdict(training),
     )
     return save_adapter(adapted, Path(output_dir), meta)

@@ -58,6 +58,11 @@ class AdapterMeta:
     trainable_params: int = 0
     max_length: int = 128
     method: str = "adalora"
+    final_params: int | None = None
+    # The settings the adapter was trained with (AdaLoraConfig and TrainingConfig as dicts),
+    # so a run can be repeated exactly from the adapter alone.
+    adalora: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from tiny_trainer_model import save_tiny_bert, sentiment_rows
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from adalora_core.config import AdaLoraConfig
 from adalora_core.errors import ConfigError
@@ -248,3 +249,49 @@ def test_device_resolution() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("method", ["adalora", "lora"])
+def test_gradients_are_clipped_before_every_update(
+    base_dir: Path, tmp_path: Path, method: str
+) -> None:
+    """The optimizer (and after it the allocator) sees gradients of global norm <= the limit;
+    with clipping off the same run exceeds it, so the check can fail."""
+    limit = 1e-3
+
+    def norms_seen(max_grad_norm: float) -> list[float]:
+        seen: list[float] = []
+
+        def record(optimizer: torch.optim.Optimizer, *_: object) -> None:
+            grads = [
+                p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None
+            ]
+            seen.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+        handle = register_optimizer_step_pre_hook(record)
+        try:
+            training = TrainingConfig(
+                epochs=None, max_steps=4, batch_size=8, max_grad_norm=max_grad_norm
+            )
+            _train(base_dir, tmp_path / f"{max_grad_norm}", training, method=method)
+        finally:
+            handle.remove()
+        return seen
+
+    clipped = norms_seen(limit)
+    assert len(clipped) == 4 and max(clipped) <= limit * (1 + 1e-4)
+    assert min(norms_seen(0)) > limit
+
+
+def test_the_adapter_records_the_settings_it_was_trained_with(
+    base_dir: Path, tmp_path: Path
+) -> None:
+    training = TrainingConfig(epochs=None, max_steps=6, batch_size=8, max_grad_norm=0.5)
+    result = _train(base_dir, tmp_path / "out", training)
+    meta = read_adapter(result.adapter_dir).meta
+    assert meta.training["max_grad_norm"] == 0.5 and meta.training["max_steps"] == 6
+    assert meta.adalora["lora_alpha"] == ADALORA.lora_alpha
+    assert AdaLoraConfig.from_dict(meta.adalora).schedule(6) == ADALORA.schedule(6)
+    # 12 modules: the kept triplets (in + out + 1 each) plus the classifier and pooler.
+    assert result.final_params == meta.final_params
+    assert result.final_params < result.trainable_params  # masked triplets do not count

@@ -1,0 +1,187 @@
+"""Automatic settings: every training or AdaLoRA field a job leaves out, chosen from the data.
+
+Torch-free: the API resolves a job at submission and stores the result, so a user sees what
+ran and can repeat it exactly. The benchmark (``bench/glue.py``) builds its runs through the
+same function, so the GLUE protocol measures what the service does. The measured defaults
+(learning rate, alpha, clipping, update count) and the runs that chose them are in
+``docs/results.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from adalora_core.config import AdaLoraConfig, BudgetSchedule
+from adalora_core.errors import ConfigError
+from adalora_core.plan import TrainingConfig, total_updates, updates_per_epoch
+from adalora_core.tasks import CAUSAL_LM, SEQ2SEQ, TASK_KINDS
+
+GENERATIVE_KINDS = (CAUSAL_LM, SEQ2SEQ)
+
+# Run length. AdaLoRA needs room: the authors' scripts reduce the budget over 1,000+ updates.
+# Three passes over the data, but at least MIN_UPDATES (as long as that is at most MAX_EPOCHS
+# passes, so a tiny data set is not memorised) and at most MAX_UPDATES (a CPU-sized run on a
+# large data set; a job that wants more sets max_steps or epochs).
+DEFAULT_EPOCHS = 3
+MIN_UPDATES = 600
+MAX_UPDATES = 1000
+MAX_EPOCHS = 20
+BATCH_SIZE = 16
+
+# Below this many updates in the budget-reducing phase the allocator changes ranks too fast to
+# measure importance (the authors' advice); a job whose settings give less gets a warning.
+MIN_REDUCTION_UPDATES = 200
+
+# Sequence lengths by task shape; batches are padded per batch, so a generous limit only costs
+# on rows that are really that long.
+MAX_LENGTH_SINGLE = 128
+MAX_LENGTH_PAIR = 256
+MAX_LENGTH_GENERATIVE = 512
+
+
+@dataclass(frozen=True)
+class MethodDefaults:
+    """The optimiser settings chosen on held-out training rows for one adapter method."""
+
+    learning_rate: float
+    lora_alpha: float
+
+
+# The grid `bench/glue_tune.py` searches, and the runs that chose these, are in docs/results.md.
+ENCODER_DEFAULTS: dict[str, MethodDefaults] = {
+    "adalora": MethodDefaults(learning_rate=1e-3, lora_alpha=128.0),
+    "lora": MethodDefaults(learning_rate=1e-3, lora_alpha=32.0),
+}
+# Generative kinds update every token's distribution; they are not yet measured here, so they
+# take the encoder choice at a fifth of the learning rate (the usual LoRA range for LMs).
+GENERATIVE_LR_FACTOR = 0.2
+
+
+@dataclass(frozen=True)
+class DataProfile:
+    """What the recipe looks at: the data set's size and shape, and the base model's limits."""
+
+    num_rows: int
+    task_kind: str
+    paired: bool = False
+    max_positions: int | None = None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    training: TrainingConfig
+    adalora: AdaLoraConfig
+    total_steps: int
+    schedule: BudgetSchedule | None
+    chosen: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def resolve(
+    profile: DataProfile,
+    training: Mapping[str, Any] | None = None,
+    adalora: Mapping[str, Any] | None = None,
+    *,
+    method: str = "adalora",
+) -> Resolved:
+    """Fill every field the caller left out (None or absent); raise ConfigError naming a field
+    the caller set to an invalid value. ``chosen`` lists the dotted fields the recipe set."""
+    if profile.task_kind not in TASK_KINDS:
+        raise ConfigError("task", f"must be one of {list(TASK_KINDS)}, got {profile.task_kind!r}")
+    if method not in ENCODER_DEFAULTS:
+        raise ConfigError("method", f"must be one of {sorted(ENCODER_DEFAULTS)}, got {method!r}")
+    given_training = {k: v for k, v in (training or {}).items() if v is not None}
+    given_adalora = {k: v for k, v in (adalora or {}).items() if v is not None}
+    defaults = ENCODER_DEFAULTS[method]
+    chosen: list[str] = []
+
+    def pick(section: dict[str, Any], prefix: str, name: str, value: Any) -> None:
+        if name not in section:
+            section[name] = value
+            chosen.append(f"{prefix}.{name}")
+
+    generative = profile.task_kind in GENERATIVE_KINDS
+    pick(given_training, "training", "batch_size", BATCH_SIZE)
+    pick(given_training, "training", "max_length", _max_length(profile))
+    learning_rate = defaults.learning_rate * (GENERATIVE_LR_FACTOR if generative else 1.0)
+    pick(given_training, "training", "learning_rate", learning_rate)
+    pick(given_training, "training", "max_grad_norm", TrainingConfig.max_grad_norm)
+    if "epochs" not in given_training and "max_steps" not in given_training:
+        sized = TrainingConfig(**{**given_training, "epochs": 1}).validate()
+        given_training["max_steps"] = _updates(profile.num_rows, sized)
+        given_training["epochs"] = None
+        chosen.append("training.max_steps")
+    elif "epochs" not in given_training:
+        given_training["epochs"] = None
+    try:
+        training_config = TrainingConfig(**given_training).validate()
+    except TypeError as exc:  # a field this version does not know
+        raise ConfigError("training", str(exc)) from exc
+    steps = total_updates(profile.num_rows, training_config)
+    if training_config.eval_every is None and training_config.epochs is None:
+        # A max_steps run may never finish an epoch; evaluate four times along the way.
+        training_config = replace(training_config, eval_every=max(1, math.ceil(steps / 4)))
+        chosen.append("training.eval_every")
+
+    pick(given_adalora, "adalora", "lora_alpha", defaults.lora_alpha)
+    for name in ("init_r", "target_r"):
+        pick(given_adalora, "adalora", name, getattr(AdaLoraConfig, name))
+    if given_adalora["target_r"] > given_adalora["init_r"] and "adalora.init_r" in chosen:
+        given_adalora["init_r"] = given_adalora["target_r"]
+    unset_schedule = [n for n in ("t_init", "t_final", "delta_t") if n not in given_adalora]
+    adalora_config = AdaLoraConfig.from_dict(given_adalora)
+    schedule = None
+    warnings: list[str] = []
+    if method == "adalora":
+        schedule = adalora_config.schedule(steps)
+        adalora_config = replace(
+            adalora_config,
+            t_init=schedule.t_init,
+            t_final=schedule.t_final,
+            delta_t=schedule.delta_t,
+        )
+        chosen += [f"adalora.{name}" for name in unset_schedule]
+        warnings += schedule_warnings(schedule, adalora_config)
+    return Resolved(
+        training=training_config,
+        adalora=adalora_config,
+        total_steps=steps,
+        schedule=schedule,
+        chosen=tuple(chosen),
+        warnings=tuple(warnings),
+    )
+
+
+def schedule_warnings(schedule: BudgetSchedule, config: AdaLoraConfig) -> list[str]:
+    """Human-readable reasons the allocator may not have room to act."""
+    if config.init_r == config.target_r:
+        return []
+    window = schedule.final_mask_step - schedule.t_init
+    if window >= MIN_REDUCTION_UPDATES:
+        return []
+    return [
+        f"the budget is reduced from {config.init_r} to {config.target_r} ranks per module over "
+        f"only {window} updates (updates {schedule.t_init + 1}-{schedule.final_mask_step} of "
+        f"{schedule.total_steps}); below about {MIN_REDUCTION_UPDATES} the importance scores "
+        "are too noisy for the allocation to help. Use more updates (training.max_steps or "
+        "epochs), a smaller batch_size, or leave the schedule fields unset."
+    ]
+
+
+def _updates(num_rows: int, training: TrainingConfig) -> int:
+    per_epoch = updates_per_epoch(max(1, num_rows), training)
+    wanted = max(DEFAULT_EPOCHS * per_epoch, MIN_UPDATES)
+    return max(1, min(wanted, MAX_EPOCHS * per_epoch, MAX_UPDATES))
+
+
+def _max_length(profile: DataProfile) -> int:
+    if profile.task_kind in GENERATIVE_KINDS:
+        wanted = MAX_LENGTH_GENERATIVE
+    else:
+        wanted = MAX_LENGTH_PAIR if profile.paired else MAX_LENGTH_SINGLE
+    if profile.max_positions:
+        return min(wanted, profile.max_positions)
+    return wanted
