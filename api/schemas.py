@@ -87,8 +87,11 @@ class Columns(Strict):
 
 
 class AdaLoraParams(Strict):
-    init_r: int
-    target_r: int
+    """Every field left out is chosen by the service (``adalora_core.recipe``); the job's
+    ``hyperparameters`` show the values that ran."""
+
+    init_r: int | None = None
+    target_r: int | None = None
     t_init: int | None = None
     t_final: int | None = None
     delta_t: int | None = None
@@ -101,13 +104,16 @@ class AdaLoraParams(Strict):
 
 
 class TrainingParams(Strict):
-    epochs: float | None = Field(None, description="Passes over the data (default 3).")
+    """Every field left out is chosen by the service from the data set's size and the task."""
+
+    epochs: float | None = Field(None, description="Passes over the data.")
     max_steps: int | None = Field(None, description="Optimizer updates, instead of epochs.")
     batch_size: int | None = None
     grad_accum: int | None = None
     learning_rate: float | None = None
     warmup_ratio: float | None = None
     weight_decay: float | None = None
+    max_grad_norm: float | None = Field(None, description="Gradient clipping; 0 turns it off.")
     max_length: int | None = None
     seed: int | None = None
     eval_every: int | None = None
@@ -120,7 +126,7 @@ class JobCreate(Strict):
     dataset_id: Name
     validation_dataset_id: Name | None = None
     columns: Columns
-    adalora: AdaLoraParams
+    adalora: AdaLoraParams = Field(default_factory=AdaLoraParams)
     training: TrainingParams = Field(default_factory=TrainingParams)
     output: Literal["unmerged", "merged"] = "unmerged"
     name: Name | None = None
@@ -173,7 +179,7 @@ class JobList(BaseModel):
 
 class EventOut(BaseModel):
     id: int
-    kind: Literal["status", "progress", "eval", "error", "log"]
+    kind: Literal["status", "progress", "eval", "error", "log", "warning"]
     data: dict[str, Any]
     created_at: datetime
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
-from adalora_core.config import AdaLoraConfig
-from adalora_core.errors import ConfigError
-from adalora_core.plan import TrainingConfig, total_updates
+from adalora_core import recipe
 from api.errors import ApiError
 from api.schemas import JobCreate
 from registry.models import Dataset
@@ -142,19 +141,14 @@ def resolve_labels(
     return None
 
 
-def _adalora_config(body: JobCreate) -> AdaLoraConfig:
-    return AdaLoraConfig.from_dict(body.adalora.model_dump(exclude_none=True))
-
-
-def _training_config(body: JobCreate) -> TrainingConfig:
-    given = body.training.model_dump(exclude_none=True)
-    if "max_steps" in given and "epochs" not in given:
-        given["epochs"] = None
+def _max_positions(model_path: str) -> int | None:
+    """The base model's position limit from its config.json (torch-free); None if unknown."""
     try:
-        config = TrainingConfig(**given)
-    except TypeError as exc:  # a field this trainer version does not know
-        raise ConfigError("training", str(exc)) from exc
-    return config.validate()
+        config = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = config.get("max_position_embeddings") or config.get("n_positions")
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def resolve_hyperparameters(
@@ -170,15 +164,25 @@ def resolve_hyperparameters(
             _check_columns(body, roles, dataset, description)
             _check_text_columns(body, roles, dataset)
     labels = resolve_labels(body, roles, train, validation, settings)
-    adalora = _adalora_config(body)
-    training = _training_config(body)
-    steps = total_updates(train.num_rows, training)
-    schedule = adalora.schedule(steps)
+    profile = recipe.DataProfile(
+        num_rows=train.num_rows,
+        task_kind=body.task,
+        paired="text_pair" in roles,
+        max_positions=_max_positions(settings.base_models[body.base_model]),
+    )
+    resolved = recipe.resolve(
+        profile,
+        body.training.model_dump(exclude_none=True),
+        body.adalora.model_dump(exclude_none=True),
+    )
+    assert resolved.schedule is not None  # the service trains AdaLoRA
     return {
-        "adalora": adalora.to_dict(),
-        "training": asdict(training),
-        "total_steps": steps,
-        "schedule": schedule.to_dict(),
+        "adalora": resolved.adalora.to_dict(),
+        "training": asdict(resolved.training),
+        "total_steps": resolved.total_steps,
+        "schedule": resolved.schedule.to_dict(),
+        "chosen_by_service": list(resolved.chosen),
+        "warnings": list(resolved.warnings),
         "labels": labels,
         "columns": roles,
         "output": body.output,

@@ -137,12 +137,42 @@ def list_(
 @app.command("show")
 def show(
     job_id: str,
+    request: Annotated[
+        bool,
+        typer.Option(
+            "--request",
+            help="Print instead a job body with every resolved setting, to repeat the run "
+            "exactly with `jobs submit --config`.",
+        ),
+    ] = False,
     url: UrlOption = DEFAULT_URL,
     key: KeyOption = None,
 ) -> None:
-    """Print one job as JSON."""
+    """Print one job as JSON; `hyperparameters` holds every setting that ran, and
+    `chosen_by_service` names the ones the service chose."""
     with ApiClient(url, key) as api:
-        typer.echo(json.dumps(api.json("GET", f"/jobs/{job_id}"), indent=2))
+        job = api.json("GET", f"/jobs/{job_id}")
+    typer.echo(json.dumps(repeatable_request(job) if request else job, indent=2))
+
+
+def repeatable_request(job: dict[str, Any]) -> dict[str, Any]:
+    """The job body that reproduces ``job``: its resolved settings, none left to the service."""
+    hyper = job.get("hyperparameters") or {}
+    body: dict[str, Any] = {
+        "base_model": job["base_model"],
+        "task": job["task"],
+        "dataset_id": job["dataset_id"],
+        "columns": dict(hyper.get("columns") or {}),
+        "adalora": dict(hyper.get("adalora") or {}),
+        "training": dict(hyper.get("training") or {}),
+        "output": hyper.get("output") or "unmerged",
+        "metadata": job.get("metadata") or {},
+    }
+    if job.get("validation_dataset_id"):
+        body["validation_dataset_id"] = job["validation_dataset_id"]
+    if job.get("name"):
+        body["name"] = job["name"]
+    return body
 
 
 @app.command("cancel")
@@ -193,6 +223,8 @@ def follow(
                     bar.console.print(f"eval @ step {data.get('step')}: {data.get('metrics')}")
                 elif event["kind"] == "error":
                     bar.console.print(f"[red]error: {data}")
+                elif event["kind"] == "warning":
+                    bar.console.print(f"[yellow]warning: {data.get('message')}")
             progress = job.get("progress") or {}
             budget = job.get("budget") or {}
             bar.update(

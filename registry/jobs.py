@@ -18,7 +18,7 @@ from registry.models import Job, JobEvent, utcnow
 from registry.pagination import Page, paginate
 from registry.states import ALLOWED, TERMINAL, IllegalTransition, JobStatus
 
-EVENT_KINDS = frozenset({"status", "progress", "eval", "error", "log"})
+EVENT_KINDS = frozenset({"status", "progress", "eval", "error", "log", "warning"})
 
 
 def create_job(

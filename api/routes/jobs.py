@@ -135,6 +135,8 @@ def submit_job(
             name=body.name,
             metadata=body.metadata,
         )
+        for message in hyperparameters["warnings"]:
+            job_rows.add_event(session, job, "warning", {"message": message})
         session.commit()
     except IntegrityError:
         session.rollback()

@@ -43,7 +43,7 @@ def test_submit_resolves_and_enqueues(
     assert job["metadata"] == {"team": "nlp"}
     hp = job["hyperparameters"]
     assert hp["total_steps"] == 10  # ceil(40 rows / 8) * 2 epochs
-    assert hp["schedule"] == {"total_steps": 10, "t_init": 1, "t_final": 3, "delta_t": 1}
+    assert hp["schedule"] == {"total_steps": 10, "t_init": 1, "t_final": 4, "delta_t": 1}
     assert hp["labels"] == ["0", "1"]
     assert hp["columns"] == {"text": "sentence", "label": "label"}
     assert hp["adalora"]["init_r"] == 6 and hp["training"]["learning_rate"] == 1e-3
@@ -67,6 +67,50 @@ def test_broker_down_keeps_the_job_queued(
         assert client.get("/readyz").status_code == 503
 
 
+def test_required_fields_only_get_the_services_settings(
+    client: TestClient, tenant: TenantKey, dataset: dict[str, Any]
+) -> None:
+    body = job_body(dataset["id"], adalora=..., training=...)
+    response = client.post("/jobs", json=body, headers=tenant.headers)
+    assert response.status_code == 202, response.text
+    job = client.get(f"/jobs/{response.json()['id']}", headers=tenant.headers).json()
+    hp = job["hyperparameters"]
+    # 40 rows at batch 16 = 3 updates an epoch: the recipe's 600-update floor is capped at 20
+    # passes over such a small data set.
+    assert hp["training"]["batch_size"] == 16 and hp["total_steps"] == 60
+    assert hp["training"]["max_steps"] == 60 and hp["training"]["epochs"] is None
+    assert hp["training"]["max_grad_norm"] == 1.0
+    assert hp["training"]["learning_rate"] > 0 and hp["training"]["eval_every"] == 15
+    assert hp["adalora"]["init_r"] == 12 and hp["adalora"]["target_r"] == 8
+    assert hp["schedule"] == {"total_steps": 60, "t_init": 7, "t_final": 27, "delta_t": 1}
+    assert {k: hp["adalora"][k] for k in ("t_init", "t_final", "delta_t")} == {
+        "t_init": 7,
+        "t_final": 27,
+        "delta_t": 1,
+    }
+    assert "training.max_steps" in hp["chosen_by_service"]
+    assert "adalora.lora_alpha" in hp["chosen_by_service"]
+    # The schedule is too short for the allocator to act, and the job says so.
+    events = client.get(f"/jobs/{job['id']}/events", headers=tenant.headers).json()["items"]
+    warnings = [e["data"]["message"] for e in events if e["kind"] == "warning"]
+    assert len(warnings) == 1 and "over only 26 updates" in warnings[0]
+    assert hp["warnings"] == warnings
+
+
+def test_given_fields_are_kept_and_not_listed_as_chosen(
+    client: TestClient, tenant: TenantKey, dataset: dict[str, Any]
+) -> None:
+    body = job_body(dataset["id"], training__max_grad_norm=0, adalora__lora_alpha=8)
+    response = client.post("/jobs", json=body, headers=tenant.headers)
+    assert response.status_code == 202, response.text
+    hp = response.json()["hyperparameters"]
+    assert hp["training"]["max_grad_norm"] == 0 and hp["adalora"]["lora_alpha"] == 8
+    assert hp["training"]["epochs"] == 2 and hp["training"]["batch_size"] == 8
+    chosen = set(hp["chosen_by_service"])
+    assert not chosen & {"training.max_grad_norm", "adalora.lora_alpha", "training.epochs"}
+    assert {"adalora.t_init", "training.max_length"} <= chosen
+
+
 @pytest.fixture
 def regression_and_text(upload: Callable[..., Any], tenant: TenantKey) -> dict[str, str]:
     rows = [{"text": f"t{i}", "tag": "a" if i % 2 else "b", "one": "x"} for i in range(10)]
@@ -87,7 +131,6 @@ INVALID = [
     ({"task": "regression", "columns__label": "sentence"}, "columns.label", "numeric"),
     ({"columns__text_pair": "missing"}, "columns.text_pair", "not in dataset"),
     ({"adalora__target_r": 9}, "adalora.target_r", "init_r"),
-    ({"adalora__init_r": ...}, "adalora.init_r", None),
     ({"adalora__init_r": "many"}, "adalora.init_r", None),
     ({"adalora__beta1": 1.5}, "adalora.beta1", None),
     ({"adalora__t_final": 50}, "adalora.t_final", "t_final"),
@@ -97,6 +140,7 @@ INVALID = [
     ({"training__learning_rate": -1e-3}, "training.learning_rate", None),
     ({"training__learning_rate": "fast"}, "training.learning_rate", None),
     ({"training__batch_size": 0}, "training.batch_size", None),
+    ({"training__max_grad_norm": -1}, "training.max_grad_norm", ">= 0"),
     ({"training__max_steps": 5}, "training.epochs", "exactly one"),
     ({"dataset_id": "ds_missing"}, "dataset_id", "not found"),
     ({"validation_dataset_id": "ds_missing"}, "validation_dataset_id", "not found"),

@@ -70,6 +70,16 @@ def test_quickstart_through_the_cli(live, tmp_path: Path) -> None:
 
     shown = json.loads(run(live, "jobs", "show", job_id).stdout)
     assert shown["status"] == "succeeded" and shown["hyperparameters"]["adalora"]["t_init"] == 2
+    assert "warning: the budget is reduced" in followed.output  # 12 updates are too few
+
+    # The resolved settings repeat the run exactly: nothing is left for the service to choose.
+    request = tmp_path / "repeat.json"
+    request.write_text(run(live, "jobs", "show", job_id, "--request").stdout)
+    again = json.loads(run(live, "jobs", "submit", "--config", str(request), "--json").stdout)
+    assert again["hyperparameters"]["chosen_by_service"] == []
+    for section in ("adalora", "training", "schedule", "total_steps", "columns", "labels"):
+        assert again["hyperparameters"][section] == shown["hyperparameters"][section], section
+    run(live, "jobs", "cancel", again["id"])
     assert job_id in run(live, "jobs", "list").stdout
     assert adapter_id in run(live, "adapters", "list").stdout
 
