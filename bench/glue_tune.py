@@ -1,0 +1,85 @@
+"""Choose each method's learning rate and alpha on held-out training rows (never the dev set).
+
+    python -m bench.glue_tune --tasks sst2 --out bench-results/tune.jsonl --jobs 2 -- \
+        --train-limit 3200 --holdout 1000
+
+Every method gets a grid of the same size: the same three learning rates times two alphas,
+spanning the same 4x range of scaling alpha/r (LoRA r=8: 2 and 8; AdaLoRA init_r=12: 2.67 and
+10.7). Each cell trains on the fixed training sample and is scored on held-out rows of the same
+training file. The winner per method is the best mean held-out metric over the tuning tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+from bench.cells import finished, run_cells
+
+LEARNING_RATES = (5e-4, 1e-3, 2e-3)
+ALPHAS = {"adalora": (32.0, 128.0), "lora": (16.0, 64.0)}
+TUNING_SEED = 100  # apart from the protocol's seeds 0..N
+
+
+def grid(tasks: list[str], methods: list[str], extra: list[str]) -> list[list[str]]:
+    cells = []  # methods interleaved, so a partial grid is still balanced
+    for task in tasks:
+        for lr in LEARNING_RATES:
+            for index in range(2):
+                for method in methods:
+                    alpha = ALPHAS[method][index]
+                    cells.append(
+                        ["--task", task, "--method", method, "--seed", str(TUNING_SEED)]
+                        + ["--lr", str(lr), "--lora-alpha", str(alpha), *extra]
+                    )
+    return cells
+
+
+def best(results: list[dict], method: str) -> tuple[tuple[float, float], float, str]:
+    """((lr, alpha), mean held-out metric over tasks, a table of every cell) for one method."""
+    by_setting: dict[tuple[float, float], list[float]] = {}
+    lines = []
+    for r in results:
+        if r["method"] != method or r["split"] != "holdout":
+            continue
+        setting = (r["training"]["learning_rate"], r["adalora"]["lora_alpha"])
+        by_setting.setdefault(setting, []).append(r["value"])
+        value = 100 * r["value"]
+        lines.append(f"| {method} | {r['task']} | {setting[0]:g} | {setting[1]:g} | {value:.1f} |")
+    if not by_setting:
+        return (0.0, 0.0), float("nan"), ""
+    setting = max(by_setting, key=lambda s: statistics.mean(by_setting[s]))
+    return setting, statistics.mean(by_setting[setting]), "\n".join(sorted(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        extra = argv[argv.index("--") + 1 :]
+        argv = argv[: argv.index("--")]
+    if "--holdout" not in extra:
+        sys.exit("tuning must score on held-out training rows: pass -- --holdout N")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=["sst2"])
+    parser.add_argument("--methods", nargs="+", default=list(ALPHAS), choices=list(ALPHAS))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.table_only:
+        run_cells(grid(args.tasks, args.methods, extra), args.out, args.jobs)
+    results = finished(args.out)
+    print("| method | task | lr | alpha | held-out metric (%) |\n|---|---|---|---|---|")
+    for method in args.methods:
+        setting, score, lines = best(results, method)
+        print(lines)
+    for method in args.methods:
+        setting, score, _ = best(results, method)
+        print(f"\nbest {method}: lr {setting[0]:g}, alpha {setting[1]:g} (mean {100 * score:.2f})")
+
+
+if __name__ == "__main__":
+    main()
