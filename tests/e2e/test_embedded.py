@@ -3,7 +3,9 @@ worker subprocess and reconciler), exactly as `scripts/dev serve` runs it."""
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from pathlib import Path
 
 import psutil
@@ -51,6 +53,7 @@ def test_embedded_serve_trains_cancels_and_serves_downloads(
         job = client.wait_status(job_id, {"succeeded", "failed", "cancelled"}, procs)
         assert job["status"] == "succeeded", (job, serve.tail())
         check_succeeded_job(client, job_id)
+        check_required_fields_only(client, dataset_id, procs)
         cancel_mid_run(client, dataset_id, job_body(dataset_id, max_steps=3000), procs)
 
         # The worker child is SIGKILLed mid-job: serve starts a new one, the reconciler
@@ -74,6 +77,27 @@ def test_embedded_serve_trains_cancels_and_serves_downloads(
     assert not serve.left_children, "adalora serve left its worker running"
     assert (home / "adalora.db").is_file() and (home / "broker.sqlite").is_file()
     assert "Bootstrap API key" not in serve.tail(100_000)  # ADALORA_API_KEY was given
+
+
+def check_required_fields_only(client: Client, dataset_id: str, procs: list) -> None:
+    """A job with only the required fields trains with the service's settings, shows them on
+    the job, and the adapter records exactly those settings."""
+    body = {key: job_body(dataset_id)[key] for key in ("base_model", "task", "dataset_id")}
+    body["columns"] = {"text": "text", "label": "label"}
+    job_id = client.ok("POST", "/jobs", json=body)["id"]
+    job = client.wait_status(job_id, {"succeeded", "failed", "cancelled"}, procs)
+    assert job["status"] == "succeeded", job
+    hp = job["hyperparameters"]
+    # 48 rows at the recipe's batch of 16: 3 updates an epoch, at most 20 epochs.
+    assert hp["total_steps"] == job["progress"]["step"] == 60
+    assert {"training.max_steps", "training.learning_rate", "adalora.init_r"} <= set(
+        hp["chosen_by_service"]
+    )
+    adapter_id = job["adapter_id"]
+    archive = client.http.get(f"/adapters/{adapter_id}/download", params={"format": "peft"})
+    meta = json.loads(zipfile.ZipFile(io.BytesIO(archive.content)).read("adalora.json"))
+    assert meta["training"] == {**hp["training"], "checkpoint_every": 6}
+    assert meta["adalora"] == hp["adalora"]
 
 
 def test_first_start_prints_a_bootstrap_key_once(tmp_path: Path) -> None:
