@@ -69,12 +69,15 @@ class _AdaptedModel(nn.Module):
         ]
 
     def final_parameter_count(self) -> int:
-        """Parameters the trained adapter holds: kept ranks only, plus the heads. Equal rank is
-        not equal size (a triplet on an FFN matrix costs more than one on attention), so budgets
+        """Parameters the trained adapter holds: kept ranks plus the heads. Equal rank is not
+        equal size (a triplet on an FFN matrix costs more than one on attention), so budgets
         are compared on this count."""
+        return self.adapter_parameter_count() + sum(p.numel() for p in self.head_parameters())
+
+    def adapter_parameter_count(self) -> int:
+        """Parameters of the kept ranks only (no heads)."""
         per_rank = self._parameters_per_rank()
-        kept = sum(rank * per_rank[name] for name, rank in self.ranks().items())
-        return kept + sum(p.numel() for p in self.head_parameters())
+        return sum(rank * per_rank[name] for name, rank in self.ranks().items())
 
     def _parameters_per_rank(self) -> dict[str, int]:
         raise NotImplementedError

@@ -97,6 +97,7 @@ class TrainResult:
     trainable_params: int
     cancelled: bool
     final_params: int | None = None  # kept ranks + heads; None for external adapters
+    adapter_params: int | None = None  # kept ranks only
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -177,7 +178,8 @@ def train(
         total_rank=sum(ranks.values()),
         trainable_params=trainable,
         cancelled=not finished,
-        final_params=_final_params(adapted),
+        final_params=_count(adapted, "final_parameter_count"),
+        adapter_params=_count(adapted, "adapter_parameter_count"),
         history=list(getattr(adapted, "history", [])),
     )
     if finished and adapt is None:
@@ -448,8 +450,8 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _final_params(adapted: Adaptation) -> int | None:
-    count = getattr(adapted, "final_parameter_count", None)
+def _count(adapted: Adaptation, method: str) -> int | None:
+    count = getattr(adapted, method, None)
     return int(count()) if count else None
 
 
