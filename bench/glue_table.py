@@ -66,9 +66,7 @@ def matched_lora_rank(adalora_cells: dict[int, dict]) -> int:
 def run_protocol(tasks: list[str], out: Path, jobs: int, threads: int) -> None:
     for task in tasks:
         seeds = PROTOCOL[task].seeds
-        run_cells(
-            [cell(task, m, s, threads) for s in seeds for m in ("adalora", "svd")], out, jobs
-        )
+        run_cells([cell(task, m, s, threads) for s in seeds for m in ("adalora", "svd")], out, jobs)
         adalora = dev_results(finished(out), task, "adalora")
         if len(adalora) < len(seeds):
             continue  # a cell failed; the next run retries it before LoRA's rank is fixed
@@ -125,6 +123,23 @@ def table(results: list[dict[str, Any]], tasks: list[str]) -> str:
     return "\n".join(lines + verdicts)
 
 
+def draw_allocation(results: list[dict[str, Any]], task: str, path: Path) -> None:
+    """The final rank pattern of the task's seed-0 AdaLoRA cell, as the API draws it."""
+    from adalora_core.inject import module_layer_and_kind
+    from api.heatmap import draw_rank_heatmap
+
+    cell = dev_results(results, task, "adalora").get(0)
+    if cell is None or not cell.get("ranks"):
+        return
+    modules = [
+        {"name": name, "layer": layer, "kind": kind, "rank": rank}
+        for name, rank in cell["ranks"].items()
+        for layer, kind in [module_layer_and_kind(name)]
+    ]
+    title = f"{task}: AdaLoRA 12→8, seed 0 (final budget {sum(cell['ranks'].values())})"
+    path.write_bytes(draw_rank_heatmap(modules, init_r=cell["adalora"]["init_r"], title=title))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="+", default=list(PROTOCOL), choices=list(PROTOCOL))
@@ -132,10 +147,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per cell")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--heatmaps", type=Path, help="folder for <task>_ranks.png")
     args = parser.parse_args(argv)
     if not args.table_only:
         run_protocol(args.tasks, args.out, args.jobs, args.threads)
-    print(table(finished(args.out), args.tasks))
+    results = finished(args.out)
+    print(table(results, args.tasks))
+    if args.heatmaps:
+        args.heatmaps.mkdir(parents=True, exist_ok=True)
+        for task in args.tasks:
+            draw_allocation(results, task, args.heatmaps / f"{task}_ranks.png")
 
 
 if __name__ == "__main__":
