@@ -155,7 +155,11 @@ def test_api_killed_during_uploads_and_submissions(
         for job in landed:  # every visible job is complete: resolved, with its first event
             assert job["status"] == "queued" and job["hyperparameters"]["total_steps"] == 6
             events = client.ok("GET", f"/jobs/{job['id']}/events")["items"]
-            assert [e["data"]["to"] for e in events] == ["queued"]
+            # The first status event and the short-schedule warning, written with the job.
+            assert [(e["kind"], e["data"].get("to")) for e in events] == [
+                ("status", "queued"),
+                ("warning", None),
+            ]
 
         retried = {}
         for idem in keys:

@@ -58,5 +58,6 @@ def test_100_distinct_keys_make_100_jobs_and_one_key_makes_one(
     assert len({job_id for _, job_id in results}) == 1
     assert sorted(code for code, _ in results) == [200] * (CLIENTS - 1) + [202]
     assert _count(sessions, Job) == CLIENTS + 1
-    # One "queued" status event per job: the losers of the race left nothing behind.
-    assert _count(sessions, JobEvent) == CLIENTS + 1
+    # Per job one "queued" status event and one warning (6 updates are too few for the
+    # allocator): the losers of the race left nothing behind.
+    assert _count(sessions, JobEvent) == 2 * (CLIENTS + 1)
