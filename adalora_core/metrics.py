@@ -15,11 +15,13 @@ def accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
 
 
 def f1(predictions: Sequence[int], references: Sequence[int], num_classes: int = 2) -> float:
-    """Binary F1 of class 1 for two classes; the unweighted mean over classes otherwise."""
+    """Binary F1 of class 1 for two classes; otherwise macro F1, the unweighted mean over the
+    classes that occur in the predictions or the references (scikit-learn's ``average="macro"``:
+    a class absent from both is skipped, not counted as 0)."""
     pred, ref = _pair(predictions, references)
     if num_classes <= 2:
         return _f1_of_class(pred, ref, 1)
-    return float(np.mean([_f1_of_class(pred, ref, c) for c in range(num_classes)]))
+    return float(np.mean([_f1_of_class(pred, ref, c) for c in np.union1d(pred, ref)]))
 
 
 def matthews_corrcoef(predictions: Sequence[int], references: Sequence[int]) -> float:

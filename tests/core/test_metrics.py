@@ -18,6 +18,12 @@ def test_binary_f1_is_f1_of_the_positive_class() -> None:
     assert metrics.f1(PRED, REF) == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
 
 
+def test_macro_f1_skips_a_class_absent_from_predictions_and_references() -> None:
+    """As scikit-learn's f1_score(average="macro"): class 2 never occurs, so the mean is over
+    classes 0 and 1 (F1 2/3 each), not (2/3 + 2/3 + 0) / 3."""
+    assert metrics.f1([0, 0, 1], [0, 1, 1], num_classes=3) == pytest.approx(2 / 3)
+
+
 def test_macro_f1_for_three_classes() -> None:
     # class 0: F1 1; class 1: no true positive, 0; class 2: TP 1, FP 1, FN 1 -> 0.5
     assert metrics.f1([0, 1, 2, 2], [0, 2, 2, 1], num_classes=3) == pytest.approx(0.5)
