@@ -63,7 +63,8 @@ def draw_rank_heatmap(
                 )
     figure.colorbar(image, ax=axes, label="rank")
     if title:
-        axes.set_title(title)
+        # Titles carry user-chosen names: "$...$" must stay text, not become math.
+        axes.set_title(title, parse_math=False)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format=fmt, dpi=100)

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.heatmap import rank_grid
+from api.heatmap import draw_rank_heatmap, rank_grid
 from registry import adapters as adapter_rows
 from registry import jobs as job_rows
 from registry.settings import Settings
@@ -166,3 +166,11 @@ def test_tampered_download_over_real_http_is_incomplete(
     url = f"{live_server.url}/adapters/{adapter['id']}/download"
     with pytest.raises(httpx.RemoteProtocolError):
         httpx.get(url, headers=tenant.headers, timeout=30)
+
+
+@pytest.mark.parametrize("name", ["cost $5 and $x^$", r"$\frac{", "50% $$"])
+def test_heatmap_titles_with_dollar_signs_are_plain_text(name: str) -> None:
+    """A job or adapter name is user text; matplotlib would parse "$...$" as math and fail."""
+    modules = RANK_INFO["modules"]
+    for fmt in ("png", "svg"):
+        assert draw_rank_heatmap(modules, 8, title=f"{name}: final ranks", fmt=fmt)
