@@ -237,8 +237,12 @@ class JobRunner:
             owned = load_owned_job(session, job.id, self.owner)
             if owned is None:
                 return Outcome("lost")
-            transition(owned, JobStatus.UPLOADING)
-            session.commit()
+            cancelled = owned.status == JobStatus.CANCELLING.value
+            if not cancelled:
+                transition(owned, JobStatus.UPLOADING)
+                session.commit()
+        if cancelled:  # asked after the trainer's last poll (final evaluation or save)
+            return self._finish_cancelled()
 
         adapter_id = new_id("ad")
         bundle_dir = Path(result.adapter_dir)

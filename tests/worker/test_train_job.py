@@ -214,3 +214,33 @@ def test_jobs_checkpoint_about_ten_times_unless_they_choose(world) -> None:
     assert unchosen.training.checkpoint_every == 4
     chosen = job_spec(world.job(world.submit(max_steps=40, checkpoint_every=7)))
     assert chosen.training.checkpoint_every == 7
+
+
+def test_a_cancel_during_the_final_evaluation_or_save_ends_cancelled(
+    world, settings, sessions, store: LocalStore, monkeypatch
+) -> None:
+    """The trainer polls for cancellation before each micro-batch; a cancel that lands after
+    the last poll (final evaluation, saving the bundle) must still end as cancelled, with no
+    adapter and no artifacts, not as internal_error."""
+    import adalora_core.trainer
+
+    real_train = adalora_core.trainer.train
+    job_id = world.submit(max_steps=6)
+
+    def train_then_cancel(**kwargs):
+        result = real_train(**kwargs)
+        with sessions() as session:
+            request_cancel(session, session.get(Job, job_id))
+            session.commit()
+        return result
+
+    monkeypatch.setattr(adalora_core.trainer, "train", train_then_cancel)
+    assert run_job(job_id, settings, sessions, store).status == "cancelled"
+    job = world.job(job_id)
+    assert job.status == "cancelled" and job.error is None and job.adapter_id is None
+    assert [e["to"] for e in events(world, job_id, "status")][-2:] == ["cancelling", "cancelled"]
+    assert events(world, job_id, "error") == []
+    with sessions() as session:
+        assert session.scalars(select(Adapter)).all() == []
+    adapters_dir = store.path_for(f"adapters/{world.tenant_id}/x").parent
+    assert not adapters_dir.exists() or not any(p.is_file() for p in adapters_dir.rglob("*"))
