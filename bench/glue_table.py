@@ -3,8 +3,9 @@
     python -m bench.glue_table --out runs/protocol.jsonl --jobs 2 --tasks sst2 mrpc rte cola
 
 Per task, with the settings the recipe chose on held-out rows (``bench/glue_tune.py``):
-1. AdaLoRA (12 -> 8) and the SVD-form ablation (fixed rank 8, no pruning) over paired seeds.
+1. AdaLoRA (12 -> 8) over paired seeds.
 2. LoRA at the rank whose final parameter count is nearest to AdaLoRA's mean final count.
+3. The SVD-form ablation (fixed rank 8, no pruning).
 Every cell trains on the same sample the tuning used (the held-out rows stay out) and is
 scored on the full dev set. Finished cells are appended as JSON lines; a re-run resumes.
 ``--table-only`` prints the table from what is there.
@@ -64,15 +65,17 @@ def matched_lora_rank(adalora_cells: dict[int, dict]) -> int:
 
 
 def run_protocol(tasks: list[str], out: Path, jobs: int, threads: int) -> None:
+    """AdaLoRA first (its final size fixes LoRA's rank), then LoRA, then the ablation."""
     for task in tasks:
         seeds = PROTOCOL[task].seeds
-        run_cells([cell(task, m, s, threads) for s in seeds for m in ("adalora", "svd")], out, jobs)
+        run_cells([cell(task, "adalora", s, threads) for s in seeds], out, jobs)
         adalora = dev_results(finished(out), task, "adalora")
         if len(adalora) < len(seeds):
             continue  # a cell failed; the next run retries it before LoRA's rank is fixed
         rank = matched_lora_rank(adalora)
         lora = [cell(task, "lora", s, threads, "--lora-r", str(rank)) for s in seeds]
         run_cells(lora, out, jobs)
+        run_cells([cell(task, "svd", s, threads) for s in seeds], out, jobs)
 
 
 def _mean_std(values: list[float]) -> str:
