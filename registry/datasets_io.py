@@ -170,11 +170,29 @@ def _jsonl_records(
         yield number, record
 
 
+def _tsv_quoting(handle: BinaryIO, limits: DatasetLimits) -> int:
+    """How a TSV file quotes. GLUE and most NLP TSV files do not (HF datasets reads them with
+    QUOTE_NONE), and a field may start with a '"' that is plain text; pandas' ``to_csv(sep="\t")``
+    writes CSV-style quoting. The file is read as quoted only if all of it parses that way with
+    every row as wide as the first; otherwise quotes are text. Reads the file once more."""
+    start = handle.tell()
+    lines = (text for _, text in _lines(handle, limits.max_line_bytes))
+    reader = csv.reader(lines, delimiter="\t", strict=True)
+    try:
+        widths = {len(row) for row in reader if row}
+        return csv.QUOTE_MINIMAL if len(widths) <= 1 else csv.QUOTE_NONE
+    except csv.Error:
+        return csv.QUOTE_NONE
+    finally:
+        handle.seek(start)
+
+
 def _delimited_records(
     handle: BinaryIO, limits: DatasetLimits, columns: list[str], delimiter: str
 ) -> Iterator[tuple[int, dict[str, Any]]]:
+    quoting = _tsv_quoting(handle, limits) if delimiter == "\t" else csv.QUOTE_MINIMAL
     lines = (text for _, text in _lines(handle, limits.max_line_bytes))
-    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    reader = csv.reader(lines, delimiter=delimiter, quoting=quoting, strict=True)
     try:
         header = next(reader, None)
         if header is None:

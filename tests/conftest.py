@@ -66,6 +66,22 @@ def require_service(name: str, problem: str) -> None:
     pytest.skip(message)
 
 
+GLUE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
+
+
+def glue_file(name: str) -> Path:
+    """A GLUE file as published (shared/ lies beside the clone, in CI too)."""
+    path = GLUE_DIR / name
+    if not path.is_file():
+        require_service("shared/data/glue", f"{path} is missing")
+    return path
+
+
+def data_lines(path: Path) -> int:
+    """Non-empty lines after the header."""
+    return len([line for line in path.read_bytes().split(b"\n")[1:] if line.strip()])
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")

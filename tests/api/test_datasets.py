@@ -17,7 +17,7 @@ from api.main import create_app
 from registry.models import Dataset
 from registry.settings import Settings
 from tests.api.conftest import SST_ROWS, job_body, jsonl
-from tests.conftest import TenantKey
+from tests.conftest import TenantKey, data_lines, glue_file
 
 
 def stored_files(settings: Settings) -> list[Path]:
@@ -187,3 +187,15 @@ def test_list_pagination_and_delete(
     # The finished job outlives its dataset.
     kept = client.get(f"/jobs/{job.json()['id']}", headers=tenant.headers).json()
     assert kept["dataset_id"] is None and kept["status"] == "cancelled"
+
+
+@pytest.mark.parametrize(
+    "name", ["RTE/train.tsv", "RTE/dev.tsv", "MRPC/train.tsv", "SST-2/dev.tsv"]
+)
+def test_glue_files_upload_as_published(
+    upload: Callable[..., Any], tenant: TenantKey, name: str
+) -> None:
+    path = glue_file(name)
+    response = upload(tenant, name.replace("/", "-"), path.read_bytes())
+    assert response.status_code == 201, response.text
+    assert response.json()["num_rows"] == data_lines(path)

@@ -16,6 +16,7 @@ from registry.datasets_io import (
     read_rows,
     scan,
 )
+from tests.conftest import data_lines, glue_file
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -167,3 +168,44 @@ def test_jsonl_keeps_json_types_csv_infers(tmp_path: Path) -> None:
     assert scan(jl, "jsonl").column_types == {"a": "string", "b": "integer", "c": "number"}
     csv_path = write(tmp_path, "t.csv", "a,b\n5,5.5\n")
     assert scan(csv_path, "csv").column_types == {"a": "integer", "b": "number"}
+
+
+GLUE_WITH_HEADER = [
+    f"{task}/{split}.tsv" for task in ("SST-2", "RTE", "MRPC") for split in ("train", "dev")
+]
+
+
+@pytest.mark.parametrize("name", GLUE_WITH_HEADER)
+def test_glue_tsv_files_as_published(name: str) -> None:
+    """GLUE's TSV files are unquoted: RTE and MRPC have fields that begin with a '"' which is
+    text, not CSV quoting. Every data line is one row, quotes kept."""
+    path = glue_file(name)
+    assert scan(path, "tsv").num_rows == data_lines(path)
+    rows = read_rows(path, "tsv")
+    raw = [line.split("\t") for line in path.read_text("utf-8-sig").splitlines()[1:] if line]
+    assert [list(r.values()) for r in rows] == [[v or None for v in fields] for fields in raw]
+
+
+def test_unquoted_tsv_keeps_leading_quotes_as_text(tmp_path: Path) -> None:
+    path = write(tmp_path, "d.tsv", 'text\tlabel\n"Hello," she said.\t1\nplain\t0\n')
+    assert [r["text"] for r in iter_rows(path, "tsv")] == ['"Hello," she said.', "plain"]
+
+
+def test_csv_quoted_tsv_as_pandas_writes_it(tmp_path: Path) -> None:
+    """pandas' to_csv(sep="\\t") quotes fields holding a quote, a tab or a newline."""
+    content = 'text\tlabel\n"He said ""hi"""\t1\n"a\ttab"\t0\n"two\nlines"\t1\nplain\t0\n'
+    path = write(tmp_path, "d.tsv", content)
+    assert [r["text"] for r in iter_rows(path, "tsv")] == [
+        'He said "hi"',
+        "a\ttab",
+        "two\nlines",
+        "plain",
+    ]
+    assert scan(path, "tsv").num_rows == 4
+
+
+def test_a_tsv_row_with_the_wrong_width_is_still_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "d.tsv", 'text\tlabel\n"quoted" text\t1\nmissing\n')
+    with pytest.raises(DatasetError) as raised:
+        scan(path, "tsv")
+    assert raised.value.row == 3 and "expected 2 fields" in raised.value.message
