@@ -31,6 +31,9 @@ MAX_UPDATES = 1000
 MAX_EPOCHS = 20
 BATCH_SIZE = 16
 
+# AdaLoRA starts with this many times the ranks it keeps (the default 12 -> 8).
+INIT_TO_TARGET_RATIO = 1.5
+
 # Below this many updates in the budget-reducing phase the allocator changes ranks too fast to
 # measure importance (the authors' advice); a job whose settings give less gets a warning.
 MIN_REDUCTION_UPDATES = 200
@@ -128,10 +131,7 @@ def resolve(
         chosen.append("training.eval_every")
 
     pick(given_adalora, "adalora", "lora_alpha", defaults.lora_alpha)
-    for name in ("init_r", "target_r"):
-        pick(given_adalora, "adalora", name, getattr(AdaLoraConfig, name))
-    if given_adalora["target_r"] > given_adalora["init_r"] and "adalora.init_r" in chosen:
-        given_adalora["init_r"] = given_adalora["target_r"]
+    _pick_ranks(given_adalora, chosen)
     unset_schedule = [n for n in ("t_init", "t_final", "delta_t") if n not in given_adalora]
     adalora_config = AdaLoraConfig.from_dict(given_adalora)
     schedule = None
@@ -154,6 +154,20 @@ def resolve(
         chosen=tuple(chosen),
         warnings=tuple(warnings),
     )
+
+
+def _pick_ranks(given: dict[str, Any], chosen: list[str]) -> None:
+    """init_r and target_r keep the default ratio (12 -> 8) to whichever of them was given."""
+    init_given, target_given = "init_r" in given, "target_r" in given
+    if not init_given and not target_given:
+        given["init_r"], given["target_r"] = AdaLoraConfig.init_r, AdaLoraConfig.target_r
+    elif not target_given:
+        given["target_r"] = max(1, round(given["init_r"] / INIT_TO_TARGET_RATIO))
+    elif not init_given:
+        given["init_r"] = math.ceil(given["target_r"] * INIT_TO_TARGET_RATIO)
+    chosen += [
+        f"adalora.{n}" for n, was in (("init_r", init_given), ("target_r", target_given)) if not was
+    ]
 
 
 def schedule_warnings(schedule: BudgetSchedule, config: AdaLoraConfig) -> list[str]:

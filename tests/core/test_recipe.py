@@ -70,8 +70,11 @@ def test_given_values_are_kept_and_the_rest_follows_them() -> None:
     assert "adalora.t_init" not in resolved.chosen and "adalora.t_final" in resolved.chosen
 
 
-def test_target_above_the_default_init_raises_init_to_match() -> None:
-    assert resolve(4_000, adalora={"target_r": 16}).adalora.init_r == 16
+def test_one_given_rank_sets_the_other_at_the_default_ratio() -> None:
+    assert resolve(4_000, adalora={"target_r": 16}).adalora.init_r == 24
+    only_init = resolve(4_000, adalora={"init_r": 4})
+    assert only_init.adalora.target_r == 3 and "adalora.target_r" in only_init.chosen
+    assert "adalora.init_r" not in only_init.chosen
     with pytest.raises(ConfigError) as raised:
         resolve(4_000, adalora={"init_r": 4, "target_r": 16})
     assert raised.value.field == "adalora.target_r"
