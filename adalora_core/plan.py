@@ -69,10 +69,6 @@ class TrainingConfig:
             _positive_int("checkpoint_every", self.checkpoint_every)
         return self
 
-    @property
-    def effective_batch_size(self) -> int:
-        return self.batch_size * self.grad_accum
-
 
 def micro_batches_per_epoch(num_rows: int, training: TrainingConfig) -> int:
     """Micro-batches in one pass over the data; the last one may be short."""

@@ -7,15 +7,12 @@ async), the lifespan calls them (e.g. to put the engine on ``app.state.engine``)
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import Depends, FastAPI
 
+from api import inference
 from api.bodylimit import BodySizeLimitMiddleware
 from api.deps import reject_unknown_query
 from api.errors import install_error_handlers
@@ -29,21 +26,6 @@ from registry.settings import Settings, get_settings
 from registry.store import get_store
 
 
-async def _call_hook(module: Any, name: str, app: FastAPI) -> None:
-    hook = getattr(module, name, None)
-    if hook is None:
-        return
-    result = hook(app)
-    if inspect.isawaitable(result):
-        await result
-
-
-def _inference_module() -> Any | None:
-    if importlib.util.find_spec("api.inference") is None:
-        return None
-    return importlib.import_module("api.inference")
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -51,12 +33,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with app.state.sessions() as session:
             tenants.ensure_api_key(session, settings.api_key)
             session.commit()
-    inference = _inference_module()
-    await _call_hook(inference, "startup", app)
+    inference.startup(app)
     try:
         yield
     finally:
-        await _call_hook(inference, "shutdown", app)
+        inference.shutdown(app)
         app.state.producer.close()
 
 

@@ -11,7 +11,16 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cli.client import DEFAULT_URL, ApiClient, JsonOption, KeyOption, UrlOption, fail, items
+from cli.client import (
+    DEFAULT_URL,
+    ApiClient,
+    JsonOption,
+    KeyOption,
+    LimitOption,
+    UrlOption,
+    fail,
+    items,
+)
 
 app = typer.Typer(
     help="List adapters, inspect their rank pattern, download them.", no_args_is_help=True
@@ -21,10 +30,15 @@ FORMATS = ("peft", "lora", "merged")
 
 
 @app.command("list")
-def list_(url: UrlOption = DEFAULT_URL, key: KeyOption = None, as_json: JsonOption = False) -> None:
+def list_(
+    limit: LimitOption = 1000,
+    url: UrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """List this tenant's adapters."""
     with ApiClient(url, key) as api:
-        payload = api.json("GET", "/adapters")
+        payload = api.list_all("/adapters", limit=limit)
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
         return

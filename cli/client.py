@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any
 
 import httpx
 import typer
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-API_PREFIX = ""
 
 UrlOption = Annotated[
     str,
@@ -22,6 +20,10 @@ KeyOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the raw JSON answer.")]
+LimitOption = Annotated[
+    int, typer.Option("--limit", min=1, help="Show at most this many (newest first).")
+]
+PAGE_SIZE = 200  # the API's largest page
 
 
 class ApiClient:
@@ -31,7 +33,7 @@ class ApiClient:
         if not key:
             raise typer.BadParameter("an API key is required: pass --key or set ADALORA_KEY")
         self._http = httpx.Client(
-            base_url=url.rstrip("/") + API_PREFIX,
+            base_url=url.rstrip("/"),
             headers={"Authorization": f"Bearer {key}"},
             timeout=timeout,
         )
@@ -54,6 +56,26 @@ class ApiClient:
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.request(method, path, **kwargs)
         return response.json() if response.content else None
+
+    def list_all(
+        self, path: str, params: dict[str, Any] | None = None, limit: int = 1000
+    ) -> dict[str, Any]:
+        """Follow ``next_cursor`` until ``limit`` items; the answer keeps the API's shape, with
+        ``next_cursor`` set when more exist beyond the limit (a note on stderr says so)."""
+        collected: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            query = {**(params or {}), "limit": min(PAGE_SIZE, limit - len(collected))}
+            if cursor:
+                query["cursor"] = cursor
+            page = self.json("GET", path, params=query)
+            collected += items(page)
+            cursor = page.get("next_cursor") if isinstance(page, dict) else None
+            if not cursor or len(collected) >= limit:
+                break
+        if cursor:
+            typer.secho(f"showing {len(collected)}; more exist (raise --limit)", err=True)
+        return {"items": collected, "next_cursor": cursor}
 
     def stream(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._http.stream(method, path, **kwargs)
@@ -82,14 +104,8 @@ def fail(message: str, code: int = 1) -> Any:
     raise typer.Exit(code)
 
 
-def default_url() -> str:
-    return os.environ.get("ADALORA_URL", DEFAULT_URL)
-
-
 def items(payload: Any) -> list[dict[str, Any]]:
-    """List endpoints answer {"data": [...]} (or a bare list)."""
-    if isinstance(payload, dict):
-        for key in ("data", "items"):
-            if isinstance(payload.get(key), list):
-                return payload[key]
-    return payload if isinstance(payload, list) else []
+    """The items of a list endpoint's answer ({"items": [...], "next_cursor": ...})."""
+    if isinstance(payload, dict) and isinstance(payload.get("items"), list):
+        return payload["items"]
+    return []

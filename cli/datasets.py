@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.client import DEFAULT_URL, ApiClient, JsonOption, KeyOption, UrlOption, items
+from cli.client import DEFAULT_URL, ApiClient, JsonOption, KeyOption, LimitOption, UrlOption, items
 
 app = typer.Typer(
     help="Upload and list training data sets (.jsonl, .csv, .tsv).", no_args_is_help=True
@@ -39,10 +39,15 @@ def upload(
 
 
 @app.command("list")
-def list_(url: UrlOption = DEFAULT_URL, key: KeyOption = None, as_json: JsonOption = False) -> None:
+def list_(
+    limit: LimitOption = 1000,
+    url: UrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """List this tenant's data sets."""
     with ApiClient(url, key) as api:
-        payload = api.json("GET", "/datasets")
+        payload = api.list_all("/datasets", limit=limit)
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
         return

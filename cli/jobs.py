@@ -12,7 +12,16 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cli.client import DEFAULT_URL, ApiClient, JsonOption, KeyOption, UrlOption, fail, items
+from cli.client import (
+    DEFAULT_URL,
+    ApiClient,
+    JsonOption,
+    KeyOption,
+    LimitOption,
+    UrlOption,
+    fail,
+    items,
+)
 
 app = typer.Typer(help="Submit, watch and cancel training jobs.", no_args_is_help=True)
 
@@ -110,13 +119,14 @@ def submit(
 @app.command("list")
 def list_(
     status: Annotated[str | None, typer.Option(help="Only jobs in this status.")] = None,
+    limit: LimitOption = 1000,
     url: UrlOption = DEFAULT_URL,
     key: KeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """List jobs, newest first."""
     with ApiClient(url, key) as api:
-        payload = api.json("GET", "/jobs", params={"status": status} if status else None)
+        payload = api.list_all("/jobs", {"status": status} if status else None, limit)
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
         return

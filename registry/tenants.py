@@ -29,10 +29,6 @@ def create_tenant(session: Session, name: str) -> Tenant:
     return tenant
 
 
-def get_tenant(session: Session, tenant_id: str) -> Tenant | None:
-    return session.get(Tenant, tenant_id)
-
-
 def find_tenant_by_name(session: Session, name: str) -> Tenant | None:
     return session.scalars(select(Tenant).where(Tenant.name == name).order_by(Tenant.id)).first()
 

@@ -178,7 +178,7 @@ def delete_adapter(
     keys = adapter_rows.delete_adapter(session, adapter)
     session.commit()
     engine = getattr(request.app.state, "engine", None)
-    if engine is not None and hasattr(engine, "evict"):
+    if engine is not None:
         try:
             engine.evict(adapter_id)
         except Exception:

@@ -150,3 +150,18 @@ def test_errors_name_the_field(live) -> None:
     assert bad.exit_code == 1 and "HTTP 422" in bad.output and "dataset_id" in bad.output
     wrong_format = run(live, "adapters", "download", "ad_x", "--format", "onnx", ok=False)
     assert wrong_format.exit_code == 1 and "--format must be one of" in wrong_format.output
+
+
+def test_list_commands_follow_every_page(live, monkeypatch) -> None:
+    """Lists follow next_cursor (pages of one here), and --limit says when more exist."""
+    monkeypatch.setattr("cli.client.PAGE_SIZE", 1)
+    uploaded = [
+        run(live, "datasets", "upload", str(live.data), "--name", f"page-{i}").stdout.strip()
+        for i in range(3)
+    ]
+    listed = run(live, "datasets", "list", "--json").stdout
+    assert all(dataset_id in listed for dataset_id in uploaded)
+    assert json.loads(listed)["next_cursor"] is None
+    limited = run(live, "datasets", "list", "--limit", "2", "--json")
+    assert len(json.loads(limited.stdout)["items"]) == 2
+    assert "more exist" in limited.stderr
