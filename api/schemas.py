@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from registry.vocabulary import EventKind, JobStatus
+
 # Printable-ish text: no NUL or other C0 control characters (PostgreSQL rejects NUL).
 NO_CONTROL = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"
 Text = Annotated[str, StringConstraints(pattern=NO_CONTROL)]
@@ -153,9 +155,7 @@ class JobError(BaseModel):
 class JobOut(BaseModel):
     id: str
     name: str | None
-    status: Literal[
-        "queued", "running", "uploading", "succeeded", "failed", "cancelling", "cancelled"
-    ]
+    status: JobStatus
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -179,7 +179,7 @@ class JobList(BaseModel):
 
 class EventOut(BaseModel):
     id: int
-    kind: Literal["status", "progress", "eval", "error", "log", "warning"]
+    kind: EventKind
     data: dict[str, Any]
     created_at: datetime
 

@@ -22,10 +22,9 @@ from cli.client import (
     fail,
     items,
 )
+from registry.vocabulary import TERMINAL
 
 app = typer.Typer(help="Submit, watch and cancel training jobs.", no_args_is_help=True)
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def build_request(

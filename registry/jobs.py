@@ -17,8 +17,7 @@ from registry.ids import new_id
 from registry.models import Job, JobEvent, utcnow
 from registry.pagination import Page, paginate
 from registry.states import ALLOWED, TERMINAL, IllegalTransition, JobStatus
-
-EVENT_KINDS = frozenset({"status", "progress", "eval", "error", "log", "warning"})
+from registry.vocabulary import EventKind
 
 
 def create_job(
@@ -108,8 +107,8 @@ def list_jobs(
 
 
 def add_event(session: Session, job: Job, kind: str, data: dict[str, Any]) -> JobEvent:
-    if kind not in EVENT_KINDS:
-        raise ValueError(f"unknown event kind {kind!r}; expected one of {sorted(EVENT_KINDS)}")
+    if kind not in set(EventKind):
+        raise ValueError(f"unknown event kind {kind!r}; expected one of {sorted(EventKind)}")
     event = JobEvent(job_id=job.id, tenant_id=job.tenant_id, kind=kind, data=data)
     event.created_at = utcnow()
     session.add(event)

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy.orm import object_session
 
 from registry.models import Job, JobEvent, utcnow
+from registry.vocabulary import ACTIVE, TERMINAL, JobStatus
 
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    UPLOADING = "uploading"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLING = "cancelling"
-    CANCELLED = "cancelled"
+__all__ = ["ACTIVE", "ALLOWED", "TERMINAL", "IllegalTransition", "JobStatus", "transition"]
 
 
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
@@ -31,9 +23,6 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELLED: frozenset(),
 }
-
-TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
-ACTIVE = frozenset(JobStatus) - TERMINAL
 
 
 class IllegalTransition(ValueError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Response
 from sqlalchemy.exc import IntegrityError
@@ -26,13 +26,10 @@ from registry import jobs as job_rows
 from registry.models import Job
 from registry.queue import TaskProducer
 from registry.states import IllegalTransition
+from registry.vocabulary import JobStatus
 
 log = logging.getLogger("adalora.api.jobs")
 router = APIRouter(tags=["jobs"])
-
-StatusFilter = Literal[
-    "queued", "running", "uploading", "succeeded", "failed", "cancelling", "cancelled"
-]
 
 
 def job_out(job: Job) -> JobOut:
@@ -154,7 +151,7 @@ def submit_job(
 def list_jobs(
     caller: CallerDep,
     session: SessionDep,
-    status: StatusFilter | None = None,
+    status: JobStatus | None = None,
     limit: PageLimit = 50,
     cursor: PageCursor = None,
 ) -> JobList:
