@@ -3,6 +3,7 @@ hyper-parameters (total_steps, the budget schedule, label names). Torch-free."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict
@@ -141,8 +142,10 @@ def resolve_labels(
     return None
 
 
+@functools.lru_cache(maxsize=64)
 def _max_positions(model_path: str) -> int | None:
-    """The base model's position limit from its config.json (torch-free); None if unknown."""
+    """The base model's position limit from its config.json (torch-free; read once per
+    registered model, not on every submission); None if unknown."""
     try:
         config = json.loads((Path(model_path) / "config.json").read_text())
     except (OSError, ValueError):
