@@ -106,6 +106,16 @@ def build_variants(total_steps: int, batch: dict[str, torch.Tensor]) -> list[Var
     return variants
 
 
+# --clip: every variant clips its gradient norm at 1.0 before the optimizer step, as the
+# trainer (adalora_core.trainer) does by default.
+CLIP: float | None = None
+
+
+def _clip(params) -> None:
+    if CLIP:
+        torch.nn.utils.clip_grad_norm_(params, CLIP, foreach=True)
+
+
 def _ours(name: str, model, batch) -> Variant:
     params = model.adapter_parameters() + model.head_parameters()
     optimizer = torch.optim.AdamW(params, lr=LR)
@@ -113,6 +123,7 @@ def _ours(name: str, model, batch) -> Variant:
     def step(t: int) -> None:
         loss = model(**batch).loss + model.regularization_loss()
         loss.backward()
+        _clip(params)
         optimizer.step()
         model.update_and_allocate(t)
         model.zero_grad_adapters()
@@ -121,11 +132,13 @@ def _ours(name: str, model, batch) -> Variant:
 
 
 def _peft(name: str, model, batch, *, adalora: bool) -> Variant:
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LR)
 
     def step(t: int) -> None:
         loss = model(**batch).loss  # PEFT's AdaLoRA adds its orthogonality term itself
         loss.backward()
+        _clip(params)
         optimizer.step()
         if adalora:
             model.base_model.update_and_allocate(t)
@@ -155,7 +168,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--clip", action="store_true", help="clip gradient norms at 1.0")
     args = parser.parse_args()
+    global CLIP
+    CLIP = 1.0 if args.clip else None
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
