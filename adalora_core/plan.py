@@ -27,6 +27,9 @@ class TrainingConfig:
     # AdaLoRA authors' recipe does; 0 or None turns clipping off.
     max_grad_norm: float | None = 1.0
     max_length: int = 128
+    # Batch rows of similar token length together (less padding). Off here so a config saved
+    # before the field existed replays its data order; the service's recipe turns it on.
+    group_by_length: bool = False
     seed: int = 0
     eval_every: int | None = None
     checkpoint_every: int | None = None
@@ -60,6 +63,10 @@ class TrainingConfig:
             raise ConfigError(
                 "training.max_grad_norm",
                 f"must be a number >= 0 (0 turns clipping off), got {self.max_grad_norm!r}",
+            )
+        if not isinstance(self.group_by_length, bool):
+            raise ConfigError(
+                "training.group_by_length", f"must be true or false, got {self.group_by_length!r}"
             )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError("training.seed", f"must be a non-negative integer, got {self.seed!r}")

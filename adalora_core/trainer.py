@@ -28,6 +28,7 @@ from adalora_core.config import AdaLoraConfig
 from adalora_core.errors import ConfigError
 from adalora_core.formats.bundle import AdapterMeta
 from adalora_core.inject import module_layer_and_kind
+from adalora_core.ordering import epoch_order, length_grouped_order
 from adalora_core.plan import TrainingConfig, micro_batches_per_epoch, total_updates
 from adalora_core.tasks import (
     EvalAccumulator,
@@ -264,6 +265,7 @@ class _Loop:
         self.optimizer = build_optimizer(self.trainable, training)
         self.scheduler = build_scheduler(self.optimizer, total, training.warmup_ratio)
         self.batches_per_epoch = micro_batches_per_epoch(len(train_data), training)
+        self.lengths = [len(row["input_ids"]) for row in train_data]
         self.step = 0
         self.epoch = 0
         self.batch = 0
@@ -275,7 +277,7 @@ class _Loop:
         self.adapted.train()
         accum = self.training.grad_accum
         while self.step < self.total:
-            order = epoch_order(len(self.train_data), self.training.seed, self.epoch)
+            order = self._epoch_order()
             starts = range(self.batch, self.batches_per_epoch, accum)
             for first in starts:
                 group = range(first, min(first + accum, self.batches_per_epoch))
@@ -294,6 +296,13 @@ class _Loop:
                 if self.step == self.total:
                     break
         return True
+
+    def _epoch_order(self) -> torch.Tensor:
+        if self.training.group_by_length:
+            return length_grouped_order(
+                self.lengths, self.training.seed, self.epoch, self.training.batch_size
+            )
+        return epoch_order(len(self.train_data), self.training.seed, self.epoch)
 
     def _accumulate(self, order: torch.Tensor, group: range) -> float | None:
         """Forward/backward over one update's micro-batches; None when cancelled."""
@@ -416,12 +425,6 @@ class _Loop:
         if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
-
-
-def epoch_order(num_rows: int, seed: int, epoch: int) -> torch.Tensor:
-    """The row permutation of one epoch: a function of (seed, epoch) only, so resumable."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(num_rows, generator=generator)
 
 
 def build_optimizer(

@@ -117,6 +117,9 @@ class TrainingParams(Strict):
     weight_decay: float | None = None
     max_grad_norm: float | None = Field(None, description="Gradient clipping; 0 turns it off.")
     max_length: int | None = None
+    group_by_length: bool | None = Field(
+        None, description="Batch rows of similar length together: less padding, faster."
+    )
     seed: int | None = None
     eval_every: int | None = None
     checkpoint_every: int | None = None

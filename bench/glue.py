@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "learning_rate": args.lr,
             "max_length": args.max_length,
             "max_grad_norm": args.max_grad_norm,
+            "group_by_length": args.group_by_length,
             "seed": args.seed,
         },
         given_adalora,
@@ -210,6 +211,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lora-alpha", type=float, default=None)
     parser.add_argument("--max-length", type=int, default=None)
     parser.add_argument("--max-grad-norm", type=float, default=None)
+    parser.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", type=Path, default=DEFAULT_ROOT)
     return parser.parse_args(argv)

@@ -40,6 +40,7 @@ def _training(checkpoint_every: int | None = None) -> TrainingConfig:
         grad_accum=3,
         learning_rate=1e-2,
         checkpoint_every=checkpoint_every,
+        group_by_length=True,  # the service's choice; its order must replay on resume too
         seed=7,
     )
 

@@ -46,6 +46,7 @@ def test_every_task_kind_gets_a_complete_valid_config(kind: str) -> None:
     assert resolved.schedule.final_mask_step - resolved.schedule.t_init >= 200
     assert resolved.adalora.t_init == resolved.schedule.t_init
     assert resolved.warnings == ()
+    assert resolved.training.group_by_length and "training.group_by_length" in resolved.chosen
 
 
 def test_generative_kinds_get_longer_sequences_and_a_smaller_step() -> None:
@@ -60,11 +61,18 @@ def test_generative_kinds_get_longer_sequences_and_a_smaller_step() -> None:
 def test_given_values_are_kept_and_the_rest_follows_them() -> None:
     resolved = resolve(
         4_000,
-        training={"batch_size": 32, "epochs": 2, "learning_rate": 3e-4, "max_grad_norm": 0},
+        training={
+            "batch_size": 32,
+            "epochs": 2,
+            "learning_rate": 3e-4,
+            "max_grad_norm": 0,
+            "group_by_length": False,
+        },
         adalora={"init_r": 6, "target_r": 2, "t_init": 10},
     )
     assert resolved.total_steps == 250  # 2 epochs of 125 updates: epochs decide, not the recipe
     assert resolved.training.learning_rate == 3e-4 and resolved.training.max_grad_norm == 0
+    assert resolved.training.group_by_length is False
     assert resolved.adalora.init_r == 6 and resolved.adalora.t_init == 10
     assert "training.max_steps" not in resolved.chosen
     assert "adalora.t_init" not in resolved.chosen and "adalora.t_final" in resolved.chosen
@@ -92,6 +100,9 @@ def test_invalid_given_values_name_their_field() -> None:
     with pytest.raises(ConfigError) as raised:
         resolve(100, training={"max_grad_norm": -1})
     assert raised.value.field == "training.max_grad_norm"
+    with pytest.raises(ConfigError) as raised:
+        resolve(100, training={"group_by_length": "yes"})
+    assert raised.value.field == "training.group_by_length"
     with pytest.raises(ConfigError) as raised:
         resolve(100, training={"epochs": 1, "max_steps": 5})
     assert raised.value.field == "training.epochs"

@@ -18,7 +18,6 @@ from adalora_core.trainer import (
     ProgressEvent,
     TrainCallbacks,
     build_scheduler,
-    epoch_order,
     resolve_device,
     train,
 )
@@ -233,13 +232,6 @@ def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
         optimizer.step()
         scheduler.step()
     assert lrs == pytest.approx([0.5, 1.0, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8])
-
-
-def test_epoch_order_depends_only_on_seed_and_epoch() -> None:
-    assert torch.equal(epoch_order(50, 1, 0), epoch_order(50, 1, 0))
-    assert not torch.equal(epoch_order(50, 1, 0), epoch_order(50, 1, 1))
-    assert not torch.equal(epoch_order(50, 1, 0), epoch_order(50, 2, 0))
-    assert sorted(epoch_order(50, 1, 3).tolist()) == list(range(50))
 
 
 def test_device_resolution() -> None:
