@@ -8,9 +8,9 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from registry.datasets_io import DatasetSummary
+from registry.lifecycle import ACTIVE
 from registry.models import Dataset, Job, utcnow
 from registry.pagination import Page, paginate
-from registry.states import ACTIVE
 
 
 def create_dataset(

@@ -1,4 +1,4 @@
-"""Job rows and events: submission, listing, cancellation, and the worker's lease/progress writes.
+"""Job rows and events: submission, listing and cancellation (the worker's side is in leases).
 
 Every function takes a Session and leaves committing to the caller unless it says otherwise.
 Concurrent state changes go through conditional UPDATEs (``WHERE status = ...``), so two actors
@@ -7,16 +7,15 @@ can never both win the same transition.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from registry.ids import new_id
+from registry.lifecycle import IllegalTransition, JobStatus, guarded_transition
 from registry.models import Job, JobEvent, utcnow
 from registry.pagination import Page, paginate
-from registry.states import ALLOWED, TERMINAL, IllegalTransition, JobStatus
 from registry.vocabulary import EventKind
 
 
@@ -127,39 +126,6 @@ def list_events(
     return list(session.scalars(stmt))
 
 
-def _conditional_status(
-    session: Session, job: Job, expected: JobStatus, new: JobStatus, **values: Any
-) -> bool:
-    """Move ``job`` from ``expected`` to ``new`` only if nobody moved it first."""
-    if new not in ALLOWED[expected]:
-        raise IllegalTransition(expected, new)
-    now = utcnow()
-    if new in TERMINAL:
-        values.setdefault("finished_at", now)
-        values.setdefault("lease_owner", None)
-        values.setdefault("lease_expires_at", None)
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status == expected.value)
-        .values(status=new.value, updated_at=now, **values)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
-        return False
-    session.add(
-        JobEvent(
-            job_id=job.id,
-            tenant_id=job.tenant_id,
-            kind="status",
-            data={"from": expected.value, "to": new.value},
-            created_at=now,
-        )
-    )
-    session.flush()
-    session.refresh(job)
-    return True
-
-
 def request_cancel(session: Session, job: Job) -> Job:
     """queued -> cancelled at once; running -> cancelling (the worker stops within a step).
 
@@ -167,102 +133,22 @@ def request_cancel(session: Session, job: Job) -> Job:
     uploading job.
     """
     for _ in range(3):
-        if _conditional_status(
-            session, job, JobStatus.QUEUED, JobStatus.CANCELLED, cancel_requested=True
+        for current, new in (
+            (JobStatus.QUEUED, JobStatus.CANCELLED),
+            (JobStatus.RUNNING, JobStatus.CANCELLING),
         ):
-            return job
-        if _conditional_status(
-            session, job, JobStatus.RUNNING, JobStatus.CANCELLING, cancel_requested=True
-        ):
-            return job
+            moved = guarded_transition(
+                session, job.id, new, expected=[current], values={"cancel_requested": True}
+            )
+            if moved is not None:
+                return moved
         session.refresh(job)
         if job.status == JobStatus.CANCELLING.value:
             return job
         if job.status not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
             raise IllegalTransition(job.status, JobStatus.CANCELLING.value)
     raise IllegalTransition(job.status, JobStatus.CANCELLING.value)
-
-
-# --- worker side -------------------------------------------------------------------------
-
-
-def claim_job(session: Session, job: Job, owner: str, lease_seconds: float) -> bool:
-    """queued -> running with a lease for ``owner``; False if another worker got it first."""
-    now = utcnow()
-    return _conditional_status(
-        session,
-        job,
-        JobStatus.QUEUED,
-        JobStatus.RUNNING,
-        lease_owner=owner,
-        lease_expires_at=now + timedelta(seconds=lease_seconds),
-        heartbeat_at=now,
-        attempts=Job.attempts + 1,
-        started_at=func.coalesce(Job.started_at, now),
-    )
-
-
-def renew_lease(session: Session, job: Job, owner: str, lease_seconds: float) -> bool:
-    """Extend the lease if ``owner`` still holds it; False means the job was taken away."""
-    now = utcnow()
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.lease_owner == owner)
-        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
-        .execution_options(synchronize_session=False)
-    )
-    session.flush()
-    session.refresh(job)
-    return result.rowcount == 1
-
-
-def record_progress(
-    session: Session,
-    job: Job,
-    *,
-    step: int,
-    total_steps: int | None = None,
-    epoch: float | None = None,
-    budget_current: int | None = None,
-    metrics: dict[str, Any] | None = None,
-    event: bool = True,
-) -> None:
-    """Write the progress/budget/metrics snapshot and (optionally) a progress event."""
-    progress = {
-        "step": step,
-        "total_steps": total_steps if total_steps is not None else job.progress.get("total_steps"),
-        "epoch": epoch if epoch is not None else job.progress.get("epoch"),
-    }
-    job.progress = progress
-    if budget_current is not None:
-        job.budget = {**job.budget, "current": budget_current}
-    if metrics:
-        job.metrics = {**job.metrics, **metrics}
-    job.updated_at = utcnow()
-    if event:
-        data: dict[str, Any] = dict(progress)
-        if budget_current is not None:
-            data["budget"] = budget_current
-        add_event(session, job, "progress", data)
-    session.flush()
-
-
-def expired_leases(session: Session, now: datetime | None = None) -> list[Job]:
-    """Jobs whose worker stopped heartbeating (for the reconciler)."""
-    now = now or utcnow()
-    owned = [JobStatus.RUNNING.value, JobStatus.UPLOADING.value, JobStatus.CANCELLING.value]
-    stmt = select(Job).where(Job.status.in_(owned), Job.lease_expires_at < now).order_by(Job.id)
-    return list(session.scalars(stmt))
-
-
-def queued_before(session: Session, before: datetime) -> list[Job]:
-    """Jobs still queued that were last touched before ``before`` (to re-enqueue)."""
-    stmt = (
-        select(Job)
-        .where(Job.status == JobStatus.QUEUED.value, Job.updated_at < before)
-        .order_by(Job.id)
-    )
-    return list(session.scalars(stmt))
+    raise IllegalTransition(job.status, JobStatus.CANCELLING.value)
 
 
 def count_by_status(session: Session) -> dict[str, int]:

@@ -14,10 +14,10 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adalora_core.formats.bundle import zip_bundle
+from registry.leases import cancel_requested, write_progress
 from registry.store import checkpoint_key
 from registry.store.base import ArtifactStore
 from worker.heartbeat import Heartbeat
-from worker.leases import cancel_requested, write_progress
 
 log = logging.getLogger(__name__)
 DB_RETRY_S = 1.0  # after a failed write, train on for this long before trying the database again

@@ -2,7 +2,7 @@
 
 The SQL job row is the truth, so there is no result backend. Delivery is at-least-once
 (late acks, unacked tasks go back to the queue when a worker dies); the SQL lease in
-``worker.leases`` makes a second delivery of the same job harmless.
+``registry.leases`` makes a second delivery of the same job harmless.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.leases import renew_lease
+from registry.leases import renew_lease
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from registry.leases import lost_lease_ids, stale_queued_ids
+from registry.lifecycle import JobStatus, transition
 from registry.models import Job, utcnow
 from registry.settings import Settings
-from registry.states import JobStatus, transition
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +49,11 @@ def reconcile_once(session: Session, settings: Settings, enqueue: Enqueue) -> Re
     """One pass over the active jobs; commits each repair on its own."""
     report = ReconcileReport()
     now = utcnow()
-    stale_leases = session.scalars(
-        select(Job.id).where(
-            Job.status.in_(
-                [JobStatus.RUNNING.value, JobStatus.UPLOADING.value, JobStatus.CANCELLING.value]
-            ),
-            (Job.lease_expires_at.is_(None)) | (Job.lease_expires_at < now),
-        )
-    ).all()
-    for job_id in stale_leases:
+    for job_id in lost_lease_ids(session, now):
         _repair_lost_worker(session, job_id, settings, enqueue, report)
 
     resend_before = now - timedelta(seconds=queued_resend_after(settings))
-    stale_queued = session.scalars(
-        select(Job.id).where(
-            Job.status == JobStatus.QUEUED.value,
-            Job.lease_owner.is_(None),
-            Job.updated_at < resend_before,
-        )
-    ).all()
-    for job_id in stale_queued:
+    for job_id in stale_queued_ids(session, resend_before):
         job = session.get(Job, job_id, populate_existing=True)
         if job is None or job.status != JobStatus.QUEUED.value:
             continue

@@ -21,21 +21,21 @@ from registry.datasets_io import DatasetError, read_rows
 from registry.db import get_engine, make_sessionmaker
 from registry.ids import new_id
 from registry.jobs import add_event
+from registry.leases import (
+    lease_job,
+    load_owned_job,
+    worker_identity,
+    write_progress,
+)
+from registry.lifecycle import JobStatus, transition
 from registry.models import Dataset, Job
 from registry.settings import Settings, get_settings
-from registry.states import JobStatus, transition
 from registry.store import adapter_key, get_store
 from registry.store.base import ArtifactStore, ChecksumMismatch, StoreError
 from worker.callbacks import JobCallbacks, eval_metrics, restore_checkpoint
 from worker.celery_app import TRAIN_TASK, app
 from worker.heartbeat import Heartbeat
 from worker.job_spec import JobSpec, job_spec
-from worker.leases import (
-    lease_job,
-    load_owned_job,
-    worker_identity,
-    write_progress,
-)
 
 log = logging.getLogger(__name__)
 

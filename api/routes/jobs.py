@@ -23,9 +23,9 @@ from api.schemas import EventList, EventOut, JobCreate, JobList, JobOut
 from api.submission import invalid, request_hash, resolve_hyperparameters
 from registry import datasets as dataset_rows
 from registry import jobs as job_rows
+from registry.lifecycle import IllegalTransition
 from registry.models import Job
 from registry.queue import TaskProducer
-from registry.states import IllegalTransition
 from registry.vocabulary import JobStatus
 
 log = logging.getLogger("adalora.api.jobs")

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.main import create_app
 from registry import jobs as job_rows
+from registry import leases
 from registry.models import Job
 from registry.queue import TRAIN_TASK
 from registry.settings import Settings
@@ -291,11 +292,12 @@ def test_events_and_cancel(
 
     running = client.post("/jobs", json=job_body(dataset["id"]), headers=tenant.headers).json()
     with sessions() as session:
-        job = job_rows.get_job_by_id(session, running["id"])
-        assert job is not None and job_rows.claim_job(session, job, "worker-1", 60)
+        assert leases.lease_job(session, running["id"], "worker-1", 60) is not None
         for step in (1, 2, 3):
-            job_rows.record_progress(session, job, step=step, epoch=0.1 * step, budget_current=20)
-        session.commit()
+            progress = {"step": step, "epoch": 0.1 * step}
+            values = {"progress": progress, "budget": {"current": 20}}
+            events = [("progress", {**progress, "budget": 20})]
+            assert leases.write_progress(session, running["id"], "worker-1", values, events)
     response = client.post(f"/jobs/{running['id']}/cancel", headers=tenant.headers)
     assert response.json()["status"] == "cancelling"
 

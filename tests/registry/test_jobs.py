@@ -7,9 +7,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import jobs, tenants
+from registry import jobs, leases, tenants
+from registry.lifecycle import IllegalTransition, guarded_transition, transition
 from registry.models import Job, utcnow
-from registry.states import IllegalTransition, transition
 
 
 def make_job(session: Session, tenant_id: str | None = None) -> Job:
@@ -31,31 +31,53 @@ def make_job(session: Session, tenant_id: str | None = None) -> Job:
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite", "postgres"])
-def test_only_one_claim_wins(sessions: sessionmaker[Session]) -> None:
+def test_only_one_lease_wins(sessions: sessionmaker[Session]) -> None:
     with sessions() as first, sessions() as second:
         job = make_job(first)
-        same = second.get(Job, job.id)
+        assert leases.lease_job(first, job.id, "w1", 60) is not None
+        assert leases.lease_job(second, job.id, "w2", 60) is None
+        same = second.get(Job, job.id, populate_existing=True)
         assert same is not None
-        assert jobs.claim_job(first, job, "w1", 60)
-        first.commit()
-        assert not jobs.claim_job(second, same, "w2", 60)
-        second.commit()
-        second.refresh(same)
         assert (same.status, same.lease_owner, same.attempts) == ("running", "w1", 1)
-        assert not jobs.renew_lease(second, same, "w2", 60)
-        assert jobs.renew_lease(second, same, "w1", 60)
+        assert not leases.renew_lease(second, job.id, "w2", 60)
+        assert leases.renew_lease(second, job.id, "w1", 60)
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "postgres"])
+def test_an_expired_lease_is_taken_over_by_the_next_worker(sessions: sessionmaker[Session]) -> None:
+    with sessions() as session:
+        job = make_job(session)
+        assert leases.lease_job(session, job.id, "w1", -1) is not None  # expired at once
+        taken = leases.lease_job(session, job.id, "w2", 60)
+        assert taken is not None and (taken.lease_owner, taken.attempts) == ("w2", 2)
+        moves = [e.data for e in jobs.list_events(session, taken) if e.kind == "status"]
+        assert moves[-1] == {"from": "running", "to": "running", "attempt": 2, "worker": "w2"}
+        assert leases.lease_job(session, job.id, "w3", 60) is None  # w2's lease is live
+        assert not leases.write_progress(session, job.id, "w1", {"progress": {"step": 9}}, [])
+
+
+def test_guarded_moves_obey_the_table(db_session: Session) -> None:
+    job = make_job(db_session)
+    with pytest.raises(IllegalTransition):
+        guarded_transition(db_session, job.id, "running", expected=["succeeded"])
+    with pytest.raises(IllegalTransition):  # takeover is running -> running only
+        guarded_transition(db_session, job.id, "queued", expected=["queued"])
+    assert guarded_transition(db_session, job.id, "uploading", expected=["running"]) is None
+    assert job.status == "queued"
 
 
 def test_cancel_queued_running_and_finished(db_session: Session) -> None:
     queued = make_job(db_session)
     jobs.request_cancel(db_session, queued)
+    db_session.refresh(queued)
     assert (queued.status, queued.cancel_requested) == ("cancelled", True)
     assert queued.finished_at is not None
 
     running = make_job(db_session, queued.tenant_id)
-    assert jobs.claim_job(db_session, running, "w", 60)
+    assert leases.lease_job(db_session, running.id, "w", 60) is not None
     jobs.request_cancel(db_session, running)
     assert running.status == "cancelling"
+    assert leases.cancel_requested(db_session, running.id)
     jobs.request_cancel(db_session, running)  # idempotent while cancelling
     assert running.status == "cancelling"
     with pytest.raises(IllegalTransition):
@@ -64,14 +86,17 @@ def test_cancel_queued_running_and_finished(db_session: Session) -> None:
 
 def test_progress_events_and_paging(db_session: Session) -> None:
     job = make_job(db_session)
+    assert leases.lease_job(db_session, job.id, "w", 60) is not None
     for step in range(1, 6):
-        jobs.record_progress(db_session, job, step=step, epoch=step / 5, budget_current=20 - step)
-    db_session.commit()
-    assert job.progress == {"step": 5, "total_steps": 9, "epoch": 1.0}
+        values = {"progress": {"step": step, "total_steps": 9}, "budget": {"current": 20 - step}}
+        events = [("progress", {"step": step})]
+        assert leases.write_progress(db_session, job.id, "w", values, events)
+    db_session.refresh(job)
+    assert job.progress == {"step": 5, "total_steps": 9}
     assert job.budget == {"current": 15}
     events = jobs.list_events(db_session, job)
-    assert [e.kind for e in events] == ["status"] + ["progress"] * 5
-    after = jobs.list_events(db_session, job, after=events[2].id, limit=2)
+    assert [e.kind for e in events] == ["status", "status"] + ["progress"] * 5
+    after = jobs.list_events(db_session, job, after=events[3].id, limit=2)
     assert [e.data["step"] for e in after] == [3, 4]
     with pytest.raises(ValueError, match="unknown event kind"):
         jobs.add_event(db_session, job, "gossip", {})
@@ -79,14 +104,17 @@ def test_progress_events_and_paging(db_session: Session) -> None:
 
 def test_reconciler_queries(db_session: Session) -> None:
     job = make_job(db_session)
-    assert jobs.claim_job(db_session, job, "w", lease_seconds=-1)
+    assert leases.lease_job(db_session, job.id, "w", lease_seconds=-1) is not None
     stale = make_job(db_session, job.tenant_id)
     db_session.commit()
-    assert [j.id for j in jobs.expired_leases(db_session)] == [job.id]
-    later = utcnow() + timedelta(seconds=1)
-    assert [j.id for j in jobs.queued_before(db_session, later)] == [stale.id]
+    now = utcnow()
+    assert leases.lost_lease_ids(db_session, now) == [job.id]
+    later = now + timedelta(seconds=1)
+    assert leases.stale_queued_ids(db_session, later) == [stale.id]
+    assert leases.stale_queued_ids(db_session, now - timedelta(seconds=60)) == []
     transition(job, "failed")
     db_session.commit()
+    assert leases.lost_lease_ids(db_session, utcnow()) == []
     counts = jobs.count_by_status(db_session)
     assert counts["failed"] == 1 and counts["queued"] == 1 and counts["running"] == 0
 

@@ -12,10 +12,10 @@ from sqlalchemy import select
 
 from adalora_core.formats.bundle import read_adapter
 from registry.jobs import request_cancel
+from registry.leases import lease_job
 from registry.models import Adapter, Job, JobEvent, utcnow
 from registry.settings import Settings
 from registry.store import LocalStore
-from worker.leases import lease_job
 from worker.reconciler import reconcile_once
 from worker.tasks import run_job
 

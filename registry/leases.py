@@ -1,4 +1,4 @@
-"""Worker-side job-row queries: the SQL lease that keeps one job on one worker at a time.
+"""The lease that keeps one job on one worker at a time, and the queries that find lost ones.
 
 Every write that only the lease holder may make is guarded by ``lease_owner = <me>`` in the
 UPDATE itself, so a worker that lost its lease (the reconciler re-queued the job) cannot
@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from registry.lifecycle import JobStatus, guarded_transition
 from registry.models import Job, JobEvent, utcnow
-from registry.states import JobStatus
 
 # Statuses in which the lease holder is doing work and keeps renewing its lease.
 LEASED_STATUSES = (JobStatus.RUNNING.value, JobStatus.UPLOADING.value, JobStatus.CANCELLING.value)
@@ -33,48 +33,27 @@ def lease_job(session: Session, job_id: str, owner: str, lease_seconds: float) -
 
     One conditional UPDATE decides it, so two workers racing for the same job cannot both win.
     """
-    previous = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
     now = utcnow()
-    result = session.execute(
-        update(Job)
-        .where(
-            Job.id == job_id,
-            or_(
-                Job.status == JobStatus.QUEUED.value,
-                (Job.status == JobStatus.RUNNING.value) & (Job.lease_expires_at < now),
-            ),
-        )
-        .values(
-            status=JobStatus.RUNNING.value,
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            heartbeat_at=now,
-            attempts=Job.attempts + 1,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
+    attempts = session.execute(select(Job.attempts).where(Job.id == job_id)).scalar_one_or_none()
+    if attempts is None:
+        return None
+    job = guarded_transition(
+        session,
+        job_id,
+        JobStatus.RUNNING,
+        expected=(JobStatus.QUEUED, JobStatus.RUNNING),
+        where=[or_(Job.status == JobStatus.QUEUED.value, Job.lease_expires_at < now)],
+        values={
+            "lease_owner": owner,
+            "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            "heartbeat_at": now,
+            "attempts": Job.attempts + 1,
+        },
+        event_data={"attempt": attempts + 1, "worker": owner},
     )
-    if result.rowcount != 1:
+    if job is None:
         session.rollback()
         return None
-    job = session.get(Job, job_id, populate_existing=True)
-    assert job is not None
-    if job.started_at is None:
-        job.started_at = now
-    session.add(
-        JobEvent(
-            job_id=job.id,
-            tenant_id=job.tenant_id,
-            kind="status",
-            data={
-                "from": previous,
-                "to": JobStatus.RUNNING.value,
-                "attempt": job.attempts,
-                "worker": owner,
-            },
-            created_at=now,
-        )
-    )
     session.commit()
     return job
 
@@ -130,3 +109,26 @@ def load_owned_job(session: Session, job_id: str, owner: str) -> Job | None:
     if job is None or job.lease_owner != owner:
         return None
     return job
+
+
+# --- the reconciler's queries ------------------------------------------------------------
+
+
+def lost_lease_ids(session: Session, now: datetime) -> list[str]:
+    """Jobs a worker holds (or held) whose lease is gone: the worker died or hung."""
+    stmt = select(Job.id).where(
+        Job.status.in_(LEASED_STATUSES),
+        (Job.lease_expires_at.is_(None)) | (Job.lease_expires_at < now),
+    )
+    return list(session.scalars(stmt.order_by(Job.id)))
+
+
+def stale_queued_ids(session: Session, before: datetime) -> list[str]:
+    """Queued jobs nobody holds that have not changed since ``before``: their message may be
+    lost, so the reconciler sends it again."""
+    stmt = select(Job.id).where(
+        Job.status == JobStatus.QUEUED.value,
+        Job.lease_owner.is_(None),
+        Job.updated_at < before,
+    )
+    return list(session.scalars(stmt.order_by(Job.id)))

@@ -6,8 +6,8 @@ import pytest
 from sqlalchemy.orm import Session
 
 from registry import jobs, tenants
+from registry.lifecycle import ALLOWED, TERMINAL, IllegalTransition, JobStatus, transition
 from registry.models import Job
-from registry.states import ALLOWED, TERMINAL, IllegalTransition, JobStatus, transition
 
 EXPECTED = {
     ("queued", "running"),
