@@ -266,6 +266,10 @@ class _Loop:
         self.scheduler = build_scheduler(self.optimizer, total, training.warmup_ratio)
         self.batches_per_epoch = micro_batches_per_epoch(len(train_data), training)
         self.lengths = [len(row["input_ids"]) for row in train_data]
+        # Metrics do not depend on row order, so evaluate in length order: least padding.
+        self.eval_order = sorted(
+            range(len(eval_data or [])), key=lambda i: len(eval_data[i]["input_ids"])
+        )
         self.step = 0
         self.epoch = 0
         self.batch = 0
@@ -363,8 +367,9 @@ class _Loop:
         self.adapted.eval()
         accumulator = EvalAccumulator(self.task)
         size = self.training.batch_size * EVAL_BATCH_FACTOR
-        for start in range(0, len(self.eval_data), size):
-            batch = self._to_device(self.collate(self.eval_data[start : start + size]))
+        for start in range(0, len(self.eval_order), size):
+            rows = [self.eval_data[i] for i in self.eval_order[start : start + size]]
+            batch = self._to_device(self.collate(rows))
             with self._autocast():
                 outputs = self.adapted(**batch)
             accumulator.add(outputs, batch)
