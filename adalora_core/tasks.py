@@ -11,7 +11,7 @@ import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from adalora_core import metrics
 from adalora_core.errors import ConfigError
@@ -31,11 +31,19 @@ SEQ_CLS_HEADS = ("classifier", "score", "classification_head")
 POOLER = "pooler"
 IGNORE_INDEX = -100
 
-_AUTO_CLASS = {
-    CLASSIFICATION: "AutoModelForSequenceClassification",
-    REGRESSION: "AutoModelForSequenceClassification",
-    CAUSAL_LM: "AutoModelForCausalLM",
-    SEQ2SEQ: "AutoModelForSeq2SeqLM",
+# The model class a task runs on: classification and regression share one base class (and so
+# one loaded base in the serving engine), the generative kinds each have their own.
+ModelKind = Literal["sequence-classification", "causal-lm", "seq2seq"]
+MODEL_KIND: dict[str, ModelKind] = {
+    CLASSIFICATION: "sequence-classification",
+    REGRESSION: "sequence-classification",
+    CAUSAL_LM: "causal-lm",
+    SEQ2SEQ: "seq2seq",
+}
+AUTO_CLASS: dict[ModelKind, str] = {
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "causal-lm": "AutoModelForCausalLM",
+    "seq2seq": "AutoModelForSeq2SeqLM",
 }
 _PEFT_TASK_TYPE = {
     CLASSIFICATION: "SEQ_CLS",
@@ -101,7 +109,7 @@ class TaskSpec:
 
     @property
     def auto_class_name(self) -> str:
-        return _AUTO_CLASS[self.kind]
+        return AUTO_CLASS[MODEL_KIND[self.kind]]
 
     @property
     def is_language_modelling(self) -> bool:

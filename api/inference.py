@@ -16,6 +16,7 @@ from adalora_core.serving.engine import AdapterBlob, EngineSettings, InferenceEn
 from registry.models import Adapter
 from registry.settings import Settings
 from registry.store import ArtifactStore, ChecksumMismatch, NotFound
+from registry.vocabulary import ArtifactFormat
 
 
 def engine_settings(settings: Settings) -> EngineSettings:
@@ -44,7 +45,7 @@ class StoreAdapterSource:
     def read(self, adapter_id: str) -> AdapterBlob:
         with self.sessions() as session:
             row = session.get(Adapter, adapter_id)
-            info = None if row is None else (row.formats or {}).get("peft")
+            info = None if row is None else (row.formats or {}).get(ArtifactFormat.PEFT)
         if row is None:
             raise AdapterNotFound(adapter_id)
         if not info:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from registry.vocabulary import EventKind, JobStatus
+from registry.vocabulary import ArtifactFormat, EventKind, JobStatus, OutputMode
 
 # Printable-ish text: no NUL or other C0 control characters (PostgreSQL rejects NUL).
 NO_CONTROL = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"
@@ -133,7 +133,7 @@ class JobCreate(Strict):
     columns: Columns
     adalora: AdaLoraParams = Field(default_factory=AdaLoraParams)
     training: TrainingParams = Field(default_factory=TrainingParams)
-    output: Literal["unmerged", "merged"] = "unmerged"
+    output: OutputMode = OutputMode.UNMERGED
     name: Name | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -208,7 +208,7 @@ class AdapterOut(BaseModel):
     trainable_params: int
     size_bytes: int
     sha256: str
-    formats: list[Literal["peft", "lora", "merged"]]
+    formats: list[ArtifactFormat]
     metrics: dict[str, Any]
     status: Literal["ready", "corrupt"]
     created_at: datetime

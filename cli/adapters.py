@@ -21,12 +21,11 @@ from cli.client import (
     fail,
     items,
 )
+from registry.vocabulary import ArtifactFormat
 
 app = typer.Typer(
     help="List adapters, inspect their rank pattern, download them.", no_args_is_help=True
 )
-
-FORMATS = ("peft", "lora", "merged")
 
 
 @app.command("list")
@@ -122,7 +121,9 @@ def _cell(value: Any) -> str:
 @app.command("download")
 def download(
     adapter_id: str,
-    format: Annotated[str, typer.Option("--format", help="peft | lora | merged.")] = "peft",
+    format: Annotated[
+        str, typer.Option("--format", help=" | ".join(ArtifactFormat))
+    ] = ArtifactFormat.PEFT,
     out: Annotated[
         Path | None, typer.Option("--out", help="Output file (default <id>-<format>.zip).")
     ] = None,
@@ -132,8 +133,8 @@ def download(
     """Download an adapter as a zip; the sha256 the service recorded is checked."""
     import hashlib
 
-    if format not in FORMATS:
-        fail(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if format not in set(ArtifactFormat):
+        fail(f"--format must be one of {', '.join(ArtifactFormat)}, got {format!r}")
     out = out or Path(f"{adapter_id}-{format}.zip")
     digest = hashlib.sha256()
     with (

@@ -22,7 +22,7 @@ from cli.client import (
     fail,
     items,
 )
-from registry.vocabulary import TERMINAL
+from registry.vocabulary import TERMINAL, OutputMode
 
 app = typer.Typer(help="Submit, watch and cancel training jobs.", no_args_is_help=True)
 
@@ -174,7 +174,7 @@ def repeatable_request(job: dict[str, Any]) -> dict[str, Any]:
         "columns": dict(hyper.get("columns") or {}),
         "adalora": dict(hyper.get("adalora") or {}),
         "training": dict(hyper.get("training") or {}),
-        "output": hyper.get("output") or "unmerged",
+        "output": hyper.get("output") or OutputMode.UNMERGED.value,
         "metadata": job.get("metadata") or {},
     }
     if job.get("validation_dataset_id"):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from registry.settings import Settings, get_settings
+from registry.vocabulary import TRAINING_QUEUE
 
 if TYPE_CHECKING:
     from worker.reconciler import ReconcilerThread
@@ -27,8 +28,6 @@ WORKER_RESTART_MAX_S = 30.0
 
 def worker_argv(hostname: str | None = None, loglevel: str = "INFO") -> list[str]:
     """Celery worker arguments: one job at a time, solo pool, only the training queue."""
-    from worker.celery_app import TRAINING_QUEUE
-
     argv = [
         "worker",
         "--queues",

@@ -9,8 +9,7 @@ from sqlalchemy.orm import Session
 
 from registry.models import Adapter, Job, utcnow
 from registry.pagination import Page, paginate
-
-FORMAT_NAMES = ("peft", "lora", "merged")
+from registry.vocabulary import ArtifactFormat
 
 
 def create_adapter(
@@ -33,10 +32,10 @@ def create_adapter(
 ) -> Adapter:
     """Insert the row once its artifacts are stored; ``formats`` must include "peft" with
     storage_key, sha256 and size_bytes."""
-    unknown = set(formats) - set(FORMAT_NAMES)
+    unknown = set(formats) - set(ArtifactFormat)
     if unknown:
         raise ValueError(f"unknown adapter formats {sorted(unknown)}")
-    peft = formats["peft"]
+    peft = formats[ArtifactFormat.PEFT]
     adapter = Adapter(
         id=adapter_id,
         tenant_id=tenant_id,

@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.settings import Settings
-
-TRAIN_TASK = "adalora.train_job"
-TRAINING_QUEUE = "training"
+from registry.vocabulary import TRAIN_TASK, TRAINING_QUEUE
 
 
 def _ensure_sqlite_broker_dir(broker_url: str) -> None:

@@ -1,5 +1,6 @@
-"""The names every part shares: job statuses and event kinds. Defined once, imported everywhere
-(the API's schemas, the state machine, the worker, the CLI); free of SQL and torch."""
+"""The names every part shares: job statuses, event kinds, artifact formats and the training
+queue. Defined once, imported everywhere (the API's schemas, the state machine, the worker, the
+CLI); free of SQL and torch. Task kinds belong to the core: ``adalora_core.tasks``."""
 
 from __future__ import annotations
 
@@ -27,3 +28,24 @@ class EventKind(StrEnum):
     ERROR = "error"
     LOG = "log"
     WARNING = "warning"  # e.g. a schedule too short for the allocator to act
+
+
+class ArtifactFormat(StrEnum):
+    """The downloads a finished adapter has: our PEFT bundle, a plain LoRA export, and (when
+    the job asked for it) the base with the adapter merged in."""
+
+    PEFT = "peft"
+    LORA = "lora"
+    MERGED = "merged"
+
+
+class OutputMode(StrEnum):
+    """What a job publishes besides the PEFT bundle and the LoRA export."""
+
+    UNMERGED = "unmerged"
+    MERGED = "merged"
+
+
+# The API sends training jobs by name; the worker registers its task under the same name.
+TRAIN_TASK = "adalora.train_job"
+TRAINING_QUEUE = "training"

@@ -10,9 +10,7 @@ from __future__ import annotations
 from celery import Celery
 
 from registry.settings import Settings, get_settings
-
-TRAINING_QUEUE = "training"
-TRAIN_TASK = "adalora.train_job"
+from registry.vocabulary import TRAIN_TASK, TRAINING_QUEUE
 
 # Redis hands an unacked task to another worker once this many seconds pass without an ack.
 # A training job can run for hours, so keep it well above the longest job; a lost worker is

@@ -14,6 +14,7 @@ from adalora_core.config import AdaLoraConfig
 from adalora_core.plan import TrainingConfig
 from adalora_core.tasks import TaskSpec
 from registry.models import Job
+from registry.vocabulary import OutputMode
 
 
 @dataclass(frozen=True)
@@ -68,5 +69,5 @@ def job_spec(job: Job) -> JobSpec:
         task=spec.validate(),
         adalora=AdaLoraConfig.from_dict(_section(job, "adalora")),
         training=training.validate(),
-        merged=(hyper.get("output") or (job.request or {}).get("output")) == "merged",
+        merged=(hyper.get("output") or (job.request or {}).get("output")) == OutputMode.MERGED,
     )

@@ -32,8 +32,9 @@ from registry.models import Dataset, Job
 from registry.settings import Settings, get_settings
 from registry.store import adapter_key, get_store
 from registry.store.base import ArtifactStore, ChecksumMismatch, StoreError
+from registry.vocabulary import TRAIN_TASK, ArtifactFormat
 from worker.callbacks import JobCallbacks, eval_metrics, restore_checkpoint
-from worker.celery_app import TRAIN_TASK, app
+from worker.celery_app import app
 from worker.heartbeat import Heartbeat
 from worker.job_spec import JobSpec, job_spec
 
@@ -247,11 +248,12 @@ class JobRunner:
         adapter_id = new_id("ad")
         bundle_dir = Path(result.adapter_dir)
         weights = read_adapter(bundle_dir)
-        archives = {"peft": zip_bundle(bundle_dir, tmp / "peft.zip")}
-        archives["lora"] = zip_bundle(export_lora(weights, tmp / "lora"), tmp / "lora.zip")
+        archives = {ArtifactFormat.PEFT: zip_bundle(bundle_dir, tmp / "peft.zip")}
+        lora_dir = export_lora(weights, tmp / "lora")
+        archives[ArtifactFormat.LORA] = zip_bundle(lora_dir, tmp / "lora.zip")
         if spec.merged:
             merged_dir = save_merged(base_model, weights, tmp / "merged", spec.task)
-            archives["merged"] = zip_bundle(merged_dir, tmp / "merged.zip")
+            archives[ArtifactFormat.MERGED] = zip_bundle(merged_dir, tmp / "merged.zip")
         formats: dict[str, dict[str, Any]] = {}
         try:
             for name, archive in archives.items():

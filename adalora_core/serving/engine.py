@@ -19,7 +19,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -43,19 +43,7 @@ from adalora_core.serving.grouped import (
 )
 from adalora_core.serving.heads import build_heads, route_heads
 from adalora_core.serving.malloc import tune_glibc_malloc
-
-ModelKind = Literal["sequence-classification", "causal-lm", "seq2seq"]
-_MODEL_KIND: dict[str, ModelKind] = {
-    "classification": "sequence-classification",
-    "regression": "sequence-classification",
-    "causal-lm": "causal-lm",
-    "seq2seq": "seq2seq",
-}
-_AUTO_CLASS: dict[ModelKind, str] = {
-    "sequence-classification": "AutoModelForSequenceClassification",
-    "causal-lm": "AutoModelForCausalLM",
-    "seq2seq": "AutoModelForSeq2SeqLM",
-}
+from adalora_core.tasks import AUTO_CLASS, MODEL_KIND, ModelKind
 
 
 @dataclass(frozen=True)
@@ -190,7 +178,7 @@ def default_base_factory(paths: Mapping[str, str]) -> BaseFactory:
 
         path = paths.get(name, name)
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-        model = getattr(transformers, _AUTO_CLASS[kind]).from_pretrained(path)
+        model = getattr(transformers, AUTO_CLASS[kind]).from_pretrained(path)
         return model, tokenizer
 
     return load
@@ -205,7 +193,7 @@ def _default_parser(data: bytes) -> Any:
 def task_kind(meta: Any) -> str:
     task = meta.task
     kind = task.get("kind") if isinstance(task, Mapping) else task
-    if kind not in _MODEL_KIND:
+    if kind not in MODEL_KIND:
         raise ConfigError("task", f"unsupported task kind {kind!r}")
     return str(kind)
 
@@ -295,7 +283,7 @@ class InferenceEngine:
             kind = task_kind(weights.meta)
         except ConfigError as exc:
             raise AdapterIncompatible(f"adapter {adapter_id}: {exc}") from exc
-        base = self.base(weights.meta.base_model, _MODEL_KIND[kind])
+        base = self.base(weights.meta.base_model, MODEL_KIND[kind])
         layers: list[LowRankDelta | None] = [None] * len(base.layer_index)
         for path, delta in weights.modules.items():
             index = base.layer_index.get(path.removeprefix("base_model.model."))

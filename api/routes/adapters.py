@@ -18,6 +18,7 @@ from api.schemas import AdapterList, AdapterOut, RanksOut
 from registry import adapters as adapter_rows
 from registry.models import Adapter
 from registry.store import ChecksumMismatch, NotFound
+from registry.vocabulary import ArtifactFormat
 
 log = logging.getLogger("adalora.api.adapters")
 router = APIRouter(tags=["adapters"])
@@ -40,7 +41,7 @@ def adapter_out(adapter: Adapter) -> AdapterOut:
             "trainable_params": adapter.trainable_params,
             "size_bytes": adapter.size_bytes,
             "sha256": adapter.sha256,
-            "formats": [f for f in adapter_rows.FORMAT_NAMES if f in adapter.formats],
+            "formats": [f.value for f in ArtifactFormat if f in adapter.formats],
             "metrics": adapter.metrics,
             "status": adapter.status,
             "created_at": adapter.created_at,
@@ -140,7 +141,7 @@ def download_adapter(
     caller: CallerDep,
     session: SessionDep,
     store: StoreDep,
-    format: Literal["peft", "lora", "merged"] = "peft",
+    format: ArtifactFormat = ArtifactFormat.PEFT,
 ) -> StreamingResponse:
     adapter = _adapter(session, caller.tenant_id, adapter_id)
     stored = adapter.formats.get(format)

@@ -17,8 +17,8 @@ from api.main import create_app
 from registry import jobs as job_rows
 from registry import leases
 from registry.models import Job
-from registry.queue import TRAIN_TASK
 from registry.settings import Settings
+from registry.vocabulary import TRAIN_TASK
 from tests.api.conftest import SST_ROWS, job_body, jsonl
 from tests.conftest import LiveServer, TenantKey
 from tests.registry.test_settings_queue import _drain
