@@ -1,4 +1,5 @@
-"""Request dependencies as ``Annotated`` aliases: settings, DB session, store, caller, limits."""
+"""Request dependencies as ``Annotated`` aliases: settings, DB session, store, queue producer,
+inference engine, caller, limits."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from adalora_core.serving.engine import InferenceEngine
 from api.errors import ApiError
 from api.ratelimit import TokenBuckets, retry_after_header
 from registry import tenants
@@ -41,10 +43,18 @@ def get_producer(request: Request) -> TaskProducer:
     return request.app.state.producer
 
 
+def get_engine(request: Request) -> InferenceEngine:
+    engine = getattr(request.app.state, "engine", None)
+    if engine is None:
+        raise ApiError(503, "engine_unavailable", "inference engine not available")
+    return engine
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 ProducerDep = Annotated[TaskProducer, Depends(get_producer)]
+EngineDep = Annotated[InferenceEngine, Depends(get_engine)]
 
 # One page of a cursor-paginated list, the same bounds on every list route.
 PageLimit = Annotated[int, Query(ge=1, le=200)]

@@ -1,7 +1,7 @@
 """The app factory. ``create_app(settings)`` wires settings, DB sessions, the artifact store, the
 queue producer, rate limits, metrics and every router; ``uvicorn --factory api.main:create_app``.
 
-Inference wiring: if ``api.inference`` defines ``startup(app)`` / ``shutdown(app)`` (sync or
+Inference wiring: if ``api.serving`` defines ``startup(app)`` / ``shutdown(app)`` (sync or
 async), the lifespan calls them (e.g. to put the engine on ``app.state.engine``).
 """
 
@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from api import inference
+from api import serving
 from api.bodylimit import BodySizeLimitMiddleware
 from api.deps import reject_unknown_query
 from api.errors import install_error_handlers
@@ -33,11 +33,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with app.state.sessions() as session:
             tenants.ensure_api_key(session, settings.api_key)
             session.commit()
-    inference.startup(app)
+    serving.startup(app)
     try:
         yield
     finally:
-        inference.shutdown(app)
+        serving.shutdown(app)
         app.state.producer.close()
 
 

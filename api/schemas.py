@@ -264,3 +264,26 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "unavailable"]
     checks: dict[str, str]
+
+
+class InferParameters(Strict):
+    max_new_tokens: int | None = Field(None, description="LM adapters: tokens to generate.")
+    temperature: float | None = Field(None, description="0 or absent: greedy decoding.")
+    top_p: float | None = Field(None, description="Nucleus sampling mass (with temperature).")
+    truncate: bool = Field(True, description="Cut inputs longer than the adapter's max_length.")
+
+
+class InferRequest(Strict):
+    adapter_id: str | None = Field(None, description="null: the plain base model.")
+    base_model: str | None = Field(
+        None, description="Only with adapter_id null; defaults to the service's default base."
+    )
+    inputs: list[str | list[str]] = Field(
+        ..., min_length=1, description="Texts, or [text, pair] for pair classification."
+    )
+    parameters: InferParameters = Field(default_factory=InferParameters)
+
+
+class InferResponse(BaseModel):
+    adapter_id: str | None
+    outputs: list[dict[str, Any]]

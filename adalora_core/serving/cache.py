@@ -67,6 +67,11 @@ class AdapterCorrupt(RuntimeError):
         self.reason = reason
 
 
+class AdapterUnavailable(RuntimeError):
+    """The artifact cannot be read right now (missing from the store); the adapter is not
+    condemned: the entry goes back to absent and the next request tries again."""
+
+
 class AdapterIncompatible(RuntimeError):
     """A well-formed adapter this engine cannot serve on its base (unknown module or head)."""
 

@@ -11,10 +11,8 @@ corrupt, other adapters keep serving); a well-formed adapter this base cannot se
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
 
 from adalora_core.errors import ConfigError
 from adalora_core.serving.cache import (
@@ -22,47 +20,26 @@ from adalora_core.serving.cache import (
     AdapterIncompatible,
     AdapterNotFound,
     AdapterTooLarge,
+    AdapterUnavailable,
 )
 from adalora_core.serving.engine import BaseModelUnavailable, InferenceEngine, Prepared
-from api.deps import InferLimitedCaller
+from api.deps import EngineDep, InferLimitedCaller
 from api.errors import ApiError, not_found, responses
+from api.schemas import InferRequest, InferResponse
+from api.serving import default_base_model
 from registry import adapters as adapter_rows
 
 router = APIRouter(tags=["inference"])
 
 
-class InferParameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _prepare(
+    request: Request, engine: InferenceEngine, tenant_id: str, body: InferRequest
+) -> Prepared:
+    """Runs in a worker thread: DB lookup, possibly a cold adapter load, tokenization.
 
-    max_new_tokens: int | None = Field(None, description="LM adapters: tokens to generate.")
-    temperature: float | None = Field(None, description="0 or absent: greedy decoding.")
-    top_p: float | None = Field(None, description="Nucleus sampling mass (with temperature).")
-    truncate: bool = Field(True, description="Cut inputs longer than the adapter's max_length.")
-
-
-class InferRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    adapter_id: str | None = Field(None, description="null: the plain base model.")
-    base_model: str | None = Field(
-        None, description="Only with adapter_id null; defaults to the service's default base."
-    )
-    inputs: list[str | list[str]] = Field(
-        ..., min_length=1, description="Texts, or [text, pair] for pair classification."
-    )
-    parameters: InferParameters = Field(default_factory=InferParameters)
-
-
-class InferResponse(BaseModel):
-    adapter_id: str | None
-    outputs: list[dict[str, Any]]
-
-
-def _prepare(request: Request, tenant_id: str, body: InferRequest) -> Prepared:
-    """Runs in a worker thread: DB lookup, possibly a cold adapter load, tokenization."""
-    from api.inference import default_base_model
-
-    engine: InferenceEngine = request.app.state.engine
+    The session is closed before the adapter loads: a cold load can take a while and reads
+    the store on its own, so holding a pooled connection through it would let a burst of
+    cold requests drain the pool."""
     parameters = body.parameters.model_dump(exclude_none=True)
     if body.adapter_id is None:
         settings = request.app.state.settings
@@ -73,24 +50,29 @@ def _prepare(request: Request, tenant_id: str, body: InferRequest) -> Prepared:
         return engine.prepare(None, body.inputs, parameters, base_model=name)
     if body.base_model is not None:
         raise ConfigError("base_model", "only allowed with adapter_id null")
-    with request.app.state.sessions() as session:
+    sessions = request.app.state.sessions
+    with sessions() as session:
         row = adapter_rows.get_adapter(session, tenant_id, body.adapter_id)
-        if row is None:
-            raise not_found("adapter", body.adapter_id)
-        if row.status == "corrupt":
-            raise _corrupt(body.adapter_id)
-        try:
-            return engine.prepare(body.adapter_id, body.inputs, parameters)
-        except AdapterNotFound:
-            raise not_found("adapter", body.adapter_id) from None
-        except AdapterCorrupt as exc:
+        status = None if row is None else row.status
+    if status is None:
+        raise not_found("adapter", body.adapter_id)
+    if status == "corrupt":
+        raise _corrupt(body.adapter_id)
+    try:
+        return engine.prepare(body.adapter_id, body.inputs, parameters)
+    except AdapterNotFound:
+        raise not_found("adapter", body.adapter_id) from None
+    except AdapterCorrupt as exc:
+        with sessions() as session:
             adapter_rows.mark_corrupt(session, body.adapter_id)
             session.commit()
-            raise _corrupt(body.adapter_id, exc.reason) from exc
-        except AdapterIncompatible as exc:
-            raise ApiError(409, "adapter_incompatible", str(exc)) from exc
-        except AdapterTooLarge as exc:
-            raise ApiError(503, "adapter_too_large", str(exc)) from exc
+        raise _corrupt(body.adapter_id, exc.reason) from exc
+    except AdapterIncompatible as exc:
+        raise ApiError(409, "adapter_incompatible", str(exc)) from exc
+    except AdapterTooLarge as exc:
+        raise ApiError(503, "adapter_too_large", str(exc)) from exc
+    except AdapterUnavailable as exc:
+        raise ApiError(503, "adapter_unavailable", f"{exc}; retry shortly") from exc
 
 
 def _corrupt(adapter_id: str, reason: str = "") -> ApiError:
@@ -108,11 +90,11 @@ def _corrupt(adapter_id: str, reason: str = "") -> ApiError:
     response_model=InferResponse,
     responses=responses(401, 404, 409, 422, 429, 503),
 )
-async def infer(body: InferRequest, request: Request, caller: InferLimitedCaller) -> InferResponse:
-    if getattr(request.app.state, "engine", None) is None:
-        raise ApiError(503, "engine_unavailable", "inference engine not available")
+async def infer(
+    body: InferRequest, request: Request, caller: InferLimitedCaller, engine: EngineDep
+) -> InferResponse:
     try:
-        prepared = await asyncio.to_thread(_prepare, request, caller.tenant_id, body)
+        prepared = await asyncio.to_thread(_prepare, request, engine, caller.tenant_id, body)
     except BaseModelUnavailable as exc:
         raise ApiError(503, "base_model_unavailable", str(exc)) from exc
     outputs = await request.app.state.batcher.submit(prepared)

@@ -139,6 +139,48 @@ def test_checksum_failure_is_409_and_others_keep_serving(
     assert ok.status_code == 200, ok.text
 
 
+def test_a_missing_artifact_is_503_and_serves_once_it_is_back(
+    client, tenant, stored_adapter, sessions, settings
+) -> None:
+    adapter_id, _ = stored_adapter(tenant, seed=5)
+    path = Path(settings.store_dir) / adapter_key(tenant.id, adapter_id, "peft")
+    aside = path.with_suffix(".aside")
+    path.rename(aside)  # a restore or replication still in progress
+    body = {"adapter_id": adapter_id, "inputs": ["w1"]}
+    response = client.post("/infer", headers=tenant.headers, json=body)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "adapter_unavailable"
+    with sessions() as session:
+        assert adapter_rows.get_adapter(session, tenant.id, adapter_id).status == "ready"
+    aside.rename(path)
+    assert client.post("/infer", headers=tenant.headers, json=body).status_code == 200
+
+
+def test_one_bad_read_is_re_verified_before_the_adapter_is_condemned(
+    client, tenant, stored_adapter, sessions, monkeypatch
+) -> None:
+    from registry.store import ChecksumMismatch
+    from registry.store.local import LocalStore
+
+    adapter_id, _ = stored_adapter(tenant, seed=6)
+    real = LocalStore.open_read
+    failures = {"left": 1}
+
+    def torn_once(self, key, expected_sha256=None):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ChecksumMismatch(key, expected_sha256, "0" * 64)
+        return real(self, key, expected_sha256)
+
+    monkeypatch.setattr(LocalStore, "open_read", torn_once)
+    body = {"adapter_id": adapter_id, "inputs": ["w1"]}
+    response = client.post("/infer", headers=tenant.headers, json=body)
+    assert response.status_code == 200, response.text
+    assert failures["left"] == 0
+    with sessions() as session:
+        assert adapter_rows.get_adapter(session, tenant.id, adapter_id).status == "ready"
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from typing import get_args
 
 import pytest
 
@@ -11,7 +12,8 @@ from adalora_core.config import AdaLoraConfig
 from adalora_core.errors import ConfigError
 from adalora_core.plan import TrainingConfig
 from adalora_core.tasks import TASK_KINDS
-from api.schemas import AdaLoraParams, TrainingParams
+from api.schemas import AdaLoraParams, DatasetOut, TaskName, TrainingParams
+from registry.datasets_io import FORMATS
 
 
 def resolve(rows: int, kind: str = "classification", **given: dict) -> recipe.Resolved:
@@ -114,3 +116,9 @@ def test_the_api_schemas_cover_every_config_field() -> None:
     """The job body cannot drift from the core's config dataclasses."""
     assert set(AdaLoraParams.model_fields) == {f.name for f in fields(AdaLoraConfig)}
     assert set(TrainingParams.model_fields) == {f.name for f in fields(TrainingConfig)}
+
+
+def test_the_api_vocabularies_are_the_cores() -> None:
+    """Literal types in the schemas spell vocabularies defined elsewhere; they must agree."""
+    assert get_args(TaskName) == TASK_KINDS
+    assert set(get_args(DatasetOut.model_fields["format"].annotation)) == set(FORMATS.values())

@@ -1,4 +1,4 @@
-"""Engine wiring for the app: build the engine and batcher from Settings at startup.
+"""Serving wiring for the app: build the engine and batcher from Settings at startup.
 
 The engine reads adapters through `StoreAdapterSource`: the adapter row's PEFT zip from the
 artifact store, sha256-checked by the store against the row. The lifespan in api.main calls
@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from adalora_core.serving.batcher import DynamicBatcher
-from adalora_core.serving.cache import AdapterCorrupt, AdapterNotFound
+from adalora_core.serving.cache import AdapterCorrupt, AdapterNotFound, AdapterUnavailable
 from adalora_core.serving.engine import AdapterBlob, EngineSettings, InferenceEngine
 from registry.models import Adapter
 from registry.settings import Settings
@@ -35,6 +35,9 @@ def engine_settings(settings: Settings) -> EngineSettings:
     )
 
 
+CHECKSUM_READS = 2
+
+
 class StoreAdapterSource:
     """Adapters as the worker stored them: the `peft` zip of the adapter row."""
 
@@ -50,13 +53,21 @@ class StoreAdapterSource:
             raise AdapterNotFound(adapter_id)
         if not info:
             raise AdapterCorrupt(adapter_id, "the adapter has no peft artifact")
-        try:
-            data = self.store.open_read(info["storage_key"], info["sha256"])
-        except ChecksumMismatch as exc:
-            raise AdapterCorrupt(adapter_id, f"sha256 mismatch: {exc}") from exc
-        except NotFound as exc:
-            raise AdapterCorrupt(adapter_id, "the stored artifact is missing") from exc
-        return AdapterBlob(data, info["sha256"])
+        # Condemn only on evidence that lasts: a checksum that fails twice. A missing object may
+        # be a restore or replication in progress, so it is unavailable, not corrupt.
+        mismatch: ChecksumMismatch | None = None
+        for _ in range(CHECKSUM_READS):
+            try:
+                return AdapterBlob(
+                    self.store.open_read(info["storage_key"], info["sha256"]), info["sha256"]
+                )
+            except ChecksumMismatch as exc:
+                mismatch = exc
+            except NotFound as exc:
+                raise AdapterUnavailable(
+                    f"adapter {adapter_id}: its stored artifact is missing right now"
+                ) from exc
+        raise AdapterCorrupt(adapter_id, f"sha256 mismatch: {mismatch}") from mismatch
 
 
 def default_base_model(settings: Settings) -> str | None:
