@@ -1,7 +1,7 @@
 """AdaLoRA training, adapter formats and serving.
 
-Names are imported lazily so that ``adalora_core.config`` and ``adalora_core.plan`` (which the
-API server imports) stay free of torch.
+Names are imported lazily so that ``adalora_core.config`` and ``adalora_core.training_config``
+(which the API server imports) stay free of torch.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ _EXPORTS: dict[str, str] = {
     "ConfigError": "adalora_core.errors",
     "AdaLoraConfig": "adalora_core.config",
     "BudgetSchedule": "adalora_core.config",
-    "TrainingConfig": "adalora_core.plan",
-    "total_updates": "adalora_core.plan",
+    "TrainingConfig": "adalora_core.training_config",
+    "total_updates": "adalora_core.training_config",
     "TaskSpec": "adalora_core.tasks",
     "train": "adalora_core.trainer",
     "TrainCallbacks": "adalora_core.trainer",

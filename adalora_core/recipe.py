@@ -16,8 +16,8 @@ from typing import Any
 
 from adalora_core.config import AdaLoraConfig, BudgetSchedule
 from adalora_core.errors import ConfigError
-from adalora_core.plan import TrainingConfig, total_updates, updates_per_epoch
 from adalora_core.tasks import CAUSAL_LM, SEQ2SEQ, TASK_KINDS
+from adalora_core.training_config import TrainingConfig, total_updates, updates_per_epoch
 
 GENERATIVE_KINDS = (CAUSAL_LM, SEQ2SEQ)
 

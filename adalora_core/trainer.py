@@ -29,7 +29,6 @@ from adalora_core.errors import ConfigError
 from adalora_core.formats.bundle import AdapterMeta
 from adalora_core.inject import module_layer_and_kind
 from adalora_core.ordering import epoch_order, length_grouped_order
-from adalora_core.plan import TrainingConfig, micro_batches_per_epoch, total_updates
 from adalora_core.tasks import (
     EvalAccumulator,
     TaskSpec,
@@ -39,6 +38,7 @@ from adalora_core.tasks import (
     load_tokenizer,
     make_collator,
 )
+from adalora_core.training_config import TrainingConfig, micro_batches_per_epoch, total_updates
 
 METHODS = ("adalora", "lora")
 EVAL_BATCH_FACTOR = 2

@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from adalora_core.config import AdaLoraConfig
-from adalora_core.plan import TrainingConfig
 from adalora_core.tasks import TaskSpec
+from adalora_core.training_config import TrainingConfig
 from registry.models import Job
 from registry.vocabulary import OutputMode
 

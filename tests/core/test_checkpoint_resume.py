@@ -16,9 +16,9 @@ from tiny_trainer_model import save_tiny_bert, sentiment_rows
 from adalora_core.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from adalora_core.config import AdaLoraConfig
 from adalora_core.formats.bundle import read_adapter
-from adalora_core.plan import TrainingConfig
 from adalora_core.tasks import TaskSpec
 from adalora_core.trainer import ProgressEvent, TrainCallbacks, TrainResult, train
+from adalora_core.training_config import TrainingConfig
 
 TASK = TaskSpec("classification", "text", label_column="label", labels=("negative", "positive"))
 ADALORA = AdaLoraConfig(init_r=4, target_r=2, t_init=5, t_final=10, delta_t=2, lora_alpha=8.0)

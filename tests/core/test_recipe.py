@@ -10,8 +10,8 @@ import pytest
 from adalora_core import recipe
 from adalora_core.config import AdaLoraConfig
 from adalora_core.errors import ConfigError
-from adalora_core.plan import TrainingConfig
 from adalora_core.tasks import TASK_KINDS
+from adalora_core.training_config import TrainingConfig
 from api.schemas import AdaLoraParams, DatasetOut, TaskName, TrainingParams
 from registry.datasets_io import FORMATS
 

@@ -13,7 +13,6 @@ from tiny_trainer_model import save_tiny_bert, save_tiny_gpt2, save_tiny_t5, sen
 from adalora_core.config import AdaLoraConfig
 from adalora_core.errors import ConfigError
 from adalora_core.formats.bundle import read_adapter
-from adalora_core.plan import TrainingConfig
 from adalora_core.tasks import (
     IGNORE_INDEX,
     EvalAccumulator,
@@ -26,6 +25,7 @@ from adalora_core.tasks import (
     make_collator,
 )
 from adalora_core.trainer import train
+from adalora_core.training_config import TrainingConfig
 
 CLS = TaskSpec("classification", "a", text_pair_column="b", label_column="y", labels=("x", "z"))
 

@@ -12,7 +12,6 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from adalora_core.config import AdaLoraConfig
 from adalora_core.errors import ConfigError
 from adalora_core.formats.bundle import read_adapter
-from adalora_core.plan import TrainingConfig
 from adalora_core.tasks import TaskSpec
 from adalora_core.trainer import (
     ProgressEvent,
@@ -21,6 +20,7 @@ from adalora_core.trainer import (
     resolve_device,
     train,
 )
+from adalora_core.training_config import TrainingConfig
 
 TASK = TaskSpec("classification", "text", label_column="label", labels=("negative", "positive"))
 ADALORA = AdaLoraConfig(init_r=4, target_r=2, lora_alpha=8.0)  # schedule derived from T

@@ -22,7 +22,7 @@ from registry.store import LocalStore
 from tests.conftest import TenantKey
 from tests.reliability.jobs import queued_job
 from tests.worker.service_fixtures import save_tiny_bert
-from worker.tasks import run_job
+from worker.runner import run_job
 
 # What a download of each format may hold: the bundle, never training state or foreign paths.
 PEFT_FILES = {"adapter_config.json", "adapter_model.safetensors", "adalora.json"}

@@ -21,7 +21,7 @@ from tests.reliability.jobs import queued_job
 from tests.reliability.proxied_db import ProxiedDatabase
 from tests.worker.service_fixtures import save_tiny_bert
 from worker.callbacks import JobCallbacks
-from worker.tasks import run_job
+from worker.runner import run_job
 
 STEPS = 300
 OUTAGE_STEPS = 40  # the database stays cut while the trainer makes this many steps

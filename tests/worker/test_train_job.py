@@ -17,7 +17,7 @@ from registry.models import Adapter, Job, JobEvent, utcnow
 from registry.settings import Settings
 from registry.store import LocalStore
 from worker.reconciler import reconcile_once
-from worker.tasks import run_job
+from worker.runner import run_job
 
 
 def events(world, job_id: str, kind: str) -> list[dict]:
@@ -194,7 +194,7 @@ def test_a_failed_publish_leaves_no_orphaned_artifacts(
     def broken_insert(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr("worker.tasks.create_adapter", broken_insert)
+    monkeypatch.setattr("worker.runner.create_adapter", broken_insert)
     job_id = world.submit(max_steps=6)
     assert run_job(job_id, settings, sessions, store).status == "failed"
     job = world.job(job_id)

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from adalora_core.errors import ConfigError
-from adalora_core.plan import TrainingConfig, total_updates
+from adalora_core.training_config import TrainingConfig, total_updates
 
 
 @pytest.mark.parametrize(
@@ -57,7 +57,7 @@ def test_empty_dataset_is_rejected() -> None:
 
 def test_plan_config_and_task_spec_import_without_torch() -> None:
     code = (
-        "import sys, adalora_core.plan, adalora_core.config, adalora_core.tasks; "
+        "import sys, adalora_core.training_config, adalora_core.config, adalora_core.tasks; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,358 @@
+"""One delivery of a training job: lease it, train it, publish its adapter (Celery-free; the
+task in ``worker.tasks`` calls :func:`run_job`).
+
+Order of effects (so a crash at any point leaves a state the reconciler can repair):
+lease (running) → train (progress, checkpoints) → uploading → artifacts in the store →
+ONE transaction: adapter row + job succeeded + adapter_id.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from adalora_core.errors import ConfigError
+from registry.adapters import create_adapter
+from registry.datasets_io import DatasetError, read_rows
+from registry.db import get_engine, make_sessionmaker
+from registry.ids import new_id
+from registry.jobs import add_event
+from registry.leases import (
+    lease_job,
+    load_owned_job,
+    worker_identity,
+    write_progress,
+)
+from registry.lifecycle import JobStatus, transition
+from registry.models import Dataset, Job
+from registry.settings import Settings, get_settings
+from registry.store import adapter_key, get_store
+from registry.store.base import ArtifactStore, ChecksumMismatch, StoreError
+from registry.vocabulary import ArtifactFormat
+from worker.callbacks import JobCallbacks, eval_metrics, restore_checkpoint
+from worker.heartbeat import Heartbeat
+from worker.job_spec import JobSpec, job_spec
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class JobFailure(Exception):
+    """A failure we can explain to the user in one line (no stack trace leaves the worker)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Outcome:
+    """What happened to one delivery (returned for logs and tests)."""
+
+    status: str
+    adapter_id: str | None = None
+
+
+def run_job(
+    job_id: str,
+    settings: Settings | None = None,
+    sessions: sessionmaker[Session] | None = None,
+    store: ArtifactStore | None = None,
+    owner: str | None = None,
+) -> Outcome:
+    settings = settings or get_settings()
+    sessions = sessions or make_sessionmaker(get_engine(settings.database_url))
+    runner = JobRunner(
+        job_id, settings, sessions, store or get_store(settings), owner or worker_identity()
+    )
+    return runner.run()
+
+
+class JobRunner:
+    def __init__(
+        self,
+        job_id: str,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        store: ArtifactStore,
+        owner: str,
+    ) -> None:
+        self.job_id = job_id
+        self.settings = settings
+        self.sessions = sessions
+        self.store = store
+        self.owner = owner
+
+    def run(self) -> Outcome:
+        with self.sessions() as session:
+            job = lease_job(session, self.job_id, self.owner, self.settings.lease_seconds)
+        if job is None:
+            log.info(
+                "job %s: not leased (missing, finished, or held by a live worker)", self.job_id
+            )
+            return Outcome("skipped")
+        log.info("job %s: leased by %s (attempt %d)", job.id, self.owner, job.attempts)
+        heartbeat = Heartbeat(
+            self.sessions,
+            job.id,
+            self.owner,
+            self.settings.heartbeat_interval_s,
+            self.settings.lease_seconds,
+        )
+        heartbeat.start()
+        try:
+            return self._run_leased(job, heartbeat)
+        except JobFailure as exc:
+            return self._fail(exc.code, exc.message)
+        except ConfigError as exc:
+            return self._fail("invalid_config", str(exc))
+        except Exception:
+            log.exception("job %s: unexpected failure", self.job_id)
+            return self._fail("internal_error", "training failed; the operator can see the logs")
+        finally:
+            heartbeat.stop()
+
+    # -- stages ----------------------------------------------------------------------------
+    def _run_leased(self, job: Job, heartbeat: Heartbeat) -> Outcome:
+        spec = job_spec(job)
+        base_model = self._base_model_path(job.base_model)
+        with tempfile.TemporaryDirectory(prefix=f"adalora-{job.id}-") as tmp_name:
+            tmp = Path(tmp_name)
+            train_rows, eval_rows = self._read_datasets(job, tmp)
+            checkpoint_dir = tmp / CHECKPOINT_DIR
+            resumed = self._restore_checkpoint(job, checkpoint_dir)
+            callbacks = JobCallbacks(
+                self.sessions,
+                self.store,
+                job.id,
+                self.owner,
+                heartbeat,
+                budget=job.budget or {},
+                progress_write_interval_s=self.settings.progress_write_interval_s,
+                checkpoint=resumed,
+            )
+            from adalora_core.trainer import train  # torch loads only in the worker
+
+            result = train(
+                base_model=base_model,
+                task=spec.task,
+                train_rows=train_rows,
+                eval_rows=eval_rows,
+                adalora=spec.adalora,
+                training=spec.training,
+                output_dir=tmp / "adapter",
+                callbacks=callbacks,
+                checkpoint_dir=checkpoint_dir,
+            )
+            if heartbeat.lost.is_set():
+                log.warning("job %s: lease lost during training; leaving it to its owner", job.id)
+                return Outcome("lost")
+            if result.cancelled:
+                return self._finish_cancelled()
+            return self._publish(job, spec, base_model, result, tmp)
+
+    def _base_model_path(self, name: str) -> str:
+        path = self.settings.base_models.get(name)
+        if path is None:
+            raise JobFailure("unknown_base_model", f"base model {name!r} is not registered here")
+        return path
+
+    def _read_datasets(
+        self, job: Job, tmp: Path
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+        with self.sessions() as session:
+            train_ds = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+            eval_ds = (
+                session.get(Dataset, job.validation_dataset_id)
+                if job.validation_dataset_id
+                else None
+            )
+        if train_ds is None:
+            raise JobFailure("dataset_missing", "the training data set no longer exists")
+        if job.validation_dataset_id and eval_ds is None:
+            raise JobFailure("dataset_missing", "the validation data set no longer exists")
+        train_rows = self._read_dataset(train_ds, tmp)
+        return train_rows, (self._read_dataset(eval_ds, tmp) if eval_ds is not None else None)
+
+    def _read_dataset(self, dataset: Dataset, tmp: Path) -> list[dict[str, Any]]:
+        path = tmp / f"{dataset.id}.{dataset.format}"
+        try:
+            self.store.get_file(dataset.storage_key, path, dataset.sha256)
+        except ChecksumMismatch as exc:
+            raise JobFailure(
+                "dataset_corrupt", f"data set {dataset.id} does not match its checksum"
+            ) from exc
+        except StoreError as exc:
+            raise JobFailure("dataset_unreadable", f"data set {dataset.id}: {exc}") from exc
+        try:
+            return read_rows(path, dataset.format)
+        except DatasetError as exc:
+            raise JobFailure("invalid_dataset", f"data set {dataset.id}: {exc}") from exc
+
+    def _restore_checkpoint(self, job: Job, checkpoint_dir: Path) -> dict[str, Any] | None:
+        """Fetch the last uploaded checkpoint so ``train`` resumes from it."""
+        record = (job.progress or {}).get("checkpoint")
+        if not job.checkpoint_key or not isinstance(record, dict):
+            return None
+        if record.get("key") != job.checkpoint_key:
+            return None
+        try:
+            restore_checkpoint(
+                self.store,
+                job.checkpoint_key,
+                record.get("sha256"),
+                checkpoint_dir / str(record["dir"]),
+            )
+        except (StoreError, KeyError, ValueError) as exc:
+            log.warning("job %s: checkpoint unusable (%s); starting over", job.id, exc)
+            return None
+        log.info("job %s: resuming from %s", job.id, job.checkpoint_key)
+        with self.sessions() as session:
+            write_progress(
+                session,
+                job.id,
+                self.owner,
+                {},
+                [("log", {"message": "resumed", "step": record.get("step"), "key": record["key"]})],
+            )
+        return record
+
+    def _publish(self, job: Job, spec: JobSpec, base_model: str, result: Any, tmp: Path) -> Outcome:
+        from adalora_core.formats.bundle import read_adapter, zip_bundle
+        from adalora_core.formats.lora import export_lora
+        from adalora_core.formats.merged import save_merged
+
+        with self.sessions() as session:
+            owned = load_owned_job(session, job.id, self.owner)
+            if owned is None:
+                return Outcome("lost")
+            cancelled = owned.status == JobStatus.CANCELLING.value
+            if not cancelled:
+                transition(owned, JobStatus.UPLOADING)
+                session.commit()
+        if cancelled:  # asked after the trainer's last poll (final evaluation or save)
+            return self._finish_cancelled()
+
+        adapter_id = new_id("ad")
+        bundle_dir = Path(result.adapter_dir)
+        weights = read_adapter(bundle_dir)
+        archives = {ArtifactFormat.PEFT: zip_bundle(bundle_dir, tmp / "peft.zip")}
+        lora_dir = export_lora(weights, tmp / "lora")
+        archives[ArtifactFormat.LORA] = zip_bundle(lora_dir, tmp / "lora.zip")
+        if spec.merged:
+            merged_dir = save_merged(base_model, weights, tmp / "merged", spec.task)
+            archives[ArtifactFormat.MERGED] = zip_bundle(merged_dir, tmp / "merged.zip")
+        formats: dict[str, dict[str, Any]] = {}
+        try:
+            for name, archive in archives.items():
+                key = adapter_key(job.tenant_id, adapter_id, name)
+                sha256, size = self.store.put_file(key, archive)
+                formats[name] = {"storage_key": key, "sha256": sha256, "size_bytes": size}
+            outcome = self._commit_adapter(job, spec, result, weights, adapter_id, formats)
+        except BaseException:
+            self._discard(formats)
+            raise
+        if outcome.status != "succeeded":
+            self._discard(formats)
+        return outcome
+
+    def _commit_adapter(
+        self,
+        job: Job,
+        spec: JobSpec,
+        result: Any,
+        weights: Any,
+        adapter_id: str,
+        formats: dict[str, dict[str, Any]],
+    ) -> Outcome:
+        """The adapter row and the job's success, in one transaction, if we still hold it."""
+        meta = weights.meta
+        rank_info = {
+            "budget": dict(meta.budget),
+            "modules": [dict(m) for m in meta.modules],
+            "history": list(meta.history),
+        }
+        with self.sessions() as session:
+            owned = load_owned_job(session, job.id, self.owner)
+            if owned is None or owned.status != JobStatus.UPLOADING.value:
+                log.warning("job %s: lease lost while uploading; artifacts discarded", job.id)
+                return Outcome("lost")
+            create_adapter(
+                session,
+                adapter_id=adapter_id,
+                tenant_id=owned.tenant_id,
+                job_id=owned.id,
+                name=owned.name,
+                base_model=owned.base_model,
+                task=spec.task.kind,
+                labels=list(meta.labels) if meta.labels else None,
+                init_r=meta.init_r,
+                target_r=meta.target_r,
+                total_rank=weights.total_rank,
+                trainable_params=meta.trainable_params,
+                formats=formats,
+                rank_info=rank_info,
+                metrics=dict(meta.metrics),
+            )
+            owned.adapter_id = adapter_id
+            owned.budget = {**(owned.budget or {}), **meta.budget, "current": weights.total_rank}
+            owned.metrics = {**(owned.metrics or {}), **eval_metrics(meta.metrics)}
+            owned.progress = {**(owned.progress or {}), "step": result.steps}
+            transition(owned, JobStatus.SUCCEEDED, adapter_id=adapter_id)
+            session.commit()
+        self._drop_checkpoint(job.id, owned.checkpoint_key)
+        log.info("job %s: succeeded, adapter %s", job.id, adapter_id)
+        return Outcome("succeeded", adapter_id)
+
+    def _finish_cancelled(self) -> Outcome:
+        with self.sessions() as session:
+            job = load_owned_job(session, self.job_id, self.owner)
+            if job is None:
+                return Outcome("lost")
+            if job.status == JobStatus.RUNNING.value:
+                transition(job, JobStatus.CANCELLING)
+            transition(job, JobStatus.CANCELLED)
+            session.commit()
+        self._drop_checkpoint(job.id, job.checkpoint_key)
+        log.info("job %s: cancelled", self.job_id)
+        return Outcome("cancelled")
+
+    def _fail(self, code: str, message: str) -> Outcome:
+        log.warning("job %s failed: %s: %s", self.job_id, code, message)
+        with self.sessions() as session:
+            job = load_owned_job(session, self.job_id, self.owner)
+            if job is None:
+                return Outcome("lost")
+            add_event(session, job, "error", {"code": code, "message": message})
+            if job.status == JobStatus.CANCELLING.value:
+                transition(job, JobStatus.CANCELLED)
+                status = "cancelled"
+            else:
+                job.error = {"code": code, "message": message}
+                transition(job, JobStatus.FAILED, code=code)
+                status = "failed"
+            session.commit()
+        return Outcome(status)
+
+    def _discard(self, formats: dict[str, dict[str, Any]]) -> None:
+        """Artifacts no adapter row will point at."""
+        for info in formats.values():
+            try:
+                self.store.delete(info["storage_key"])
+            except StoreError:
+                log.warning("could not delete orphaned artifact %s", info["storage_key"])
+
+    def _drop_checkpoint(self, job_id: str, key: str | None) -> None:
+        """A finished job never resumes, so its checkpoint is only taking space."""
+        if key:
+            try:
+                self.store.delete(key)
+            except StoreError:
+                log.warning("job %s: could not delete checkpoint %s", job_id, key)
