@@ -11,13 +11,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 from starlette.types import Message
 
 from api.deps import CallerDep, PageCursor, PageLimit, SessionDep, SettingsDep, StoreDep
 from api.errors import ApiError, not_found, responses
+from api.idempotency import create_once, replay
 from api.schemas import DatasetList, DatasetOut
 from registry import datasets as dataset_rows
 from registry.datasets_io import (
@@ -34,6 +34,8 @@ from registry.store import dataset_key
 
 log = logging.getLogger("adalora.api.datasets")
 router = APIRouter(tags=["datasets"])
+
+UPLOAD = "upload"
 
 COPY_CHUNK = 1024 * 1024
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file
@@ -131,19 +133,6 @@ def upload_hash(filename: str, name: str, content_sha256: str) -> str:
     return hashlib.sha256(f"{filename}\0{name}\0{content_sha256}".encode()).hexdigest()
 
 
-def _replay(existing: Dataset, digest: str, response: Response) -> DatasetOut:
-    """Same Idempotency-Key: the same upload gets the same dataset, a different one a 409."""
-    if existing.request_hash != digest:
-        raise ApiError(
-            409,
-            "idempotency_conflict",
-            "this Idempotency-Key was used for a different upload",
-            "Idempotency-Key",
-        )
-    response.status_code = 200
-    return dataset_out(existing)
-
-
 def _insert_row(
     session: Session,
     tenant_id: str,
@@ -169,11 +158,6 @@ def _insert_row(
     )
     session.commit()
     return dataset
-
-
-def _find_replay(session: Session, tenant_id: str, key: str) -> Dataset | None:
-    session.rollback()
-    return dataset_rows.find_by_idempotency_key(session, tenant_id, key)
 
 
 @router.post(
@@ -239,7 +223,7 @@ async def upload_dataset(
                     dataset_rows.find_by_idempotency_key, session, caller.tenant_id, idempotency_key
                 )
                 if existing is not None:
-                    return _replay(existing, digest, response)
+                    return dataset_out(replay(existing, digest, response, UPLOAD))
             try:
                 summary = await run_in_threadpool(
                     scan, tmp, fmt, DatasetLimits.from_settings(settings)
@@ -248,9 +232,9 @@ async def upload_dataset(
                 raise _bad_file(exc) from exc
             sha256, size = await run_in_threadpool(store.put_file, key, tmp)
             stored = True
-            try:
-                dataset = await run_in_threadpool(
-                    _insert_row,
+
+            def insert() -> Dataset:
+                return _insert_row(
                     session,
                     caller.tenant_id,
                     dataset_id,
@@ -261,16 +245,19 @@ async def upload_dataset(
                     key,
                     idempotency,
                 )
-            except IntegrityError:
-                if idempotency is None:
-                    raise
-                # A concurrent upload with the same key won the race: answer with its dataset.
-                existing = await run_in_threadpool(
-                    _find_replay, session, caller.tenant_id, idempotency[0]
+
+            def find() -> Dataset | None:
+                assert idempotency is not None
+                return dataset_rows.find_by_idempotency_key(
+                    session, caller.tenant_id, idempotency[0]
                 )
-                if existing is None:
-                    raise
-                return _replay(existing, idempotency[1], response)
+
+            dataset, created = await run_in_threadpool(
+                create_once, session, idempotency_key, insert, find
+            )
+            if not created:  # a concurrent upload with the same key won the race
+                assert idempotency is not None
+                return dataset_out(replay(dataset, idempotency[1], response, UPLOAD))
             stored = False  # the row owns the file now
             return dataset_out(dataset)
         finally:

@@ -6,7 +6,6 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Response
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import (
@@ -19,6 +18,7 @@ from api.deps import (
     SettingsDep,
 )
 from api.errors import ApiError, not_found, responses
+from api.idempotency import create_once, replay
 from api.schemas import EventList, EventOut, JobCreate, JobList, JobOut
 from api.submission import invalid, request_hash, resolve_hyperparameters
 from registry import datasets as dataset_rows
@@ -26,10 +26,12 @@ from registry import jobs as job_rows
 from registry.lifecycle import IllegalTransition
 from registry.models import Job
 from registry.queue import TaskProducer
-from registry.vocabulary import JobStatus
+from registry.vocabulary import EventKind, JobStatus
 
 log = logging.getLogger("adalora.api.jobs")
 router = APIRouter(tags=["jobs"])
+
+BODY = "request body"
 
 
 def job_out(job: Job) -> JobOut:
@@ -54,19 +56,6 @@ def job_out(job: Job) -> JobOut:
             "metadata": job.metadata_,
         }
     )
-
-
-def _replay(existing: Job, digest: str, response: Response) -> JobOut:
-    """Same Idempotency-Key: the same body gets the same job, a different body a 409."""
-    if existing.request_hash != digest:
-        raise ApiError(
-            409,
-            "idempotency_conflict",
-            "this Idempotency-Key was used for a different request body",
-            "Idempotency-Key",
-        )
-    response.status_code = 200
-    return job_out(existing)
 
 
 def _enqueue(producer: TaskProducer, job_id: str) -> None:
@@ -108,7 +97,7 @@ def submit_job(
     if idempotency_key is not None:
         existing = job_rows.find_by_idempotency_key(session, caller.tenant_id, idempotency_key)
         if existing is not None:
-            return _replay(existing, digest, response)
+            return job_out(replay(existing, digest, response, BODY))
 
     train = _load_dataset(session, caller.tenant_id, body.dataset_id, "dataset_id")
     validation = None
@@ -117,7 +106,8 @@ def submit_job(
             session, caller.tenant_id, body.validation_dataset_id, "validation_dataset_id"
         )
     hyperparameters = resolve_hyperparameters(body, train, validation, settings)
-    try:
+
+    def insert() -> Job:
         job = job_rows.create_job(
             session,
             tenant_id=caller.tenant_id,
@@ -133,16 +123,17 @@ def submit_job(
             metadata=body.metadata,
         )
         for message in hyperparameters["warnings"]:
-            job_rows.add_event(session, job, "warning", {"message": message})
+            job_rows.add_event(session, job, EventKind.WARNING, {"message": message})
         session.commit()
-    except IntegrityError:
-        session.rollback()
-        if idempotency_key is None:
-            raise
-        existing = job_rows.find_by_idempotency_key(session, caller.tenant_id, idempotency_key)
-        if existing is None:
-            raise
-        return _replay(existing, digest, response)
+        return job
+
+    def find() -> Job | None:
+        assert idempotency_key is not None
+        return job_rows.find_by_idempotency_key(session, caller.tenant_id, idempotency_key)
+
+    job, created = create_once(session, idempotency_key, insert, find)
+    if not created:
+        return job_out(replay(job, digest, response, BODY))
     background.add_task(_enqueue, producer, job.id)
     return job_out(job)
 
