@@ -199,3 +199,38 @@ def test_glue_files_upload_as_published(
     response = upload(tenant, name.replace("/", "-"), path.read_bytes())
     assert response.status_code == 201, response.text
     assert response.json()["num_rows"] == data_lines(path)
+
+
+@pytest.mark.parametrize("db_backend", ["postgres", "sqlite"])
+def test_upload_idempotency_key_replays_conflicts_and_wins_races_once(
+    live_server: Any, tenant: TenantKey, sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    import concurrent.futures
+    import threading
+
+    import httpx
+
+    content = jsonl(SST_ROWS)
+    headers = {**tenant.headers, "Idempotency-Key": "upload-1"}
+    start = threading.Barrier(6)
+
+    def send(_: int) -> tuple[int, str]:
+        with httpx.Client(base_url=live_server.url, timeout=60) as http:
+            start.wait()
+            response = http.post("/datasets", headers=headers, files={"file": ("t.jsonl", content)})
+            return response.status_code, response.json()["id"]
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(send, range(6)))
+    assert len({dataset_id for _, dataset_id in results}) == 1
+    assert sorted(code for code, _ in results) == [200] * 5 + [201]
+    assert dataset_count(sessions) == 1
+    assert len(stored_files(settings)) == 1  # the losers' files were removed
+
+    with httpx.Client(base_url=live_server.url, timeout=60) as http:
+        other = jsonl(SST_ROWS[:-1])
+        changed = http.post("/datasets", headers=headers, files={"file": ("t.jsonl", other)})
+    assert changed.status_code == 409
+    assert changed.json()["error"]["code"] == "idempotency_conflict"
+    assert changed.json()["error"]["field"] == "Idempotency-Key"
+    assert dataset_count(sessions) == 1 and len(stored_files(settings)) == 1
