@@ -58,9 +58,8 @@ class StoreAdapterSource:
         mismatch: ChecksumMismatch | None = None
         for _ in range(CHECKSUM_READS):
             try:
-                return AdapterBlob(
-                    self.store.open_read(info["storage_key"], info["sha256"]), info["sha256"]
-                )
+                data = self.store.open_read(info["storage_key"], info["sha256"])
+                return AdapterBlob(data, info["sha256"], verified=True)
             except ChecksumMismatch as exc:
                 mismatch = exc
             except NotFound as exc:

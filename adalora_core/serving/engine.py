@@ -67,10 +67,14 @@ class EngineSettings:
 
 @dataclass(frozen=True)
 class AdapterBlob:
-    """An artifact as stored: the zip bytes and the sha256 recorded when it was written."""
+    """An artifact as stored: the zip bytes and the sha256 recorded when it was written.
+
+    ``verified`` says the source already checked the bytes against ``sha256`` while reading
+    them (the artifact store does), so the engine does not hash them a second time."""
 
     data: bytes
     sha256: str
+    verified: bool = False
 
 
 class AdapterSource(Protocol):
@@ -273,7 +277,7 @@ class InferenceEngine:
     # ---- adapters --------------------------------------------------------------------------
     def _load_adapter(self, adapter_id: str) -> LoadedAdapter:
         blob = self.source.read(adapter_id)
-        if hashlib.sha256(blob.data).hexdigest() != blob.sha256:
+        if not blob.verified and hashlib.sha256(blob.data).hexdigest() != blob.sha256:
             raise AdapterCorrupt(adapter_id, "sha256 of the stored artifact does not match")
         try:
             weights = self._parser(blob.data)

@@ -113,6 +113,27 @@ def test_unparseable_artifact_with_matching_checksum_is_corrupt(
         make_engine().adapter("junk")
 
 
+def test_a_blob_the_source_verified_is_not_hashed_again(
+    make_engine, source, tmp_path, monkeypatch
+) -> None:
+    import dataclasses
+    import hashlib
+
+    from adalora_core.serving import engine as engine_module
+
+    (adapter_id,) = add_adapters(source, tmp_path, 1)
+    source.blobs[adapter_id] = dataclasses.replace(source.blobs[adapter_id], verified=True)
+    hashed: list[int] = []
+
+    def counting_sha256(data: bytes = b""):
+        hashed.append(len(data))
+        return hashlib.sha256(data)
+
+    monkeypatch.setattr(engine_module.hashlib, "sha256", counting_sha256)
+    assert make_engine().infer(adapter_id, ["w1 w2"])[0]["label"] in {"a", "b"}
+    assert hashed == []
+
+
 def test_unknown_adapter_is_not_found_and_not_remembered(make_engine) -> None:
     engine = make_engine()
     with pytest.raises(AdapterNotFound):
