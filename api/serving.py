@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adalora_core.serving.batcher import DynamicBatcher
 from adalora_core.serving.cache import AdapterCorrupt, AdapterNotFound, AdapterUnavailable
-from adalora_core.serving.engine import AdapterBlob, EngineSettings, InferenceEngine
+from adalora_core.serving.engine import EngineSettings, InferenceEngine
+from adalora_core.serving.loading import AdapterBlob
 from registry.models import Adapter
 from registry.settings import Settings
 from registry.store import ArtifactStore, ChecksumMismatch, NotFound

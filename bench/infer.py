@@ -40,13 +40,9 @@ from adalora_core.formats.bundle import (  # noqa: E402
     write_bundle,
     zip_bundle,
 )
-from adalora_core.serving.engine import (  # noqa: E402
-    AdapterBlob,
-    EngineSettings,
-    InferenceEngine,
-    LoadedAdapter,
-)
+from adalora_core.serving.engine import EngineSettings, InferenceEngine  # noqa: E402
 from adalora_core.serving.grouped import Routing, RowGroup, Strategy, routed  # noqa: E402
+from adalora_core.serving.loading import AdapterBlob, LoadedAdapter  # noqa: E402
 
 ROWS, TOKENS, ADAPTERS, INIT_R = 32, 128, 8, 16
 KINDS = ("attention.self.query", "attention.self.key", "attention.self.value")

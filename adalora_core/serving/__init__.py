@@ -3,12 +3,18 @@
 - `grouped.py`: the routed low-rank op (`RoutedLinear`, `Routing`, `fold_delta`).
 - `heads.py`: per-row task heads on a shared sequence-classification base.
 - `generation.py`: generation parameters and routed `generate()` for LM adapters.
+- `bases.py`: shared base models, loaded and wrapped once.
+- `loading.py`: adapter sources and loading an adapter onto its base.
 - `cache.py`: the two-tier adapter cache and its state machine.
-- `engine.py`: `InferenceEngine` (bases, adapter loading, one routed forward per batch).
+- `requests.py`: a request checked and tokenized (`Prepared`).
+- `forward.py`: one routed forward (or generate) for a batch of many adapters.
+- `outputs.py`: each row's answer per task.
+- `engine.py`: `InferenceEngine`, which wires the parts together.
 - `batcher.py`: `DynamicBatcher` (gathers concurrent requests into one forward).
 - `malloc.py`: glibc allocator tuning applied at engine start.
 """
 
+from adalora_core.serving.bases import BaseModelUnavailable
 from adalora_core.serving.batcher import DynamicBatcher
 from adalora_core.serving.cache import (
     AdapterCache,
@@ -18,13 +24,8 @@ from adalora_core.serving.cache import (
     AdapterState,
     AdapterTooLarge,
 )
-from adalora_core.serving.engine import (
-    AdapterBlob,
-    AdapterSource,
-    BaseModelUnavailable,
-    EngineSettings,
-    InferenceEngine,
-)
+from adalora_core.serving.engine import EngineSettings, InferenceEngine
+from adalora_core.serving.loading import AdapterBlob, AdapterSource
 
 __all__ = [
     "AdapterBlob",

@@ -18,7 +18,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from adalora_core.serving.engine import EngineSettings, InferenceEngine, Prepared
+from adalora_core.serving.engine import EngineSettings, InferenceEngine
+from adalora_core.serving.requests import Prepared
 
 Rows = list[dict[str, Any]]
 

@@ -15,6 +15,7 @@ import asyncio
 from fastapi import APIRouter, Request
 
 from adalora_core.errors import ConfigError
+from adalora_core.serving.bases import BaseModelUnavailable
 from adalora_core.serving.cache import (
     AdapterCorrupt,
     AdapterIncompatible,
@@ -22,7 +23,8 @@ from adalora_core.serving.cache import (
     AdapterTooLarge,
     AdapterUnavailable,
 )
-from adalora_core.serving.engine import BaseModelUnavailable, InferenceEngine, Prepared
+from adalora_core.serving.engine import InferenceEngine
+from adalora_core.serving.requests import Prepared
 from api.deps import EngineDep, InferLimitedCaller
 from api.errors import ApiError, not_found, responses
 from api.schemas import InferRequest, InferResponse

@@ -106,7 +106,7 @@ def test_unparseable_artifact_with_matching_checksum_is_corrupt(
 ) -> None:
     import hashlib
 
-    from adalora_core.serving.engine import AdapterBlob
+    from adalora_core.serving.loading import AdapterBlob
 
     source.blobs["junk"] = AdapterBlob(b"not a zip", hashlib.sha256(b"not a zip").hexdigest())
     with pytest.raises(AdapterCorrupt, match="zip"):
@@ -119,7 +119,7 @@ def test_a_blob_the_source_verified_is_not_hashed_again(
     import dataclasses
     import hashlib
 
-    from adalora_core.serving import engine as engine_module
+    from adalora_core.serving import loading as loading_module
 
     (adapter_id,) = add_adapters(source, tmp_path, 1)
     source.blobs[adapter_id] = dataclasses.replace(source.blobs[adapter_id], verified=True)
@@ -129,7 +129,7 @@ def test_a_blob_the_source_verified_is_not_hashed_again(
         hashed.append(len(data))
         return hashlib.sha256(data)
 
-    monkeypatch.setattr(engine_module.hashlib, "sha256", counting_sha256)
+    monkeypatch.setattr(loading_module.hashlib, "sha256", counting_sha256)
     assert make_engine().infer(adapter_id, ["w1 w2"])[0]["label"] in {"a", "b"}
     assert hashed == []
 

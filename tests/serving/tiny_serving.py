@@ -31,7 +31,7 @@ from adalora_core.formats.bundle import (
     zip_bundle,
 )
 from adalora_core.serving.cache import AdapterNotFound
-from adalora_core.serving.engine import AdapterBlob
+from adalora_core.serving.loading import AdapterBlob
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "</s>"] + [f"w{i}" for i in range(59)]
 WORDS = VOCAB[5:]

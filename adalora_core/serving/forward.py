@@ -1,0 +1,111 @@
+"""The batched forward: rows of many adapters on one shared base, one routed pass.
+
+Requests are sorted by adapter so each adapter's rows are one contiguous group, the base runs
+once (one forward, or one generate) under that routing, and the answers are un-sorted back
+into request order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from adalora_core.serving.bases import SharedBase
+from adalora_core.serving.generation import generate_rows
+from adalora_core.serving.grouped import Routing, RowGroup, Strategy, routed
+from adalora_core.serving.outputs import embeddings, head_outputs
+from adalora_core.serving.requests import Prepared
+
+
+def run_batch(
+    batch: Sequence[Prepared], device: torch.device, strategy: Strategy
+) -> list[list[dict[str, Any]]]:
+    """One routed forward for prepared requests of one base; answers in request order."""
+    bases = {id(p.base) for p in batch}
+    if len(bases) != 1:
+        raise ValueError("a batch must use one shared base")
+    base = batch[0].base
+    order = sorted(
+        range(len(batch)),
+        key=lambda i: "" if batch[i].adapter is None else batch[i].adapter.adapter_id,
+    )
+    groups: list[RowGroup] = []
+    encodings: list[dict[str, list[int]]] = []
+    spans: dict[int, tuple[int, int]] = {}
+    for i in order:
+        item = batch[i]
+        start = len(encodings)
+        encodings.extend(item.encodings)
+        spans[i] = (start, len(encodings))
+        adapter = item.adapter
+        if groups and groups[-1].adapter is adapter:
+            last = groups[-1]
+            groups[-1] = RowGroup(last.start, len(encodings), last.layers, last.heads, adapter)
+        else:
+            groups.append(
+                RowGroup(
+                    start,
+                    len(encodings),
+                    None if adapter is None else adapter.layers,
+                    None if adapter is None else adapter.heads,
+                    adapter,
+                )
+            )
+    routing = Routing.build(len(encodings), tuple(groups), len(base.layer_index), strategy)
+    with base.lock, torch.inference_mode(), routed(routing):
+        if base.kind == "sequence-classification":
+            rows = _classify(base, encodings, groups, device)
+        else:
+            rows = _generate(base, batch, order, encodings, device)
+    return [rows[spans[i][0] : spans[i][1]] for i in range(len(batch))]
+
+
+def _classify(
+    base: SharedBase,
+    encodings: list[dict[str, list[int]]],
+    groups: list[RowGroup],
+    device: torch.device,
+) -> list[dict[str, Any]]:
+    with base.tokenizer_lock:
+        padded = base.tokenizer.pad(encodings, return_tensors="pt").to(device)
+    base.last_hidden.clear()
+    logits = base.model(**padded).logits.float()
+    hidden = base.last_hidden.pop()
+    mask = padded["attention_mask"]
+    results: list[dict[str, Any]] = []
+    for g in groups:
+        adapter = g.adapter
+        if adapter is None:
+            results.extend(embeddings(hidden[g.start : g.stop], mask[g.start : g.stop]))
+        else:
+            results.extend(head_outputs(adapter, logits[g.start : g.stop]))
+    return results
+
+
+def _generate(
+    base: SharedBase,
+    batch: Sequence[Prepared],
+    order: list[int],
+    encodings: list[dict[str, list[int]]],
+    device: torch.device,
+) -> list[dict[str, Any]]:
+    limits: list[int] = []
+    for i in order:
+        params = batch[i].generation
+        assert params is not None
+        limits.extend([params.max_new_tokens] * batch[i].rows)
+    sampling = batch[order[0]].generation.sampling_key  # type: ignore[union-attr]
+    rows = [{"input_ids": e["input_ids"], "attention_mask": e["attention_mask"]} for e in encodings]
+    with base.tokenizer_lock:
+        padded = base.tokenizer.pad(rows, return_tensors="pt").to(device)
+    texts = generate_rows(
+        base.model,
+        base.tokenizer,
+        padded,
+        limits,
+        sampling,
+        decoder_only=base.kind == "causal-lm",
+    )
+    return [{"text": t} for t in texts]

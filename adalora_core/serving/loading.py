@@ -1,0 +1,173 @@
+"""Adapters: where their bytes come from, and how they become folded tensors on a shared base.
+
+Loading an adapter only builds small folded tensors (`LowRankDelta`) indexed like the base's
+routed layers, plus its task head; the cache in `cache.py` decides when this runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from adalora_core.errors import ConfigError
+from adalora_core.serving.bases import BaseModels, SharedBase
+from adalora_core.serving.cache import AdapterCorrupt, AdapterIncompatible
+from adalora_core.serving.grouped import LowRankDelta, fold_delta
+from adalora_core.serving.heads import build_heads
+from adalora_core.tasks import MODEL_KIND
+
+Parser = Callable[[bytes], Any]
+
+
+@dataclass(frozen=True)
+class AdapterBlob:
+    """An artifact as stored: the zip bytes and the sha256 recorded when it was written.
+
+    ``verified`` says the source already checked the bytes against ``sha256`` while reading
+    them (the artifact store does), so the loader does not hash them a second time."""
+
+    data: bytes
+    sha256: str
+    verified: bool = False
+
+
+class AdapterSource(Protocol):
+    """Where adapters come from; raises `AdapterNotFound` for unknown ids."""
+
+    def read(self, adapter_id: str) -> AdapterBlob: ...
+
+
+@dataclass
+class LoadedAdapter:
+    """What a cached adapter is: folded low-rank tensors per routed layer, its head, its labels."""
+
+    adapter_id: str
+    base: SharedBase
+    task: str
+    labels: tuple[str, ...]
+    max_length: int
+    layers: tuple[LowRankDelta | None, ...]
+    heads: dict[str, nn.Module] | None
+    nbytes: int
+
+    def to(self, device: torch.device) -> LoadedAdapter:
+        layers = tuple(
+            None if d is None else LowRankDelta(d.q.to(device), d.p.to(device)) for d in self.layers
+        )
+        heads = None
+        if self.heads is not None:
+            heads = {
+                name: module if module is self.base.head_templates.get(name) else module.to(device)
+                for name, module in self.heads.items()
+            }
+        return LoadedAdapter(
+            self.adapter_id,
+            self.base,
+            self.task,
+            self.labels,
+            self.max_length,
+            layers,
+            heads,
+            self.nbytes,
+        )
+
+
+def default_parser(data: bytes) -> Any:
+    from adalora_core.formats.bundle import read_adapter
+
+    return read_adapter(data)
+
+
+def task_kind(meta: Any) -> str:
+    task = meta.task
+    kind = task.get("kind") if isinstance(task, Mapping) else task
+    if kind not in MODEL_KIND:
+        raise ConfigError("task", f"unsupported task kind {kind!r}")
+    return str(kind)
+
+
+class AdapterLoader:
+    """Reads, checks and folds one adapter onto its base (the cache's ``load``)."""
+
+    def __init__(
+        self,
+        source: AdapterSource,
+        bases: BaseModels,
+        parser: Parser,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.source = source
+        self.bases = bases
+        self.parser = parser
+        self.device = device
+        self.dtype = dtype
+
+    def __call__(self, adapter_id: str) -> LoadedAdapter:
+        blob = self.source.read(adapter_id)
+        if not blob.verified and hashlib.sha256(blob.data).hexdigest() != blob.sha256:
+            raise AdapterCorrupt(adapter_id, "sha256 of the stored artifact does not match")
+        try:
+            weights = self.parser(blob.data)
+        except ValueError as exc:  # BundleError and friends: the bytes are not a bundle
+            raise AdapterCorrupt(adapter_id, str(exc)) from exc
+        try:
+            kind = task_kind(weights.meta)
+        except ConfigError as exc:
+            raise AdapterIncompatible(f"adapter {adapter_id}: {exc}") from exc
+        base = self.bases.get(weights.meta.base_model, MODEL_KIND[kind])
+        layers: list[LowRankDelta | None] = [None] * len(base.layer_index)
+        for path, delta in weights.modules.items():
+            index = base.layer_index.get(path.removeprefix("base_model.model."))
+            if index is None:
+                raise AdapterIncompatible(
+                    f"adapter {adapter_id}: module {path!r} is not a projection of {base.name}"
+                )
+            folded = fold_delta(delta.lora_A, delta.lora_B, delta.lora_E, delta.scaling)
+            if folded is not None:
+                layers[index] = LowRankDelta(
+                    folded.q.to(self.device, self.dtype), folded.p.to(self.device, self.dtype)
+                )
+        heads = None
+        labels: tuple[str, ...] = ()
+        nbytes = sum(d.nbytes for d in layers if d is not None)
+        if base.kind == "sequence-classification":
+            try:
+                heads = build_heads(base.head_templates, weights.head, self.dtype)
+            except ConfigError as exc:
+                raise AdapterIncompatible(f"adapter {adapter_id}: {exc}") from exc
+            heads = {
+                n: m if m is base.head_templates[n] else m.to(self.device) for n, m in heads.items()
+            }
+            nbytes += sum(t.numel() * t.element_size() for t in weights.head.values())
+            labels = tuple(weights.meta.labels or ())
+            width = head_width(heads)
+            if kind == "classification" and labels and len(labels) != width:
+                raise AdapterCorrupt(
+                    adapter_id, f"{len(labels)} label names for a head of {width} outputs"
+                )
+        elif weights.head:
+            raise AdapterIncompatible(
+                f"adapter {adapter_id}: a {kind} adapter carries head weights"
+            )
+        max_length = min(int(getattr(weights.meta, "max_length", base.max_length)), base.max_length)
+        return LoadedAdapter(
+            adapter_id, base, kind, labels, max_length, tuple(layers), heads, nbytes
+        )
+
+
+def head_width(heads: dict[str, nn.Module]) -> int:
+    """Outputs of the last Linear of the last top-level head (the logits; poolers are nested)."""
+    widths = [
+        m.out_features
+        for name, head in heads.items()
+        if "." not in name
+        for m in head.modules()
+        if isinstance(m, nn.Linear)
+    ]
+    return widths[-1]

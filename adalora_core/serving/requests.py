@@ -1,0 +1,78 @@
+"""A request ready for a batch: its inputs checked and tokenized for one adapter's base."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from adalora_core.errors import ConfigError
+from adalora_core.serving.bases import SharedBase
+from adalora_core.serving.generation import GenerationParams
+from adalora_core.serving.loading import LoadedAdapter
+
+
+@dataclass
+class Prepared:
+    """One request (or one chunk of it) ready for a batch: tokenized rows of one adapter."""
+
+    base: SharedBase
+    adapter: LoadedAdapter | None
+    encodings: list[dict[str, list[int]]]
+    generation: GenerationParams | None
+
+    @property
+    def rows(self) -> int:
+        return len(self.encodings)
+
+    @property
+    def longest(self) -> int:
+        return max(len(e["input_ids"]) for e in self.encodings)
+
+    @property
+    def batch_key(self) -> tuple[Any, ...]:
+        """Requests with equal keys may share one forward."""
+        sampling = self.generation.sampling_key if self.generation is not None else None
+        return (id(self.base), sampling)
+
+    def split(self, rows: int) -> list[Prepared]:
+        return [
+            Prepared(self.base, self.adapter, self.encodings[i : i + rows], self.generation)
+            for i in range(0, self.rows, rows)
+        ]
+
+
+def encode_input(
+    base: SharedBase,
+    row: str | Sequence[str],
+    index: int,
+    max_length: int,
+    truncate: bool,
+    generative: bool,
+) -> dict[str, list[int]]:
+    where = f"inputs[{index}]"
+    if isinstance(row, str):
+        first, second = row, None
+    elif (
+        isinstance(row, Sequence)
+        and len(row) == 2
+        and all(isinstance(t, str) for t in row)
+        and not generative
+    ):
+        first, second = row[0], row[1]
+    else:
+        allowed = "a string" if generative else "a string or a pair of strings"
+        raise ConfigError(where, f"must be {allowed}")
+    with base.tokenizer_lock:
+        full = base.tokenizer(first, second, truncation=False)
+    if len(full["input_ids"]) > max_length:
+        if not truncate:
+            raise ConfigError(
+                where,
+                f"is {len(full['input_ids'])} tokens, above the maximum of {max_length} "
+                "(set parameters.truncate to true to cut it)",
+            )
+        strategy = "longest_first" if second is not None else True
+        with base.tokenizer_lock:
+            full = base.tokenizer(first, second, truncation=strategy, max_length=max_length)
+    return {key: list(values) for key, values in full.items()}
