@@ -7,6 +7,8 @@ artifact store, sha256-checked by the store against the row. The lifespan in api
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,6 +37,8 @@ def engine_settings(settings: Settings) -> EngineSettings:
         max_length=settings.infer_max_length,
     )
 
+
+log = logging.getLogger("adalora.api.serving")
 
 CHECKSUM_READS = 2
 
@@ -67,7 +71,8 @@ class StoreAdapterSource:
                 raise AdapterUnavailable(
                     f"adapter {adapter_id}: its stored artifact is missing right now"
                 ) from exc
-        raise AdapterCorrupt(adapter_id, f"sha256 mismatch: {mismatch}") from mismatch
+        log.error("adapter %s: %s (read %d times)", adapter_id, mismatch, CHECKSUM_READS)
+        raise AdapterCorrupt(adapter_id, "its stored artifact failed its checksum") from mismatch
 
 
 def default_base_model(settings: Settings) -> str | None:

@@ -6,6 +6,7 @@ loaded; it is never merged or re-injected, so any number of adapters share it.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from torch import nn
 from adalora_core.serving.grouped import wrap_linears
 from adalora_core.serving.heads import route_heads
 from adalora_core.tasks import AUTO_CLASS, ModelKind
+
+log = logging.getLogger("adalora.serving")
 
 
 class BaseModelUnavailable(RuntimeError):
@@ -83,9 +86,9 @@ class BaseModels:
         try:
             model, tokenizer = self.factory(name, kind)
         except (OSError, ValueError, KeyError) as exc:
-            raise BaseModelUnavailable(
-                f"base model {name!r} ({kind}) cannot be loaded: {exc}"
-            ) from exc
+            # The cause names local paths: it goes to the log, not to the caller.
+            log.error("base model %r (%s) cannot be loaded: %s", name, kind, exc)
+            raise BaseModelUnavailable(f"base model {name!r} ({kind}) cannot be loaded") from exc
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         if kind == "causal-lm":

@@ -117,8 +117,9 @@ async def get_ranks(
 
 
 def _checked_stream(chunks: Iterator[bytes], on_mismatch: Callable[[], None]) -> Iterator[bytes]:
-    """Pass the store's chunks through; a checksum failure at the end marks the adapter corrupt
-    and aborts the response (the client sees an incomplete download, never bad bytes as good)."""
+    """Pass the store's chunks through; a checksum failure at the end aborts the response (the
+    client sees an incomplete download, never bad bytes as good) and asks ``on_mismatch`` to
+    confirm the corruption."""
     try:
         yield from chunks
     except ChecksumMismatch:
@@ -149,7 +150,15 @@ def download_adapter(
         raise ApiError(404, "not_found", f"adapter {adapter_id!r} has no {format!r} format stored")
     sessions = request.app.state.sessions
 
-    def mark_corrupt() -> None:
+    def confirm_corrupt() -> None:
+        """A failed checksum condemns the adapter only if a second, whole read fails too."""
+        try:
+            store.open_read(stored["storage_key"], stored["sha256"])
+            return
+        except ChecksumMismatch:
+            pass
+        except NotFound:
+            return  # missing is not corrupt: it may come back
         with sessions() as other:
             adapter_rows.mark_corrupt(other, adapter_id)
             other.commit()
@@ -157,9 +166,11 @@ def download_adapter(
     try:
         chunks = store.iter_read(stored["storage_key"], expected_sha256=stored["sha256"])
     except NotFound as exc:
-        mark_corrupt()
+        # Possibly a restore or replication in progress: say so, but do not condemn the adapter.
         raise ApiError(
-            503, "artifact_missing", f"the stored {format!r} file of {adapter_id!r} is missing"
+            503,
+            "artifact_missing",
+            f"the stored {format!r} file of {adapter_id!r} is missing right now; retry shortly",
         ) from exc
     headers = {
         "Content-Disposition": f'attachment; filename="{adapter_id}-{format}.zip"',
@@ -167,7 +178,7 @@ def download_adapter(
         "X-Checksum-Sha256": stored["sha256"],
     }
     return StreamingResponse(
-        _checked_stream(chunks, mark_corrupt), media_type="application/zip", headers=headers
+        _checked_stream(chunks, confirm_corrupt), media_type="application/zip", headers=headers
     )
 
 

@@ -120,7 +120,7 @@ def test_other_tenants_and_unknown_adapters_are_404(
 
 
 def test_checksum_failure_is_409_and_others_keep_serving(
-    client, tenant, stored_adapter, store, settings
+    client, tenant, stored_adapter, store, settings, sessions
 ) -> None:
     good, _ = stored_adapter(tenant, seed=3)
     bad, _ = stored_adapter(tenant, seed=4)
@@ -131,6 +131,10 @@ def test_checksum_failure_is_409_and_others_keep_serving(
     )
     assert response.status_code == 409, response.text
     assert response.json()["error"]["code"] == "adapter_corrupt"
+    with sessions() as session:
+        row = adapter_rows.get_adapter(session, tenant.id, bad)
+        leaks = [row.formats["peft"]["storage_key"], row.formats["peft"]["sha256"], "sha256 "]
+    assert not [leak for leak in leaks if leak in response.text], response.text
     again = client.post(
         "/infer", headers=tenant.headers, json={"adapter_id": bad, "inputs": ["w1"]}
     )
@@ -223,7 +227,7 @@ def test_concurrent_http_requests_get_their_own_adapters(client, tenant, stored_
         assert g == pytest.approx(w, abs=1e-5)
 
 
-def test_missing_base_model_directory_is_503(client, tenant) -> None:
+def test_missing_base_model_directory_is_503(client, tenant, settings) -> None:
     response = client.post(
         "/infer",
         headers=tenant.headers,
@@ -231,6 +235,8 @@ def test_missing_base_model_directory_is_503(client, tenant) -> None:
     )
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "base_model_unavailable"
+    directory = settings.base_models[TEST_BASE_MODEL]
+    assert directory not in response.text and str(settings.home) not in response.text
 
 
 def test_unknown_base_model_is_422(client, tenant) -> None:
