@@ -42,6 +42,11 @@ class Prepared:
         ]
 
 
+# No tokenizer we serve turns more characters than this into one token (WordPiece maps a word of
+# over 100 characters to a single [UNK], which this bound still covers for max_length rows).
+MAX_CHARS_PER_TOKEN = 64
+
+
 def encode_input(
     base: SharedBase,
     row: str | Sequence[str],
@@ -63,6 +68,19 @@ def encode_input(
     else:
         allowed = "a string" if generative else "a string or a pair of strings"
         raise ConfigError(where, f"must be {allowed}")
+    # Tokenizing holds the base's tokenizer lock: cut (or refuse) a huge text by characters
+    # first, so one request cannot hold the lock while it tokenizes megabytes.
+    char_limit = max_length * MAX_CHARS_PER_TOKEN
+    longest = max(len(first), len(second or ""))
+    if longest > char_limit:
+        if not truncate:
+            raise ConfigError(
+                where,
+                f"is {longest} characters, far above the maximum of {max_length} tokens "
+                "(set parameters.truncate to true to cut it)",
+            )
+        first = first[:char_limit]
+        second = None if second is None else second[:char_limit]
     with base.tokenizer_lock:
         full = base.tokenizer(first, second, truncation=False)
     if len(full["input_ids"]) > max_length:

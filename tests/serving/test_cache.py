@@ -175,3 +175,34 @@ def test_adapter_for_modules_the_base_lacks_is_incompatible_not_corrupt(
     with pytest.raises(AdapterIncompatible, match="layer.7"):
         engine.adapter("odd")
     assert engine.state("odd") is AdapterState.ABSENT
+
+
+def test_huge_inputs_are_cut_before_the_tokenizer_sees_them(make_engine, source, tmp_path) -> None:
+    from adalora_core.errors import ConfigError
+    from adalora_core.serving.requests import MAX_CHARS_PER_TOKEN
+
+    (adapter_id,) = add_adapters(source, tmp_path, 1)
+    engine = make_engine()
+    adapter = engine.adapter(adapter_id)
+    seen: list[int] = []
+    tokenizer = adapter.base.tokenizer
+
+    class Recording:
+        def __getattr__(self, name: str):
+            return getattr(tokenizer, name)
+
+        def __call__(self, first, second=None, **kwargs):
+            seen.append(len(first) + len(second or ""))
+            return tokenizer(first, second, **kwargs)
+
+    adapter.base.tokenizer = Recording()
+    try:
+        huge = "w1 " * 2_000_000  # 6 MB of text
+        prepared = engine.prepare(adapter_id, [huge])
+        assert len(prepared.encodings[0]["input_ids"]) == adapter.max_length
+        assert seen and max(seen) <= adapter.max_length * MAX_CHARS_PER_TOKEN
+        with pytest.raises(ConfigError, match="characters") as raised:
+            engine.prepare(adapter_id, [huge], {"truncate": False})
+        assert raised.value.field == "inputs[0]"
+    finally:
+        adapter.base.tokenizer = tokenizer
