@@ -130,3 +130,35 @@ def test_list_jobs_pages_newest_first(db_session: Session) -> None:
     assert seen == sorted(ids, reverse=True)
     assert len(set(seen)) == 5
     assert jobs.list_jobs(db_session, first.tenant_id, status="running").items == []
+
+
+@pytest.mark.parametrize("db_backend", ["postgres", "sqlite"])
+def test_many_workers_racing_for_one_job_through_the_worker_code_one_wins(
+    sessions: sessionmaker[Session],
+) -> None:
+    """The queue may deliver one job to several workers at once; each runs lease_job with its
+    own connection, and exactly one ends up running it."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    with sessions() as session:
+        job_id = make_job(session).id
+    start = threading.Barrier(8)
+
+    def claim(worker: int) -> bool:
+        with sessions() as session:
+            start.wait()
+            return leases.lease_job(session, job_id, f"w{worker}", 60) is not None
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(claim, range(8)))
+    assert won.count(True) == 1
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.attempts == 1
+        assert job.lease_owner == f"w{won.index(True)}"
+        moves = [e for e in jobs.list_events(session, job) if e.kind == "status"]
+        assert [(e.data["from"], e.data["to"]) for e in moves] == [
+            (None, "queued"),
+            ("queued", "running"),
+        ]
