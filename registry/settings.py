@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     base_models: dict[str, str] = Field(default_factory=dict)
 
     api_key: str | None = None  # bootstrap key for the "default" tenant
+    # /metrics counts every tenant's jobs: with a token set, scrapers send it as a bearer
+    # token; without one, only clients on this machine (loopback) may read it.
+    metrics_token: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
 

@@ -1,16 +1,41 @@
-"""Liveness, readiness (database + broker) and Prometheus metrics; no authentication."""
+"""Liveness, readiness (database + broker) and Prometheus metrics.
+
+Health needs no key. Metrics cover every tenant, so they need ``ADALORA_METRICS_TOKEN`` as a
+bearer token, or, with no token configured, a client on the loopback interface.
+"""
 
 from __future__ import annotations
+
+import hmac
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from api.errors import error_response, responses
+from api.errors import ApiError, error_response, responses
 from api.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
+
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
+
+
+def _check_metrics_access(request: Request) -> None:
+    token = request.app.state.settings.metrics_token
+    if token:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            raise ApiError(401, "unauthorized", "metrics need the metrics token as a bearer token")
+        return
+    client = request.client.host if request.client else ""
+    if client not in LOOPBACK:
+        raise ApiError(
+            403,
+            "forbidden",
+            "metrics are served to loopback clients only; set ADALORA_METRICS_TOKEN to scrape "
+            "them from elsewhere",
+        )
 
 
 @router.get("/healthz", response_model=Health)
@@ -50,8 +75,12 @@ async def readyz(request: Request) -> Readiness | Response:
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+        **responses(401, 403),
+    },
 )
 def metrics(request: Request) -> Response:
+    _check_metrics_access(request)
     body = generate_latest(request.app.state.metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

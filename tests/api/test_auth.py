@@ -53,7 +53,24 @@ def test_protected_routes_need_a_valid_key(
 
 def test_open_routes(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/metrics").status_code == 200
+
+
+def test_metrics_need_the_metrics_token_or_a_loopback_client(
+    client: TestClient, settings: Any, live_server: Any
+) -> None:
+    import httpx
+
+    # TestClient's peer is not loopback: with no token configured, metrics are refused.
+    refused = client.get("/metrics")
+    assert refused.status_code == 403 and "ADALORA_METRICS_TOKEN" in refused.text
+    assert httpx.get(f"{live_server.url}/metrics").status_code == 200  # a local scraper
+    settings.metrics_token = "scrape-secret-1"
+    assert client.get("/metrics").status_code == 401
+    wrong = {"Authorization": "Bearer scrape-secret-2"}
+    assert client.get("/metrics", headers=wrong).status_code == 401
+    assert httpx.get(f"{live_server.url}/metrics").status_code == 401  # loopback needs it too
+    right = {"Authorization": "Bearer scrape-secret-1"}
+    assert client.get("/metrics", headers=right).status_code == 200
 
 
 def test_key_lifecycle(client: TestClient, tenant: TenantKey, other_tenant: TenantKey) -> None:

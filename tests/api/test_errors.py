@@ -168,11 +168,12 @@ def test_openapi_declares_models_and_errors(client: TestClient) -> None:
 
 
 def test_metrics_count_routes_and_jobs(
-    client: TestClient, tenant: TenantKey, dataset: dict
+    client: TestClient, tenant: TenantKey, dataset: dict, settings: Any
 ) -> None:
     client.post("/jobs", json=job_body(dataset["id"]), headers=tenant.headers)
     client.get("/jobs/job_missing", headers=tenant.headers)
-    text = client.get("/metrics").text
+    settings.metrics_token = "scrape-secret"
+    text = client.get("/metrics", headers={"Authorization": "Bearer scrape-secret"}).text
     assert 'adalora_http_requests_total{method="POST",route="/jobs",status="202"} 1.0' in text
     assert 'route="/jobs/{job_id}",status="404"' in text
     assert 'adalora_jobs{status="queued"} 1.0' in text
