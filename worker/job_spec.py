@@ -1,7 +1,8 @@
 """Turns a job row (as the API stored it) into the arguments of ``adalora_core.train``.
 
-The API validated everything at submission; ``hyperparameters`` holds the resolved values
-(labels, schedule), ``request`` the body as submitted.
+The API validated everything at submission and stored the resolved settings in
+``hyperparameters`` (every section complete: the recipe filled what the body left out); the
+worker uses them as they are and derives nothing again.
 """
 
 from __future__ import annotations
@@ -26,15 +27,11 @@ class JobSpec:
 
 
 def _section(job: Job, name: str) -> dict[str, Any]:
-    """The resolved section the API stored in ``hyperparameters`` (complete, used as is), else
-    the submitted one with unset fields left to the library defaults."""
+    """A section the API resolved and stored in ``hyperparameters``: complete, used as is."""
     resolved = (job.hyperparameters or {}).get(name)
-    if isinstance(resolved, dict):
-        return dict(resolved)
-    given = {k: v for k, v in ((job.request or {}).get(name) or {}).items() if v is not None}
-    if name == "training" and "max_steps" in given and "epochs" not in given:
-        given["epochs"] = None  # max_steps replaces the default epoch count
-    return given
+    if not isinstance(resolved, dict):
+        raise ValueError(f"job {job.id} has no resolved {name!r} settings")
+    return dict(resolved)
 
 
 CHECKPOINTS_PER_RUN = 10
@@ -69,5 +66,5 @@ def job_spec(job: Job) -> JobSpec:
         task=spec.validate(),
         adalora=AdaLoraConfig.from_dict(_section(job, "adalora")),
         training=training.validate(),
-        merged=(hyper.get("output") or (job.request or {}).get("output")) == OutputMode.MERGED,
+        merged=hyper.get("output") == OutputMode.MERGED,
     )

@@ -1,5 +1,5 @@
-"""A queued training job on the tiny BERT, written straight into the registry (no API), for the
-tests that run the worker's ``run_job`` in-process."""
+"""A queued training job on the tiny BERT, written into the registry as POST /jobs writes it,
+for the tests that run the worker's ``run_job`` in-process."""
 
 from __future__ import annotations
 
@@ -8,49 +8,18 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.datasets import create_dataset
-from registry.datasets_io import scan
-from registry.ids import new_id
-from registry.jobs import create_job
+from registry.settings import Settings
 from registry.store.base import ArtifactStore
-from registry.tenants import create_tenant
-from tests.worker.service_fixtures import job_body, write_sentiment_csv
+from tests.worker.service_fixtures import store_sentiment_dataset, submit_job
 
 
 def queued_job(
-    sessions: sessionmaker[Session], store: ArtifactStore, tmp_path: Path, **training: Any
+    sessions: sessionmaker[Session],
+    store: ArtifactStore,
+    tmp_path: Path,
+    settings: Settings,
+    **training: Any,
 ) -> str:
     """A tenant, a 48-row sentiment CSV in the store, and a queued job on it; the job id."""
-    csv_path = write_sentiment_csv(tmp_path / "train.csv", 48)
-    with sessions() as session:
-        tenant_id = create_tenant(session, "t").id
-        dataset_id = new_id("ds")
-        key = f"datasets/{tenant_id}/{dataset_id}/data.csv"
-        sha256, size = store.put_file(key, csv_path)
-        create_dataset(
-            session,
-            dataset_id=dataset_id,
-            tenant_id=tenant_id,
-            name="train.csv",
-            summary=scan(csv_path, "csv"),
-            sha256=sha256,
-            size_bytes=size,
-            storage_key=key,
-        )
-        body = job_body(dataset_id, **training)
-        job = create_job(
-            session,
-            tenant_id=tenant_id,
-            base_model="tiny",
-            task="classification",
-            dataset_id=dataset_id,
-            validation_dataset_id=None,
-            request=body,
-            hyperparameters={
-                "labels": ["negative", "positive"],
-                "total_steps": body["training"]["max_steps"],
-            },
-            request_hash=new_id("h"),
-        )
-        session.commit()
-        return job.id
+    tenant_id, dataset_id = store_sentiment_dataset(sessions, store, tmp_path)
+    return submit_job(sessions, settings, tenant_id, dataset_id, **training)

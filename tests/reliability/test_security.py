@@ -83,7 +83,7 @@ def test_downloads_hold_only_the_adapters_files(
             "progress_write_interval_s": 0.0,
         }
     )
-    job_id = queued_job(sessions, store, tmp_path, max_steps=6, checkpoint_every=2)
+    job_id = queued_job(sessions, store, tmp_path, worker_settings, max_steps=6, checkpoint_every=2)
     outcome = run_job(job_id, worker_settings, sessions, store)
     assert outcome.status == "succeeded"
     with sessions() as session:

@@ -54,7 +54,7 @@ def test_worker_survives_a_database_outage_mid_training(
         lease_seconds=30.0,  # longer than the outage: the lease survives it
     )
     store = LocalStore(settings.store_dir)
-    job_id = queued_job(proxied_db.sessions, store, tmp_path, max_steps=STEPS)
+    job_id = queued_job(proxied_db.sessions, store, tmp_path, settings, max_steps=STEPS)
     engine = make_engine(settings.database_url)
     outcome: dict[str, Any] = {}
     worker = threading.Thread(

@@ -5,18 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from service_fixtures import job_body, save_tiny_bert, write_sentiment_csv
+from service_fixtures import save_tiny_bert, store_sentiment_dataset, submit_job
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.datasets import create_dataset
-from registry.datasets_io import scan
 from registry.db import make_engine, make_sessionmaker, upgrade_to_head
-from registry.ids import new_id
-from registry.jobs import create_job
-from registry.models import Job
+from registry.models import Dataset, Job
 from registry.settings import Settings
 from registry.store import LocalStore
-from registry.tenants import create_tenant
 
 
 @pytest.fixture(scope="session")
@@ -53,47 +48,19 @@ def store(settings: Settings) -> LocalStore:
 class World:
     """A tenant with one uploaded data set; ``submit`` creates queued jobs on it."""
 
-    def __init__(self, sessions: sessionmaker[Session], store: LocalStore, tmp: Path) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], store: LocalStore, tmp: Path, settings: Settings
+    ) -> None:
         self.sessions = sessions
-        csv_path = write_sentiment_csv(tmp / "train.csv", 48)
+        self.settings = settings
+        self.tenant_id, self.dataset_id = store_sentiment_dataset(sessions, store, tmp)
         with sessions() as session:
-            self.tenant_id = create_tenant(session, "t").id
-            dataset_id = new_id("ds")
-            key = f"datasets/{self.tenant_id}/{dataset_id}/data.csv"
-            sha256, size = store.put_file(key, csv_path)
-            create_dataset(
-                session,
-                dataset_id=dataset_id,
-                tenant_id=self.tenant_id,
-                name="train.csv",
-                summary=scan(csv_path, "csv"),
-                sha256=sha256,
-                size_bytes=size,
-                storage_key=key,
-            )
-            session.commit()
-        self.dataset_id = dataset_id
-        self.dataset_key = key
+            dataset = session.get(Dataset, self.dataset_id)
+            assert dataset is not None
+            self.dataset_key = dataset.storage_key
 
     def submit(self, **training: object) -> str:
-        body = job_body(self.dataset_id, **training)
-        with self.sessions() as session:
-            job = create_job(
-                session,
-                tenant_id=self.tenant_id,
-                base_model="tiny",
-                task="classification",
-                dataset_id=self.dataset_id,
-                validation_dataset_id=None,
-                request=body,
-                hyperparameters={
-                    "labels": ["negative", "positive"],
-                    "total_steps": body["training"]["max_steps"],
-                },
-                request_hash=new_id("h"),
-            )
-            session.commit()
-            return job.id
+        return submit_job(self.sessions, self.settings, self.tenant_id, self.dataset_id, **training)
 
     def job(self, job_id: str) -> Job:
         with self.sessions() as session:
@@ -103,5 +70,7 @@ class World:
 
 
 @pytest.fixture
-def world(sessions: sessionmaker[Session], store: LocalStore, tmp_path: Path) -> World:
-    return World(sessions, store, tmp_path)
+def world(
+    sessions: sessionmaker[Session], store: LocalStore, tmp_path: Path, settings: Settings
+) -> World:
+    return World(sessions, store, tmp_path, settings)

@@ -1,4 +1,5 @@
-"""Shared by the worker, e2e and CLI tests: a tiny BERT on disk and sentiment rows for it."""
+"""Shared by the worker, reliability, e2e and CLI tests: a tiny BERT on disk, sentiment rows for
+it, and queued jobs written to the registry exactly as POST /jobs writes them."""
 
 from __future__ import annotations
 
@@ -6,6 +7,18 @@ import csv
 import random
 from pathlib import Path
 
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.schemas import JobCreate
+from api.submission import resolve_hyperparameters
+from registry.datasets import create_dataset
+from registry.datasets_io import scan
+from registry.ids import new_id
+from registry.jobs import create_job
+from registry.models import Dataset
+from registry.settings import Settings
+from registry.store.base import ArtifactStore
+from registry.tenants import create_tenant
 from tests.core.tiny_trainer_model import FILLER, NEGATIVE, POSITIVE
 from tests.core.tiny_trainer_model import save_tiny_bert as _save_tiny_bert
 
@@ -47,3 +60,55 @@ def job_body(dataset_id: str, base_model: str = "tiny", **training: object) -> d
         },
         "output": "merged",
     }
+
+
+def store_sentiment_dataset(
+    sessions: sessionmaker[Session], store: ArtifactStore, tmp: Path, rows: int = 48
+) -> tuple[str, str]:
+    """A new tenant with an uploaded sentiment CSV; (tenant id, dataset id)."""
+    csv_path = write_sentiment_csv(tmp / "train.csv", rows)
+    with sessions() as session:
+        tenant_id = create_tenant(session, "t").id
+        dataset_id = new_id("ds")
+        key = f"datasets/{tenant_id}/{dataset_id}/data.csv"
+        sha256, size = store.put_file(key, csv_path)
+        create_dataset(
+            session,
+            dataset_id=dataset_id,
+            tenant_id=tenant_id,
+            name="train.csv",
+            summary=scan(csv_path, "csv"),
+            sha256=sha256,
+            size_bytes=size,
+            storage_key=key,
+        )
+        session.commit()
+    return tenant_id, dataset_id
+
+
+def submit_job(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    tenant_id: str,
+    dataset_id: str,
+    **training: object,
+) -> str:
+    """A queued job as POST /jobs stores it (settings resolved by the API's own function); its
+    id. ``settings.base_models`` must name the tiny model "tiny"."""
+    body = JobCreate.model_validate(job_body(dataset_id, **training))
+    with sessions() as session:
+        dataset = session.get(Dataset, dataset_id)
+        assert dataset is not None
+        job = create_job(
+            session,
+            tenant_id=tenant_id,
+            base_model=body.base_model,
+            task=body.task,
+            dataset_id=dataset_id,
+            validation_dataset_id=None,
+            request=body.model_dump(mode="json"),
+            hyperparameters=resolve_hyperparameters(body, dataset, None, settings),
+            request_hash=new_id("h"),
+        )
+        session.commit()
+        return job.id
