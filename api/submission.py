@@ -23,6 +23,27 @@ def invalid(field: str, message: str) -> ApiError:
     return ApiError(422, "invalid_request", message, field)
 
 
+def _check_limits(resolved: recipe.Resolved, train: Dataset, settings: Settings) -> None:
+    """The resources a job asks for, against the operator's limits."""
+    run_length = "training.epochs" if resolved.training.epochs is not None else "training.max_steps"
+    limits = (
+        ("adalora.init_r", resolved.adalora.init_r, settings.job_max_rank),
+        ("training.batch_size", resolved.training.batch_size, settings.job_max_batch_size),
+        ("training.max_length", resolved.training.max_length, settings.job_max_length),
+        (run_length, resolved.total_steps, settings.job_max_updates),
+        ("dataset_id", train.num_rows, settings.job_max_train_rows),
+    )
+    units = {run_length: "updates", "dataset_id": "training rows"}
+    for field, value, limit in limits:
+        if value > limit:
+            what = units.get(field, "")
+            raise invalid(
+                field,
+                f"asks for {value}{' ' + what if what else ''}, above this service's limit of "
+                f"{limit}",
+            )
+
+
 def request_hash(body: JobCreate) -> str:
     """Stable digest of the submitted job (defaults included) for idempotency checks."""
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -179,6 +200,7 @@ def resolve_hyperparameters(
         body.adalora.model_dump(exclude_none=True),
     )
     assert resolved.schedule is not None  # the service trains AdaLoRA
+    _check_limits(resolved, train, settings)
     return {
         "adalora": resolved.adalora.to_dict(),
         "training": asdict(resolved.training),

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     base_models: dict[str, str] = Field(default_factory=dict)
 
     api_key: str | None = None  # bootstrap key for the "default" tenant
+    # The most one training job may ask for: a tenant cannot occupy a worker for days or run
+    # it out of memory. Over a limit, POST /jobs answers 422 naming the field and the limit.
+    job_max_rank: int = 64
+    job_max_batch_size: int = 256
+    job_max_length: int = 2048
+    job_max_updates: int = 100_000
+    job_max_train_rows: int = 5_000_000
     # /metrics counts every tenant's jobs: with a token set, scrapers send it as a bearer
     # token; without one, only clients on this machine (loopback) may read it.
     metrics_token: str | None = None

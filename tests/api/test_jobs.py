@@ -172,6 +172,44 @@ def test_invalid_submissions_name_the_field(
     assert job_count(sessions) == 0
 
 
+@pytest.mark.parametrize(
+    ("limit", "overrides", "field"),
+    [
+        ("job_max_rank", {"adalora": {"init_r": 12, "target_r": 8}}, "adalora.init_r"),
+        (
+            "job_max_batch_size",
+            {"training": {"max_steps": 10, "batch_size": 16}},
+            "training.batch_size",
+        ),
+        (
+            "job_max_length",
+            {"training": {"max_steps": 10, "max_length": 64}},
+            "training.max_length",
+        ),
+        ("job_max_updates", {"training": {"max_steps": 50}}, "training.max_steps"),
+        ("job_max_updates", {"training": {"epochs": 50}}, "training.epochs"),
+        ("job_max_train_rows", {}, "dataset_id"),
+    ],
+)
+def test_resource_limits_are_422_naming_the_field_and_the_limit(
+    client: TestClient,
+    tenant: TenantKey,
+    dataset: dict[str, Any],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    limit: str,
+    overrides: dict[str, Any],
+    field: str,
+) -> None:
+    setattr(settings, limit, 8)
+    body = {**job_body(dataset["id"]), **overrides}
+    response = client.post("/jobs", json=body, headers=tenant.headers)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == field and "limit of 8" in error["message"], error
+    assert job_count(sessions) == 0
+
+
 def test_label_checks(
     client: TestClient, tenant: TenantKey, dataset: dict, regression_and_text: dict[str, str]
 ) -> None:
