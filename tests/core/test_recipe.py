@@ -48,7 +48,8 @@ def test_every_task_kind_gets_a_complete_valid_config(kind: str) -> None:
     assert resolved.schedule.final_mask_step - resolved.schedule.t_init >= 200
     assert resolved.adalora.t_init == resolved.schedule.t_init
     assert resolved.warnings == ()
-    assert resolved.training.group_by_length and "training.group_by_length" in resolved.chosen
+    assert resolved.training.group_by_length is False
+    assert "training.group_by_length" in resolved.chosen
 
 
 def test_generative_kinds_get_longer_sequences_and_a_smaller_step() -> None:
