@@ -16,9 +16,11 @@ from adalora_core.serving.engine import InferenceEngine
 from api.errors import ApiError
 from api.ratelimit import TokenBuckets, retry_after_header
 from registry import tenants
+from registry.models import Tenant
 from registry.queue import TaskProducer
 from registry.settings import Settings
 from registry.store import ArtifactStore
+from registry.vocabulary import KeyScope, scope_allows
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
@@ -63,10 +65,13 @@ PageCursor = Annotated[str | None, Query(max_length=64)]
 
 @dataclass(frozen=True)
 class Caller:
-    """The authenticated caller: everything it touches is scoped to ``tenant_id``."""
+    """The authenticated caller: everything it touches is scoped to ``tenant_id``, and it may
+    do what ``scope`` allows."""
 
     tenant_id: str
     key_id: str
+    scope: KeyScope
+    operator: bool = False
 
 
 def get_caller(
@@ -85,14 +90,44 @@ def get_caller(
     session.commit()
     if key is None:
         raise ApiError(401, "unauthorized", "invalid or revoked API key", None, unauthorized)
-    return Caller(tenant_id=key.tenant_id, key_id=key.id)
+    tenant = session.get(Tenant, key.tenant_id)
+    session.commit()
+    return Caller(
+        tenant_id=key.tenant_id,
+        key_id=key.id,
+        scope=KeyScope(key.scope),
+        operator=bool(tenant is not None and tenant.operator),
+    )
 
 
-CallerDep = Annotated[Caller, Depends(get_caller)]
+def _scoped(needed: KeyScope, *, operator: bool = False):
+    def check(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+        if not scope_allows(caller.scope, needed):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"this key's scope is {caller.scope.value!r}; this needs {needed.value!r}",
+            )
+        if operator and not caller.operator:
+            raise ApiError(403, "forbidden", "only the operator tenant's admin keys manage tenants")
+        return caller
+
+    return check
 
 
-def _limit(name: str):
-    def check(request: Request, caller: CallerDep) -> Caller:
+# Every authenticated route takes one of these: the key, checked for the scope it needs.
+CallerDep = Annotated[Caller, Depends(_scoped(KeyScope.INFER))]
+TrainCaller = Annotated[Caller, Depends(_scoped(KeyScope.TRAIN))]
+AdminCaller = Annotated[Caller, Depends(_scoped(KeyScope.ADMIN))]
+OperatorCaller = Annotated[Caller, Depends(_scoped(KeyScope.ADMIN, operator=True))]
+
+
+def _limit(name: str, needed: KeyScope):
+    scoped = _scoped(needed)
+
+    # A default-value Depends: an annotation naming the local ``scoped`` could not be resolved
+    # by FastAPI (this module's annotations are strings).
+    def check(request: Request, caller: Caller = Depends(scoped)) -> Caller:
         buckets: TokenBuckets = request.app.state.rate_limits[name]
         wait = buckets.acquire(caller.key_id)
         if wait > 0:
@@ -109,8 +144,8 @@ def _limit(name: str):
 
 
 # Use these instead of CallerDep on rate-limited routes (they authenticate too).
-JobsLimitedCaller = Annotated[Caller, Depends(_limit("jobs"))]
-InferLimitedCaller = Annotated[Caller, Depends(_limit("infer"))]
+JobsLimitedCaller = Annotated[Caller, Depends(_limit("jobs", KeyScope.TRAIN))]
+InferLimitedCaller = Annotated[Caller, Depends(_limit("infer", KeyScope.INFER))]
 
 
 def _query_names(dependant: Dependant) -> set[str]:

@@ -19,6 +19,7 @@ from api.errors import install_error_handlers
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.ratelimit import TokenBuckets
 from api.routes import adapters, datasets, health, infer, jobs, keys, models
+from api.routes import tenants as tenant_routes
 from registry import tenants
 from registry.db import get_engine, make_sessionmaker
 from registry.queue import TaskProducer
@@ -61,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     }
     app.state.metrics = ApiMetrics(app.state.sessions)
     install_error_handlers(app)
-    for module in (health, models, keys, datasets, jobs, adapters, infer):
+    for module in (health, models, keys, tenant_routes, datasets, jobs, adapters, infer):
         app.include_router(module.router)
     app.add_middleware(
         BodySizeLimitMiddleware,

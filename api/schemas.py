@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from registry.vocabulary import ArtifactFormat, EventKind, JobStatus, OutputMode
+from registry.vocabulary import ArtifactFormat, EventKind, JobStatus, KeyScope, OutputMode
 
 # Printable-ish text: no NUL or other C0 control characters (PostgreSQL rejects NUL).
 NO_CONTROL = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"
@@ -39,11 +39,16 @@ class ErrorResponse(BaseModel):
 
 class KeyCreate(Strict):
     name: Name | None = None
+    scope: KeyScope = Field(
+        KeyScope.TRAIN,
+        description="infer: /infer only; train: data sets, jobs and adapters too; admin: also "
+        "the tenant's keys. Never more than the calling key's own scope.",
+    )
 
 
 class KeyOut(BaseModel):
-    id: str
-    prefix: str
+    id: str = Field(description="The key's public id; the secret is never stored.")
+    scope: KeyScope
     name: str | None
     created_at: datetime
     revoked_at: datetime | None
@@ -56,6 +61,30 @@ class KeyCreated(KeyOut):
 
 class KeyList(BaseModel):
     items: list[KeyOut]
+
+
+# --- tenants (operator only) --------------------------------------------------------------
+
+
+class TenantCreate(Strict):
+    name: Name
+
+
+class TenantOut(BaseModel):
+    id: str
+    name: str
+    operator: bool
+    created_at: datetime
+    disabled_at: datetime | None
+
+
+class TenantCreated(TenantOut):
+    key: str = Field(description="The tenant's first (admin) key; shown only in this response.")
+    key_id: str
+
+
+class TenantList(BaseModel):
+    items: list[TenantOut]
 
 
 # --- datasets -----------------------------------------------------------------------------

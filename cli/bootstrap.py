@@ -24,7 +24,7 @@ def ensure_bootstrap_key(settings: Settings) -> str | None:
         if session.scalars(select(ApiKey.id).limit(1)).first() is not None:
             return None
         tenant = find_tenant_by_name(session, DEFAULT_TENANT) or create_tenant(
-            session, DEFAULT_TENANT
+            session, DEFAULT_TENANT, operator=True
         )
         _, secret = create_api_key(session, tenant.id, name="bootstrap")
         return secret

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import adapters, datasets, jobs, keys
+from cli import adapters, datasets, jobs, keys, tenants
 from cli.infer import infer
 from cli.server import serve, worker
 
@@ -16,6 +16,7 @@ app = typer.Typer(
 app.command("serve")(serve)
 app.command("worker")(worker)
 app.add_typer(keys.app, name="keys")
+app.add_typer(tenants.app, name="tenants")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(adapters.app, name="adapters")

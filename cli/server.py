@@ -128,6 +128,7 @@ def serve(
     from api.main import create_app
     from cli.bootstrap import ensure_bootstrap_key
     from registry.db import upgrade_to_head
+    from registry.tenants import WeakKey
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -135,7 +136,11 @@ def serve(
     settings = get_settings()
     settings.ensure_home()
     upgrade_to_head(settings.database_url)
-    new_key = ensure_bootstrap_key(settings)
+    try:
+        new_key = ensure_bootstrap_key(settings)
+    except WeakKey as exc:
+        typer.secho(f"ADALORA_API_KEY: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
     if new_key is not None:
         typer.secho(
             f"Bootstrap API key (shown once, store it now): {new_key}", fg=typer.colors.GREEN

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -58,16 +59,20 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The tenant whose admin keys manage every tenant: the one `adalora serve` bootstraps.
+    operator: Mapped[bool] = mapped_column(default=False, server_default=false())
+    disabled_at: Mapped[datetime | None]
 
 
 class ApiKey(Base):
+    """A key's public id is its row id; the secret is stored only as a hash."""
+
     __tablename__ = "api_keys"
-    __table_args__ = (Index("ix_api_keys_prefix", "prefix"),)
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id", ondelete="CASCADE"))
-    prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(16), default="admin", server_default="admin")
     name: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]

@@ -46,6 +46,21 @@ class OutputMode(StrEnum):
     MERGED = "merged"
 
 
+class KeyScope(StrEnum):
+    """What an API key may do, each scope including the ones below it."""
+
+    INFER = "infer"  # POST /infer and reading adapters' metadata
+    TRAIN = "train"  # + data sets, jobs, adapter downloads and deletion
+    ADMIN = "admin"  # + the tenant's keys; on the operator tenant, every tenant too
+
+
+SCOPE_POWER = {KeyScope.INFER: 0, KeyScope.TRAIN: 1, KeyScope.ADMIN: 2}
+
+
+def scope_allows(held: str, needed: KeyScope) -> bool:
+    return SCOPE_POWER[KeyScope(held)] >= SCOPE_POWER[needed]
+
+
 # The API sends training jobs by name; the worker registers its task under the same name.
 TRAIN_TASK = "adalora.train_job"
 TRAINING_QUEUE = "training"

@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from api.deps import CallerDep, PageCursor, PageLimit, SessionDep, StoreDep
+from api.deps import CallerDep, PageCursor, PageLimit, SessionDep, StoreDep, TrainCaller
 from api.errors import ApiError, not_found, responses
 from api.heatmap import draw_rank_heatmap
 from api.schemas import AdapterList, AdapterOut, RanksOut
@@ -139,7 +139,7 @@ def _checked_stream(chunks: Iterator[bytes], on_mismatch: Callable[[], None]) ->
 def download_adapter(
     adapter_id: str,
     request: Request,
-    caller: CallerDep,
+    caller: TrainCaller,
     session: SessionDep,
     store: StoreDep,
     format: ArtifactFormat = ArtifactFormat.PEFT,
@@ -184,7 +184,7 @@ def download_adapter(
 
 @router.delete("/adapters/{adapter_id}", status_code=204, responses=responses(401, 404))
 def delete_adapter(
-    adapter_id: str, request: Request, caller: CallerDep, session: SessionDep, store: StoreDep
+    adapter_id: str, request: Request, caller: TrainCaller, session: SessionDep, store: StoreDep
 ) -> Response:
     adapter = _adapter(session, caller.tenant_id, adapter_id)
     keys = adapter_rows.delete_adapter(session, adapter)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 from starlette.types import Message
 
-from api.deps import CallerDep, PageCursor, PageLimit, SessionDep, SettingsDep, StoreDep
+from api.deps import PageCursor, PageLimit, SessionDep, SettingsDep, StoreDep, TrainCaller
 from api.errors import ApiError, not_found, responses
 from api.idempotency import create_once, replay
 from api.schemas import DatasetList, DatasetOut
@@ -173,7 +173,7 @@ def _insert_row(
 async def upload_dataset(
     request: Request,
     response: Response,
-    caller: CallerDep,
+    caller: TrainCaller,
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
@@ -269,7 +269,7 @@ async def upload_dataset(
 
 @router.get("/datasets", response_model=DatasetList, responses=responses(401, 422))
 def list_datasets(
-    caller: CallerDep,
+    caller: TrainCaller,
     session: SessionDep,
     limit: PageLimit = 50,
     cursor: PageCursor = None,
@@ -279,7 +279,7 @@ def list_datasets(
 
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetOut, responses=responses(401, 404))
-def get_dataset(dataset_id: str, caller: CallerDep, session: SessionDep) -> DatasetOut:
+def get_dataset(dataset_id: str, caller: TrainCaller, session: SessionDep) -> DatasetOut:
     dataset = dataset_rows.get_dataset(session, caller.tenant_id, dataset_id)
     if dataset is None:
         raise not_found("dataset", dataset_id)
@@ -288,7 +288,7 @@ def get_dataset(dataset_id: str, caller: CallerDep, session: SessionDep) -> Data
 
 @router.delete("/datasets/{dataset_id}", status_code=204, responses=responses(401, 404, 409))
 def delete_dataset(
-    dataset_id: str, caller: CallerDep, session: SessionDep, store: StoreDep
+    dataset_id: str, caller: TrainCaller, session: SessionDep, store: StoreDep
 ) -> Response:
     dataset = dataset_rows.get_dataset(session, caller.tenant_id, dataset_id, lock="update")
     if dataset is None:

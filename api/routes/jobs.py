@@ -9,13 +9,13 @@ from fastapi import APIRouter, BackgroundTasks, Header, Query, Response
 from sqlalchemy.orm import Session
 
 from api.deps import (
-    CallerDep,
     JobsLimitedCaller,
     PageCursor,
     PageLimit,
     ProducerDep,
     SessionDep,
     SettingsDep,
+    TrainCaller,
 )
 from api.errors import ApiError, not_found, responses
 from api.idempotency import create_once, replay
@@ -140,7 +140,7 @@ def submit_job(
 
 @router.get("/jobs", response_model=JobList, responses=responses(401, 422))
 def list_jobs(
-    caller: CallerDep,
+    caller: TrainCaller,
     session: SessionDep,
     status: JobStatus | None = None,
     limit: PageLimit = 50,
@@ -158,14 +158,14 @@ def _job(session: Session, tenant_id: str, job_id: str) -> Job:
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=responses(401, 404))
-def get_job(job_id: str, caller: CallerDep, session: SessionDep) -> JobOut:
+def get_job(job_id: str, caller: TrainCaller, session: SessionDep) -> JobOut:
     return job_out(_job(session, caller.tenant_id, job_id))
 
 
 @router.get("/jobs/{job_id}/events", response_model=EventList, responses=responses(401, 404, 422))
 def list_events(
     job_id: str,
-    caller: CallerDep,
+    caller: TrainCaller,
     session: SessionDep,
     after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -184,7 +184,7 @@ def list_events(
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=responses(401, 404, 409))
-def cancel_job(job_id: str, caller: CallerDep, session: SessionDep) -> JobOut:
+def cancel_job(job_id: str, caller: TrainCaller, session: SessionDep) -> JobOut:
     job = _job(session, caller.tenant_id, job_id)
     try:
         job_rows.request_cancel(session, job)

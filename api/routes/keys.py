@@ -1,14 +1,19 @@
-"""API keys of the caller's tenant; a secret is returned once, at creation."""
+"""API keys of the caller's tenant (admin keys only); a secret is returned once, at creation.
+
+A key never hands out or takes away more power than its own: it cannot create or revoke a key
+of a scope above its own.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Body, Response
 
-from api.deps import CallerDep, SessionDep
-from api.errors import not_found, responses
+from api.deps import AdminCaller, SessionDep
+from api.errors import ApiError, not_found, responses
 from api.schemas import KeyCreate, KeyCreated, KeyList, KeyOut
 from registry import tenants
 from registry.models import ApiKey
+from registry.vocabulary import KeyScope, scope_allows
 
 router = APIRouter(tags=["keys"])
 
@@ -16,7 +21,7 @@ router = APIRouter(tags=["keys"])
 def key_out(key: ApiKey) -> KeyOut:
     return KeyOut(
         id=key.id,
-        prefix=key.prefix,
+        scope=KeyScope(key.scope),
         name=key.name,
         created_at=key.created_at,
         revoked_at=key.revoked_at,
@@ -24,25 +29,40 @@ def key_out(key: ApiKey) -> KeyOut:
     )
 
 
+def _beyond(caller_scope: KeyScope, scope: str) -> ApiError:
+    return ApiError(
+        403,
+        "forbidden",
+        f"a {caller_scope.value!r} key cannot manage a {scope!r} key",
+        "scope",
+    )
+
+
 @router.post(
-    "/keys", status_code=201, response_model=KeyCreated, responses=responses(400, 401, 422)
+    "/keys", status_code=201, response_model=KeyCreated, responses=responses(400, 401, 403, 422)
 )
 def create_key(
-    caller: CallerDep, session: SessionDep, body: KeyCreate = Body(default_factory=KeyCreate)
+    caller: AdminCaller, session: SessionDep, body: KeyCreate = Body(default_factory=KeyCreate)
 ) -> KeyCreated:
-    key, secret = tenants.create_api_key(session, caller.tenant_id, body.name)
+    if not scope_allows(caller.scope, body.scope):
+        raise _beyond(caller.scope, body.scope)
+    key, secret = tenants.create_api_key(session, caller.tenant_id, body.name, body.scope)
     session.commit()
     return KeyCreated(**key_out(key).model_dump(), key=secret)
 
 
-@router.get("/keys", response_model=KeyList, responses=responses(401))
-def list_keys(caller: CallerDep, session: SessionDep) -> KeyList:
+@router.get("/keys", response_model=KeyList, responses=responses(401, 403))
+def list_keys(caller: AdminCaller, session: SessionDep) -> KeyList:
     return KeyList(items=[key_out(k) for k in tenants.list_api_keys(session, caller.tenant_id)])
 
 
-@router.delete("/keys/{key_id}", status_code=204, responses=responses(401, 404))
-def revoke_key(key_id: str, caller: CallerDep, session: SessionDep) -> Response:
-    if tenants.revoke_api_key(session, key_id, caller.tenant_id) is None:
+@router.delete("/keys/{key_id}", status_code=204, responses=responses(401, 403, 404))
+def revoke_key(key_id: str, caller: AdminCaller, session: SessionDep) -> Response:
+    key = session.get(ApiKey, key_id)
+    if key is None or key.tenant_id != caller.tenant_id:
         raise not_found("key", key_id)
+    if not scope_allows(caller.scope, KeyScope(key.scope)):
+        raise _beyond(caller.scope, key.scope)
+    tenants.revoke_api_key(session, key_id, caller.tenant_id)
     session.commit()
     return Response(status_code=204)

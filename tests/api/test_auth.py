@@ -92,13 +92,20 @@ def test_key_lifecycle(client: TestClient, tenant: TenantKey, other_tenant: Tena
 
 
 def test_bootstrap_key_from_settings(settings: Settings) -> None:
-    app = create_app(settings.model_copy(update={"api_key": "bootstrap-secret-for-tests"}))
+    secret = "bootstrap-secret-for-tests-0123456789"
+    app = create_app(settings.model_copy(update={"api_key": secret}))
     with TestClient(app) as client:
-        response = client.get(
-            "/models", headers={"Authorization": "Bearer bootstrap-secret-for-tests"}
-        )
+        response = client.get("/models", headers={"Authorization": f"Bearer {secret}"})
     assert response.status_code == 200
     assert "tiny-test-model" in [m["name"] for m in response.json()["items"]]
+
+
+def test_a_short_bootstrap_key_stops_the_app_from_starting(settings: Settings) -> None:
+    from registry.tenants import WeakKey
+
+    app = create_app(settings.model_copy(update={"api_key": "changeme"}))
+    with pytest.raises(WeakKey), TestClient(app):
+        pass
 
 
 def test_token_bucket_refills_with_time() -> None:

@@ -120,10 +120,27 @@ def test_cancel_through_the_cli(live) -> None:
 def test_keys_create_list_revoke(live) -> None:
     created = json.loads(run(live, "keys", "create", "--name", "ci", "--json").stdout)
     secret, key_id = created["key"], created["id"]
-    assert key_id in run(live, "keys", "list", key=secret).stdout
+    assert created["scope"] == "train"
+    assert run(live, "datasets", "list", key=secret).exit_code == 0
+    assert key_id in run(live, "keys", "list").stdout  # the bootstrap key is admin
+    no_keys = run(live, "keys", "list", key=secret, ok=False)
+    assert no_keys.exit_code == 1 and "HTTP 403" in no_keys.output
     assert key_id in run(live, "keys", "revoke", key_id).stdout
     refused = run(live, "datasets", "list", key=secret, ok=False)
     assert refused.exit_code == 1 and "HTTP 401" in refused.output
+
+
+def test_tenants_create_list_disable(live) -> None:
+    new_secret = run(live, "tenants", "create", "initech").stdout.strip().splitlines()[-1]
+    assert new_secret.startswith("ak_")
+    listed = json.loads(run(live, "tenants", "list", "--json").stdout)["items"]
+    tenant = next(t for t in listed if t["name"] == "initech")
+    assert run(live, "datasets", "list", key=new_secret).exit_code == 0
+    assert tenant["id"] in run(live, "tenants", "disable", tenant["id"]).stdout
+    refused = run(live, "datasets", "list", key=new_secret, ok=False)
+    assert refused.exit_code == 1 and "HTTP 401" in refused.output
+    not_operator = run(live, "tenants", "list", key=new_secret, ok=False)
+    assert not_operator.exit_code == 1
 
 
 def test_errors_name_the_field(live) -> None:

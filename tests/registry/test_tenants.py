@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -17,8 +18,9 @@ def test_keys_are_stored_hashed_and_authenticate(db_session: Session) -> None:
     db_session.commit()
     row = db_session.scalars(select(ApiKey)).one()
     assert row.key_hash == hashlib.sha256(secret.encode()).hexdigest()
-    assert secret not in (row.key_hash, row.prefix, row.name)
-    assert secret.startswith(row.prefix)
+    assert secret not in (row.key_hash, row.name, row.id)
+    assert not any(secret[:8] in str(v) for v in (row.key_hash, row.id, row.name))
+    assert row.scope == "admin"
     authed = tenants.authenticate(db_session, secret)
     assert authed is not None and authed.id == tenant.id
     assert row.last_used_at is not None
@@ -40,11 +42,32 @@ def test_wrong_or_revoked_key_fails(db_session: Session) -> None:
     assert tenants.authenticate(db_session, other_secret) is not None
 
 
-def test_ensure_api_key_is_idempotent(db_session: Session) -> None:
-    first = tenants.ensure_api_key(db_session, "bootstrap-secret-123")
-    second = tenants.ensure_api_key(db_session, "bootstrap-secret-123")
+BOOTSTRAP = "bootstrap-secret-0123456789-abcdefghij"
+
+
+def test_ensure_api_key_is_idempotent_and_admin_of_the_operator_tenant(db_session: Session) -> None:
+    first = tenants.ensure_api_key(db_session, BOOTSTRAP)
+    second = tenants.ensure_api_key(db_session, BOOTSTRAP)
     db_session.commit()
-    assert first.id == second.id
-    tenant = tenants.authenticate(db_session, "bootstrap-secret-123")
-    assert tenant is not None and tenant.name == "default"
+    assert first.id == second.id and first.scope == "admin"
+    tenant = tenants.authenticate(db_session, BOOTSTRAP)
+    assert tenant is not None and tenant.name == "default" and tenant.operator
+    assert len(tenants.list_api_keys(db_session, tenant.id)) == 1
+
+
+def test_a_short_configured_key_is_refused(db_session: Session) -> None:
+    with pytest.raises(tenants.WeakKey, match="at least 32"):
+        tenants.ensure_api_key(db_session, "changeme")
+    assert tenants.list_api_keys(db_session) == []
+
+
+def test_a_disabled_tenants_keys_stop_at_once_and_its_rows_stay(db_session: Session) -> None:
+    tenant = tenants.create_tenant(db_session, "acme")
+    _, secret = tenants.create_api_key(db_session, tenant.id)
+    db_session.commit()
+    assert tenants.authenticate(db_session, secret) is not None
+    tenants.disable_tenant(db_session, tenant.id)
+    db_session.commit()
+    assert tenants.authenticate(db_session, secret) is None
+    assert [t.id for t in tenants.list_tenants(db_session)] == [tenant.id]
     assert len(tenants.list_api_keys(db_session, tenant.id)) == 1
