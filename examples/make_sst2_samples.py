@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 LABEL_NAMES = {"0": "negative", "1": "positive"}
-# Enough for the quickstart's adapter to pass 85% on the full dev set within its CPU budget.
-TRAIN_ROWS = 3200
+# One pass at the recipe's 1,000 updates of 16: the quickstart sees every row once, none twice.
+TRAIN_ROWS = 16000
 
 
 def load_glue_tsv(path: Path) -> list[tuple[str, str]]:
