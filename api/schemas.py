@@ -94,6 +94,7 @@ class DatasetOut(BaseModel):
     id: str
     name: str
     format: Literal["jsonl", "csv", "tsv"]
+    header: bool = Field(description="CSV/TSV: the first line named the columns.")
     num_rows: int
     columns: list[str]
     column_types: dict[str, str]

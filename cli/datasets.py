@@ -21,6 +21,14 @@ app = typer.Typer(
 def upload(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
     name: Annotated[str | None, typer.Option(help="Name (default: the file name).")] = None,
+    header: Annotated[
+        bool,
+        typer.Option(
+            "--header/--no-header",
+            help="CSV/TSV: the first line names the columns (--no-header: it is data; the "
+            "columns are column_1, column_2, ...).",
+        ),
+    ] = True,
     url: UrlOption = DEFAULT_URL,
     key: KeyOption = None,
     as_json: JsonOption = False,
@@ -28,6 +36,8 @@ def upload(
     """Upload a data set file; prints its id."""
     with ApiClient(url, key, timeout=600) as api, path.open("rb") as handle:
         data = {"name": name} if name else {}
+        if not header:
+            data["header"] = "false"
         dataset = api.json("POST", "/datasets", files={"file": (path.name, handle)}, data=data)
     if as_json:
         typer.echo(json.dumps(dataset, indent=2))

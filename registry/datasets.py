@@ -41,6 +41,7 @@ def create_dataset(
         storage_key=storage_key,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        has_header=summary.header,
         created_at=utcnow(),
     )
     session.add(dataset)

@@ -7,6 +7,7 @@ whole in memory. Errors name the 1-based line of the file (``row``) and the colu
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import re
@@ -61,6 +62,8 @@ class DatasetSummary:
     column_types: dict[str, str]
     # Distinct values (as label_key strings) per column, or None once a column has too many.
     label_values: dict[str, list[str] | None]
+    # CSV/TSV only: False when the first line is data (columns are then column_1, column_2, ...).
+    header: bool = True
 
 
 def check_filename(filename: str | None) -> str:
@@ -188,27 +191,23 @@ def _tsv_quoting(handle: BinaryIO, limits: DatasetLimits) -> int:
 
 
 def _delimited_records(
-    handle: BinaryIO, limits: DatasetLimits, columns: list[str], delimiter: str
+    handle: BinaryIO, limits: DatasetLimits, columns: list[str], delimiter: str, header: bool
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     quoting = _tsv_quoting(handle, limits) if delimiter == "\t" else csv.QUOTE_MINIMAL
     lines = (text for _, text in _lines(handle, limits.max_line_bytes))
     reader = csv.reader(lines, delimiter=delimiter, quoting=quoting, strict=True)
     try:
-        header = next(reader, None)
-        if header is None:
+        first = next(reader, None)
+        if first is None:
             raise DatasetError(None, None, "the file is empty")
-        if len(header) > limits.max_columns:
+        if len(first) > limits.max_columns:
             raise DatasetError(
-                1, None, f"{len(header)} columns; the limit is {limits.max_columns} (max_columns)"
+                1, None, f"{len(first)} columns; the limit is {limits.max_columns} (max_columns)"
             )
-        names = [name.strip() for name in header]
-        for index, name in enumerate(names):
-            if not name:
-                raise DatasetError(1, f"#{index + 1}", "empty column name in the header")
-            if name in names[:index]:
-                raise DatasetError(1, name, "duplicate column name in the header")
+        names = _header_names(first) if header else headerless_names(len(first))
         columns.extend(names)
-        for row in reader:
+        rows = reader if header else itertools.chain([first], reader)
+        for row in rows:
             if not row:
                 continue
             if len(row) != len(names):
@@ -216,7 +215,8 @@ def _delimited_records(
                 raise DatasetError(
                     reader.line_num,
                     column,
-                    f"expected {len(names)} fields (as in the header), found {len(row)}",
+                    f"expected {len(names)} fields (as in the "
+                    f"{'header' if header else 'first line'}), found {len(row)}",
                 )
             yield (
                 reader.line_num,
@@ -230,13 +230,35 @@ def _delimited_records(
         raise DatasetError(reader.line_num, None, message) from exc
 
 
+def headerless_names(count: int) -> list[str]:
+    return [f"column_{i + 1}" for i in range(count)]
+
+
+def _header_names(header: list[str]) -> list[str]:
+    names = [name.strip() for name in header]
+    for index, name in enumerate(names):
+        if not name:
+            raise DatasetError(
+                1,
+                f"#{index + 1}",
+                "empty column name in the header (if the first line is data, upload the file "
+                "with header=false)",
+            )
+        if name in names[:index]:
+            raise DatasetError(1, name, "duplicate column name in the header")
+    return names
+
+
 def _records(
-    handle: BinaryIO, fmt: str, limits: DatasetLimits, columns: list[str]
+    handle: BinaryIO, fmt: str, limits: DatasetLimits, columns: list[str], header: bool = True
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     if fmt == "jsonl":
+        if not header:
+            raise DatasetError(None, "header", "applies to .csv and .tsv files only")
         return _jsonl_records(handle, limits, columns)
     if fmt in ("csv", "tsv"):
-        return _delimited_records(handle, limits, columns, "," if fmt == "csv" else "\t")
+        delimiter = "," if fmt == "csv" else "\t"
+        return _delimited_records(handle, limits, columns, delimiter, header)
     raise DatasetError(None, None, f"unknown format {fmt!r}")
 
 
@@ -246,7 +268,9 @@ class _ColumnStats:
     values: set[str] | None = field(default_factory=set)
 
 
-def scan(path: str | Path, fmt: str, limits: DatasetLimits | None = None) -> DatasetSummary:
+def scan(
+    path: str | Path, fmt: str, limits: DatasetLimits | None = None, header: bool = True
+) -> DatasetSummary:
     """Validate the whole file in one streaming pass and summarize it for the dataset row."""
     limits = limits or DatasetLimits()
     columns: list[str] = []
@@ -256,7 +280,7 @@ def scan(path: str | Path, fmt: str, limits: DatasetLimits | None = None) -> Dat
         if handle.read(1) == b"":
             raise DatasetError(None, None, "the file is empty")
         handle.seek(0)
-        for _, record in _records(handle, fmt, limits, columns):
+        for _, record in _records(handle, fmt, limits, columns, header):
             num_rows += 1
             for key, value in record.items():
                 column = stats.setdefault(key, _ColumnStats())
@@ -269,14 +293,14 @@ def scan(path: str | Path, fmt: str, limits: DatasetLimits | None = None) -> Dat
                     if len(column.values) > limits.max_label_values:
                         column.values = None
     if num_rows == 0:
-        message = "no data rows (only a header)" if fmt != "jsonl" else "no data rows"
+        message = "no data rows (only a header)" if fmt != "jsonl" and header else "no data rows"
         raise DatasetError(None, None, message)
     types = {name: _column_type(stats.get(name, _ColumnStats()).kinds) for name in columns}
     label_values: dict[str, list[str] | None] = {}
     for name in columns:
         values = stats.get(name, _ColumnStats()).values
         label_values[name] = None if values is None else _sorted_labels(values, types[name])
-    return DatasetSummary(fmt, num_rows, columns, types, label_values)
+    return DatasetSummary(fmt, num_rows, columns, types, label_values, header)
 
 
 def _sorted_labels(values: set[str], column_type: str) -> list[str]:
@@ -286,15 +310,15 @@ def _sorted_labels(values: set[str], column_type: str) -> list[str]:
 
 
 def iter_rows(
-    path: str | Path, fmt: str, limits: DatasetLimits | None = None
+    path: str | Path, fmt: str, limits: DatasetLimits | None = None, header: bool = True
 ) -> Iterator[dict[str, Any]]:
     """Rows as dicts (CSV/TSV values are strings, empty cells None; JSONL values as written)."""
     columns: list[str] = []
     with open(path, "rb") as handle:
-        for _, record in _records(handle, fmt, limits or DatasetLimits(), columns):
+        for _, record in _records(handle, fmt, limits or DatasetLimits(), columns, header):
             yield record
 
 
-def read_rows(path: str | Path, fmt: str) -> list[dict[str, Any]]:
+def read_rows(path: str | Path, fmt: str, header: bool = True) -> list[dict[str, Any]]:
     """All rows in memory: what the worker hands to the trainer."""
-    return list(iter_rows(path, fmt))
+    return list(iter_rows(path, fmt, header=header))

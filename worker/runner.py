@@ -192,7 +192,7 @@ class JobRunner:
         except StoreError as exc:
             raise JobFailure("dataset_unreadable", f"data set {dataset.id}: {exc}") from exc
         try:
-            return read_rows(path, dataset.format)
+            return read_rows(path, dataset.format, header=dataset.has_header)
         except DatasetError as exc:
             raise JobFailure("invalid_dataset", f"data set {dataset.id}: {exc}") from exc
 

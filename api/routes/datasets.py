@@ -67,6 +67,7 @@ def dataset_out(dataset: Dataset) -> DatasetOut:
         id=dataset.id,
         name=dataset.name,
         format=dataset.format,  # type: ignore[arg-type]
+        header=dataset.has_header,
         num_rows=dataset.num_rows,
         columns=dataset.columns,
         column_types=dataset.column_types,
@@ -128,9 +129,24 @@ async def _spool(upload: UploadFile, dest: Path, limit: int) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def upload_hash(filename: str, name: str, content_sha256: str) -> str:
-    """What an Idempotency-Key stands for: the same file under the same names."""
-    return hashlib.sha256(f"{filename}\0{name}\0{content_sha256}".encode()).hexdigest()
+def upload_hash(filename: str, name: str, content_sha256: str, header: bool = True) -> str:
+    """What an Idempotency-Key stands for: the same file under the same names (and, for a file
+    without a header row, that too; the default leaves earlier digests as they were)."""
+    text = f"{filename}\0{name}\0{content_sha256}" + ("" if header else "\0no-header")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_header(value: object, fmt: str) -> bool:
+    """Form field ``header``: true (default) or false, for CSV/TSV files."""
+    if value is None:
+        return True
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0"):
+        raise ApiError(422, "validation_error", "must be true or false", "header")
+    header = text in ("true", "1")
+    if not header and fmt == "jsonl":
+        raise ApiError(422, "validation_error", "applies to .csv and .tsv files only", "header")
+    return header
 
 
 def _insert_row(
@@ -204,6 +220,7 @@ async def upload_dataset(
             status = 415 if isinstance(exc, UnsupportedFormat) else 422
             raise ApiError(status, "invalid_dataset", str(exc), "file") from exc
         name = _check_name(form.get("name"), filename)
+        header = _check_header(form.get("header"), fmt)
 
         dataset_id = new_id("ds")
         key = dataset_key(caller.tenant_id, dataset_id, fmt)
@@ -217,7 +234,7 @@ async def upload_dataset(
             content_sha256, _ = await _spool(upload, tmp, limit)
             idempotency = None
             if idempotency_key is not None:
-                digest = upload_hash(filename, name, content_sha256)
+                digest = upload_hash(filename, name, content_sha256, header)
                 idempotency = (idempotency_key, digest)
                 existing = await run_in_threadpool(
                     dataset_rows.find_by_idempotency_key, session, caller.tenant_id, idempotency_key
@@ -226,7 +243,7 @@ async def upload_dataset(
                     return dataset_out(replay(existing, digest, response, UPLOAD))
             try:
                 summary = await run_in_threadpool(
-                    scan, tmp, fmt, DatasetLimits.from_settings(settings)
+                    scan, tmp, fmt, DatasetLimits.from_settings(settings), header
                 )
             except DatasetError as exc:
                 raise _bad_file(exc) from exc

@@ -201,6 +201,40 @@ def test_glue_files_upload_as_published(
     assert response.json()["num_rows"] == data_lines(path)
 
 
+@pytest.mark.parametrize("name", ["CoLA/train.tsv", "CoLA/dev.tsv"])
+def test_headerless_glue_files_upload_with_header_false(
+    client: TestClient, tenant: TenantKey, name: str
+) -> None:
+    """GLUE's CoLA files have no header row: as published they are refused with a hint, and
+    with header=false every line is a row, in columns column_1..column_4."""
+    path = glue_file(name)
+    files = {"file": (name.replace("/", "-"), path.read_bytes())}
+    refused = client.post("/datasets", headers=tenant.headers, files=files)
+    assert refused.status_code == 422
+    assert "header=false" in refused.json()["error"]["message"]
+    response = client.post(
+        "/datasets", headers=tenant.headers, files=files, data={"header": "false"}
+    )
+    assert response.status_code == 201, response.text
+    dataset = response.json()
+    lines = len([line for line in path.read_bytes().split(b"\n") if line.strip()])
+    assert dataset["num_rows"] == lines and dataset["header"] is False
+    assert dataset["columns"] == ["column_1", "column_2", "column_3", "column_4"]
+
+
+def test_header_must_be_a_boolean_for_a_delimited_file(
+    client: TestClient, tenant: TenantKey
+) -> None:
+    csv_file = {"file": ("t.csv", b"a,b\n1,2\n")}
+    bad = client.post("/datasets", headers=tenant.headers, files=csv_file, data={"header": "maybe"})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "header"
+    jsonl_file = {"file": ("t.jsonl", jsonl(SST_ROWS))}
+    bad = client.post(
+        "/datasets", headers=tenant.headers, files=jsonl_file, data={"header": "false"}
+    )
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "header"
+
+
 @pytest.mark.parametrize("db_backend", ["postgres", "sqlite"])
 def test_upload_idempotency_key_replays_conflicts_and_wins_races_once(
     live_server: Any, tenant: TenantKey, sessions: sessionmaker[Session], settings: Settings

@@ -44,6 +44,29 @@ def test_tsv_and_bom_and_quoted_newline(tmp_path: Path) -> None:
     assert [r["text"] for r in iter_rows(path, "tsv")] == ["two\nlines", "b"]
 
 
+def test_a_headerless_file_reads_every_line_as_a_row(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "cola.tsv",
+        "gj04\t1\t\tOur friends won't buy this.\ngj04\t0\t*\tThey drank the pub.\n",
+    )
+    summary = scan(path, "tsv", header=False)
+    assert summary.header is False and summary.num_rows == 2
+    assert summary.columns == ["column_1", "column_2", "column_3", "column_4"]
+    rows = read_rows(path, "tsv", header=False)
+    assert rows[0] == {
+        "column_1": "gj04",
+        "column_2": "1",
+        "column_3": None,
+        "column_4": "Our friends won't buy this.",
+    }
+    with pytest.raises(DatasetError, match="header=false"):
+        scan(path, "tsv")  # read with a header, its empty third name is refused with a hint
+    short = write(tmp_path, "short.csv", "a,b\nc\n")
+    with pytest.raises(DatasetError, match="as in the first line"):
+        scan(short, "csv", header=False)
+
+
 def test_jsonl_summary_union_of_keys(tmp_path: Path) -> None:
     lines = [{"text": "a", "label": 1}, {"text": "b", "label": 0, "extra": True}, {}]
     path = write(tmp_path, "d.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n\n")
