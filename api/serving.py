@@ -8,6 +8,10 @@ artifact store, sha256-checked by the store against the row. The lifespan in api
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
@@ -43,6 +47,13 @@ log = logging.getLogger("adalora.api.serving")
 CHECKSUM_READS = 2
 
 
+# The adapter row a request already read, so a cold load in the same thread does not read it
+# again (the cache loads in the thread of the first request that misses).
+_row_read: ContextVar[tuple[str, dict[str, Any] | None] | None] = ContextVar(
+    "adalora_adapter_row_read", default=None
+)
+
+
 class StoreAdapterSource:
     """Adapters as the worker stored them: the `peft` zip of the adapter row."""
 
@@ -50,12 +61,28 @@ class StoreAdapterSource:
         self.sessions = sessions
         self.store = store
 
-    def read(self, adapter_id: str) -> AdapterBlob:
+    @staticmethod
+    @contextmanager
+    def row_already_read(adapter_id: str, formats: dict[str, Any]) -> Iterator[None]:
+        """While inside, a load of ``adapter_id`` in this thread uses ``formats`` as read."""
+        token = _row_read.set((adapter_id, formats.get(ArtifactFormat.PEFT)))
+        try:
+            yield
+        finally:
+            _row_read.reset(token)
+
+    def _peft_artifact(self, adapter_id: str) -> dict[str, Any] | None:
+        known = _row_read.get()
+        if known is not None and known[0] == adapter_id:
+            return known[1]
         with self.sessions() as session:
             row = session.get(Adapter, adapter_id)
-            info = None if row is None else (row.formats or {}).get(ArtifactFormat.PEFT)
-        if row is None:
-            raise AdapterNotFound(adapter_id)
+            if row is None:
+                raise AdapterNotFound(adapter_id)
+            return (row.formats or {}).get(ArtifactFormat.PEFT)
+
+    def read(self, adapter_id: str) -> AdapterBlob:
+        info = self._peft_artifact(adapter_id)
         if not info:
             raise AdapterCorrupt(adapter_id, "the adapter has no peft artifact")
         # Condemn only on evidence that lasts: a checksum that fails twice. A missing object may

@@ -295,3 +295,23 @@ def test_infer_conforms_to_its_schema(
 
     check()
     assert 200 in statuses, f"the fuzzing never reached the engine: {sorted(set(statuses))}"
+
+
+def test_a_cold_infer_reads_the_adapter_row_once(client, tenant, stored_adapter) -> None:
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    adapter_id, _ = stored_adapter(tenant, seed=7)
+    reads: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM adapters" in statement:
+            reads.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        body = {"adapter_id": adapter_id, "inputs": ["w1"]}
+        assert client.post("/infer", headers=tenant.headers, json=body).status_code == 200
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    assert len(reads) == 1, reads  # the route's own tenant-scoped read; the load reuses it
