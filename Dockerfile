@@ -4,7 +4,7 @@ WORKDIR /app
 ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1
 COPY pyproject.toml constraints.txt README.md alembic.ini ./
 COPY adalora_core ./adalora_core
-COPY registry ./registry
+COPY service ./service
 COPY api ./api
 COPY worker ./worker
 COPY cli ./cli

@@ -15,12 +15,12 @@ from sqlalchemy.orm import Session
 from adalora_core.serving.engine import InferenceEngine
 from api.errors import ApiError
 from api.ratelimit import TokenBuckets, retry_after_header
-from registry import tenants
-from registry.models import Tenant
-from registry.queue import TaskProducer
-from registry.settings import Settings
-from registry.store import ArtifactStore
-from registry.vocabulary import KeyScope, scope_allows
+from service import tenants
+from service.models import Tenant
+from service.queue import TaskProducer
+from service.settings import Settings
+from service.store import ArtifactStore
+from service.vocabulary import KeyScope, scope_allows
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 

@@ -20,11 +20,11 @@ from api.metrics import ApiMetrics, MetricsMiddleware
 from api.ratelimit import TokenBuckets
 from api.routes import adapters, datasets, health, infer, jobs, keys, models
 from api.routes import tenants as tenant_routes
-from registry import tenants
-from registry.db import get_engine, make_sessionmaker
-from registry.queue import TaskProducer
-from registry.settings import Settings, get_settings
-from registry.store import get_store
+from service import tenants
+from service.db import get_engine, make_sessionmaker
+from service.queue import TaskProducer
+from service.settings import Settings, get_settings
+from service.store import get_store
 
 
 @asynccontextmanager

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from registry.vocabulary import ArtifactFormat, EventKind, JobStatus, KeyScope, OutputMode
+from service.vocabulary import ArtifactFormat, EventKind, JobStatus, KeyScope, OutputMode
 
 # Printable-ish text: no NUL or other C0 control characters (PostgreSQL rejects NUL).
 NO_CONTROL = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"

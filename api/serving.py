@@ -20,10 +20,10 @@ from adalora_core.serving.batcher import DynamicBatcher
 from adalora_core.serving.cache import AdapterCorrupt, AdapterNotFound, AdapterUnavailable
 from adalora_core.serving.engine import EngineSettings, InferenceEngine
 from adalora_core.serving.loading import AdapterBlob
-from registry.models import Adapter
-from registry.settings import Settings
-from registry.store import ArtifactStore, ChecksumMismatch, NotFound
-from registry.vocabulary import ArtifactFormat
+from service.models import Adapter
+from service.settings import Settings
+from service.store import ArtifactStore, ChecksumMismatch, NotFound
+from service.vocabulary import ArtifactFormat
 
 
 def engine_settings(settings: Settings) -> EngineSettings:
@@ -104,7 +104,7 @@ class StoreAdapterSource:
 
 def default_base_model(settings: Settings) -> str | None:
     """The base a request with adapter_id null runs on when it names none."""
-    from registry.settings import DEFAULT_MINILM_NAME
+    from service.settings import DEFAULT_MINILM_NAME
 
     if DEFAULT_MINILM_NAME in settings.base_models:
         return DEFAULT_MINILM_NAME

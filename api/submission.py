@@ -13,8 +13,8 @@ from typing import Any
 from adalora_core import recipe
 from api.errors import ApiError
 from api.schemas import JobCreate
-from registry.models import Dataset
-from registry.settings import Settings
+from service.models import Dataset
+from service.settings import Settings
 
 NUMERIC_TYPES = ("integer", "number")
 

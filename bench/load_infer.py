@@ -66,12 +66,12 @@ def free_port() -> int:
 def store_adapters(home: Path, count: int) -> tuple[str, list[str]]:
     """Migrate the home's database, make a tenant + key, store ``count`` adapters + rows."""
     from adalora_core.formats.bundle import write_bundle, zip_bundle
-    from registry import adapters as adapter_rows
-    from registry import tenants
-    from registry.db import make_engine, make_sessionmaker, upgrade_to_head
-    from registry.ids import new_id
-    from registry.settings import Settings
-    from registry.store import adapter_key, get_store
+    from service import adapters as adapter_rows
+    from service import tenants
+    from service.db import make_engine, make_sessionmaker, upgrade_to_head
+    from service.ids import new_id
+    from service.settings import Settings
+    from service.store import adapter_key, get_store
 
     settings = Settings(home=home)
     upgrade_to_head(settings.database_url)

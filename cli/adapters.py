@@ -21,7 +21,7 @@ from cli.client import (
     fail,
     items,
 )
-from registry.vocabulary import ArtifactFormat
+from service.vocabulary import ArtifactFormat
 
 app = typer.Typer(
     help="List adapters, inspect their rank pattern, download them.", no_args_is_help=True

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from registry.db import get_engine, session_scope
-from registry.models import ApiKey
-from registry.settings import Settings
-from registry.tenants import create_api_key, create_tenant, ensure_api_key, find_tenant_by_name
+from service.db import get_engine, session_scope
+from service.models import ApiKey
+from service.settings import Settings
+from service.tenants import create_api_key, create_tenant, ensure_api_key, find_tenant_by_name
 
 DEFAULT_TENANT = "default"
 

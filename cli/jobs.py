@@ -22,7 +22,7 @@ from cli.client import (
     fail,
     items,
 )
-from registry.vocabulary import TERMINAL, OutputMode
+from service.vocabulary import TERMINAL, OutputMode
 
 app = typer.Typer(help="Submit, watch and cancel training jobs.", no_args_is_help=True)
 

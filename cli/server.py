@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from registry.settings import Settings, get_settings
-from registry.vocabulary import TRAINING_QUEUE
+from service.settings import Settings, get_settings
+from service.vocabulary import TRAINING_QUEUE
 
 if TYPE_CHECKING:
     from worker.reconciler import ReconcilerThread
@@ -103,8 +103,8 @@ class EmbeddedWorker(threading.Thread):
 
 
 def start_reconciler(settings: Settings) -> ReconcilerThread:
-    from registry.db import get_engine, make_sessionmaker
-    from registry.queue import enqueue_training_job
+    from service.db import get_engine, make_sessionmaker
+    from service.queue import enqueue_training_job
     from worker.reconciler import ReconcilerThread
 
     sessions = make_sessionmaker(get_engine(settings.database_url))
@@ -127,8 +127,8 @@ def serve(
 
     from api.main import create_app
     from cli.bootstrap import ensure_bootstrap_key
-    from registry.db import upgrade_to_head
-    from registry.tenants import WeakKey
+    from service.db import upgrade_to_head
+    from service.tenants import WeakKey
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -6,9 +6,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from registry.db import make_engine
-from registry.models import Base
-from registry.settings import get_settings
+from service.db import make_engine
+from service.models import Base
+from service.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging_config"):

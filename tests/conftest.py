@@ -1,4 +1,4 @@
-"""Shared fixtures for every test package (registry, api, migrations, worker, end-to-end).
+"""Shared fixtures for every test package (service, api, migrations, worker, end-to-end).
 
 Services
 - ``postgres_url``: the shared PostgreSQL server (ADALORA_TEST_PG_URL, default
@@ -47,9 +47,9 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.db import make_engine, make_sessionmaker, upgrade_to_head
-from registry.models import Base
-from registry.settings import Settings
+from service.db import make_engine, make_sessionmaker, upgrade_to_head
+from service.models import Base
+from service.settings import Settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_URL = os.environ.get("ADALORA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -230,7 +230,7 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
 
 @pytest.fixture
 def store(settings: Settings) -> Any:
-    from registry.store import get_store
+    from service.store import get_store
 
     return get_store(settings)
 
@@ -263,7 +263,7 @@ class TenantKey:
 
 @pytest.fixture
 def make_tenant(sessions: sessionmaker[Session]) -> Callable[[str], TenantKey]:
-    from registry import tenants
+    from service import tenants
 
     def make(name: str = "acme") -> TenantKey:
         with sessions() as session:

@@ -14,9 +14,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adalora_core.formats.bundle import zip_bundle
-from registry.leases import cancel_requested, write_progress
-from registry.store import checkpoint_key
-from registry.store.base import ArtifactStore
+from service.leases import cancel_requested, write_progress
+from service.store import checkpoint_key
+from service.store.base import ArtifactStore
 from worker.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)

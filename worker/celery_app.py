@@ -2,15 +2,15 @@
 
 The SQL job row is the truth, so there is no result backend. Delivery is at-least-once
 (late acks, unacked tasks go back to the queue when a worker dies); the SQL lease in
-``registry.leases`` makes a second delivery of the same job harmless.
+``service.leases`` makes a second delivery of the same job harmless.
 """
 
 from __future__ import annotations
 
 from celery import Celery
 
-from registry.settings import Settings, get_settings
-from registry.vocabulary import TRAIN_TASK, TRAINING_QUEUE
+from service.settings import Settings, get_settings
+from service.vocabulary import TRAIN_TASK, TRAINING_QUEUE
 
 # Redis hands an unacked task to another worker once this many seconds pass without an ack.
 # A training job can run for hours, so keep it well above the longest job; a lost worker is

@@ -7,7 +7,7 @@ import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.leases import renew_lease
+from service.leases import renew_lease
 
 log = logging.getLogger(__name__)
 

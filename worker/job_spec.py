@@ -14,8 +14,8 @@ from typing import Any
 from adalora_core.config import AdaLoraConfig
 from adalora_core.tasks import TaskSpec
 from adalora_core.training_config import TrainingConfig
-from registry.models import Job
-from registry.vocabulary import OutputMode
+from service.models import Job
+from service.vocabulary import OutputMode
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.leases import lost_lease_ids, stale_queued_ids
-from registry.lifecycle import JobStatus, transition
-from registry.models import Job, utcnow
-from registry.settings import Settings
+from service.leases import lost_lease_ids, stale_queued_ids
+from service.lifecycle import JobStatus, transition
+from service.models import Job, utcnow
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -17,23 +17,23 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from adalora_core.errors import ConfigError
-from registry.adapters import create_adapter
-from registry.datasets_io import DatasetError, read_rows
-from registry.db import get_engine, make_sessionmaker
-from registry.ids import new_id
-from registry.jobs import add_event
-from registry.leases import (
+from service.adapters import create_adapter
+from service.datasets_io import DatasetError, read_rows
+from service.db import get_engine, make_sessionmaker
+from service.ids import new_id
+from service.jobs import add_event
+from service.leases import (
     lease_job,
     load_owned_job,
     worker_identity,
     write_progress,
 )
-from registry.lifecycle import JobStatus, transition
-from registry.models import Dataset, Job
-from registry.settings import Settings, get_settings
-from registry.store import adapter_key, get_store
-from registry.store.base import ArtifactStore, ChecksumMismatch, StoreError
-from registry.vocabulary import ArtifactFormat
+from service.lifecycle import JobStatus, transition
+from service.models import Dataset, Job
+from service.settings import Settings, get_settings
+from service.store import adapter_key, get_store
+from service.store.base import ArtifactStore, ChecksumMismatch, StoreError
+from service.vocabulary import ArtifactFormat
 from worker.callbacks import JobCallbacks, eval_metrics, restore_checkpoint
 from worker.heartbeat import Heartbeat
 from worker.job_spec import JobSpec, job_spec

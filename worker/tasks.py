@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from registry.vocabulary import TRAIN_TASK
+from service.vocabulary import TRAIN_TASK
 from worker.celery_app import app
 from worker.runner import run_job
 

@@ -41,7 +41,7 @@ from adalora_core.tasks import ModelKind
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """Serving limits; the app builds these from `registry.settings.Settings`."""
+    """Serving limits; the app builds these from `service.settings.Settings`."""
 
     max_batch_size: int = 32
     max_wait_ms: float = 5.0

@@ -1,1 +1,1 @@
-"""One router per resource; routes stay thin and call registry functions."""
+"""One router per resource; routes stay thin and call the service layer's functions."""

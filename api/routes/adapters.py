@@ -15,10 +15,10 @@ from api.deps import CallerDep, PageCursor, PageLimit, SessionDep, StoreDep, Tra
 from api.errors import ApiError, not_found, responses
 from api.heatmap import draw_rank_heatmap
 from api.schemas import AdapterList, AdapterOut, RanksOut
-from registry import adapters as adapter_rows
-from registry.models import Adapter
-from registry.store import ChecksumMismatch, NotFound
-from registry.vocabulary import ArtifactFormat
+from service import adapters as adapter_rows
+from service.models import Adapter
+from service.store import ChecksumMismatch, NotFound
+from service.vocabulary import ArtifactFormat
 
 log = logging.getLogger("adalora.api.adapters")
 router = APIRouter(tags=["adapters"])

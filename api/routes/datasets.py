@@ -19,8 +19,8 @@ from api.deps import PageCursor, PageLimit, SessionDep, SettingsDep, StoreDep, T
 from api.errors import ApiError, not_found, responses
 from api.idempotency import create_once, replay
 from api.schemas import DatasetList, DatasetOut
-from registry import datasets as dataset_rows
-from registry.datasets_io import (
+from service import datasets as dataset_rows
+from service.datasets_io import (
     DatasetError,
     DatasetLimits,
     DatasetSummary,
@@ -28,9 +28,9 @@ from registry.datasets_io import (
     check_filename,
     scan,
 )
-from registry.ids import new_id
-from registry.models import Dataset
-from registry.store import dataset_key
+from service.ids import new_id
+from service.models import Dataset
+from service.store import dataset_key
 
 log = logging.getLogger("adalora.api.datasets")
 router = APIRouter(tags=["datasets"])

@@ -29,7 +29,7 @@ from api.deps import EngineDep, InferLimitedCaller
 from api.errors import ApiError, not_found, responses
 from api.schemas import InferRequest, InferResponse
 from api.serving import StoreAdapterSource, default_base_model
-from registry import adapters as adapter_rows
+from service import adapters as adapter_rows
 
 router = APIRouter(tags=["inference"])
 

@@ -21,12 +21,12 @@ from api.errors import ApiError, not_found, responses
 from api.idempotency import create_once, replay
 from api.schemas import EventList, EventOut, JobCreate, JobList, JobOut
 from api.submission import invalid, request_hash, resolve_hyperparameters
-from registry import datasets as dataset_rows
-from registry import jobs as job_rows
-from registry.lifecycle import IllegalTransition
-from registry.models import Job
-from registry.queue import TaskProducer
-from registry.vocabulary import EventKind, JobStatus
+from service import datasets as dataset_rows
+from service import jobs as job_rows
+from service.lifecycle import IllegalTransition
+from service.models import Job
+from service.queue import TaskProducer
+from service.vocabulary import EventKind, JobStatus
 
 log = logging.getLogger("adalora.api.jobs")
 router = APIRouter(tags=["jobs"])

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Body, Response
 from api.deps import AdminCaller, SessionDep
 from api.errors import ApiError, not_found, responses
 from api.schemas import KeyCreate, KeyCreated, KeyList, KeyOut
-from registry import tenants
-from registry.models import ApiKey
-from registry.vocabulary import KeyScope, scope_allows
+from service import tenants
+from service.models import ApiKey
+from service.vocabulary import KeyScope, scope_allows
 
 router = APIRouter(tags=["keys"])
 

@@ -11,9 +11,9 @@ from fastapi import APIRouter
 from api.deps import OperatorCaller, SessionDep
 from api.errors import ApiError, not_found, responses
 from api.schemas import TenantCreate, TenantCreated, TenantList, TenantOut
-from registry import tenants
-from registry.models import Tenant
-from registry.vocabulary import KeyScope
+from service import tenants
+from service.models import Tenant
+from service.vocabulary import KeyScope
 
 router = APIRouter(tags=["tenants"])
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import adapters as adapter_rows
-from registry import jobs as job_rows
-from registry.ids import new_id
-from registry.store import adapter_key
+from service import adapters as adapter_rows
+from service import jobs as job_rows
+from service.ids import new_id
+from service.store import adapter_key
 from tests.conftest import TEST_BASE_MODEL, TenantKey
 
 SST_ROWS = [

@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.heatmap import draw_rank_heatmap, rank_grid
-from registry import adapters as adapter_rows
-from registry import jobs as job_rows
-from registry.settings import Settings
+from service import adapters as adapter_rows
+from service import jobs as job_rows
+from service.settings import Settings
 from tests.api.conftest import RANK_INFO
 from tests.conftest import TenantKey
 

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.ratelimit import TokenBuckets
-from registry.settings import Settings
+from service.settings import Settings
 from tests.api.conftest import job_body
 from tests.conftest import TenantKey
 
@@ -101,7 +101,7 @@ def test_bootstrap_key_from_settings(settings: Settings) -> None:
 
 
 def test_a_short_bootstrap_key_stops_the_app_from_starting(settings: Settings) -> None:
-    from registry.tenants import WeakKey
+    from service.tenants import WeakKey
 
     app = create_app(settings.model_copy(update={"api_key": "changeme"}))
     with pytest.raises(WeakKey), TestClient(app):

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from registry.settings import Settings
+from service.settings import Settings
 from tests.api.conftest import job_body
 from tests.conftest import TenantKey
 

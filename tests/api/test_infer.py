@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import torch
 
-from registry import adapters as adapter_rows
-from registry.ids import new_id
-from registry.store import adapter_key
+from service import adapters as adapter_rows
+from service.ids import new_id
+from service.store import adapter_key
 from tests.conftest import TEST_BASE_MODEL, TenantKey
 from tests.serving.tiny_serving import (
     bert_layer_paths,
@@ -163,8 +163,8 @@ def test_a_missing_artifact_is_503_and_serves_once_it_is_back(
 def test_one_bad_read_is_re_verified_before_the_adapter_is_condemned(
     client, tenant, stored_adapter, sessions, monkeypatch
 ) -> None:
-    from registry.store import ChecksumMismatch
-    from registry.store.local import LocalStore
+    from service.store import ChecksumMismatch
+    from service.store.local import LocalStore
 
     adapter_id, _ = stored_adapter(tenant, seed=6)
     real = LocalStore.open_read

@@ -14,14 +14,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.main import create_app
-from registry import jobs as job_rows
-from registry import leases
-from registry.models import Job
-from registry.settings import Settings
-from registry.vocabulary import TRAIN_TASK
+from service import jobs as job_rows
+from service import leases
+from service.models import Job
+from service.settings import Settings
+from service.vocabulary import TRAIN_TASK
 from tests.api.conftest import SST_ROWS, job_body, jsonl
 from tests.conftest import LiveServer, TenantKey
-from tests.registry.test_settings_queue import _drain
+from tests.service.test_settings_queue import _drain
 
 
 def job_count(sessions: sessionmaker[Session]) -> int:

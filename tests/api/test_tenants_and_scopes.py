@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import tenants
-from registry.models import Dataset
+from service import tenants
+from service.models import Dataset
 from tests.api.conftest import SST_ROWS, job_body, jsonl
 from tests.conftest import TenantKey
 

@@ -13,7 +13,7 @@ from adalora_core.errors import ConfigError
 from adalora_core.tasks import TASK_KINDS
 from adalora_core.training_config import TrainingConfig
 from api.schemas import AdaLoraParams, DatasetOut, TaskName, TrainingParams
-from registry.datasets_io import FORMATS
+from service.datasets_io import FORMATS
 
 
 def resolve(rows: int, kind: str = "classification", **given: dict) -> recipe.Resolved:

@@ -12,8 +12,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from registry.db import downgrade_to_base, make_engine, upgrade_to_head
-from registry.models import Base
+from service.db import downgrade_to_base, make_engine, upgrade_to_head
+from service.models import Base
 
 REPO = Path(__file__).resolve().parents[2]
 TABLES = {"tenants", "api_keys", "datasets", "jobs", "job_events", "adapters"}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from registry.db import make_engine, make_sessionmaker
-from registry.models import Adapter, Dataset, Job
+from service.db import make_engine, make_sessionmaker
+from service.models import Adapter, Dataset, Job
 
 
 def assert_store_matches_rows(database_url: str, store_dir: Path) -> None:

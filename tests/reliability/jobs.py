@@ -1,4 +1,4 @@
-"""A queued training job on the tiny BERT, written into the registry as POST /jobs writes it,
+"""A queued training job on the tiny BERT, written into the database as POST /jobs writes it,
 for the tests that run the worker's ``run_job`` in-process."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.settings import Settings
-from registry.store.base import ArtifactStore
+from service.settings import Settings
+from service.store.base import ArtifactStore
 from tests.worker.service_fixtures import store_sentiment_dataset, submit_job
 
 

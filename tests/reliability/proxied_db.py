@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.db import make_engine, make_sessionmaker, upgrade_to_head
+from service.db import make_engine, make_sessionmaker, upgrade_to_head
 from tests.reliability.tcp_proxy import TcpProxy
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from registry.settings import Settings
+from service.settings import Settings
 from tests.api.conftest import SST_ROWS, job_body, jsonl
 from tests.conftest import TenantKey
 

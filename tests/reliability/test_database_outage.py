@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from api.main import create_app
-from registry import tenants
-from registry.models import Dataset, Job
-from registry.settings import Settings
+from service import tenants
+from service.models import Dataset, Job
+from service.settings import Settings
 from tests.api.conftest import SST_ROWS, job_body, jsonl
 from tests.conftest import TEST_BASE_MODEL
 from tests.reliability.conftest import stored_state

@@ -13,10 +13,10 @@ import torch
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import tenants
-from registry.models import Adapter
-from registry.settings import Settings
-from registry.store import LocalStore
+from service import tenants
+from service.models import Adapter
+from service.settings import Settings
+from service.store import LocalStore
 from tests.conftest import TenantKey
 from tests.reliability.jobs import queued_job
 from tests.worker.service_fixtures import save_tiny_bert

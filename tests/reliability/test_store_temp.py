@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from registry.store.local import STALE_TEMP_S, LocalStore
+from service.store.local import STALE_TEMP_S, LocalStore
 
 
 def test_abandoned_temp_files_are_swept_and_live_ones_kept(tmp_path: Path) -> None:

@@ -13,10 +13,10 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from registry.db import make_engine, make_sessionmaker
-from registry.models import Job, JobEvent
-from registry.settings import Settings
-from registry.store import LocalStore
+from service.db import make_engine, make_sessionmaker
+from service.models import Job, JobEvent
+from service.settings import Settings
+from service.store import LocalStore
 from tests.reliability.jobs import queued_job
 from tests.reliability.proxied_db import ProxiedDatabase
 from tests.worker.service_fixtures import save_tiny_bert

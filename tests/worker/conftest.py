@@ -8,10 +8,10 @@ import torch
 from service_fixtures import save_tiny_bert, store_sentiment_dataset, submit_job
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.db import make_engine, make_sessionmaker, upgrade_to_head
-from registry.models import Dataset, Job
-from registry.settings import Settings
-from registry.store import LocalStore
+from service.db import make_engine, make_sessionmaker, upgrade_to_head
+from service.models import Dataset, Job
+from service.settings import Settings
+from service.store import LocalStore
 
 
 @pytest.fixture(scope="session")

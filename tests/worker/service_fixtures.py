@@ -1,5 +1,5 @@
 """Shared by the worker, reliability, e2e and CLI tests: a tiny BERT on disk, sentiment rows for
-it, and queued jobs written to the registry exactly as POST /jobs writes them."""
+it, and queued jobs written to the database exactly as POST /jobs writes them."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.schemas import JobCreate
 from api.submission import resolve_hyperparameters
-from registry.datasets import create_dataset
-from registry.datasets_io import scan
-from registry.ids import new_id
-from registry.jobs import create_job
-from registry.models import Dataset
-from registry.settings import Settings
-from registry.store.base import ArtifactStore
-from registry.tenants import create_tenant
+from service.datasets import create_dataset
+from service.datasets_io import scan
+from service.ids import new_id
+from service.jobs import create_job
+from service.models import Dataset
+from service.settings import Settings
+from service.store.base import ArtifactStore
+from service.tenants import create_tenant
 from tests.core.tiny_trainer_model import FILLER, NEGATIVE, POSITIVE
 from tests.core.tiny_trainer_model import save_tiny_bert as _save_tiny_bert
 

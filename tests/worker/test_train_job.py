@@ -11,11 +11,11 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from adalora_core.formats.bundle import read_adapter
-from registry.jobs import request_cancel
-from registry.leases import lease_job
-from registry.models import Adapter, Job, JobEvent, utcnow
-from registry.settings import Settings
-from registry.store import LocalStore
+from service.jobs import request_cancel
+from service.leases import lease_job
+from service.models import Adapter, Job, JobEvent, utcnow
+from service.settings import Settings
+from service.store import LocalStore
 from worker.reconciler import reconcile_once
 from worker.runner import run_job
 

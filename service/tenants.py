@@ -14,9 +14,9 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry.ids import new_id
-from registry.models import ApiKey, Tenant, utcnow
-from registry.vocabulary import KeyScope
+from service.ids import new_id
+from service.models import ApiKey, Tenant, utcnow
+from service.vocabulary import KeyScope
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # avoids a write on every request
 MIN_CONFIGURED_KEY_CHARS = 32

@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from registry.lifecycle import JobStatus, guarded_transition
-from registry.models import Job, JobEvent, utcnow
+from service.lifecycle import JobStatus, guarded_transition
+from service.models import Job, JobEvent, utcnow
 
 # Statuses in which the lease holder is doing work and keeps renewing its lease.
 LEASED_STATUSES = (JobStatus.RUNNING.value, JobStatus.UPLOADING.value, JobStatus.CANCELLING.value)

@@ -21,8 +21,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, object_session
 
-from registry.models import Job, JobEvent, utcnow
-from registry.vocabulary import ACTIVE, TERMINAL, EventKind, JobStatus
+from service.models import Job, JobEvent, utcnow
+from service.vocabulary import ACTIVE, TERMINAL, EventKind, JobStatus
 
 __all__ = [
     "ACTIVE",

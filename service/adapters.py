@@ -7,9 +7,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from registry.models import Adapter, Job, utcnow
-from registry.pagination import Page, paginate
-from registry.vocabulary import ArtifactFormat
+from service.models import Adapter, Job, utcnow
+from service.pagination import Page, paginate
+from service.vocabulary import ArtifactFormat
 
 
 def create_adapter(

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry import tenants
-from registry.models import ApiKey
+from service import tenants
+from service.models import ApiKey
 
 
 def test_keys_are_stored_hashed_and_authenticate(db_session: Session) -> None:

@@ -6,8 +6,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from registry.settings import Settings
-from registry.vocabulary import TRAIN_TASK, TRAINING_QUEUE
+from service.settings import Settings
+from service.vocabulary import TRAIN_TASK, TRAINING_QUEUE
 
 
 def _ensure_sqlite_broker_dir(broker_url: str) -> None:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from registry.store.base import (
+from service.store.base import (
     DEFAULT_CHUNK,
     InvalidKey,
     NotFound,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from registry.queue import TaskProducer, enqueue_training_job
-from registry.settings import Settings, get_settings
-from registry.vocabulary import TRAIN_TASK, TRAINING_QUEUE
+from service.queue import TaskProducer, enqueue_training_job
+from service.settings import Settings, get_settings
+from service.vocabulary import TRAIN_TASK, TRAINING_QUEUE
 
 
 def test_embedded_defaults_live_under_home(tmp_path: Path) -> None:

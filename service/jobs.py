@@ -12,11 +12,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from registry.ids import new_id
-from registry.lifecycle import IllegalTransition, JobStatus, guarded_transition
-from registry.models import Job, JobEvent, utcnow
-from registry.pagination import Page, paginate
-from registry.vocabulary import EventKind
+from service.ids import new_id
+from service.lifecycle import IllegalTransition, JobStatus, guarded_transition
+from service.models import Job, JobEvent, utcnow
+from service.pagination import Page, paginate
+from service.vocabulary import EventKind
 
 
 def create_job(

@@ -7,9 +7,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import jobs, leases, tenants
-from registry.lifecycle import IllegalTransition, guarded_transition, transition
-from registry.models import Job, utcnow
+from service import jobs, leases, tenants
+from service.lifecycle import IllegalTransition, guarded_transition, transition
+from service.models import Job, utcnow
 
 
 def make_job(session: Session, tenant_id: str | None = None) -> Job:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.datasets_io import (
+from service.datasets_io import (
     DatasetError,
     DatasetLimits,
     check_filename,

@@ -8,8 +8,8 @@ import time
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import datasets, jobs, tenants
-from registry.datasets_io import DatasetSummary
+from service import datasets, jobs, tenants
+from service.datasets_io import DatasetSummary
 
 
 def make_dataset(session: Session) -> tuple[str, str]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.orm import Session
 
-from registry import jobs, tenants
-from registry.lifecycle import ALLOWED, TERMINAL, IllegalTransition, JobStatus, transition
-from registry.models import Job
+from service import jobs, tenants
+from service.lifecycle import ALLOWED, TERMINAL, IllegalTransition, JobStatus, transition
+from service.models import Job
 
 EXPECTED = {
     ("queued", "running"),

@@ -10,8 +10,8 @@ from typing import Any
 import moto
 import pytest
 
-from registry.settings import Settings
-from registry.store import (
+from service.settings import Settings
+from service.store import (
     ChecksumMismatch,
     InvalidKey,
     LocalStore,

@@ -7,10 +7,10 @@ from typing import Literal
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from registry.datasets_io import DatasetSummary
-from registry.lifecycle import ACTIVE
-from registry.models import Dataset, Job, utcnow
-from registry.pagination import Page, paginate
+from service.datasets_io import DatasetSummary
+from service.lifecycle import ACTIVE
+from service.models import Dataset, Job, utcnow
+from service.pagination import Page, paginate
 
 
 def create_dataset(

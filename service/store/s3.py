@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from registry.store.base import (
+from service.store.base import (
     DEFAULT_CHUNK,
     NotFound,
     StoreReads,

@@ -6,8 +6,8 @@ checkpoints/<job_id>/ckpt-<step>.zip (helpers below build them).
 
 from __future__ import annotations
 
-from registry.settings import Settings
-from registry.store.base import (
+from service.settings import Settings
+from service.store.base import (
     ArtifactStore,
     ChecksumMismatch,
     InvalidKey,
@@ -15,8 +15,8 @@ from registry.store.base import (
     StoreError,
     validate_key,
 )
-from registry.store.local import LocalStore
-from registry.store.s3 import S3Store
+from service.store.local import LocalStore
+from service.store.s3 import S3Store
 
 __all__ = [
     "ArtifactStore",

@@ -1,1 +1,0 @@
-"""Registry: settings, SQL models and queries, artifact store, dataset parsing. Nothing of HTTP."""
