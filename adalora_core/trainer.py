@@ -118,8 +118,12 @@ def train(
     loss_fn: LossFn | None = None,
     lora_r: int | None = None,
     adapt: AdaptFn | None = None,
+    base_model_name: str | None = None,
 ) -> TrainResult:
     """Fine-tune ``base_model`` and write the adapter bundle to ``output_dir``.
+
+    The bundle records ``base_model_name`` as its base (the name the base is registered under,
+    so the adapter does not carry this machine's path); without one, ``base_model`` as given.
 
     ``method="lora"`` trains plain LoRA of rank ``lora_r`` (default ``adalora.target_r``);
     ``adapt`` replaces the built-in adapters (used for external baselines) and then nothing is
@@ -185,7 +189,15 @@ def train(
     )
     if finished and adapt is None:
         result.adapter_dir = _save(
-            adapted, method, base_model, task, adalora, training, result, output_dir, lora_r
+            adapted,
+            method,
+            base_model_name or str(base_model),
+            task,
+            adalora,
+            training,
+            result,
+            output_dir,
+            lora_r,
         )
     return result
 
@@ -471,7 +483,7 @@ def _ranks(adapted: Adaptation) -> dict[str, int]:
 def _save(
     adapted: Adaptation,
     method: str,
-    base_model: str | Path,
+    base_model: str,
     task: TaskSpec,
     adalora: AdaLoraConfig,
     training: TrainingConfig,
@@ -490,7 +502,7 @@ def _save(
     ]
     meta = AdapterMeta(
         task=task.to_json(),
-        base_model=str(base_model),
+        base_model=base_model,
         init_r=init_r,
         target_r=target_r,
         lora_alpha=adalora.lora_alpha,

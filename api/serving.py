@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
@@ -47,11 +48,23 @@ log = logging.getLogger("adalora.api.serving")
 CHECKSUM_READS = 2
 
 
+@dataclass(frozen=True)
+class AdapterRowFacts:
+    """What loading needs from an adapter row: its PEFT artifact and its base's registered name."""
+
+    adapter_id: str
+    peft: dict[str, Any] | None
+    base_model: str
+
+    @classmethod
+    def of(cls, row: Adapter) -> AdapterRowFacts:
+        peft = (row.formats or {}).get(ArtifactFormat.PEFT)
+        return cls(row.id, dict(peft) if peft else None, row.base_model)
+
+
 # The adapter row a request already read, so a cold load in the same thread does not read it
 # again (the cache loads in the thread of the first request that misses).
-_row_read: ContextVar[tuple[str, dict[str, Any] | None] | None] = ContextVar(
-    "adalora_adapter_row_read", default=None
-)
+_row_read: ContextVar[AdapterRowFacts | None] = ContextVar("adalora_adapter_row", default=None)
 
 
 class StoreAdapterSource:
@@ -63,26 +76,27 @@ class StoreAdapterSource:
 
     @staticmethod
     @contextmanager
-    def row_already_read(adapter_id: str, formats: dict[str, Any]) -> Iterator[None]:
-        """While inside, a load of ``adapter_id`` in this thread uses ``formats`` as read."""
-        token = _row_read.set((adapter_id, formats.get(ArtifactFormat.PEFT)))
+    def row_already_read(facts: AdapterRowFacts) -> Iterator[None]:
+        """While inside, a load of that adapter in this thread uses these facts as read."""
+        token = _row_read.set(facts)
         try:
             yield
         finally:
             _row_read.reset(token)
 
-    def _peft_artifact(self, adapter_id: str) -> dict[str, Any] | None:
+    def _row(self, adapter_id: str) -> AdapterRowFacts:
         known = _row_read.get()
-        if known is not None and known[0] == adapter_id:
-            return known[1]
+        if known is not None and known.adapter_id == adapter_id:
+            return known
         with self.sessions() as session:
             row = session.get(Adapter, adapter_id)
             if row is None:
                 raise AdapterNotFound(adapter_id)
-            return (row.formats or {}).get(ArtifactFormat.PEFT)
+            return AdapterRowFacts.of(row)
 
     def read(self, adapter_id: str) -> AdapterBlob:
-        info = self._peft_artifact(adapter_id)
+        facts = self._row(adapter_id)
+        info = facts.peft
         if not info:
             raise AdapterCorrupt(adapter_id, "the adapter has no peft artifact")
         # Condemn only on evidence that lasts: a checksum that fails twice. A missing object may
@@ -91,7 +105,9 @@ class StoreAdapterSource:
         for _ in range(CHECKSUM_READS):
             try:
                 data = self.store.open_read(info["storage_key"], info["sha256"])
-                return AdapterBlob(data, info["sha256"], verified=True)
+                # The row names the base as registered here; older bundles recorded the
+                # worker's path to it instead.
+                return AdapterBlob(data, info["sha256"], verified=True, base_model=facts.base_model)
             except ChecksumMismatch as exc:
                 mismatch = exc
             except NotFound as exc:

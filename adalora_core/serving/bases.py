@@ -74,6 +74,11 @@ class BaseModels:
         self._loaded: dict[tuple[str, ModelKind], SharedBase] = {}
         self._lock = threading.Lock()
 
+    def loaded(self) -> list[tuple[str, ModelKind]]:
+        """(name, kind) of every base in memory."""
+        with self._lock:
+            return list(self._loaded)
+
     def get(self, name: str, kind: ModelKind) -> SharedBase:
         """The shared base for (name, kind), loaded and wrapped on first use only."""
         with self._lock:

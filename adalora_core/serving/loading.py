@@ -34,6 +34,9 @@ class AdapterBlob:
     data: bytes
     sha256: str
     verified: bool = False
+    # The base's name as the serving side knows it; when set it wins over the bundle's own
+    # record (which may be the training machine's path to the same base).
+    base_model: str | None = None
 
 
 class AdapterSource(Protocol):
@@ -120,7 +123,7 @@ class AdapterLoader:
             kind = task_kind(weights.meta)
         except ConfigError as exc:
             raise AdapterIncompatible(f"adapter {adapter_id}: {exc}") from exc
-        base = self.bases.get(weights.meta.base_model, MODEL_KIND[kind])
+        base = self.bases.get(blob.base_model or weights.meta.base_model, MODEL_KIND[kind])
         layers: list[LowRankDelta | None] = [None] * len(base.layer_index)
         for path, delta in weights.modules.items():
             index = base.layer_index.get(path.removeprefix("base_model.model."))

@@ -28,7 +28,7 @@ from adalora_core.serving.requests import Prepared
 from api.deps import EngineDep, InferLimitedCaller
 from api.errors import ApiError, not_found, responses
 from api.schemas import InferRequest, InferResponse
-from api.serving import StoreAdapterSource, default_base_model
+from api.serving import AdapterRowFacts, StoreAdapterSource, default_base_model
 from service import adapters as adapter_rows
 
 router = APIRouter(tags=["inference"])
@@ -55,13 +55,15 @@ def _prepare(
     sessions = request.app.state.sessions
     with sessions() as session:
         row = adapter_rows.get_adapter(session, tenant_id, body.adapter_id)
-        status, formats = (None, {}) if row is None else (row.status, dict(row.formats or {}))
+        status = None if row is None else row.status
+        facts = None if row is None else AdapterRowFacts.of(row)
     if status is None:
         raise not_found("adapter", body.adapter_id)
     if status == "corrupt":
         raise _corrupt(body.adapter_id)
     try:
-        with StoreAdapterSource.row_already_read(body.adapter_id, formats):
+        assert facts is not None
+        with StoreAdapterSource.row_already_read(facts):
             return engine.prepare(body.adapter_id, body.inputs, parameters)
     except AdapterNotFound:
         raise not_found("adapter", body.adapter_id) from None

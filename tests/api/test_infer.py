@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,11 +40,14 @@ def stored_adapter(
     """stored_adapter(tenant, seed) stores a real peft zip + row; returns (id, weights)."""
     from adalora_core.formats.bundle import write_bundle, zip_bundle
 
-    def make(tenant: TenantKey, seed: int) -> tuple[str, Any]:
+    def make(tenant: TenantKey, seed: int, bundle_base: str = TEST_BASE_MODEL) -> tuple[str, Any]:
         l0, l1 = bert_layer_paths(0), bert_layer_paths(1)
         ranks = {l0["q"]: 1 + seed % 4, l0["v"]: 2, l1["up"]: seed % 3, l1["down"]: 3}
         weights = make_adapter(
             TEST_BASE_MODEL, "classification", ranks, seed=seed, labels=["neg", "pos"]
+        )
+        weights = dataclasses.replace(
+            weights, meta=dataclasses.replace(weights.meta, base_model=bundle_base)
         )
         adapter_id = new_id("ad")
         data = zip_bundle(write_bundle(weights, tmp_path / "bundles" / adapter_id))
@@ -315,3 +319,30 @@ def test_a_cold_infer_reads_the_adapter_row_once(client, tenant, stored_adapter)
     finally:
         event.remove(Engine, "before_cursor_execute", record)
     assert len(reads) == 1, reads  # the route's own tenant-scoped read; the load reuses it
+
+
+def test_an_adapter_whose_bundle_names_a_path_shares_the_base_loaded_by_name(
+    app, client, tenant, stored_adapter, tiny_base
+) -> None:
+    """Bundles written before the worker recorded names carry the worker's path to the base;
+    the adapter row's registered name wins, so adapter rows and base-only rows run on one copy
+    of the base (and share a forward)."""
+    adapter_id, weights = stored_adapter(tenant, seed=2, bundle_base=str(tiny_base))
+    assert weights.meta.base_model == str(tiny_base)
+    both = [
+        {"adapter_id": adapter_id, "inputs": ["w1 w2"]},
+        {"adapter_id": None, "base_model": TEST_BASE_MODEL, "inputs": ["w1 w2"]},
+    ]
+    for body in both:
+        assert client.post("/infer", headers=tenant.headers, json=body).status_code == 200
+    engine = app.state.engine
+    assert [name for name, _ in engine.bases.loaded()] == [TEST_BASE_MODEL]
+    adapter = engine.adapter(adapter_id)
+    base_only = engine.prepare(None, ["w1"], base_model=TEST_BASE_MODEL)
+    assert adapter.base is base_only.base  # so both kinds of rows can share one forward
+    scores = engine.infer(adapter_id, ["w1 w2"])[0]["scores"]
+    by_name = dataclasses.replace(
+        weights, meta=dataclasses.replace(weights.meta, base_model=TEST_BASE_MODEL)
+    )
+    want = expected_scores(by_name, "w1 w2")
+    assert [scores["neg"], scores["pos"]] == pytest.approx(want, abs=1e-5)

@@ -66,6 +66,9 @@ def test_job_succeeds_and_publishes_every_format(world, settings, sessions, stor
         assert "adapter_config.json" in names or "config.json" in names, (name, names)
     weights = read_adapter(store.open_read(adapter.formats["peft"]["storage_key"]))
     assert weights.total_rank == adapter.total_rank
+    # The bundle names its base as registered ("tiny"), never the worker's path to it.
+    assert weights.meta.base_model == adapter.base_model == "tiny"
+    assert settings.base_models["tiny"] not in str(weights.meta)
 
 
 def test_a_second_delivery_does_nothing(world, settings, sessions, store) -> None:
