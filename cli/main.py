@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import adapters, datasets, jobs, keys, tenants
+from cli import adapters, datasets, jobs, keys, store, tenants
 from cli.infer import infer
 from cli.server import serve, worker
 
@@ -20,6 +20,7 @@ app.add_typer(tenants.app, name="tenants")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(adapters.app, name="adapters")
+app.add_typer(store.app, name="store")
 app.command("infer")(infer)
 
 if __name__ == "__main__":

@@ -142,6 +142,7 @@ class JobRunner:
 
             result = train(
                 base_model=base_model,
+                base_model_name=job.base_model,
                 task=spec.task,
                 train_rows=train_rows,
                 eval_rows=eval_rows,
@@ -338,7 +339,9 @@ class JobRunner:
                 job.error = {"code": code, "message": message}
                 transition(job, JobStatus.FAILED, code=code)
                 status = "failed"
+            checkpoint_key = job.checkpoint_key
             session.commit()
+        self._drop_checkpoint(self.job_id, checkpoint_key)  # a failed job is not resumed
         return Outcome(status)
 
     def _discard(self, formats: dict[str, dict[str, Any]]) -> None:

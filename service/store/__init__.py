@@ -12,6 +12,7 @@ from service.store.base import (
     ChecksumMismatch,
     InvalidKey,
     NotFound,
+    StoredObject,
     StoreError,
     validate_key,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "NotFound",
     "S3Store",
     "StoreError",
+    "StoredObject",
     "adapter_key",
     "adapter_prefix",
     "checkpoint_key",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -30,6 +31,13 @@ class ChecksumMismatch(StoreError):
         self.actual = actual
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    modified_at: float  # seconds since the epoch
+
+
 @runtime_checkable
 class ArtifactStore(Protocol):
     def put_file(self, key: str, path: str | Path) -> tuple[str, int]:
@@ -53,6 +61,10 @@ class ArtifactStore(Protocol):
         """Remove the object; a missing key is not an error."""
 
     def exists(self, key: str) -> bool: ...
+
+    def list_objects(self, prefix: str = "") -> Iterator[StoredObject]:
+        """Every complete object whose key starts with ``prefix`` (writes in progress are not
+        objects yet)."""
 
 
 def validate_key(key: str) -> str:

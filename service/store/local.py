@@ -14,6 +14,7 @@ from service.store.base import (
     DEFAULT_CHUNK,
     InvalidKey,
     NotFound,
+    StoredObject,
     StoreReads,
     checked_chunks,
     file_chunks,
@@ -106,3 +107,16 @@ class LocalStore(StoreReads):
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
+
+    def list_objects(self, prefix: str = "") -> Iterator[StoredObject]:
+        for path in sorted(self.root.rglob("*")):
+            relative = path.relative_to(self.root)
+            if relative.parts[0] == ".tmp" or not path.is_file():
+                continue
+            key = relative.as_posix()
+            if key.startswith(prefix):
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:  # deleted while listing
+                    continue
+                yield StoredObject(key, stat.st_size, stat.st_mtime)

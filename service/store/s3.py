@@ -11,6 +11,7 @@ from typing import Any
 from service.store.base import (
     DEFAULT_CHUNK,
     NotFound,
+    StoredObject,
     StoreReads,
     checked_chunks,
     validate_key,
@@ -97,6 +98,15 @@ class S3Store(StoreReads):
             objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if objects:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
+
+    def list_objects(self, prefix: str = "") -> Iterator[StoredObject]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=base + prefix):
+            for item in page.get("Contents", []):
+                yield StoredObject(
+                    item["Key"][len(base) :], int(item["Size"]), item["LastModified"].timestamp()
+                )
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
