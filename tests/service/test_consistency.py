@@ -9,13 +9,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service import jobs, tenants
+from service import tenants
 from service.adapters import create_adapter
 from service.consistency import check_store, collect_garbage
 from service.datasets import create_dataset
 from service.datasets_io import DatasetSummary
 from service.lifecycle import transition
 from service.store import LocalStore
+from tests.service.test_jobs import make_job
 
 
 def put(store: LocalStore, key: str, age_s: float = 7200.0) -> str:
@@ -26,17 +27,7 @@ def put(store: LocalStore, key: str, age_s: float = 7200.0) -> str:
 
 
 def job_with_checkpoint(session: Session, tenant_id: str, store: LocalStore, status: str) -> str:
-    job = jobs.create_job(
-        session,
-        tenant_id=tenant_id,
-        base_model="m",
-        task="classification",
-        dataset_id=None,  # type: ignore[arg-type]
-        validation_dataset_id=None,
-        request={},
-        hyperparameters={},
-        request_hash="h",
-    )
+    job = make_job(session, tenant_id)
     job.checkpoint_key = f"checkpoints/{job.id}/ckpt-4.zip"
     put(store, job.checkpoint_key)
     transition(job, "running")
