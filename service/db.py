@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+@dataclass(frozen=True)
+class DbTimeouts:
+    """Bounds on waiting for the database, so a database that hangs gives errors, not hung
+    requests. 0 turns one off (migrations run without a statement timeout)."""
+
+    connect_s: float = 5.0  # a new connection that gets no answer (PostgreSQL)
+    statement_s: float = 30.0  # one statement on the server (PostgreSQL)
+    pool_s: float = 10.0  # waiting for a free pooled connection (always on)
+
+
+def make_engine(url: str, timeouts: DbTimeouts = DbTimeouts()) -> Engine:
     """A new engine; SQLite gets WAL, foreign keys and a busy timeout so threads can share it."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -37,13 +49,23 @@ def make_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {}
+    if timeouts.connect_s:
+        connect_args["connect_timeout"] = max(1, math.ceil(timeouts.connect_s))
+    if timeouts.statement_s:
+        connect_args["options"] = f"-c statement_timeout={int(timeouts.statement_s * 1000)}"
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_timeout=timeouts.pool_s,
+        connect_args=connect_args,
+    )
 
 
 @lru_cache(maxsize=8)
-def get_engine(url: str) -> Engine:
-    """One shared engine per URL in this process."""
-    return make_engine(url)
+def get_engine(url: str, timeouts: DbTimeouts = DbTimeouts()) -> Engine:
+    """One shared engine per URL (and timeouts) in this process."""
+    return make_engine(url, timeouts)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.db import DbTimeouts
+
 DEFAULT_MINILM_NAME = "all-MiniLM-L6-v2"
 
 
@@ -49,6 +51,10 @@ class Settings(BaseSettings):
     job_max_length: int = 2048
     job_max_updates: int = 100_000
     job_max_train_rows: int = 5_000_000
+    # Waiting on the database is bounded, so one that hangs gives 503s instead of hung requests.
+    db_connect_timeout_s: float = 5.0
+    db_statement_timeout_s: float = 30.0
+    db_pool_timeout_s: float = 10.0
     # /metrics counts every tenant's jobs: with a token set, scrapers send it as a bearer
     # token; without one, only clients on this machine (loopback) may read it.
     metrics_token: str | None = None
@@ -103,6 +109,12 @@ class Settings(BaseSettings):
             if path is not None:
                 self.base_models = {**self.base_models, DEFAULT_MINILM_NAME: path}
         return self
+
+    @property
+    def db_timeouts(self) -> DbTimeouts:
+        return DbTimeouts(
+            self.db_connect_timeout_s, self.db_statement_timeout_s, self.db_pool_timeout_s
+        )
 
     def ensure_home(self) -> None:
         """Create the directories the embedded defaults write into."""

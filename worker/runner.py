@@ -68,7 +68,9 @@ def run_job(
     owner: str | None = None,
 ) -> Outcome:
     settings = settings or get_settings()
-    sessions = sessions or make_sessionmaker(get_engine(settings.database_url))
+    sessions = sessions or make_sessionmaker(
+        get_engine(settings.database_url, settings.db_timeouts)
+    )
     runner = JobRunner(
         job_id, settings, sessions, store or get_store(settings), owner or worker_identity()
     )

@@ -14,7 +14,8 @@ CHUNK = 65536
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to ``upstream``. ``cut()`` drops every open connection and
     refuses new ones (they are accepted and closed at once, as a dead server would look);
-    ``restore()`` forwards again."""
+    ``hang()`` drops every open connection and holds new ones open without ever answering (a
+    server that accepts and then says nothing); ``restore()`` forwards again."""
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self._upstream = (upstream_host, upstream_port)
@@ -23,6 +24,8 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._cut = False
+        self._hang = False
+        self._held: list[socket.socket] = []
         self._closed = False
         self.accepted = 0
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
@@ -44,13 +47,22 @@ class TcpProxy:
         for sock in doomed:
             _hard_close(sock)
 
+    def hang(self) -> None:
+        self.cut()
+        with self._lock:
+            self._cut, self._hang = False, True
+
     def restore(self) -> None:
         with self._lock:
-            self._cut = False
+            self._cut = self._hang = False
+            held, self._held = self._held, []
+        for sock in held:
+            _hard_close(sock)
 
     def close(self) -> None:
         self._closed = True
         self.cut()
+        self.restore()  # closes the held connections
         self._listener.close()
 
     def _accept_loop(self) -> None:
@@ -61,7 +73,11 @@ class TcpProxy:
                 return
             self.accepted += 1
             with self._lock:
-                refused = self._cut
+                refused, hanging = self._cut, self._hang
+                if hanging:
+                    self._held.append(client)
+            if hanging:
+                continue
             if refused:
                 _hard_close(client)
                 continue
