@@ -35,7 +35,9 @@ PROTOCOL: dict[str, TaskProtocol] = {
     "sst2": TaskProtocol(tuple(range(5)), ("--train-limit", "3200", "--holdout", "1000")),
     "mrpc": TaskProtocol(tuple(range(5)), ("--holdout", "400")),
     "rte": TaskProtocol(tuple(range(3)), ("--holdout", "250")),
-    "cola": TaskProtocol(tuple(range(3)), ("--train-limit", "3200", "--holdout", "1000")),
+    # CoLA on 3,200 rows (600 updates) left LoRA at the majority class on one seed of two
+    # (bench/results/glue_cola_600.jsonl), so it trains on its whole split: the recipe's 1,000.
+    "cola": TaskProtocol(tuple(range(3)), ("--holdout", "1000")),
 }
 LABELS = {"adalora": "AdaLoRA 12→8", "svd": "SVD form, rank 8, no pruning", "lora": "LoRA"}
 
@@ -64,10 +66,13 @@ def matched_lora_rank(adalora_cells: dict[int, dict]) -> int:
     return max(1, round(kept / per_rank))
 
 
-def run_protocol(tasks: list[str], out: Path, jobs: int, threads: int) -> None:
-    """AdaLoRA first (its final size fixes LoRA's rank), then LoRA, then the ablation."""
+def run_protocol(
+    tasks: list[str], out: Path, jobs: int, threads: int, max_seeds: int | None = None
+) -> None:
+    """AdaLoRA first (its final size fixes LoRA's rank), then LoRA, then the ablation.
+    ``max_seeds`` runs only the first seeds of each task (the rest resume later)."""
     for task in tasks:
-        seeds = PROTOCOL[task].seeds
+        seeds = PROTOCOL[task].seeds[:max_seeds]
         run_cells([cell(task, "adalora", s, threads) for s in seeds], out, jobs)
         adalora = dev_results(finished(out), task, "adalora")
         if len(adalora) < len(seeds):
@@ -150,10 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per cell")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--seeds", type=int, help="only the first N seeds of each task")
     parser.add_argument("--heatmaps", type=Path, help="folder for <task>_ranks.png")
     args = parser.parse_args(argv)
     if not args.table_only:
-        run_protocol(args.tasks, args.out, args.jobs, args.threads)
+        run_protocol(args.tasks, args.out, args.jobs, args.threads, args.seeds)
     results = finished(args.out)
     print(table(results, args.tasks))
     if args.heatmaps:
