@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from adalora_core.serving.engine import InferenceEngine
 from api.errors import ApiError
-from api.ratelimit import TokenBuckets, retry_after_header
+from api.ratelimit import RateLimiter, retry_after_header
 from service import tenants
 from service.models import Tenant
 from service.queue import TaskProducer
@@ -75,6 +75,7 @@ class Caller:
 
 
 def get_caller(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Caller:
@@ -89,6 +90,17 @@ def get_caller(
     # under load (every thread blocked on the pool, every connection waiting for a thread).
     session.commit()
     if key is None:
+        # Every wrong key costs its client address a token: guessing is slowed to a trickle.
+        limiter: RateLimiter = request.app.state.rate_limits["auth_failures"]
+        wait = limiter.acquire(request.client.host if request.client else "unknown")
+        if wait > 0:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"too many failed authentications from this address; retry in {wait:.0f}s",
+                None,
+                retry_after_header(wait),
+            )
         raise ApiError(401, "unauthorized", "invalid or revoked API key", None, unauthorized)
     tenant = session.get(Tenant, key.tenant_id)
     session.commit()
@@ -128,7 +140,7 @@ def _limit(name: str, needed: KeyScope):
     # A default-value Depends: an annotation naming the local ``scoped`` could not be resolved
     # by FastAPI (this module's annotations are strings).
     def check(request: Request, caller: Caller = Depends(scoped)) -> Caller:
-        buckets: TokenBuckets = request.app.state.rate_limits[name]
+        buckets: RateLimiter = request.app.state.rate_limits[name]
         wait = buckets.acquire(caller.key_id)
         if wait > 0:
             raise ApiError(

@@ -17,7 +17,7 @@ from api.bodylimit import BodySizeLimitMiddleware
 from api.deps import reject_unknown_query
 from api.errors import install_error_handlers
 from api.metrics import ApiMetrics, MetricsMiddleware
-from api.ratelimit import TokenBuckets
+from api.ratelimit import make_limiter
 from api.routes import adapters, datasets, health, infer, jobs, keys, models
 from api.routes import tenants as tenant_routes
 from service import tenants
@@ -56,9 +56,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = make_sessionmaker(get_engine(settings.database_url, settings.db_timeouts))
     app.state.store = get_store(settings)
     app.state.producer = TaskProducer(settings.broker_url)
+    limits = {
+        "jobs": (settings.jobs_rate_per_s, settings.jobs_burst),
+        "infer": (settings.infer_rate_per_s, settings.infer_burst),
+        "auth_failures": (settings.auth_failures_per_s, settings.auth_failures_burst),
+    }
     app.state.rate_limits = {
-        "jobs": TokenBuckets(settings.jobs_rate_per_s, settings.jobs_burst),
-        "infer": TokenBuckets(settings.infer_rate_per_s, settings.infer_burst),
+        name: make_limiter(name, rate, burst, settings.rate_limit_store)
+        for name, (rate, burst) in limits.items()
     }
     app.state.metrics = ApiMetrics(app.state.sessions)
     install_error_handlers(app)

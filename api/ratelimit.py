@@ -1,12 +1,27 @@
-"""In-process token buckets, one per (API key, limit name)."""
+"""Token buckets: ``rate`` tokens a second up to ``burst`` per key, for one named limit.
+
+In one process they live in memory. With Redis configured (a ``redis://`` broker) they live in
+Redis, updated by one Lua script on Redis's own clock, so N API replicas share one limit
+instead of allowing N times it. If Redis cannot be reached the process falls back to its own
+buckets for that call (a limit is a guard, not a reason to refuse service).
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger("adalora.api.ratelimit")
+
+
+class RateLimiter(Protocol):
+    def acquire(self, key: str) -> float:
+        """Take one token for ``key``; 0 on success, else seconds until one is free."""
 
 
 @dataclass
@@ -16,7 +31,7 @@ class _Bucket:
 
 
 class TokenBuckets:
-    """``rate`` tokens per second up to ``burst``; a rate of 0 disables the limit."""
+    """In-process buckets; a rate of 0 disables the limit."""
 
     def __init__(
         self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
@@ -28,7 +43,6 @@ class TokenBuckets:
         self._lock = threading.Lock()
 
     def acquire(self, key: str) -> float:
-        """Take one token for ``key``; returns 0 on success, else seconds until one is free."""
         if self.rate <= 0:
             return 0.0
         now = self._clock()
@@ -42,6 +56,53 @@ class TokenBuckets:
                 bucket.tokens -= 1.0
                 return 0.0
             return (1.0 - bucket.tokens) / self.rate
+
+
+# KEYS[1] the bucket; ARGV: rate, burst. Returns the wait in microseconds (0: a token taken).
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
+local tokens = tonumber(state[1]) or burst
+local updated = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - updated) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 60)
+return math.floor(wait * 1e6)
+"""
+
+
+class RedisTokenBuckets:
+    """Buckets shared by every process that uses the same Redis and limit name."""
+
+    def __init__(self, client: Any, name: str, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self._prefix = f"adalora:ratelimit:{name}:"
+        self._take = client.register_script(_TAKE)
+        self._fallback = TokenBuckets(rate, burst)
+
+    def acquire(self, key: str) -> float:
+        if self.rate <= 0:
+            return 0.0
+        try:
+            micros = self._take(keys=[self._prefix + key], args=[self.rate, self.burst])
+        except Exception as exc:  # Redis down: limit this process on its own meanwhile
+            log.warning("rate limit store unreachable (%s); using in-process buckets", exc)
+            return self._fallback.acquire(key)
+        return int(micros) / 1e6
+
+
+def make_limiter(name: str, rate: float, burst: int, redis_url: str | None) -> RateLimiter:
+    if redis_url:
+        import redis
+
+        client = redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        return RedisTokenBuckets(client, name, rate, burst)
+    return TokenBuckets(rate, burst)
 
 
 def retry_after_header(wait_s: float) -> dict[str, str]:

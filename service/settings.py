@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     infer_burst: int = 100
     jobs_rate_per_s: float = 1.0
     jobs_burst: int = 20
+    # Wrong API keys per client address: a guess costs a token; out of tokens is 429.
+    auth_failures_per_s: float = 1.0
+    auth_failures_burst: int = 20
+    # Where the buckets live: Redis when set, or when the broker is Redis, so every API
+    # replica counts against one limit; otherwise each process counts alone.
+    rate_limit_redis_url: str | None = None
 
     # Inference batching and request bounds.
     max_batch_size: int = 32
@@ -109,6 +115,12 @@ class Settings(BaseSettings):
             if path is not None:
                 self.base_models = {**self.base_models, DEFAULT_MINILM_NAME: path}
         return self
+
+    @property
+    def rate_limit_store(self) -> str | None:
+        if self.rate_limit_redis_url:
+            return self.rate_limit_redis_url
+        return self.broker_url if self.broker_url.startswith(("redis://", "rediss://")) else None
 
     @property
     def db_timeouts(self) -> DbTimeouts:

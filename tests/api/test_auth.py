@@ -132,3 +132,41 @@ def test_jobs_rate_limit_answers_429(
     # Another key has its own bucket (its request fails validation, not the limit).
     other = client.post("/jobs", json=body, headers=other_tenant.headers)
     assert other.status_code == 422
+
+
+def test_wrong_keys_from_one_address_are_slowed_and_right_keys_still_work(
+    settings: Settings, tenant: TenantKey
+) -> None:
+    limited = settings.model_copy(update={"auth_failures_burst": 3, "auth_failures_per_s": 0.001})
+    with TestClient(create_app(limited)) as client:
+        wrong = {"Authorization": "Bearer ak_" + "x" * 43}
+        codes = [client.get("/models", headers=wrong).status_code for _ in range(4)]
+        assert codes == [401, 401, 401, 429]
+        refused = client.get("/models", headers=wrong)
+        assert refused.json()["error"]["code"] == "rate_limited"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert client.get("/models", headers=tenant.headers).status_code == 200
+        assert client.get("/models").status_code == 401  # no key at all is not a guess
+    buckets = TokenBuckets(rate=0.001, burst=1)
+    assert buckets.acquire("10.0.0.1") == 0.0 and buckets.acquire("10.0.0.2") == 0.0
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_two_replicas_share_one_limit_through_redis(
+    settings: Settings, tenant: TenantKey, redis_url: str, shared: bool
+) -> None:
+    """With Redis configured, two API processes count against one bucket per key; each on its
+    own would let twice the burst through."""
+    update: dict[str, Any] = {"infer_burst": 4, "infer_rate_per_s": 0.001}
+    if shared:
+        update["rate_limit_redis_url"] = redis_url
+    replicas = [TestClient(create_app(settings.model_copy(update=update))) for _ in range(2)]
+    with replicas[0] as first, replicas[1] as second:
+        body = {"adapter_id": "ad_missing", "inputs": ["w1"]}
+        codes = [
+            (first, second)[i % 2].post("/infer", json=body, headers=tenant.headers).status_code
+            for i in range(9)
+        ]
+    allowed = 4 if shared else 8
+    assert codes.count(429) == 9 - allowed, codes
+    assert codes[:allowed].count(429) == 0

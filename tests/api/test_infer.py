@@ -277,7 +277,10 @@ def test_infer_conforms_to_its_schema(
     from hypothesis import settings as hypothesis_settings
     from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+    from api.ratelimit import TokenBuckets
+
     adapter_id, _ = stored_adapter(tenant, seed=1)
+    app.state.rate_limits["auth_failures"] = TokenBuckets(rate=0, burst=1)  # wrong keys on purpose
     schema = schemathesis.openapi.from_dict(app.openapi()).include(path="/infer")
     statuses: list[int] = []
 
