@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=[Depends(reject_unknown_query)],
     )
     app.state.settings = settings
-    app.state.sessions = make_sessionmaker(get_engine(settings.database_url, settings.db_timeouts))
+    app.state.sessions = make_sessionmaker(get_engine(settings.database_url, settings.db_limits))
     app.state.store = get_store(settings)
     app.state.producer = TaskProducer(settings.broker_url)
     limits = {

@@ -17,7 +17,7 @@ def ensure_bootstrap_key(settings: Settings) -> str | None:
 
     Returns a newly created secret (to print once), or None when nothing new was made.
     """
-    with session_scope(get_engine(settings.database_url, settings.db_timeouts)) as session:
+    with session_scope(get_engine(settings.database_url, settings.db_limits)) as session:
         if settings.api_key:
             ensure_api_key(session, settings.api_key, tenant_name=DEFAULT_TENANT)
             return None

@@ -107,7 +107,7 @@ def start_reconciler(settings: Settings) -> ReconcilerThread:
     from service.queue import enqueue_training_job
     from worker.reconciler import ReconcilerThread
 
-    sessions = make_sessionmaker(get_engine(settings.database_url, settings.db_timeouts))
+    sessions = make_sessionmaker(get_engine(settings.database_url, settings.db_limits))
     thread = ReconcilerThread(
         sessions, settings, lambda job_id: enqueue_training_job(job_id, settings)
     )

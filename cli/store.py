@@ -21,7 +21,7 @@ app = typer.Typer(help="Check the artifact store against the database; collect o
 def check(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List stored objects no row points to, and rows whose objects are gone; exit 1 if any."""
     settings = get_settings()
-    with session_scope(get_engine(settings.database_url, settings.db_timeouts)) as session:
+    with session_scope(get_engine(settings.database_url, settings.db_limits)) as session:
         report = check_store(session, get_store(settings))
     if as_json:
         payload = {
@@ -48,7 +48,7 @@ def gc(
 ) -> None:
     """Delete orphaned objects older than the grace period (never anything a row points to)."""
     settings = get_settings()
-    with session_scope(get_engine(settings.database_url, settings.db_timeouts)) as session:
+    with session_scope(get_engine(settings.database_url, settings.db_limits)) as session:
         deleted = collect_garbage(session, get_store(settings), grace_s)
     for key in deleted:
         typer.echo(f"deleted {key}")

@@ -6,7 +6,7 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from service.db import DbTimeouts, make_engine
+from service.db import DbLimits, make_engine
 from service.models import Base
 from service.settings import get_settings
 
@@ -38,7 +38,7 @@ def run_offline() -> None:
 
 
 def run_online() -> None:
-    engine = make_engine(database_url(), DbTimeouts(statement_s=0))  # migrations may be long
+    engine = make_engine(database_url(), DbLimits(statement_s=0))  # migrations may be long
     try:
         with engine.connect() as connection:
             context.configure(

@@ -28,16 +28,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 @dataclass(frozen=True)
-class DbTimeouts:
+class DbLimits:
     """Bounds on waiting for the database, so a database that hangs gives errors, not hung
-    requests. 0 turns one off (migrations run without a statement timeout)."""
+    requests (0 turns a timeout off: migrations run without a statement timeout), and the size
+    of the connection pool."""
 
     connect_s: float = 5.0  # a new connection that gets no answer (PostgreSQL)
     statement_s: float = 30.0  # one statement on the server (PostgreSQL)
     pool_s: float = 10.0  # waiting for a free pooled connection (always on)
+    pool_size: int = 5
+    max_overflow: int = 10
 
 
-def make_engine(url: str, timeouts: DbTimeouts = DbTimeouts()) -> Engine:
+def make_engine(url: str, limits: DbLimits = DbLimits()) -> Engine:
     """A new engine; SQLite gets WAL, foreign keys and a busy timeout so threads can share it."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -50,22 +53,24 @@ def make_engine(url: str, timeouts: DbTimeouts = DbTimeouts()) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     connect_args: dict[str, Any] = {}
-    if timeouts.connect_s:
-        connect_args["connect_timeout"] = max(1, math.ceil(timeouts.connect_s))
-    if timeouts.statement_s:
-        connect_args["options"] = f"-c statement_timeout={int(timeouts.statement_s * 1000)}"
+    if limits.connect_s:
+        connect_args["connect_timeout"] = max(1, math.ceil(limits.connect_s))
+    if limits.statement_s:
+        connect_args["options"] = f"-c statement_timeout={int(limits.statement_s * 1000)}"
     return create_engine(
         url,
         pool_pre_ping=True,
-        pool_timeout=timeouts.pool_s,
+        pool_timeout=limits.pool_s,
+        pool_size=limits.pool_size,
+        max_overflow=limits.max_overflow,
         connect_args=connect_args,
     )
 
 
 @lru_cache(maxsize=8)
-def get_engine(url: str, timeouts: DbTimeouts = DbTimeouts()) -> Engine:
-    """One shared engine per URL (and timeouts) in this process."""
-    return make_engine(url, timeouts)
+def get_engine(url: str, limits: DbLimits = DbLimits()) -> Engine:
+    """One shared engine per URL (and limits) in this process."""
+    return make_engine(url, limits)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

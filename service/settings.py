@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.db import DbTimeouts
+from service.db import DbLimits
 
 DEFAULT_MINILM_NAME = "all-MiniLM-L6-v2"
 
@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     db_connect_timeout_s: float = 5.0
     db_statement_timeout_s: float = 30.0
     db_pool_timeout_s: float = 10.0
+    db_pool_size: int = 5
+    db_max_overflow: int = 10
     # /metrics counts every tenant's jobs: with a token set, scrapers send it as a bearer
     # token; without one, only clients on this machine (loopback) may read it.
     metrics_token: str | None = None
@@ -123,9 +125,13 @@ class Settings(BaseSettings):
         return self.broker_url if self.broker_url.startswith(("redis://", "rediss://")) else None
 
     @property
-    def db_timeouts(self) -> DbTimeouts:
-        return DbTimeouts(
-            self.db_connect_timeout_s, self.db_statement_timeout_s, self.db_pool_timeout_s
+    def db_limits(self) -> DbLimits:
+        return DbLimits(
+            self.db_connect_timeout_s,
+            self.db_statement_timeout_s,
+            self.db_pool_timeout_s,
+            self.db_pool_size,
+            self.db_max_overflow,
         )
 
     def ensure_home(self) -> None:

@@ -68,9 +68,7 @@ def run_job(
     owner: str | None = None,
 ) -> Outcome:
     settings = settings or get_settings()
-    sessions = sessions or make_sessionmaker(
-        get_engine(settings.database_url, settings.db_timeouts)
-    )
+    sessions = sessions or make_sessionmaker(get_engine(settings.database_url, settings.db_limits))
     runner = JobRunner(
         job_id, settings, sessions, store or get_store(settings), owner or worker_identity()
     )

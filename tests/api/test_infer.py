@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -349,3 +351,46 @@ def test_an_adapter_whose_bundle_names_a_path_shares_the_base_loaded_by_name(
     )
     want = expected_scores(by_name, "w1 w2")
     assert [scores["neg"], scores["pos"]] == pytest.approx(want, abs=1e-5)
+
+
+@pytest.fixture
+def tight_pool(settings: Any) -> Any:
+    """A small pool that cannot wait long: 3 connections, 3 s to get one. Requests prepare in
+    the event loop's worker threads (6 on this machine), so a request that needed two
+    connections at once, or held one through a 2 s load, would leave others past the wait."""
+    settings.db_pool_timeout_s = 3.0
+    settings.db_pool_size = 3
+    settings.db_max_overflow = 0
+    return settings
+
+
+@pytest.mark.parametrize("db_backend", ["postgres"])
+def test_fifty_cold_adapters_at_once_do_not_drain_the_pool(
+    tight_pool: Any, tenant, stored_adapter, live_server, monkeypatch
+) -> None:
+    """50 first requests for 50 different adapters, each load slowed to 2 s: a request that held
+    its pooled connection through the load (or took a second one for the store read) would
+    leave the others waiting past the pool timeout."""
+    import httpx
+
+    from api.serving import StoreAdapterSource
+
+    adapter_ids = [stored_adapter(tenant, seed=i)[0] for i in range(50)]
+    real_read = StoreAdapterSource.read
+
+    def slow_read(self: Any, adapter_id: str) -> Any:
+        time.sleep(2.0)
+        return real_read(self, adapter_id)
+
+    monkeypatch.setattr(StoreAdapterSource, "read", slow_read)
+    start = threading.Barrier(50)
+
+    def first_request(adapter_id: str) -> int:
+        with httpx.Client(base_url=live_server.url, timeout=120) as http:
+            start.wait()
+            body = {"adapter_id": adapter_id, "inputs": ["w1 w2"]}
+            return http.post("/infer", json=body, headers=tenant.headers).status_code
+
+    with ThreadPoolExecutor(50) as pool:
+        codes = list(pool.map(first_request, adapter_ids))
+    assert codes == [200] * 50, sorted(set(codes))
