@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import job_body
+from tests.api.conftest import SST_ROWS, job_body, jsonl
 from tests.conftest import TenantKey
 
 
@@ -39,10 +39,31 @@ def test_other_tenant_sees_nothing(
         response = client.request(method, path, headers=other_tenant.headers)
         assert response.status_code == 404, (method, path, response.text)
         assert response.json()["error"]["code"] == "not_found"
-    for path in ("/datasets", "/jobs", "/adapters", "/keys"):
+    # Lists hold exactly the caller's own things: the other tenant gets its own data set,
+    # adapter and key back, and none of ours.
+    theirs_dataset = client.post(
+        "/datasets", headers=other_tenant.headers, files={"file": ("o.jsonl", jsonl(SST_ROWS))}
+    ).json()
+    theirs_adapter = make_adapter(other_tenant)
+    expected = {
+        "/datasets": {theirs_dataset["id"]},
+        "/jobs": {theirs_adapter["job_id"]},
+        "/adapters": {theirs_adapter["id"]},
+        "/keys": {other_tenant.key_id},
+    }
+    for path, ids in expected.items():
         items = client.get(path, headers=other_tenant.headers).json()["items"]
-        assert all(tenant.id not in str(item) for item in items)
-        assert dataset["id"] not in str(items) and job["id"] not in str(items)
+        assert {item["id"] for item in items} == ids, path
+    ours = {
+        "/datasets": dataset["id"],
+        "/jobs": job["id"],  # and the job behind our adapter
+        "/adapters": adapter["id"],
+        "/keys": tenant.key_id,
+    }
+    for path, own_id in ours.items():
+        items = client.get(path, headers=tenant.headers).json()["items"]
+        assert own_id in {item["id"] for item in items}, path
+        assert not {item["id"] for item in items} & expected[path], path
     # A job cannot be built on someone else's dataset either.
     foreign = client.post("/jobs", json=job_body(dataset["id"]), headers=other_tenant.headers)
     assert foreign.status_code == 422 and foreign.json()["error"]["field"] == "dataset_id"
