@@ -131,7 +131,7 @@ def test_api_killed_during_uploads_and_submissions(
         first_answer = threading.Event()
         body = job_body(kept, max_steps=6)
 
-        def submit(idem: str) -> int | None:
+        def submit(idem: str) -> tuple[int, str] | None:
             try:
                 with httpx.Client(base_url=api.url, timeout=30) as http:
                     response = http.post(
@@ -140,7 +140,7 @@ def test_api_killed_during_uploads_and_submissions(
                         headers={"Authorization": f"Bearer {key}", "Idempotency-Key": idem},
                     )
                     first_answer.set()
-                    return response.status_code
+                    return response.status_code, response.json().get("id", "")
             except httpx.HTTPError:
                 return None
 
@@ -148,7 +148,8 @@ def test_api_killed_during_uploads_and_submissions(
             futures = [pool.submit(submit, idem) for idem in keys]
             assert first_answer.wait(60)
             api.kill()
-            codes = [f.result() for f in futures]
+            answers = dict(zip(keys, (f.result() for f in futures), strict=True))
+        codes = [None if a is None else a[0] for a in answers.values()]
         api.start(client)
         landed = client.ok("GET", "/jobs", params={"limit": 200})["items"]
         assert 1 <= len(landed) <= SUBMISSIONS
@@ -169,6 +170,10 @@ def test_api_killed_during_uploads_and_submissions(
         after = client.ok("GET", "/jobs", params={"limit": 200})["items"]
         assert len(after) == SUBMISSIONS and {j["id"] for j in after} == set(retried.values())
         assert {j["id"] for j in landed} <= set(retried.values())
+        # Key by key: whoever saw a 202 gets the very job it was told about, not just "a job".
+        for idem, answer in answers.items():
+            if answer is not None and answer[0] == 202:
+                assert retried[idem] == answer[1], idem
         answered = sum(code == 202 for code in codes)
         assert 1 <= answered <= len(landed), (codes, len(landed))  # every 202 seen has landed
         assert None in codes, codes  # ... and some requests were cut off by the kill
