@@ -116,3 +116,52 @@ def test_a_database_that_accepts_and_never_answers_gives_503s_within_a_bound(
         assert client.get("/readyz").status_code == 503
         proxied_db.proxy.restore()
         assert client.get("/jobs", headers=headers).status_code == 200
+
+
+def test_an_outage_after_authentication_leaves_nothing_half_written(
+    proxied_db: ProxiedDatabase, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The database goes away after a request has authenticated: between storing an upload's
+    file and inserting its row, and just before a job's insert. Both answer 503 and nothing
+    stays behind: no row, no file, no staging file."""
+    from service import jobs as job_rows
+    from service.store import LocalStore
+
+    with proxied_db.sessions() as session:
+        tenant = tenants.create_tenant(session, "acme")
+        _, secret = tenants.create_api_key(session, tenant.id, "test")
+        session.commit()
+    headers = {"Authorization": f"Bearer {secret}"}
+    settings = _settings(tmp_path, proxied_db.proxied_url)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        dataset = client.post(
+            "/datasets", headers=headers, files={"file": ("t.jsonl", jsonl(SST_ROWS))}
+        )
+        assert dataset.status_code == 201, dataset.text
+        before = stored_state(proxied_db.sessions, settings)
+
+        real_put = LocalStore.put_file
+
+        def put_then_cut(self: LocalStore, key: str, path: Any) -> Any:
+            stored = real_put(self, key, path)
+            proxied_db.proxy.cut()  # the file is in the store; its row is not yet written
+            return stored
+
+        monkeypatch.setattr(LocalStore, "put_file", put_then_cut)
+        files = {"file": ("u.jsonl", jsonl(SST_ROWS))}
+        _unavailable(client.post("/datasets", headers=headers, files=files))
+        monkeypatch.setattr(LocalStore, "put_file", real_put)
+        proxied_db.proxy.restore()
+        assert stored_state(proxied_db.sessions, settings) == before
+
+        real_create = job_rows.create_job
+
+        def cut_then_create(*args: Any, **kwargs: Any) -> Any:
+            proxied_db.proxy.cut()  # authenticated and validated; the insert meets the outage
+            return real_create(*args, **kwargs)
+
+        monkeypatch.setattr(job_rows, "create_job", cut_then_create)
+        _unavailable(client.post("/jobs", json=job_body(dataset.json()["id"]), headers=headers))
+        monkeypatch.setattr(job_rows, "create_job", real_create)
+        proxied_db.proxy.restore()
+        assert stored_state(proxied_db.sessions, settings) == before
