@@ -342,9 +342,12 @@ def test_an_adapter_whose_bundle_names_a_path_shares_the_base_loaded_by_name(
         assert client.post("/infer", headers=tenant.headers, json=body).status_code == 200
     engine = app.state.engine
     assert [name for name, _ in engine.bases.loaded()] == [TEST_BASE_MODEL]
-    adapter = engine.adapter(adapter_id)
+    with_adapter = engine.prepare(adapter_id, ["w1 w2"])
     base_only = engine.prepare(None, ["w1"], base_model=TEST_BASE_MODEL)
-    assert adapter.base is base_only.base  # so both kinds of rows can share one forward
+    assert with_adapter.base is base_only.base
+    assert with_adapter.batch_key == base_only.batch_key  # the batcher may join them
+    joined = engine.run([with_adapter, base_only])  # one routed forward for both kinds
+    assert set(joined[0][0]) == {"label", "score", "scores"} and "embedding" in joined[1][0]
     scores = engine.infer(adapter_id, ["w1 w2"])[0]["scores"]
     by_name = dataclasses.replace(
         weights, meta=dataclasses.replace(weights.meta, base_model=TEST_BASE_MODEL)
