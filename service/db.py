@@ -10,9 +10,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 15_000
@@ -104,13 +105,50 @@ def alembic_config(url: str) -> Any:
 
 
 def upgrade_to_head(url: str) -> None:
-    """Bring the database at ``url`` to the newest schema revision."""
+    """Bring the database at ``url`` to the newest schema revision. Replicas starting together
+    each call this: a lock makes one migrate while the others wait, then find it done."""
     from alembic import command
 
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), "head")
+    with _migration_lock(url):
+        command.upgrade(alembic_config(url), "head")
+
+
+# Any fixed number: the key of the PostgreSQL advisory lock that serializes migrations.
+MIGRATION_LOCK_KEY = 0x4164614C6F5241  # "AdaLoRA"
+
+
+@contextmanager
+def _migration_lock(url: str) -> Iterator[None]:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                connection.execute(
+                    text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
+                try:
+                    yield
+                finally:
+                    connection.execute(
+                        text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                    )
+        finally:
+            engine.dispose()
+    elif parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        import fcntl
+
+        with open(f"{parsed.database}.migrate.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    else:
+        yield
 
 
 def downgrade_to_base(url: str) -> None:

@@ -57,6 +57,19 @@ def test_postgres_up_down_and_no_drift(make_pg_database: Callable[[], str]) -> N
     _round_trip(make_pg_database())
 
 
+def test_replicas_starting_together_migrate_once(
+    make_pg_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """Every `adalora serve` upgrades the schema at start; four starting at once on one fresh
+    database all succeed (the second CREATE TABLE used to fail with a unique violation)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for url in (make_pg_database(), f"sqlite:///{tmp_path / 'together.db'}"):
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda _: upgrade_to_head(url), range(4)))
+        assert _tables(url) == TABLES
+
+
 def test_alembic_command_line_uses_x_url(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     command = [sys.executable, "-m", "alembic", "-x", f"url={url}", "upgrade", "head"]
