@@ -66,7 +66,7 @@ def test_replicas_starting_together_migrate_once(
 
     for url in (make_pg_database(), f"sqlite:///{tmp_path / 'together.db'}"):
         with ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda _: upgrade_to_head(url), range(4)))
+            list(pool.map(upgrade_to_head, [url] * 4))
         assert _tables(url) == TABLES
 
 
