@@ -190,7 +190,15 @@ def test_list_pagination_and_delete(
 
 
 @pytest.mark.parametrize(
-    "name", ["RTE/train.tsv", "RTE/dev.tsv", "MRPC/train.tsv", "SST-2/dev.tsv"]
+    "name",
+    [
+        "RTE/train.tsv",
+        "RTE/dev.tsv",
+        "MRPC/train.tsv",
+        "MRPC/dev.tsv",
+        "SST-2/train.tsv",
+        "SST-2/dev.tsv",
+    ],
 )
 def test_glue_files_upload_as_published(
     upload: Callable[..., Any], tenant: TenantKey, name: str
