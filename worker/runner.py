@@ -191,7 +191,11 @@ class JobRunner:
                 "dataset_corrupt", f"data set {dataset.id} does not match its checksum"
             ) from exc
         except StoreError as exc:
-            raise JobFailure("dataset_unreadable", f"data set {dataset.id}: {exc}") from exc
+            # The store's message names the storage key: it goes to the log, not to the user.
+            log.warning("job %s: data set %s unreadable: %s", self.job_id, dataset.id, exc)
+            raise JobFailure(
+                "dataset_unreadable", f"data set {dataset.id} cannot be read from the store"
+            ) from exc
         try:
             return read_rows(path, dataset.format, header=dataset.has_header)
         except DatasetError as exc:

@@ -120,6 +120,17 @@ def test_corrupt_dataset_fails_with_a_clear_error(world, settings, sessions, sto
     assert "Traceback" not in job.error["message"]
 
 
+def test_a_missing_dataset_file_fails_without_naming_the_storage_key(
+    world, settings, sessions, store
+) -> None:
+    job_id = world.submit()
+    store.delete(world.dataset_key)
+    assert run_job(job_id, settings, sessions, store).status == "failed"
+    error = world.job(job_id).error
+    assert error["code"] == "dataset_unreadable"
+    assert world.dataset_key not in error["message"] and "datasets/" not in error["message"]
+
+
 def test_unknown_base_model_fails(world, settings, sessions, store, tiny_model) -> None:
     other = Settings(home=settings.home, base_models={"elsewhere": str(tiny_model)})
     job_id = world.submit()
