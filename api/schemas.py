@@ -294,6 +294,8 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "unavailable"]
     checks: dict[str, str]
+    device: str | None = Field(None, description="Where /infer runs, e.g. cpu or cuda:0.")
+    dtype: str | None = Field(None, description="The serving dtype of the base models.")
 
 
 class InferParameters(Strict):

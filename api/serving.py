@@ -14,6 +14,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -127,12 +128,48 @@ def default_base_model(settings: Settings) -> str | None:
     return next(iter(settings.base_models), None)
 
 
+def serving_device(requested: str) -> torch.device:
+    """The device /infer runs on; a GPU that is not there falls back to the CPU, loudly."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError as exc:
+        raise ValueError(f"ADALORA_INFER_DEVICE: {requested!r} is not a device") from exc
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ValueError(f"ADALORA_INFER_DEVICE: {requested!r}; use auto, cpu, cuda or cuda:N")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if (device.index or 0) >= count:
+        log.warning("ADALORA_INFER_DEVICE=%s but %d GPU(s) here: serving on cpu", requested, count)
+        return torch.device("cpu")
+    return device
+
+
+def serving_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """Half precision only where it runs natively; otherwise float32, with a warning."""
+    if requested == "float32":
+        return torch.float32
+    if device.type == "cuda":
+        if requested == "float16":
+            return torch.float16
+        major, _ = torch.cuda.get_device_capability(device)
+        if major >= 8:  # Ampere and later compute in bfloat16; older GPUs only emulate it
+            return torch.bfloat16
+    log.warning("ADALORA_INFER_DTYPE=%s is not native on %s: serving in float32", requested, device)
+    return torch.float32
+
+
 def startup(app: FastAPI) -> None:
     settings: Settings = app.state.settings
+    device = serving_device(settings.infer_device)
     engine = InferenceEngine(
         StoreAdapterSource(app.state.sessions, app.state.store),
         engine_settings(settings),
         base_paths=settings.base_models,
+        device=device,
+        dtype=serving_dtype(settings.infer_dtype, device),
     )
     app.state.engine = engine
     app.state.batcher = DynamicBatcher(engine)

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     infer_max_inputs: int = 256
     infer_max_new_tokens: int = 256
     infer_max_length: int = 512
+    # Where /infer runs: "auto" (the first GPU if there is one), "cpu", "cuda" or "cuda:N"; a
+    # GPU that is not there falls back to the CPU with a warning. The base's serving dtype:
+    # bfloat16 only where the GPU computes in it natively, float16 only on a GPU.
+    infer_device: str = "auto"
+    infer_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
     # Adapter cache budgets.
     device_cache_bytes: int = 512 * 1024 * 1024

@@ -43,6 +43,29 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 
 
+OUT_OF_MEMORY_ADVICE = (
+    "the device ran out of memory; use a smaller training.batch_size with a larger "
+    "training.grad_accum (the same effective batch), or a smaller training.max_length"
+)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError)
+
+
+def release_accelerator_memory() -> None:
+    """A long-lived worker runs job after job: give the last job's cached GPU memory back."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class JobFailure(Exception):
     """A failure we can explain to the user in one line (no stack trace leaves the worker)."""
 
@@ -113,11 +136,15 @@ class JobRunner:
             return self._fail(exc.code, exc.message)
         except ConfigError as exc:
             return self._fail("invalid_config", str(exc))
-        except Exception:
+        except Exception as exc:
+            if _out_of_memory(exc):
+                log.warning("job %s: out of memory: %s", self.job_id, exc)
+                return self._fail("out_of_memory", OUT_OF_MEMORY_ADVICE)
             log.exception("job %s: unexpected failure", self.job_id)
             return self._fail("internal_error", "training failed; the operator can see the logs")
         finally:
             heartbeat.stop()
+            release_accelerator_memory()
 
     # -- stages ----------------------------------------------------------------------------
     def _run_leased(self, job: Job, heartbeat: Heartbeat) -> Outcome:

@@ -6,6 +6,7 @@ routed layers, plus its task head; the cache in `cache.py` decides when this run
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -59,13 +60,19 @@ class LoadedAdapter:
     nbytes: int
 
     def to(self, device: torch.device) -> LoadedAdapter:
+        """A copy on ``device``; this one is left as it is, so a batch still running on it is
+        not disturbed. On a CUDA machine the host copy is pinned, and copies from pinned memory
+        run without blocking."""
         layers = tuple(
-            None if d is None else LowRankDelta(d.q.to(device), d.p.to(device)) for d in self.layers
+            None if d is None else LowRankDelta(_moved(d.q, device), _moved(d.p, device))
+            for d in self.layers
         )
         heads = None
         if self.heads is not None:
             heads = {
-                name: module if module is self.base.head_templates.get(name) else module.to(device)
+                name: module
+                if module is self.base.head_templates.get(name)
+                else _moved_module(module, device)
                 for name, module in self.heads.items()
             }
         return LoadedAdapter(
@@ -78,6 +85,29 @@ class LoadedAdapter:
             heads,
             self.nbytes,
         )
+
+
+def _moved(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if tensor.device == device:
+        return tensor
+    moved = tensor.to(device, non_blocking=tensor.is_pinned())
+    if device.type == "cpu" and torch.cuda.is_available():
+        moved = moved.pin_memory()
+    return moved
+
+
+def _moved_module(module: nn.Module, device: torch.device) -> nn.Module:
+    """nn.Module.to moves in place; a head may be in use, so move a copy."""
+    params = list(module.parameters())
+    if all(p.device == device for p in params):
+        return module
+    pinned = bool(params) and all(p.is_pinned() for p in params)
+    copied = copy.deepcopy(module).to(device, non_blocking=pinned)
+    if device.type == "cpu" and torch.cuda.is_available():
+        with torch.no_grad():
+            for param in copied.parameters():
+                param.data = param.data.pin_memory()
+    return copied
 
 
 def default_parser(data: bytes) -> Any:

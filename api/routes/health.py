@@ -67,7 +67,13 @@ async def readyz(request: Request) -> Readiness | Response:
         "broker": await run_in_threadpool(_check_broker, request),
     }
     if all(value == "ok" for value in checks.values()):
-        return Readiness(status="ready", checks=checks)
+        engine = getattr(request.app.state, "engine", None)
+        return Readiness(
+            status="ready",
+            checks=checks,
+            device=None if engine is None else str(engine.device),
+            dtype=None if engine is None else str(engine.dtype).removeprefix("torch."),
+        )
     failing = "; ".join(f"{name}: {value}" for name, value in checks.items() if value != "ok")
     return error_response(503, "not_ready", f"not ready: {failing}")
 

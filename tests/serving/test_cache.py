@@ -206,3 +206,26 @@ def test_huge_inputs_are_cut_before_the_tokenizer_sees_them(make_engine, source,
         assert raised.value.field == "inputs[0]"
     finally:
         adapter.base.tokenizer = tokenizer
+
+
+def test_moving_an_adapter_copies_it_and_leaves_the_one_in_use_alone(
+    make_engine, source, tmp_path
+) -> None:
+    """The cache moves adapters between tiers while a batch may still be running on them:
+    the moved copy is new, the original (tensors and head modules) stays where it was."""
+    import torch
+
+    (adapter_id,) = add_adapters(source, tmp_path, 1)
+    adapter = make_engine().adapter(adapter_id)
+    assert adapter.heads
+    elsewhere = adapter.to(torch.device("meta"))  # any other device; meta exists on every host
+    for name, head in adapter.heads.items():
+        moved = elsewhere.heads[name]
+        if head is adapter.base.head_templates.get(name):
+            assert moved is head  # the base's own head is shared, never moved
+            continue
+        assert all(p.device.type == "cpu" for p in head.parameters()), name
+        assert all(p.device.type == "meta" for p in moved.parameters()), name
+    for before, after in zip(adapter.layers, elsewhere.layers, strict=True):
+        if before is not None:
+            assert before.q.device.type == "cpu" and after.q.device.type == "meta"

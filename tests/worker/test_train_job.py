@@ -131,6 +131,24 @@ def test_a_missing_dataset_file_fails_without_naming_the_storage_key(
     assert world.dataset_key not in error["message"] and "datasets/" not in error["message"]
 
 
+def test_running_out_of_device_memory_fails_with_its_own_code_and_advice(
+    world, settings, sessions, store, monkeypatch
+) -> None:
+    import torch
+
+    import adalora_core.trainer
+
+    def oom(**_: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(adalora_core.trainer, "train", oom)
+    job_id = world.submit()
+    assert run_job(job_id, settings, sessions, store).status == "failed"
+    error = world.job(job_id).error
+    assert error["code"] == "out_of_memory"
+    assert "batch_size" in error["message"] and "grad_accum" in error["message"]
+
+
 def test_unknown_base_model_fails(world, settings, sessions, store, tiny_model) -> None:
     other = Settings(home=settings.home, base_models={"elsewhere": str(tiny_model)})
     job_id = world.submit()
