@@ -7,6 +7,7 @@ import string
 from typing import Any
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from api.main import create_app
@@ -70,6 +71,8 @@ def test_readyz_ok(client: TestClient) -> None:
     assert client.get("/readyz").json() == {
         "status": "ready",
         "checks": {"database": "ok", "broker": "ok"},
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "dtype": "float32",
     }
 
 
