@@ -51,10 +51,14 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
+    """Restore what applies here: a checkpoint from a host with more (or no) GPUs resumes on
+    this one with the GPU generators it has. Bitwise-equal resume holds on CPU; on a GPU it is
+    approximate (index_add_ and friends are not deterministic) unless deterministic mode is on."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for index, generator_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(generator_state, index)
 
 
 def save_checkpoint(checkpoint_dir: Path, state: TrainingState, keep: int = 2) -> Path:

@@ -32,6 +32,13 @@ class OrthogonalityRegularizer:
     def __call__(self) -> Tensor:
         if self.num_terms == 0:
             return torch.zeros(())
+        device_type = self._groups[0][1][0].lora_A.device.type
+        # Under bf16 autocast the Gram matrices would be formed in bf16, whose 8-bit mantissa
+        # cannot resolve PᵀP − I near zero: the penalty is computed in fp32 whatever the loop does.
+        with torch.autocast(device_type=device_type, enabled=False):
+            return self._penalty()
+
+    def _penalty(self) -> Tensor:
         parts = []
         for (kind, _), members in self._groups:
             if kind == "A":

@@ -184,3 +184,24 @@ def test_a_resume_differs_without_the_rng_state(
     assert uninterrupted.adapter_dir is not None and resumed.adapter_dir is not None
     with pytest.raises(AssertionError):
         _assert_same_adapter(uninterrupted.adapter_dir, resumed.adapter_dir)
+
+
+def test_a_checkpoint_from_a_host_with_more_gpus_restores_what_applies(monkeypatch) -> None:
+    """Saved on 2 GPUs, resumed on 1: the one generator here is restored, nothing raises."""
+    import torch
+
+    from adalora_core import checkpoint as ckpt
+
+    restored: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, index: restored.append(index))
+    monkeypatch.setattr(
+        torch.cuda,
+        "set_rng_state_all",
+        lambda states: (_ for _ in ()).throw(RuntimeError("invalid device ordinal")),
+    )
+    state = {"torch": torch.get_rng_state(), "python": __import__("random").getstate()}
+    state["cuda"] = [torch.get_rng_state(), torch.get_rng_state()]
+    ckpt.restore_rng(state)
+    assert restored == [0]

@@ -80,3 +80,17 @@ def test_zero_weight_gives_a_zero_loss(make_tiny_bert) -> None:
         make_tiny_bert(), AdaLoraConfig(init_r=4, target_r=2, orth_reg_weight=0.0), total_steps=10
     )
     assert model.regularization_loss().item() == 0.0
+
+
+def test_the_penalty_is_fp32_even_under_bf16_autocast() -> None:
+    """A loop running under bf16 autocast (the CUDA path) must not get a bf16 penalty: near an
+    orthonormal start the Gram matrices differ from I by less than bf16 can resolve. CPU
+    autocast casts matmuls the same way, so this runs anywhere."""
+    torch.manual_seed(0)
+    layers = [SVDLinear(nn.Linear(64, 64), rank=8, init_r=8, lora_alpha=1.0) for _ in range(3)]
+    regularizer = OrthogonalityRegularizer(layers)
+    exact = regularizer()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = regularizer()
+    assert under_autocast.dtype == torch.float32
+    assert torch.equal(under_autocast, exact)
