@@ -36,6 +36,15 @@ def _settings(tmp_path: Path, database_url: str) -> Settings:
     )
 
 
+def _tenant_headers(proxied_db: ProxiedDatabase) -> dict[str, str]:
+    """A tenant with one key, written before any fault; its Authorization header."""
+    with proxied_db.sessions() as session:
+        tenant = tenants.create_tenant(session, "acme")
+        _, secret = tenants.create_api_key(session, tenant.id, "test")
+        session.commit()
+    return {"Authorization": f"Bearer {secret}"}
+
+
 def _unavailable(response: Any) -> None:
     assert response.status_code == 503, response.text
     error = response.json()["error"]
@@ -46,11 +55,7 @@ def _unavailable(response: Any) -> None:
 def test_api_answers_503_while_the_database_is_cut_and_recovers(
     proxied_db: ProxiedDatabase, tmp_path: Path
 ) -> None:
-    with proxied_db.sessions() as session:
-        tenant = tenants.create_tenant(session, "acme")
-        _, secret = tenants.create_api_key(session, tenant.id, "test")
-        session.commit()
-    headers = {"Authorization": f"Bearer {secret}"}
+    headers = _tenant_headers(proxied_db)
     settings = _settings(tmp_path, proxied_db.proxied_url)
 
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
@@ -88,11 +93,7 @@ def test_a_database_that_accepts_and_never_answers_gives_503s_within_a_bound(
 ) -> None:
     """A hung database (connections accepted, never answered) must not hang requests: the
     connect timeout turns each into a 503, and the API recovers by itself."""
-    with proxied_db.sessions() as session:
-        tenant = tenants.create_tenant(session, "acme")
-        _, secret = tenants.create_api_key(session, tenant.id, "test")
-        session.commit()
-    headers = {"Authorization": f"Bearer {secret}"}
+    headers = _tenant_headers(proxied_db)
     settings = _settings(tmp_path, proxied_db.proxied_url).model_copy(
         update={"db_connect_timeout_s": 2.0, "db_pool_timeout_s": 3.0}
     )
@@ -127,11 +128,7 @@ def test_an_outage_after_authentication_leaves_nothing_half_written(
     from service import jobs as job_rows
     from service.store import LocalStore
 
-    with proxied_db.sessions() as session:
-        tenant = tenants.create_tenant(session, "acme")
-        _, secret = tenants.create_api_key(session, tenant.id, "test")
-        session.commit()
-    headers = {"Authorization": f"Bearer {secret}"}
+    headers = _tenant_headers(proxied_db)
     settings = _settings(tmp_path, proxied_db.proxied_url)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         dataset = client.post(
