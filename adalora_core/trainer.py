@@ -50,9 +50,15 @@ class ProgressEvent:
     step: int
     total_steps: int
     epoch: float
-    loss: float
+    # The update's mean loss, left where it was computed (a 0-d tensor on the training device):
+    # reading ``loss`` is the host sync, so it happens only for callers that look.
+    loss_value: torch.Tensor | float
     budget: int | None
     learning_rate: float
+
+    @property
+    def loss(self) -> float:
+        return float(self.loss_value)
 
 
 class TrainCallbacks:
@@ -320,9 +326,10 @@ class _Loop:
             )
         return epoch_order(len(self.train_data), self.training.seed, self.epoch)
 
-    def _accumulate(self, order: torch.Tensor, group: range) -> float | None:
-        """Forward/backward over one update's micro-batches; None when cancelled."""
-        total_loss = 0.0
+    def _accumulate(self, order: torch.Tensor, group: range) -> torch.Tensor | None:
+        """Forward/backward over one update's micro-batches; None when cancelled. The loss
+        stays on the device: no host sync per micro-batch."""
+        total_loss = torch.zeros((), device=self.device)
         for index in group:
             if self.callbacks.should_stop():
                 return None
@@ -333,10 +340,10 @@ class _Loop:
                 task_loss = self.loss_fn(outputs, batch) if self.loss_fn else outputs.loss
                 loss = task_loss + self.adapted.regularization_loss()
             (loss / len(group)).backward()
-            total_loss += float(loss.detach()) / len(group)
+            total_loss += loss.detach() / len(group)
         return total_loss
 
-    def _update(self, loss: float) -> None:
+    def _update(self, loss: torch.Tensor) -> None:
         learning_rate = float(self.scheduler.get_last_lr()[0])
         if self.training.max_grad_norm:
             # foreach clipping scales in place on the device: no host sync. The allocator then
@@ -355,7 +362,7 @@ class _Loop:
                 step=self.step,
                 total_steps=self.total,
                 epoch=self.epoch + self.batch / self.batches_per_epoch,
-                loss=loss,
+                loss_value=loss,
                 budget=int(budget_now()) if budget_now else None,
                 learning_rate=learning_rate,
             )

@@ -287,3 +287,29 @@ def test_the_adapter_records_the_settings_it_was_trained_with(
     # 12 modules: the kept triplets (in + out + 1 each) plus the classifier and pooler.
     assert result.final_params == meta.final_params
     assert result.final_params < result.trainable_params  # masked triplets do not count
+
+
+def test_the_loop_hands_the_loss_over_unread(base_dir: Path, tmp_path: Path) -> None:
+    """On a GPU every tensor-to-Python conversion waits for the device; the loop used to make
+    one per micro-batch to total the loss. Now the update's loss stays a tensor on the training
+    device, and only a callback that reads ``event.loss`` pays for the conversion."""
+    seen: list[ProgressEvent] = []
+
+    class Keeping(TrainCallbacks):
+        def on_progress(self, event: ProgressEvent) -> None:
+            seen.append(event)
+
+    _train(
+        base_dir,
+        tmp_path / "adapter",
+        TrainingConfig(epochs=1, batch_size=8, grad_accum=2),
+        method="lora",
+        lora_r=2,
+        eval_rows=None,
+        callbacks=Keeping(),
+    )
+    assert len(seen) > 2
+    for event in seen:
+        assert isinstance(event.loss_value, torch.Tensor) and event.loss_value.dim() == 0
+        assert event.loss_value.device.type == "cpu"  # the training device here
+        assert event.loss == float(event.loss_value) > 0
