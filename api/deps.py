@@ -85,6 +85,7 @@ def get_caller(
             401, "unauthorized", "missing API key (Authorization: Bearer <key>)", None, unauthorized
         )
     key = tenants.authenticate_key(session, credentials.credentials)
+    tenant = None if key is None else session.get(Tenant, key.tenant_id)  # loaded just now
     # End the read transaction so its pooled connection goes back now: the route runs in
     # another threadpool hop, and holding a connection across that wait deadlocks the pool
     # under load (every thread blocked on the pool, every connection waiting for a thread).
@@ -102,8 +103,6 @@ def get_caller(
                 retry_after_header(wait),
             )
         raise ApiError(401, "unauthorized", "invalid or revoked API key", None, unauthorized)
-    tenant = session.get(Tenant, key.tenant_id)
-    session.commit()
     return Caller(
         tenant_id=key.tenant_id,
         key_id=key.id,
