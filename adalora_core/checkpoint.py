@@ -41,6 +41,7 @@ class TrainingState:
     history: list[dict[str, Any]]
     rng: dict[str, Any]
     last_eval: dict[str, float]
+    scaler: dict[str, Any] | None = None  # the fp16 loss scale, when the run uses one
 
 
 def capture_rng() -> dict[str, Any]:
@@ -76,6 +77,7 @@ def save_checkpoint(checkpoint_dir: Path, state: TrainingState, keep: int = 2) -
             "history": state.history,
             "rng": state.rng,
             "last_eval": state.last_eval,
+            "scaler": state.scaler,
         }
         torch.save(payload, tmp / STATE_FILE)
     for old in list_checkpoints(checkpoint_dir)[:-keep]:
@@ -114,4 +116,5 @@ def load_checkpoint(path: Path) -> TrainingState:
         history=payload["history"],
         rng=payload["rng"],
         last_eval=payload["last_eval"],
+        scaler=payload.get("scaler"),
     )

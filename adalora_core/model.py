@@ -149,6 +149,10 @@ class AdaLoraModel(_AdaptedModel):
     def rank_pattern(self) -> dict[str, list[bool]]:
         return self.allocator.rank_pattern()
 
+    def rank_mask(self) -> Tensor:
+        """The kept-triplet mask on the device (compared across data-parallel ranks)."""
+        return self.allocator.keep
+
     def ranks(self) -> dict[str, int]:
         return self.allocator.ranks()
 

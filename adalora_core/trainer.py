@@ -25,10 +25,12 @@ from torch import nn
 
 from adalora_core import checkpoint as ckpt
 from adalora_core.config import AdaLoraConfig
+from adalora_core.distributed import Replica, ReplicaSync, current_replica, shard
 from adalora_core.errors import ConfigError
 from adalora_core.formats.bundle import AdapterMeta
 from adalora_core.inject import module_layer_and_kind
 from adalora_core.ordering import epoch_order, length_grouped_order
+from adalora_core.precision import MixedPrecision, training_precision
 from adalora_core.tasks import (
     EvalAccumulator,
     TaskSpec,
@@ -125,6 +127,7 @@ def train(
     lora_r: int | None = None,
     adapt: AdaptFn | None = None,
     base_model_name: str | None = None,
+    precision: str = "auto",
 ) -> TrainResult:
     """Fine-tune ``base_model`` and write the adapter bundle to ``output_dir``.
 
@@ -134,6 +137,13 @@ def train(
     ``method="lora"`` trains plain LoRA of rank ``lora_r`` (default ``adalora.target_r``);
     ``adapt`` replaces the built-in adapters (used for external baselines) and then nothing is
     saved. A run finding a checkpoint in ``checkpoint_dir`` resumes from the newest one.
+
+    ``precision`` is one of ``adalora_core.precision.PRECISIONS``: "auto" is fp32 on the CPU,
+    bf16 on GPUs that compute it natively and fp16 with loss scaling on older ones.
+
+    Inside a torch.distributed process group (``adalora_core.distributed`` sets one up) the
+    model is wrapped in DistributedDataParallel and each rank trains on its share of every
+    micro-batch; only rank 0 evaluates, checkpoints and writes the adapter.
     """
     task.validate()
     adalora.validate()
@@ -145,6 +155,11 @@ def train(
         adalora.schedule(total)
     callbacks = callbacks or TrainCallbacks()
     run_device = resolve_device(device)
+    try:
+        mixed = MixedPrecision(training_precision(precision, run_device), run_device)
+    except ValueError as exc:
+        raise ConfigError("precision", str(exc)) from exc
+    replica = current_replica()
 
     tokenizer = load_tokenizer(base_model)
     train_data = encode_rows(task, train_rows, tokenizer, training.max_length, "train_rows")
@@ -167,6 +182,8 @@ def train(
     adapted = _adapt(model, heads, total, method, adalora, lora_r, adapt)
     loop = _Loop(
         adapted=adapted,
+        replica=replica,
+        mixed=mixed,
         task=task,
         training=training,
         total=total,
@@ -193,7 +210,7 @@ def train(
         adapter_params=_count(adapted, "adapter_parameter_count"),
         history=list(getattr(adapted, "history", [])),
     )
-    if finished and adapt is None:
+    if finished and adapt is None and replica.is_main:
         result.adapter_dir = _save(
             adapted,
             method,
@@ -257,6 +274,8 @@ class _Loop:
         self,
         *,
         adapted: Adaptation,
+        replica: Replica,
+        mixed: MixedPrecision,
         task: TaskSpec,
         training: TrainingConfig,
         total: int,
@@ -269,6 +288,18 @@ class _Loop:
         loss_fn: LossFn | None,
     ) -> None:
         self.adapted = adapted
+        self.replica = replica
+        self.mixed = mixed
+        # The module the training forward goes through: DDP around the adapted model when the
+        # run spans processes (its backward all-reduces the gradients), the model itself otherwise.
+        self.forward_module: Any = adapted
+        self.sync: ReplicaSync | None = None
+        if replica.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.index] if device.type == "cuda" else None
+            self.forward_module = DistributedDataParallel(adapted, device_ids=ids)
+            self.sync = ReplicaSync(replica)
         self.task = task
         self.training = training
         self.total = total
@@ -296,6 +327,9 @@ class _Loop:
     # -- main loop -------------------------------------------------------------------------
     def run(self) -> bool:
         self._resume()
+        if self.replica.rank > 0:
+            # Rank 0 keeps the stream a checkpoint captures; the others draw their own dropout.
+            torch.manual_seed(hash((self.training.seed, self.replica.rank, self.step)) % 2**63)
         self.adapted.train()
         accum = self.training.grad_accum
         while self.step < self.total:
@@ -328,33 +362,50 @@ class _Loop:
 
     def _accumulate(self, order: torch.Tensor, group: range) -> torch.Tensor | None:
         """Forward/backward over one update's micro-batches; None when cancelled. The loss
-        stays on the device: no host sync per micro-batch."""
+        stays on the device: no host sync per micro-batch. Across processes the stop request
+        is agreed once per update, and DDP all-reduces only on the update's last micro-batch."""
+        if self.sync is not None and self.sync.any_stop(self.callbacks.should_stop()):
+            return None
         total_loss = torch.zeros((), device=self.device)
         for index in group:
-            if self.callbacks.should_stop():
+            if self.sync is None and self.callbacks.should_stop():
                 return None
             rows = order[index * self.training.batch_size : (index + 1) * self.training.batch_size]
+            weight = 1.0
+            if self.sync is not None:
+                rows, weight = shard(rows, self.replica)
             batch = self._to_device(self.collate([self.train_data[i] for i in rows.tolist()]))
-            with self._autocast():
-                outputs = self.adapted(**batch)
+            last = index == group[-1]
+            with self._gradient_sync(last), self.mixed.autocast():
+                outputs = self.forward_module(**batch)
                 task_loss = self.loss_fn(outputs, batch) if self.loss_fn else outputs.loss
-                loss = task_loss + self.adapted.regularization_loss()
-            (loss / len(group)).backward()
+                loss = task_loss * weight + self.adapted.regularization_loss()
+            self.mixed.backward(loss / len(group))
             total_loss += loss.detach() / len(group)
-        return total_loss
+        return total_loss if self.sync is None else self.sync.mean(total_loss)
+
+    def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager[Any]:
+        if self.sync is None or last:
+            return contextlib.nullcontext()
+        return self.forward_module.no_sync()
 
     def _update(self, loss: torch.Tensor) -> None:
         learning_rate = float(self.scheduler.get_last_lr()[0])
+        # Clipping, the optimizer and the allocator's importance scores all read true gradients.
+        self.mixed.unscale(self.optimizer)
         if self.training.max_grad_norm:
             # foreach clipping scales in place on the device: no host sync. The allocator then
             # scores importance on the clipped gradients, as the authors' HF Trainer loop does.
             torch.nn.utils.clip_grad_norm_(
                 [p for _, p in self.trainable], self.training.max_grad_norm, foreach=True
             )
-        self.optimizer.step()
+        self.mixed.step(self.optimizer)
         self.scheduler.step()
         self.step += 1
+        masks_before = len(getattr(self.adapted, "history", ()))
         self.adapted.update_and_allocate(self.step)
+        if self.sync is not None and len(getattr(self.adapted, "history", ())) != masks_before:
+            self.sync.assert_same_mask(self.adapted.rank_mask(), self.step)
         self._zero_grad()
         budget_now = getattr(self.adapted, "budget_now", None)
         self.callbacks.on_progress(
@@ -381,7 +432,7 @@ class _Loop:
     # -- evaluation ------------------------------------------------------------------------
     @torch.no_grad()
     def _evaluate(self) -> None:
-        if not self.eval_data:
+        if not self.eval_data or not self.replica.is_main:
             return
         self.adapted.eval()
         accumulator = EvalAccumulator(self.task)
@@ -389,7 +440,7 @@ class _Loop:
         for start in range(0, len(self.eval_order), size):
             rows = [self.eval_data[i] for i in self.eval_order[start : start + size]]
             batch = self._to_device(self.collate(rows))
-            with self._autocast():
+            with self.mixed.autocast():
                 outputs = self.adapted(**batch)
             accumulator.add(outputs, batch)
         self.adapted.train()
@@ -398,7 +449,7 @@ class _Loop:
 
     # -- checkpoints -----------------------------------------------------------------------
     def _checkpoint(self) -> None:
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or not self.replica.is_main:
             return
         allocator_state = getattr(self.adapted, "allocator_state", None)
         state = ckpt.TrainingState(
@@ -410,6 +461,7 @@ class _Loop:
             history=list(getattr(self.adapted, "history", [])),
             rng=ckpt.capture_rng(),
             last_eval=dict(self.last_eval),
+            scaler=self.mixed.state_dict(),
         )
         path = ckpt.save_checkpoint(self.checkpoint_dir, state)
         self.callbacks.on_checkpoint(self.step, path)
@@ -435,6 +487,7 @@ class _Loop:
         if load_allocator_state is not None and state.allocator is not None:
             load_allocator_state(state.allocator)
         ckpt.restore_rng(state.rng)
+        self.mixed.load_state_dict(state.scaler)
         self.step = state.position.step
         self.epoch = state.position.epoch
         self.batch = state.position.batch
@@ -443,12 +496,6 @@ class _Loop:
     # -- helpers ---------------------------------------------------------------------------
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        # bf16 autocast on CUDA only; the CPU path runs in full fp32 so resumes are bitwise.
-        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
 
 def build_optimizer(

@@ -155,6 +155,15 @@ class TrainingParams(Strict):
     checkpoint_every: int | None = None
 
 
+class ResourcesParams(Strict):
+    devices: int = Field(
+        1,
+        ge=1,
+        description="Processes the job trains on: one GPU each on a GPU worker "
+        "(torch.distributed data parallel), CPU processes otherwise.",
+    )
+
+
 class JobCreate(Strict):
     base_model: Name
     task: TaskName
@@ -163,6 +172,7 @@ class JobCreate(Strict):
     columns: Columns
     adalora: AdaLoraParams = Field(default_factory=AdaLoraParams)
     training: TrainingParams = Field(default_factory=TrainingParams)
+    resources: ResourcesParams = Field(default_factory=ResourcesParams)
     output: OutputMode = OutputMode.UNMERGED
     name: Name | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)

@@ -18,6 +18,7 @@ import torch
 from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
+from adalora_core.precision import native_bf16
 from adalora_core.serving.batcher import DynamicBatcher
 from adalora_core.serving.cache import AdapterCorrupt, AdapterNotFound, AdapterUnavailable
 from adalora_core.serving.engine import EngineSettings, InferenceEngine
@@ -154,8 +155,7 @@ def serving_dtype(requested: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         if requested == "float16":
             return torch.float16
-        major, _ = torch.cuda.get_device_capability(device)
-        if major >= 8:  # Ampere and later compute in bfloat16; older GPUs only emulate it
+        if native_bf16(device):
             return torch.bfloat16
     log.warning("ADALORA_INFER_DTYPE=%s is not native on %s: serving in float32", requested, device)
     return torch.float32

@@ -12,7 +12,7 @@ from typing import Any
 
 from adalora_core import recipe
 from api.errors import ApiError
-from api.schemas import JobCreate
+from api.schemas import JobCreate, ResourcesParams
 from service.models import Dataset
 from service.settings import Settings
 
@@ -23,7 +23,9 @@ def invalid(field: str, message: str) -> ApiError:
     return ApiError(422, "invalid_request", message, field)
 
 
-def _check_limits(resolved: recipe.Resolved, train: Dataset, settings: Settings) -> None:
+def _check_limits(
+    body: JobCreate, resolved: recipe.Resolved, train: Dataset, settings: Settings
+) -> None:
     """The resources a job asks for, against the operator's limits."""
     run_length = "training.epochs" if resolved.training.epochs is not None else "training.max_steps"
     limits = (
@@ -32,6 +34,7 @@ def _check_limits(resolved: recipe.Resolved, train: Dataset, settings: Settings)
         ("training.max_length", resolved.training.max_length, settings.job_max_length),
         (run_length, resolved.total_steps, settings.job_max_updates),
         ("dataset_id", train.num_rows, settings.job_max_train_rows),
+        ("resources.devices", body.resources.devices, settings.job_max_devices),
     )
     units = {run_length: "updates", "dataset_id": "training rows"}
     for field, value, limit in limits:
@@ -46,7 +49,10 @@ def _check_limits(resolved: recipe.Resolved, train: Dataset, settings: Settings)
 
 def request_hash(body: JobCreate) -> str:
     """Stable digest of the submitted job (defaults included) for idempotency checks."""
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    dumped = body.model_dump(mode="json")
+    if dumped["resources"] == ResourcesParams().model_dump():
+        del dumped["resources"]  # requests from before the field existed keep their digest
+    canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -200,7 +206,7 @@ def resolve_hyperparameters(
         body.adalora.model_dump(exclude_none=True),
     )
     assert resolved.schedule is not None  # the service trains AdaLoRA
-    _check_limits(resolved, train, settings)
+    _check_limits(body, resolved, train, settings)
     return {
         "adalora": resolved.adalora.to_dict(),
         "training": asdict(resolved.training),
@@ -211,6 +217,7 @@ def resolve_hyperparameters(
         "labels": labels,
         "columns": roles,
         "output": body.output,
+        "resources": body.resources.model_dump(),
         "num_train_rows": train.num_rows,
         "num_validation_rows": validation.num_rows if validation is not None else None,
     }

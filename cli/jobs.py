@@ -71,6 +71,9 @@ def submit(
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    devices: Annotated[
+        int | None, typer.Option(help="Train on this many GPUs (data parallel).")
+    ] = None,
     output: Annotated[
         str | None, typer.Option(help="unmerged (default) or merged (adds a merged model).")
     ] = None,
@@ -104,6 +107,7 @@ def submit(
             "training.max_steps": max_steps,
             "training.batch_size": batch_size,
             "training.learning_rate": learning_rate,
+            "resources.devices": devices,
         },
     )
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
@@ -174,6 +178,7 @@ def repeatable_request(job: dict[str, Any]) -> dict[str, Any]:
         "columns": dict(hyper.get("columns") or {}),
         "adalora": dict(hyper.get("adalora") or {}),
         "training": dict(hyper.get("training") or {}),
+        "resources": dict(hyper.get("resources") or {"devices": 1}),
         "output": hyper.get("output") or OutputMode.UNMERGED.value,
         "metadata": job.get("metadata") or {},
     }

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     job_max_length: int = 2048
     job_max_updates: int = 100_000
     job_max_train_rows: int = 5_000_000
+    job_max_devices: int = 8
     # Waiting on the database is bounded, so one that hangs gives 503s instead of hung requests.
     db_connect_timeout_s: float = 5.0
     db_statement_timeout_s: float = 30.0

@@ -24,6 +24,7 @@ class JobSpec:
     adalora: AdaLoraConfig
     training: TrainingConfig
     merged: bool
+    devices: int = 1  # data-parallel processes (resources.devices)
 
 
 def _section(job: Job, name: str) -> dict[str, Any]:
@@ -67,4 +68,6 @@ def job_spec(job: Job) -> JobSpec:
         adalora=AdaLoraConfig.from_dict(_section(job, "adalora")),
         training=training.validate(),
         merged=hyper.get("output") == OutputMode.MERGED,
+        # Jobs stored before resources existed ran on one device.
+        devices=int((hyper.get("resources") or {}).get("devices", 1)),
     )

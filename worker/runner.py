@@ -165,9 +165,11 @@ class JobRunner:
                 progress_write_interval_s=self.settings.progress_write_interval_s,
                 checkpoint=resumed,
             )
-            from adalora_core.trainer import train  # torch loads only in the worker
+            # torch loads only in the worker; one device is the same call as the plain trainer.
+            from adalora_core.distributed import train_data_parallel
 
-            result = train(
+            result = train_data_parallel(
+                spec.devices,
                 base_model=base_model,
                 base_model_name=job.base_model,
                 task=spec.task,

@@ -189,6 +189,7 @@ def test_invalid_submissions_name_the_field(
         ("job_max_updates", {"training": {"max_steps": 50}}, "training.max_steps"),
         ("job_max_updates", {"training": {"epochs": 50}}, "training.epochs"),
         ("job_max_train_rows", {}, "dataset_id"),
+        ("job_max_devices", {"resources": {"devices": 9}}, "resources.devices"),
     ],
 )
 def test_resource_limits_are_422_naming_the_field_and_the_limit(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_trainer_model import save_tiny_bert, sentiment_rows
+from tiny_trainer_model import StopAfter, save_tiny_bert, sentiment_rows
 
 from adalora_core.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from adalora_core.config import AdaLoraConfig
@@ -56,18 +56,6 @@ def _run(base: Path, out: Path, callbacks: TrainCallbacks | None = None, **kwarg
         callbacks=callbacks,
         **kwargs,
     )
-
-
-class StopAfter(TrainCallbacks):
-    def __init__(self, step: int) -> None:
-        self.step = 0
-        self.limit = step
-
-    def on_progress(self, event: ProgressEvent) -> None:
-        self.step = event.step
-
-    def should_stop(self) -> bool:
-        return self.step >= self.limit
 
 
 class Crash(RuntimeError):

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
+from adalora_core.trainer import ProgressEvent, TrainCallbacks
+
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "fun"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "weak"]
 FILLER = ["the", "a", "movie", "film", "plot", "was", "is", "very", "quite", "really", "and"]
@@ -103,3 +105,17 @@ def save_tiny_t5(directory: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     T5ForConditionalGeneration(config).save_pretrained(directory)
     return directory
+
+
+class StopAfter(TrainCallbacks):
+    """Asks the loop to stop once update ``step`` is done (a cancel at a known point)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = 0
+        self.limit = step
+
+    def on_progress(self, event: ProgressEvent) -> None:
+        self.step = event.step
+
+    def should_stop(self) -> bool:
+        return self.step >= self.limit

@@ -59,8 +59,10 @@ class World:
             assert dataset is not None
             self.dataset_key = dataset.storage_key
 
-    def submit(self, **training: object) -> str:
-        return submit_job(self.sessions, self.settings, self.tenant_id, self.dataset_id, **training)
+    def submit(self, resources: dict[str, object] | None = None, **training: object) -> str:
+        return submit_job(
+            self.sessions, self.settings, self.tenant_id, self.dataset_id, resources, **training
+        )
 
     def job(self, job_id: str) -> Job:
         with self.sessions() as session:

@@ -43,9 +43,14 @@ def write_sentiment_csv(path: Path, count: int, seed: int = 0) -> Path:
     return path
 
 
-def job_body(dataset_id: str, base_model: str = "tiny", **training: object) -> dict[str, object]:
+def job_body(
+    dataset_id: str,
+    base_model: str = "tiny",
+    resources: dict[str, object] | None = None,
+    **training: object,
+) -> dict[str, object]:
     """A POST /jobs body (also stored as jobs.request by the in-process tests)."""
-    return {
+    body: dict[str, object] = {
         "base_model": base_model,
         "task": "classification",
         "dataset_id": dataset_id,
@@ -60,6 +65,9 @@ def job_body(dataset_id: str, base_model: str = "tiny", **training: object) -> d
         },
         "output": "merged",
     }
+    if resources is not None:
+        body["resources"] = resources
+    return body
 
 
 def store_sentiment_dataset(
@@ -91,11 +99,12 @@ def submit_job(
     settings: Settings,
     tenant_id: str,
     dataset_id: str,
+    resources: dict[str, object] | None = None,
     **training: object,
 ) -> str:
     """A queued job as POST /jobs stores it (settings resolved by the API's own function); its
     id. ``settings.base_models`` must name the tiny model "tiny"."""
-    body = JobCreate.model_validate(job_body(dataset_id, **training))
+    body = JobCreate.model_validate(job_body(dataset_id, resources=resources, **training))
     with sessions() as session:
         dataset = session.get(Dataset, dataset_id)
         assert dataset is not None

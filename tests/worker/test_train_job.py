@@ -276,3 +276,22 @@ def test_a_cancel_during_the_final_evaluation_or_save_ends_cancelled(
         assert session.scalars(select(Adapter)).all() == []
     adapters_dir = store.path_for(f"adapters/{world.tenant_id}/x").parent
     assert not adapters_dir.exists() or not any(p.is_file() for p in adapters_dir.rglob("*"))
+
+
+def test_a_job_on_two_devices_trains_across_two_processes_and_publishes(
+    world, settings, sessions, store
+) -> None:
+    """No GPU here: the two ranks are CPU processes on gloo, the path CI can run. Rank 0 alone
+    reports progress and publishes; the launcher checked both ranks' allocations agree."""
+    job_id = world.submit(resources={"devices": 2})
+    assert world.job(job_id).hyperparameters["resources"] == {"devices": 2}
+    outcome = run_job(job_id, settings, sessions, store)
+    assert outcome.status == "succeeded"
+    job = world.job(job_id)
+    assert job.progress["step"] == 12
+    assert len(events(world, job_id, "progress")) == 12  # one per update, from rank 0 only
+    with sessions() as session:
+        adapter = session.get(Adapter, job.adapter_id)
+    weights = read_adapter(store.open_read(adapter.formats["peft"]["storage_key"]))
+    assert weights.total_rank == adapter.total_rank <= adapter.rank_info["budget"]["target"]
+    assert weights.meta.history and weights.meta.history[-1]["budget"] == 24

@@ -1,0 +1,276 @@
+"""One training job across several processes: PyTorch DistributedDataParallel, nothing of ours.
+
+``train_data_parallel(devices=N, ...)`` runs rank 0 in the calling process (so the caller's
+callbacks, which may hold database connections, stay where they are) and starts ranks 1..N-1
+as child processes; the group meets through a file in a private temporary directory. Each
+rank trains on one GPU (NCCL) or, without GPUs, on the CPU (gloo). A micro-batch of
+``batch_size`` rows is split across the ranks, so the job's settings, its update count and its
+budget schedule mean the same as on one device.
+
+Why every rank holds the same allocation: DDP all-reduces the gradients before the optimizer
+step, the allocator scores importance from those (identical) gradients and (identical)
+weights, so every rank computes the same mask. The loop checks it at every masking step
+(:meth:`ReplicaSync.assert_same_mask`), and the launcher compares every rank's rank history at
+the end. Rank 0 alone evaluates, checkpoints, reports progress and writes the adapter; a stop
+request on rank 0 stops every rank at the next update.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from adalora_core.errors import ConfigError
+
+# Rendezvous and collective timeout: a rank that never arrives (or dies without closing its
+# connections) fails the job after this long instead of hanging it.
+GROUP_TIMEOUT = timedelta(minutes=10)
+CHILD_EXIT_GRACE_S = 30.0
+REPORT_FILE = "rank-{rank}.json"
+
+
+class ReplicaMismatch(RuntimeError):
+    """Two ranks disagree on the allocation: a bug, never a user error."""
+
+
+@dataclass(frozen=True)
+class Replica:
+    """This process's place in the job: rank 0 of 1 when not distributed."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def current_replica() -> Replica:
+    if dist.is_available() and dist.is_initialized():
+        return Replica(dist.get_rank(), dist.get_world_size())
+    return Replica()
+
+
+def shard(rows: Tensor, replica: Replica) -> tuple[Tensor, float]:
+    """This rank's rows of one micro-batch, and the weight on its mean loss that makes DDP's
+    average over ranks the mean over the whole micro-batch, even when the rows do not divide
+    evenly. A rank left without rows reuses one row at weight 0, so it still joins the
+    gradient all-reduce."""
+    mine = rows[replica.rank :: replica.world_size]
+    if len(mine) == 0:
+        return rows[:1], 0.0
+    return mine, len(mine) * replica.world_size / len(rows)
+
+
+class ReplicaSync:
+    """The collectives the loop needs besides DDP's gradient all-reduce. Control messages (stop
+    flags, mask checks) go over a gloo group in host memory, so on GPUs they add no device
+    sync; only the reported loss is reduced on the training device (asynchronously)."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        # Every rank creates the group at the same point in the loop's construction.
+        self.control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+
+    def any_stop(self, local: bool) -> bool:
+        flag = torch.tensor([1 if local else 0], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.control)
+        return bool(flag.item())
+
+    def mean(self, value: Tensor) -> Tensor:
+        total = value.detach().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total / self.replica.world_size
+
+    def assert_same_mask(self, keep: Tensor, step: int) -> None:
+        """Raise on every rank if any two ranks keep different triplets after ``step``."""
+        local = keep.detach().to("cpu", torch.int32)
+        low, high = local.clone(), local.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN, group=self.control)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX, group=self.control)
+        if not torch.equal(low, high):
+            differ = int((low != high).sum())
+            raise ReplicaMismatch(
+                f"after update {step} the ranks keep different triplets ({differ} differ)"
+            )
+
+
+def assert_same_allocation(histories: list[list[dict[str, Any]]]) -> None:
+    """Every rank's rank history (ranks per module at every masking step) must be rank 0's."""
+    reference = histories[0]
+    for rank, history in enumerate(histories[1:], start=1):
+        for ours, theirs in zip(reference, history, strict=False):
+            if ours != theirs:
+                raise ReplicaMismatch(
+                    f"rank {rank} allocated differently from rank 0 at update {theirs.get('step')}"
+                )
+        if len(history) != len(reference):
+            raise ReplicaMismatch(
+                f"rank {rank} recorded {len(history)} masking steps, rank 0 {len(reference)}"
+            )
+
+
+def rank_device(rank: int, device: str) -> str:
+    """Rank r trains on GPU r when the job runs on GPUs, on the CPU otherwise."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return f"cuda:{rank}" if device.startswith("cuda") else "cpu"
+
+
+def check_devices(devices: int, device: str) -> None:
+    if devices < 1:
+        raise ConfigError("resources.devices", f"must be >= 1, got {devices}")
+    if rank_device(0, device).startswith("cuda"):
+        found = torch.cuda.device_count()
+        if devices > found:
+            raise ConfigError(
+                "resources.devices", f"{devices} GPUs were requested; this machine has {found}"
+            )
+
+
+@dataclass(frozen=True)
+class _ChildSpec:
+    train_kwargs: dict[str, Any]
+    world_size: int
+    backend: str
+    init_method: str
+    device: str
+    threads: int
+    report_dir: str
+    parent_pid: int
+
+
+def train_data_parallel(devices: int, *, callbacks: Any = None, **train_kwargs: Any) -> Any:
+    """``adalora_core.trainer.train`` on ``devices`` processes; returns rank 0's TrainResult.
+
+    ``train_kwargs`` are ``train``'s arguments; a custom ``loss_fn`` or ``adapt`` is not
+    supported across processes (they would have to be pickled into the children)."""
+    from adalora_core.trainer import train
+
+    device = str(train_kwargs.pop("device", "auto"))
+    check_devices(devices, device)
+    if devices == 1:
+        return train(callbacks=callbacks, device=device, **train_kwargs)
+    for name in ("loss_fn", "adapt"):
+        if train_kwargs.get(name) is not None:
+            raise ConfigError(name, "is not supported in a multi-process run")
+    backend = "nccl" if rank_device(0, device).startswith("cuda") else "gloo"
+    threads = max(1, (os.cpu_count() or 1) // devices)
+    with tempfile.TemporaryDirectory(prefix="adalora-ddp-") as tmp_name:
+        tmp = Path(tmp_name)
+        spec = _ChildSpec(
+            train_kwargs={**train_kwargs, "output_dir": tmp / "unused-output"},
+            world_size=devices,
+            backend=backend,
+            init_method=f"file://{tmp / 'rendezvous'}",
+            device=device,
+            threads=threads,
+            report_dir=str(tmp),
+            parent_pid=os.getpid(),
+        )
+        spec_path = tmp / "spec.pickle"
+        spec_path.write_bytes(pickle.dumps(spec))
+        children = [_start_child(spec_path, rank, tmp) for rank in range(1, devices)]
+        previous_threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(threads)
+            dist.init_process_group(
+                backend,
+                init_method=spec.init_method,
+                rank=0,
+                world_size=devices,
+                timeout=GROUP_TIMEOUT,
+            )
+            try:
+                result = train(callbacks=callbacks, device=rank_device(0, device), **train_kwargs)
+            finally:
+                dist.destroy_process_group()
+            _wait_for(children, tmp)
+        finally:
+            torch.set_num_threads(previous_threads)
+            _stop(children)
+        reports = [result.history] + [
+            json.loads((tmp / REPORT_FILE.format(rank=rank)).read_text())["history"]
+            for rank in range(1, devices)
+        ]
+        assert_same_allocation(reports)
+        return result
+
+
+def _start_child(spec_path: Path, rank: int, tmp: Path) -> subprocess.Popen[bytes]:
+    log = (tmp / f"rank-{rank}.log").open("wb")
+    command = [sys.executable, "-m", "adalora_core.distributed", str(spec_path), str(rank)]
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait_for(children: list[subprocess.Popen[bytes]], tmp: Path) -> None:
+    for rank, child in enumerate(children, start=1):
+        try:
+            code = child.wait(timeout=CHILD_EXIT_GRACE_S)
+        except subprocess.TimeoutExpired:
+            code = None
+        if code != 0:
+            tail = (tmp / f"rank-{rank}.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"training rank {rank} failed (exit {code}):\n{tail}")
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A child whose rank 0 died (the worker was killed) must not train on alone."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, daemon=True, name="adalora-parent-watch").start()
+
+
+def _child_main(spec_path: str, rank: int) -> None:
+    from adalora_core.trainer import train
+
+    spec: _ChildSpec = pickle.loads(Path(spec_path).read_bytes())
+    _exit_with_parent(spec.parent_pid)
+    torch.set_num_threads(spec.threads)
+    dist.init_process_group(
+        spec.backend,
+        init_method=spec.init_method,
+        rank=rank,
+        world_size=spec.world_size,
+        timeout=GROUP_TIMEOUT,
+    )
+    try:
+        result = train(callbacks=None, device=rank_device(rank, spec.device), **spec.train_kwargs)
+    finally:
+        dist.destroy_process_group()
+    report = Path(spec.report_dir) / REPORT_FILE.format(rank=rank)
+    report.write_text(json.dumps({"history": result.history, "cancelled": result.cancelled}))
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1], int(sys.argv[2]))
