@@ -495,7 +495,10 @@ class _Loop:
 
     # -- helpers ---------------------------------------------------------------------------
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        if self.device.type != "cuda":
+            return {k: v.to(self.device) for k, v in batch.items()}
+        # An asynchronous copy needs a pinned source; from pageable memory it would block anyway.
+        return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
 
 
 def build_optimizer(

@@ -2,7 +2,9 @@
 
     python -m bench.glue_table --out runs/protocol.jsonl --jobs 2 --tasks sst2 mrpc rte cola
 
-Per task, with the settings the recipe chose on held-out rows (``bench/glue_tune.py``):
+Per task, with the settings the recipe chose on held-out SST-2 rows, or with ``--tuned`` the
+best setting per method from a tuning run on that task's own held-out rows
+(``bench/glue_tune.py``; the SVD ablation takes AdaLoRA's):
 1. AdaLoRA (12 -> 8) over paired seeds.
 2. LoRA at the rank whose final parameter count is nearest to AdaLoRA's mean final count.
 3. The SVD-form ablation (fixed rank 8, no pruning).
@@ -66,21 +68,47 @@ def matched_lora_rank(adalora_cells: dict[int, dict]) -> int:
     return max(1, round(kept / per_rank))
 
 
+def tuned_settings(tuning: list[dict[str, Any]], task: str) -> dict[str, list[str]]:
+    """Per method, the ``--lr``/``--lora-alpha`` arguments of its best held-out cell on
+    ``task`` (the SVD ablation gets AdaLoRA's); empty where that method was not tuned there."""
+    from bench.glue_tune import best
+
+    on_task = [r for r in tuning if r["task"] == task]
+    chosen: dict[str, list[str]] = {}
+    for method in ("adalora", "lora"):
+        (lr, alpha), _, _ = best(on_task, method)
+        if lr:
+            chosen[method] = ["--lr", str(lr), "--lora-alpha", str(alpha)]
+    if "adalora" in chosen:
+        chosen["svd"] = chosen["adalora"]
+    return chosen
+
+
 def run_protocol(
-    tasks: list[str], out: Path, jobs: int, threads: int, max_seeds: int | None = None
+    tasks: list[str],
+    out: Path,
+    jobs: int,
+    threads: int,
+    max_seeds: int | None = None,
+    tuning: list[dict[str, Any]] | None = None,
 ) -> None:
     """AdaLoRA first (its final size fixes LoRA's rank), then LoRA, then the ablation.
     ``max_seeds`` runs only the first seeds of each task (the rest resume later)."""
     for task in tasks:
         seeds = PROTOCOL[task].seeds[:max_seeds]
-        run_cells([cell(task, "adalora", s, threads) for s in seeds], out, jobs)
+        tuned = tuned_settings(tuning or [], task)
+        if tuning is not None and set(tuned) != {"adalora", "lora", "svd"}:
+            raise SystemExit(f"--tuned has no finished cells for both methods on {task}")
+        run_cells(
+            [cell(task, "adalora", s, threads, *tuned.get("adalora", [])) for s in seeds], out, jobs
+        )
         adalora = dev_results(finished(out), task, "adalora")
         if len(adalora) < len(seeds):
             continue  # a cell failed; the next run retries it before LoRA's rank is fixed
         rank = matched_lora_rank(adalora)
-        lora = [cell(task, "lora", s, threads, "--lora-r", str(rank)) for s in seeds]
-        run_cells(lora, out, jobs)
-        run_cells([cell(task, "svd", s, threads) for s in seeds], out, jobs)
+        lora_args = ["--lora-r", str(rank), *tuned.get("lora", [])]
+        run_cells([cell(task, "lora", s, threads, *lora_args) for s in seeds], out, jobs)
+        run_cells([cell(task, "svd", s, threads, *tuned.get("svd", [])) for s in seeds], out, jobs)
 
 
 def _mean_std(values: list[float]) -> str:
@@ -157,9 +185,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--seeds", type=int, help="only the first N seeds of each task")
     parser.add_argument("--heatmaps", type=Path, help="folder for <task>_ranks.png")
+    parser.add_argument(
+        "--tuned",
+        type=Path,
+        nargs="+",
+        help="glue_tune results: each method runs at its best held-out setting on each task",
+    )
     args = parser.parse_args(argv)
+    tuning = [r for path in args.tuned for r in finished(path)] if args.tuned else None
     if not args.table_only:
-        run_protocol(args.tasks, args.out, args.jobs, args.threads, args.seeds)
+        run_protocol(args.tasks, args.out, args.jobs, args.threads, args.seeds, tuning)
     results = finished(args.out)
     print(table(results, args.tasks))
     if args.heatmaps:
