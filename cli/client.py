@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
 
 import httpx
@@ -79,6 +80,29 @@ class ApiClient:
 
     def stream(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._http.stream(method, path, **kwargs)
+
+
+EVENT_STREAM = "text/event-stream"
+
+
+def iter_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(event name, data) for each server-sent event; comments and ids are skipped (the
+    payloads carry their ids)."""
+    kind, data = "message", []
+    for line in lines:
+        if not line:
+            if data:
+                yield kind, "\n".join(data)
+            kind, data = "message", []
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "event":
+                kind = value
+            elif name == "data":
+                data.append(value)
 
 
 def describe_error(response: httpx.Response) -> str:

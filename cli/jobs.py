@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -14,13 +15,16 @@ from rich.table import Table
 
 from cli.client import (
     DEFAULT_URL,
+    EVENT_STREAM,
     ApiClient,
     JsonOption,
     KeyOption,
     LimitOption,
     UrlOption,
+    describe_error,
     fail,
     items,
+    iter_sse,
 )
 from service.vocabulary import TERMINAL, OutputMode
 
@@ -202,15 +206,17 @@ def follow(
     job_id: str,
     interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 1.0,
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+    poll: Annotated[
+        bool, typer.Option("--poll", help="Poll instead of following the live event stream.")
+    ] = False,
     url: UrlOption = DEFAULT_URL,
     key: KeyOption = None,
 ) -> None:
     """Draw a progress bar (loss, current rank budget) until the job ends; exit 1 unless it
-    succeeded."""
+    succeeded. Events arrive live (server-sent events); if the stream is not available or
+    drops, it goes on by polling every --interval seconds."""
     console = Console(stderr=True)
-    started = time.monotonic()
-    after = 0
-    loss: float | None = None
+    deadline = time.monotonic() + timeout if timeout is not None else None
     with (
         ApiClient(url, key) as api,
         Progress(
@@ -225,34 +231,24 @@ def follow(
         ) as bar,
     ):
         task = bar.add_task(job_id, total=None, status="queued", loss="-", budget="-")
+        display = _FollowDisplay(bar, task)
+        job = api.json("GET", f"/jobs/{job_id}")
+        display.show(job)
+        after, ended = 0, False
+        if not poll:
+            after, ended = _follow_stream(api, job_id, display, deadline)
+        if not ended:
+            bar.console.print(f"polling every {interval:g}s")
         while True:
             job = api.json("GET", f"/jobs/{job_id}")
             events = items(api.json("GET", f"/jobs/{job_id}/events", params={"after": after}))
             for event in events:
                 after = max(after, int(event["id"]))
-                data = event.get("data") or {}
-                if event["kind"] == "progress" and data.get("loss") is not None:
-                    loss = float(data["loss"])
-                elif event["kind"] == "eval":
-                    bar.console.print(f"eval @ step {data.get('step')}: {data.get('metrics')}")
-                elif event["kind"] == "error":
-                    bar.console.print(f"[red]error: {data}")
-                elif event["kind"] == "warning":
-                    bar.console.print(f"[yellow]warning: {data.get('message')}")
-            progress = job.get("progress") or {}
-            budget = job.get("budget") or {}
-            bar.update(
-                task,
-                total=progress.get("total_steps"),
-                completed=progress.get("step", 0),
-                status=job["status"],
-                loss=f"{loss:.4f}" if loss is not None else "-",
-                budget=_budget_text(budget),
-            )
+                display.apply(event)
+            display.show(job)
             if job["status"] in TERMINAL:
                 break
-            if timeout is not None and time.monotonic() - started > timeout:
-                fail(f"job {job_id} still {job['status']} after {timeout:.0f}s", code=2)
+            _check_deadline(deadline, job_id, job["status"])
             time.sleep(interval)
     if job["status"] == "succeeded":
         console.print(f"[green]succeeded[/green]: adapter {job.get('adapter_id')}")
@@ -262,6 +258,79 @@ def follow(
     fail(
         f"job {job['status']}" + (f": {error.get('code')}: {error.get('message')}" if error else "")
     )
+
+
+def _check_deadline(deadline: float | None, job_id: str, status: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        fail(f"job {job_id} still {status} when --timeout ran out", code=2)
+
+
+class _FollowDisplay:
+    """The progress bar and the lines printed above it, fed by events and job snapshots."""
+
+    def __init__(self, bar: Progress, task: Any) -> None:
+        self.bar = bar
+        self.task = task
+        self.loss: float | None = None
+
+    def apply(self, event: dict[str, Any]) -> None:
+        data = event.get("data") or {}
+        kind = event["kind"]
+        if kind == "progress":
+            if data.get("loss") is not None:
+                self.loss = float(data["loss"])
+            fields: dict[str, Any] = {"loss": f"{self.loss:.4f}" if self.loss is not None else "-"}
+            if data.get("step") is not None:
+                fields["completed"] = data["step"]
+            if data.get("budget") is not None:
+                fields["budget"] = str(data["budget"])
+            self.bar.update(self.task, **fields)
+        elif kind == "status" and data.get("to"):
+            self.bar.update(self.task, status=data["to"])
+        elif kind == "eval":
+            self.bar.console.print(f"eval @ step {data.get('step')}: {data.get('metrics')}")
+        elif kind == "error":
+            self.bar.console.print(f"[red]error: {data}")
+        elif kind == "warning":
+            self.bar.console.print(f"[yellow]warning: {data.get('message')}")
+
+    def show(self, job: dict[str, Any]) -> None:
+        progress = job.get("progress") or {}
+        self.bar.update(
+            self.task,
+            total=progress.get("total_steps"),
+            completed=progress.get("step", 0),
+            status=job["status"],
+            loss=f"{self.loss:.4f}" if self.loss is not None else "-",
+            budget=_budget_text(job.get("budget") or {}),
+        )
+
+
+def _follow_stream(
+    api: ApiClient, job_id: str, display: _FollowDisplay, deadline: float | None
+) -> tuple[int, bool]:
+    """Apply the job's live events until its ``end`` event: (last event id, whether it ended).
+    A server without the stream, or a dropped connection, returns False to fall back."""
+    after = 0
+    headers = {"Accept": EVENT_STREAM}
+    try:
+        with api.stream("GET", f"/jobs/{job_id}/events", headers=headers) as response:
+            if response.status_code >= 400:
+                response.read()
+                fail(describe_error(response))
+            if not response.headers.get("content-type", "").startswith(EVENT_STREAM):
+                return after, False
+            display.bar.console.print("following live events")
+            for kind, data in iter_sse(response.iter_lines()):
+                if kind == "end":
+                    return after, True
+                event = json.loads(data)
+                after = max(after, int(event["id"]))
+                display.apply(event)
+                _check_deadline(deadline, job_id, "running")
+    except httpx.HTTPError:
+        return after, False
+    return after, False
 
 
 def _progress_text(job: dict[str, Any]) -> str:

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     job_max_updates: int = 100_000
     job_max_train_rows: int = 5_000_000
     job_max_devices: int = 8
+    # GET /jobs/{id}/events as server-sent events: how often the stream looks for new events,
+    # the longest silence before a keep-alive comment, and how long one connection lasts before
+    # the client reconnects with Last-Event-ID.
+    events_poll_interval_s: float = 0.5
+    events_keepalive_s: float = 15.0
+    events_stream_max_s: float = 3600.0
     # Waiting on the database is bounded, so one that hangs gives 503s instead of hung requests.
     db_connect_timeout_s: float = 5.0
     db_statement_timeout_s: float = 30.0

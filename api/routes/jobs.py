@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Header, Query, Response
+from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
+from api import event_stream
 from api.deps import (
     JobsLimitedCaller,
     PageCursor,
@@ -162,23 +164,51 @@ def get_job(job_id: str, caller: TrainCaller, session: SessionDep) -> JobOut:
     return job_out(_job(session, caller.tenant_id, job_id))
 
 
-@router.get("/jobs/{job_id}/events", response_model=EventList, responses=responses(401, 404, 422))
+@router.get(
+    "/jobs/{job_id}/events",
+    response_model=EventList,
+    responses={
+        **responses(401, 404, 422),
+        200: {
+            "content": {event_stream.MEDIA_TYPE: {}},
+            "description": "A page of events as JSON, or, when the request accepts "
+            "text/event-stream, every event as it happens until the job ends.",
+        },
+    },
+)
 def list_events(
     job_id: str,
+    request: Request,
     caller: TrainCaller,
     session: SessionDep,
+    settings: SettingsDep,
     after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> EventList:
+    accept: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=2**62)] = None,
+) -> EventList | StreamingResponse:
     job = _job(session, caller.tenant_id, job_id)
+    if event_stream.wants_event_stream(accept):
+        session.close()  # the stream polls in short transactions of its own
+        timing = event_stream.StreamTiming(
+            settings.events_poll_interval_s,
+            settings.events_keepalive_s,
+            settings.events_stream_max_s,
+        )
+        stream = event_stream.job_events(
+            request.app.state.sessions,
+            job.id,
+            last_event_id if last_event_id is not None else after,
+            timing,
+        )
+        return StreamingResponse(
+            stream,
+            media_type=event_stream.MEDIA_TYPE,
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     events = job_rows.list_events(session, job, after, limit)
     return EventList(
-        items=[
-            EventOut.model_validate(
-                {"id": e.id, "kind": e.kind, "data": e.data, "created_at": e.created_at}
-            )
-            for e in events
-        ],
+        items=[EventOut.model_validate(e, from_attributes=True) for e in events],
         next_after=events[-1].id if events else after,
     )
 

@@ -67,6 +67,7 @@ def test_quickstart_through_the_cli(live, tmp_path: Path) -> None:
     adapter_id = followed.stdout.strip().splitlines()[-1]
     assert adapter_id.startswith("ad_")
     assert "succeeded" in followed.output
+    assert "following live events" in followed.output and "polling" not in followed.output
 
     shown = json.loads(run(live, "jobs", "show", job_id).stdout)
     assert shown["status"] == "succeeded" and shown["hyperparameters"]["adalora"]["t_init"] == 2
@@ -112,9 +113,10 @@ def test_cancel_through_the_cli(live) -> None:
         time.sleep(0.1)
     assert job_id in run(live, "jobs", "cancel", job_id).stdout
     followed = run(
-        live, "jobs", "follow", job_id, "--interval", "0.2", "--timeout", "120", ok=False
+        live, "jobs", "follow", job_id, "--interval", "0.2", "--timeout", "120", "--poll", ok=False
     )
     assert followed.exit_code == 1 and "cancelled" in followed.output
+    assert "polling every 0.2s" in followed.output
 
 
 def test_keys_create_list_revoke(live) -> None:
