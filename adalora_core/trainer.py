@@ -57,6 +57,9 @@ class ProgressEvent:
     loss_value: torch.Tensor | float
     budget: int | None
     learning_rate: float
+    # The budget's start and end (triplets), so a watcher can draw the schedule it follows.
+    initial_budget: int | None = None
+    target_budget: int | None = None
 
     @property
     def loss(self) -> float:
@@ -416,6 +419,8 @@ class _Loop:
                 loss_value=loss,
                 budget=int(budget_now()) if budget_now else None,
                 learning_rate=learning_rate,
+                initial_budget=getattr(self.adapted, "initial_budget", None),
+                target_budget=getattr(self.adapted, "target_budget", None),
             )
         )
 

@@ -220,6 +220,23 @@ class JobList(BaseModel):
     next_cursor: str | None
 
 
+class SchedulePoint(BaseModel):
+    step: int
+    budget: int
+
+
+class ScheduleOut(BaseModel):
+    """The cubic budget schedule the job's allocator follows, in triplets kept after each
+    update; ``points`` stay empty until training has reported the budget's start and end."""
+
+    total_steps: int
+    t_init: int
+    final_mask_step: int
+    initial: int | None
+    target: int | None
+    points: list[SchedulePoint]
+
+
 class EventOut(BaseModel):
     id: int
     kind: EventKind

@@ -71,6 +71,10 @@ class JobCallbacks:
     def on_progress(self, event: Any) -> None:
         if event.budget is not None:
             self._budget["current"] = int(event.budget)
+        for name in ("initial", "target"):
+            value = getattr(event, f"{name}_budget", None)
+            if value is not None:
+                self._budget[name] = int(value)
         self._progress = {
             "step": int(event.step),
             "total_steps": int(event.total_steps),

@@ -9,6 +9,7 @@ from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
+from adalora_core.config import BudgetSchedule
 from api import event_stream
 from api.deps import (
     JobsLimitedCaller,
@@ -21,7 +22,15 @@ from api.deps import (
 )
 from api.errors import ApiError, not_found, responses
 from api.idempotency import create_once, replay
-from api.schemas import EventList, EventOut, JobCreate, JobList, JobOut
+from api.schemas import (
+    EventList,
+    EventOut,
+    JobCreate,
+    JobList,
+    JobOut,
+    ScheduleOut,
+    SchedulePoint,
+)
 from api.submission import invalid, request_hash, resolve_hyperparameters
 from service import datasets as dataset_rows
 from service import jobs as job_rows
@@ -210,6 +219,36 @@ def list_events(
     return EventList(
         items=[EventOut.model_validate(e, from_attributes=True) for e in events],
         next_after=events[-1].id if events else after,
+    )
+
+
+# At most about this many points describe a schedule curve (plus its corners).
+SCHEDULE_POINTS = 400
+
+
+@router.get("/jobs/{job_id}/schedule", response_model=ScheduleOut, responses=responses(401, 404))
+def get_schedule(job_id: str, caller: TrainCaller, session: SessionDep) -> ScheduleOut:
+    job = _job(session, caller.tenant_id, job_id)
+    schedule = BudgetSchedule(**(job.hyperparameters or {})["schedule"])
+    budget = job.budget or {}
+    initial, target = budget.get("initial"), budget.get("target")
+    points: list[SchedulePoint] = []
+    if initial is not None and target is not None:
+        total = schedule.total_steps
+        corners = {0, schedule.t_init, schedule.final_mask_step, total}
+        steps = sorted(corners | set(range(0, total + 1, max(1, total // SCHEDULE_POINTS))))
+        points = [
+            SchedulePoint(step=s, budget=schedule.budget(s, initial, target))
+            for s in steps
+            if 0 <= s <= total
+        ]
+    return ScheduleOut(
+        total_steps=schedule.total_steps,
+        t_init=schedule.t_init,
+        final_mask_step=schedule.final_mask_step,
+        initial=initial,
+        target=target,
+        points=points,
     )
 
 

@@ -426,3 +426,27 @@ def test_lost_race_on_the_unique_constraint_replays(
     conflict = client.post("/jobs", json=job_body(dataset["id"], name="x"), headers=headers)
     assert conflict.status_code == 409
     assert calls["n"] == 2 and job_count(sessions) == 1
+
+
+def test_the_schedule_route_draws_the_cubic_budget_once_training_reports_its_ends(
+    client: TestClient, tenant: TenantKey, dataset: dict, sessions: sessionmaker[Session]
+) -> None:
+    body = job_body(dataset["id"], training__epochs=..., training__max_steps=100)
+    job = client.post("/jobs", json=body, headers=tenant.headers).json()
+    before = client.get(f"/jobs/{job['id']}/schedule", headers=tenant.headers).json()
+    assert before["points"] == [] and before["initial"] is None
+    schedule = job["hyperparameters"]["schedule"]
+    with sessions() as session:
+        assert leases.lease_job(session, job["id"], "worker-1", 60) is not None
+        values = {"budget": {"initial": 36, "target": 24, "current": 36}}
+        assert leases.write_progress(session, job["id"], "worker-1", values, [])
+    drawn = client.get(f"/jobs/{job['id']}/schedule", headers=tenant.headers).json()
+    points = {p["step"]: p["budget"] for p in drawn["points"]}
+    final = schedule["total_steps"] - schedule["t_final"]
+    assert drawn["final_mask_step"] == final and drawn["t_init"] == schedule["t_init"]
+    assert points[0] == points[schedule["t_init"]] == 36
+    assert points[final] == points[100] == 24
+    budgets = [p["budget"] for p in drawn["points"]]
+    assert budgets == sorted(budgets, reverse=True) and len(set(budgets)) > 5
+    other = client.get(f"/jobs/{job['id']}/schedule", headers={"Authorization": "Bearer nope"})
+    assert other.status_code == 401
