@@ -14,6 +14,7 @@ from fastapi import Depends, FastAPI
 
 from api import serving
 from api.bodylimit import BodySizeLimitMiddleware
+from api.console_files import CONSOLE_PATH, console_app
 from api.deps import reject_unknown_query
 from api.errors import install_error_handlers
 from api.metrics import ApiMetrics, MetricsMiddleware
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (health, models, keys, tenant_routes, datasets, jobs, adapters, infer):
         app.include_router(module.router)
+    app.mount(CONSOLE_PATH, console_app(), name="console")
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_request_bytes,

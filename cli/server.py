@@ -145,6 +145,8 @@ def serve(
         typer.secho(
             f"Bootstrap API key (shown once, store it now): {new_key}", fg=typer.colors.GREEN
         )
+    bind_host, bind_port = host or settings.host, port or settings.port
+    typer.secho(f"Console: http://{bind_host}:{bind_port}/ui/  (API docs: /docs)", bold=True)
     worker = None if no_worker else EmbeddedWorker(settings)
     if worker is not None:
         worker.start()
@@ -153,7 +155,7 @@ def serve(
     # SystemExit lets the `finally` below stop the worker instead of orphaning it.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        uvicorn.run(create_app(), host=host or settings.host, port=port or settings.port)
+        uvicorn.run(create_app(), host=bind_host, port=bind_port)
     finally:
         if reconciler is not None:
             reconciler.stop()
