@@ -326,6 +326,7 @@ async function jobsPage() {
       el("td", {}, el("div", { class: "bar", title: `${progress.step || 0}/${progress.total_steps || "?"}` },
         el("span", { style: `width:${share.toFixed(1)}%` }))),
       el("td", { class: "num", text: `${progress.step || 0}/${progress.total_steps || "?"}` }),
+      el("td", { class: "mono", text: settingsSummary(job.hyperparameters || {}) }),
       el("td", { text: job.base_model }),
       el("td", { text: when(job.created_at) }));
   });
@@ -337,7 +338,7 @@ async function jobsPage() {
       el("h2", { text: "Jobs" }),
       rows.length
         ? el("table", { id: "jobs-table" },
-            el("thead", {}, el("tr", {}, ["id", "name", "status", "progress", "steps", "base model", "created"].map((h) => el("th", { text: h })))),
+            el("thead", {}, el("tr", {}, ["id", "name", "status", "progress", "steps", "settings", "base model", "created"].map((h) => el("th", { text: h })))),
             el("tbody", {}, rows))
         : el("p", { class: "muted", text: "No jobs yet: upload a data set, then start one above." }))
   );
@@ -486,6 +487,19 @@ async function jobPage(jobId) {
       drawHeader();
     })
     .catch(fail);
+}
+
+// The settings that most shape a run, as resolved at submission (the job page lists them all).
+function settingsSummary(hyper) {
+  const training = hyper.training || {};
+  const adalora = hyper.adalora || {};
+  return [
+    `lr ${fmt(training.learning_rate)}`,
+    `${fmt(hyper.total_steps)} updates`,
+    `batch ${fmt(training.batch_size)}`,
+    `rank ${adalora.init_r}→${adalora.target_r}`,
+    `α ${fmt(adalora.lora_alpha)}`,
+  ].join(" · ");
 }
 
 function settingsTable(hyper) {

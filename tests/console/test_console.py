@@ -125,6 +125,18 @@ def test_the_console_journey(live, browser, tmp_path: Path) -> None:
     assert browser.find_element(By.ID, "cancel-job").get_attribute("disabled") is not None
     screenshot(browser, "job")
 
+    # The list shows it with its progress and the settings it ran with.
+    browser.get(f"{live.url}/ui/#/jobs")
+    row = wait(
+        browser,
+        lambda d: d.find_element(By.CSS_SELECTOR, f"tr[data-job='{job_id}']"),
+        "the job row",
+    )
+    assert "succeeded" in row.text and f"{STEPS}/{STEPS}" in row.text
+    assert f"{STEPS:,} updates" in row.text and "rank 12→8" in row.text
+    screenshot(browser, "jobs")
+    browser.get(f"{live.url}/ui/#/jobs/{job_id}")
+
     # The allocation: scrub from init_r everywhere to the final pattern.
     wait(browser, lambda d: d.find_element(By.ID, "job-adapter"), "the adapter link").click()
     slider = wait(browser, lambda d: d.find_element(By.ID, "history-slider"), "the rank history")
@@ -175,6 +187,14 @@ def test_the_console_journey(live, browser, tmp_path: Path) -> None:
     assert len(texts) == 4 and texts[0] == texts[1] and texts[2] == texts[3], texts
     assert all(t.split(" ")[0] in ("positive", "negative") and "%" in t for t in texts)
     screenshot(browser, "playground")
+
+    browser.get(f"{live.url}/ui/#/adapters")
+    wait(
+        browser,
+        lambda d: d.find_element(By.CSS_SELECTOR, f"tr[data-adapter='{adapter['id']}']"),
+        "the adapter row",
+    )
+    screenshot(browser, "adapters")
 
     # Delete the adapter from its page: it leaves the list.
     browser.get(f"{live.url}/ui/#/adapters/{adapter['id']}")
