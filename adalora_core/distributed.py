@@ -192,6 +192,7 @@ def train_data_parallel(devices: int, *, callbacks: Any = None, **train_kwargs: 
         previous_threads = torch.get_num_threads()
         try:
             torch.set_num_threads(threads)
+            _select_gpu(backend, 0)
             dist.init_process_group(
                 backend,
                 init_method=spec.init_method,
@@ -213,6 +214,12 @@ def train_data_parallel(devices: int, *, callbacks: Any = None, **train_kwargs: 
         ]
         assert_same_allocation(reports)
         return result
+
+
+def _select_gpu(backend: str, rank: int) -> None:
+    """NCCL binds each rank's communicator to the current device: make it GPU ``rank``."""
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
 
 
 def _start_child(spec_path: Path, rank: int, tmp: Path) -> subprocess.Popen[bytes]:
@@ -257,6 +264,7 @@ def _child_main(spec_path: str, rank: int) -> None:
     spec: _ChildSpec = pickle.loads(Path(spec_path).read_bytes())
     _exit_with_parent(spec.parent_pid)
     torch.set_num_threads(spec.threads)
+    _select_gpu(spec.backend, rank)
     dist.init_process_group(
         spec.backend,
         init_method=spec.init_method,
