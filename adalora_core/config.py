@@ -57,6 +57,9 @@ class BudgetSchedule:
         return asdict(self)
 
 
+PQ_INITS = ("normal", "orthonormal")
+
+
 @dataclass(frozen=True)
 class AdaLoraConfig:
     """User-facing AdaLoRA settings. `target_modules`: suffixes of dotted module paths, or one
@@ -73,6 +76,10 @@ class AdaLoraConfig:
     lora_alpha: float = 32.0
     lora_dropout: float = 0.0
     target_modules: tuple[str, ...] | str | None = None
+    # How P and Q start: "normal" is the paper's N(0, 0.02); "orthonormal" starts them where
+    # the orthogonality regulariser pulls them (PᵀP = QQᵀ = I), so a triplet's scale is set by
+    # λ alone from the first update instead of drifting while the penalty acts.
+    pq_init: str = "normal"
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep the frozen object hashable and comparable.
@@ -127,6 +134,10 @@ class AdaLoraConfig:
         if not 0.0 <= dropout < 1.0:
             raise ConfigError("adalora.lora_dropout", f"must be in [0, 1), got {dropout}")
         _validate_targets(self.target_modules)
+        if self.pq_init not in PQ_INITS:
+            raise ConfigError(
+                "adalora.pq_init", f"must be one of {list(PQ_INITS)}, got {self.pq_init!r}"
+            )
 
     def schedule(self, total_steps: int) -> BudgetSchedule:
         """The budget schedule for a run of `total_steps` optimizer updates; unset fields are

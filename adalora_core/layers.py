@@ -128,6 +128,7 @@ class SVDLinear(_AdapterLayer):
         init_r: int,
         lora_alpha: float,
         lora_dropout: float = 0.0,
+        pq_init: str = "normal",
     ) -> None:
         super().__init__(base_layer, lora_dropout)
         if not 0 <= rank <= init_r:
@@ -139,18 +140,25 @@ class SVDLinear(_AdapterLayer):
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **factory))
         self.lora_E = nn.Parameter(torch.empty(rank, 1, **factory))
         self.lora_B = nn.Parameter(torch.empty(self.out_features, rank, **factory))
-        self.reset_adapter()
+        self.reset_adapter(pq_init)
 
     @property
     def rank(self) -> int:
         return self.lora_A.shape[0]
 
     @torch.no_grad()
-    def reset_adapter(self) -> None:
-        """λ = 0 keeps the model unchanged at step 0; P, Q ~ N(0, 0.02) as in the paper."""
+    def reset_adapter(self, pq_init: str = "normal") -> None:
+        """λ = 0 keeps the model unchanged at step 0. P, Q ~ N(0, 0.02) as in the paper, or
+        with orthonormal columns of P and rows of Q (``pq_init="orthonormal"``)."""
         nn.init.zeros_(self.lora_E)
-        nn.init.normal_(self.lora_A, mean=0.0, std=0.02)
-        nn.init.normal_(self.lora_B, mean=0.0, std=0.02)
+        if self.rank == 0:
+            return
+        if pq_init == "orthonormal":
+            nn.init.orthogonal_(self.lora_A)
+            nn.init.orthogonal_(self.lora_B)
+        else:
+            nn.init.normal_(self.lora_A, mean=0.0, std=0.02)
+            nn.init.normal_(self.lora_B, mean=0.0, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.rank == 0 or not self.adapter_enabled:

@@ -245,6 +245,7 @@ def inject_adalora(
             init_r=config.init_r,
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
+            pq_init=config.pq_init,
         )
         set_submodule(model, path, layer)
         adapted[path] = layer

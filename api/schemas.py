@@ -133,6 +133,9 @@ class AdaLoraParams(Strict):
     lora_alpha: float | None = None
     lora_dropout: float | None = None
     target_modules: list[Text] | Text | None = None
+    pq_init: Literal["normal", "orthonormal"] | None = Field(
+        None, description="How P and Q start: the paper's N(0, 0.02), or orthonormal."
+    )
 
 
 class TrainingParams(Strict):

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     method = "adalora" if args.method in ("svd", "peft-adalora") else args.method
     paired = glue.spec.text_pair_column is not None
     profile = recipe.DataProfile(len(train_rows), glue.spec.kind, paired=paired)
-    given_adalora: dict[str, Any] = {"lora_alpha": args.lora_alpha}
+    given_adalora: dict[str, Any] = {"lora_alpha": args.lora_alpha, "pq_init": args.pq_init}
     if args.method == "svd":
         # Same scaling alpha/init_r as AdaLoRA's, at a fixed rank that is never pruned.
         reference = recipe.resolve(profile)
@@ -133,6 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "init_r": base.target_r,
             "target_r": base.target_r,
             "lora_alpha": alpha * base.target_r / base.init_r,
+            "pq_init": args.pq_init,
         }
     resolved = recipe.resolve(
         profile,
@@ -209,6 +210,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--lora-alpha", type=float, default=None)
+    parser.add_argument("--pq-init", choices=("normal", "orthonormal"), default=None)
     parser.add_argument("--max-length", type=int, default=None)
     parser.add_argument("--max-grad-norm", type=float, default=None)
     parser.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=None)

@@ -117,3 +117,10 @@ def test_no_updates_is_rejected(total: object) -> None:
     with pytest.raises(ConfigError) as info:
         AdaLoraConfig().schedule(total)  # type: ignore[arg-type]
     assert info.value.field == "training.max_steps"
+
+
+def test_pq_init_is_checked_and_named() -> None:
+    assert AdaLoraConfig(pq_init="orthonormal").to_dict()["pq_init"] == "orthonormal"
+    with pytest.raises(ConfigError) as raised:
+        AdaLoraConfig.from_dict({"pq_init": "xavier"})
+    assert raised.value.field == "adalora.pq_init"

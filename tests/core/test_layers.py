@@ -166,3 +166,21 @@ def test_hooked_base_layers_go_through_their_module() -> None:
     x = torch.randn(2, 3, 5)
     torch.testing.assert_close(layer(x), base(x))  # the hook's +1 is kept (λ = 0)
     assert layer(x).shape == (2, 3, 7)
+
+
+def test_an_orthonormal_start_leaves_the_model_unchanged_and_the_penalty_at_zero() -> None:
+    """P with orthonormal columns and Q with orthonormal rows: the regulariser's target from
+    the first update, while λ = 0 still keeps the output equal to the base layer's."""
+    from adalora_core.regularizer import OrthogonalityRegularizer
+
+    torch.manual_seed(0)
+    base = nn.Linear(48, 32)
+    layer = SVDLinear(base, rank=6, init_r=6, lora_alpha=12.0, pq_init="orthonormal")
+    eye = torch.eye(6)
+    torch.testing.assert_close(layer.lora_A @ layer.lora_A.T, eye, atol=1e-5, rtol=0)
+    torch.testing.assert_close(layer.lora_B.T @ layer.lora_B, eye, atol=1e-5, rtol=0)
+    x = torch.randn(4, 48)
+    torch.testing.assert_close(layer(x), base(x))
+    assert float(OrthogonalityRegularizer([layer])()) < 1e-5
+    normal = SVDLinear(nn.Linear(48, 32), rank=6, init_r=6, lora_alpha=12.0)
+    assert float(OrthogonalityRegularizer([normal])()) > 1.0  # N(0, 0.02) starts far from I

@@ -8,7 +8,7 @@ from typing import get_args
 import pytest
 
 from adalora_core import recipe
-from adalora_core.config import AdaLoraConfig
+from adalora_core.config import PQ_INITS, AdaLoraConfig
 from adalora_core.errors import ConfigError
 from adalora_core.tasks import TASK_KINDS
 from adalora_core.training_config import TrainingConfig
@@ -123,3 +123,5 @@ def test_the_api_vocabularies_are_the_cores() -> None:
     """Literal types in the schemas spell vocabularies defined elsewhere; they must agree."""
     assert get_args(TaskName) == TASK_KINDS
     assert set(get_args(DatasetOut.model_fields["format"].annotation)) == set(FORMATS.values())
+    pq_init = AdaLoraParams.model_fields["pq_init"].annotation
+    assert set(get_args(get_args(pq_init)[0])) == set(PQ_INITS)
