@@ -341,6 +341,9 @@ class EvalAccumulator:
             ints = [int(x) for x in self.predictions]
             refs = [int(x) for x in self.references]
             scores = metrics.classification_metrics(ints, refs, self.task.num_labels)
+            # How many labels the adapter gave at all: 1 means it answers every row the same,
+            # the usual sign of a learning rate too high for the data (docs/results.md).
+            scores["predicted_classes"] = float(len(set(ints)))
         elif self.task.kind == REGRESSION:
             scores = metrics.regression_metrics(self.predictions, self.references)
         else:

@@ -23,6 +23,13 @@ log = logging.getLogger(__name__)
 DB_RETRY_S = 1.0  # after a failed write, train on for this long before trying the database again
 
 
+SINGLE_CLASS_WARNING = (
+    "the finished adapter gives the same label to every validation row: it has not learned the "
+    "task. This usually means the learning rate is too high for this data set; resubmit with a "
+    "lower training.learning_rate (half of this job's is a good first try)"
+)
+
+
 def eval_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """Eval results as the job row shows them: ``eval_<name>``, next to ``train_loss``."""
     return {k if k.startswith("eval_") else f"eval_{k}": v for k, v in metrics.items()}
@@ -112,9 +119,11 @@ class JobCallbacks:
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: _finite(v) for k, v in metrics.items()}
         self._metrics.update(eval_metrics(clean))
-        self._write(
-            {"metrics": dict(self._metrics)}, [("eval", {"step": int(step), "metrics": clean})]
-        )
+        events: list[tuple[str, dict[str, Any]]] = [("eval", {"step": int(step), "metrics": clean})]
+        final = step >= int(self._progress.get("total_steps") or 0) > 0
+        if final and clean.get("predicted_classes") == 1.0:
+            events.append(("warning", {"message": SINGLE_CLASS_WARNING, "step": int(step)}))
+        self._write({"metrics": dict(self._metrics)}, events)
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         """Upload the checkpoint so a re-delivered job resumes from it, then drop the old one."""

@@ -87,7 +87,13 @@ def test_full_run_reports_progress_evals_and_writes_the_bundle(
     assert budgets[0] == 4 * NUM_MODULES and budgets[-1] == 2 * NUM_MODULES
     assert budgets == sorted(budgets, reverse=True)
     assert [step for step, _ in recorder.evals] == [3, 6]  # each epoch end (the last is the end)
-    assert set(recorder.evals[-1][1]) == {"eval_loss", "accuracy", "f1", "matthews"}
+    assert set(recorder.evals[-1][1]) == {
+        "eval_loss",
+        "accuracy",
+        "f1",
+        "matthews",
+        "predicted_classes",
+    }
     assert [step for step, _ in recorder.checkpoints] == [2, 4]  # none after the final update
     assert result.total_rank == 2 * NUM_MODULES == sum(result.ranks.values())
     assert result.metrics == recorder.evals[-1][1]

@@ -59,9 +59,17 @@ class World:
             assert dataset is not None
             self.dataset_key = dataset.storage_key
 
-    def submit(self, resources: dict[str, object] | None = None, **training: object) -> str:
+    def submit(
+        self, resources: dict[str, object] | None = None, validate: bool = False, **training: object
+    ) -> str:
         return submit_job(
-            self.sessions, self.settings, self.tenant_id, self.dataset_id, resources, **training
+            self.sessions,
+            self.settings,
+            self.tenant_id,
+            self.dataset_id,
+            resources,
+            validate,
+            **training,
         )
 
     def job(self, job_id: str) -> Job:

@@ -100,11 +100,15 @@ def submit_job(
     tenant_id: str,
     dataset_id: str,
     resources: dict[str, object] | None = None,
+    validate: bool = False,
     **training: object,
 ) -> str:
     """A queued job as POST /jobs stores it (settings resolved by the API's own function); its
     id. ``settings.base_models`` must name the tiny model "tiny"."""
-    body = JobCreate.model_validate(job_body(dataset_id, resources=resources, **training))
+    raw = job_body(dataset_id, resources=resources, **training)
+    if validate:  # evaluate on the training rows themselves: enough to read what was learned
+        raw["validation_dataset_id"] = dataset_id
+    body = JobCreate.model_validate(raw)
     with sessions() as session:
         dataset = session.get(Dataset, dataset_id)
         assert dataset is not None
@@ -114,9 +118,11 @@ def submit_job(
             base_model=body.base_model,
             task=body.task,
             dataset_id=dataset_id,
-            validation_dataset_id=None,
+            validation_dataset_id=dataset_id if validate else None,
             request=body.model_dump(mode="json"),
-            hyperparameters=resolve_hyperparameters(body, dataset, None, settings),
+            hyperparameters=resolve_hyperparameters(
+                body, dataset, dataset if validate else None, settings
+            ),
             request_hash=new_id("h"),
         )
         session.commit()

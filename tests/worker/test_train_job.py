@@ -295,3 +295,22 @@ def test_a_job_on_two_devices_trains_across_two_processes_and_publishes(
     weights = read_adapter(store.open_read(adapter.formats["peft"]["storage_key"]))
     assert weights.total_rank == adapter.total_rank <= adapter.rank_info["budget"]["target"]
     assert weights.meta.history and weights.meta.history[-1]["budget"] == 24
+
+
+def test_an_adapter_that_answers_every_row_alike_gets_a_warning(
+    world, settings, sessions, store
+) -> None:
+    """A learning rate far too high sends the tiny model to one label for every row (the
+    collapse seen on CoLA and MRPC); the job still succeeds, but says so. A job that learned
+    the sentiment words does not get the warning."""
+    collapsed = world.submit(validate=True, learning_rate=50.0, max_steps=20)
+    assert run_job(collapsed, settings, sessions, store).status == "succeeded"
+    assert world.job(collapsed).metrics["eval_predicted_classes"] == 1.0
+    warnings = [e["message"] for e in events(world, collapsed, "warning")]
+    assert any("same label to every validation row" in m for m in warnings), warnings
+
+    learned = world.submit(validate=True, learning_rate=5e-3, max_steps=400)
+    assert run_job(learned, settings, sessions, store).status == "succeeded"
+    assert world.job(learned).metrics["eval_predicted_classes"] == 2.0
+    warnings = [e["message"] for e in events(world, learned, "warning")]
+    assert not any("same label" in m for m in warnings), warnings
