@@ -23,6 +23,7 @@ from adalora_core.serving.batcher import DynamicBatcher
 from adalora_core.serving.cache import AdapterCorrupt, AdapterNotFound, AdapterUnavailable
 from adalora_core.serving.engine import EngineSettings, InferenceEngine
 from adalora_core.serving.loading import AdapterBlob
+from service.base_models import LocalModelDirs
 from service.models import Adapter
 from service.settings import Settings
 from service.store import ArtifactStore, ChecksumMismatch, NotFound
@@ -167,7 +168,7 @@ def startup(app: FastAPI) -> None:
     engine = InferenceEngine(
         StoreAdapterSource(app.state.sessions, app.state.store),
         engine_settings(settings),
-        base_paths=settings.base_models,
+        base_paths=LocalModelDirs(settings.base_models, settings.home),
         device=device,
         dtype=serving_dtype(settings.infer_dtype, device),
     )

