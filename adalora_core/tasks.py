@@ -134,7 +134,9 @@ def check_rows(task: TaskSpec, rows: Sequence[Mapping[str, Any]], split: str) ->
             if column not in row or row[column] is None:
                 raise ConfigError(f"{split}[{index}].{column}", "missing value")
         for column in (task.text_column, task.text_pair_column, task.target_column):
-            if column and not isinstance(row[column], str):
+            value = row.get(column) if column else None
+            chat = task.kind == CAUSAL_LM and column == task.text_column and _is_chat(value)
+            if column and not isinstance(value, str) and not chat:
                 raise ConfigError(f"{split}[{index}].{column}", "must be a string")
         if task.kind == CLASSIFICATION:
             label_index(task, row[task.label_column], f"{split}[{index}].{task.label_column}")
@@ -244,6 +246,8 @@ def encode_rows(
                 features["labels"] = label_index(task, row[task.label_column], where)
             else:
                 features["labels"] = regression_target(row[task.label_column], where)
+        elif task.kind == CAUSAL_LM and _is_chat(row[task.text_column]):
+            features = _encode_chat(row[task.text_column], tokenizer, max_length, where)
         elif task.kind == CAUSAL_LM:
             features = _encode_causal(task, row, tokenizer, max_length)
         else:
@@ -271,6 +275,45 @@ def _encode_causal(
         ids = prompt[:max_length]
         labels = list(ids)
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def _is_chat(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(m, Mapping) for m in value)
+
+
+def _encode_chat(
+    messages: Sequence[Mapping[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    where: str,
+) -> dict[str, Any]:
+    """A conversation rendered by the tokenizer's chat template, with the loss on the
+    assistant's tokens only: an assistant turn's tokens are what its message adds to the
+    rendering of the conversation before it (which ends with the generation prompt)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            where, "this base model's tokenizer has no chat template; use prompt/completion rows"
+        )
+    chat = [{"role": m["role"], "content": m["content"]} for m in messages]
+    full = _chat_ids(tokenizer, chat, generation_prompt=False)
+    labels = [IGNORE_INDEX] * len(full)
+    for index, message in enumerate(chat):
+        if message["role"] != "assistant":
+            continue
+        start = len(_chat_ids(tokenizer, chat[:index], generation_prompt=True)) if index else 0
+        end = len(_chat_ids(tokenizer, chat[: index + 1], generation_prompt=False))
+        labels[start:end] = full[start:end]
+    ids, labels = full[:max_length], labels[:max_length]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def _chat_ids(
+    tokenizer: PreTrainedTokenizerBase, chat: list[dict[str, Any]], generation_prompt: bool
+) -> list[int]:
+    encoded = tokenizer.apply_chat_template(
+        chat, tokenize=True, add_generation_prompt=generation_prompt, return_dict=True
+    )
+    return list(encoded["input_ids"])
 
 
 def make_collator(

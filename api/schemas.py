@@ -172,7 +172,11 @@ class JobCreate(Strict):
     task: TaskName
     dataset_id: Name
     validation_dataset_id: Name | None = None
-    columns: Columns
+    columns: Columns | None = Field(
+        None,
+        description="Which columns hold what. A causal-lm job may leave it out when its data "
+        "set is a chat ('messages') or has 'prompt' and 'completion' columns.",
+    )
     adalora: AdaLoraParams = Field(default_factory=AdaLoraParams)
     training: TrainingParams = Field(default_factory=TrainingParams)
     resources: ResourcesParams = Field(default_factory=ResourcesParams)

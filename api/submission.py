@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from adalora_core import recipe
+from adalora_core.tasks import CAUSAL_LM
 from api.errors import ApiError
 from api.schemas import JobCreate, ResourcesParams
+from service.datasets_io import CHAT_TYPE, MESSAGES_COLUMN
 from service.models import Dataset
 from service.settings import Settings
 
@@ -56,9 +58,13 @@ def request_hash(body: JobCreate) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def resolve_columns(body: JobCreate) -> dict[str, str]:
-    """The column roles the task needs, named by the body field that must supply them."""
+def resolve_columns(body: JobCreate, train: Dataset) -> dict[str, str]:
+    """The column roles the task needs, named by the body field that must supply them. A
+    causal-LM job may leave ``columns`` out: a chat data set ("messages") or prompt/completion
+    rows say what they are."""
     columns = body.columns
+    if columns is None:
+        return _roles_from_row_shape(body, train)
     roles: dict[str, str] = {"text": columns.text}
     if columns.text_pair:
         roles["text_pair"] = columns.text_pair
@@ -78,8 +84,25 @@ def resolve_columns(body: JobCreate) -> dict[str, str]:
     return roles
 
 
+def _roles_from_row_shape(body: JobCreate, train: Dataset) -> dict[str, str]:
+    types = train.column_types
+    if body.task != CAUSAL_LM:
+        raise invalid("columns", f"is required for {body.task} jobs")
+    if types.get(MESSAGES_COLUMN) == CHAT_TYPE:
+        return {"text": MESSAGES_COLUMN}
+    if types.get("prompt") == "string" and types.get("completion") == "string":
+        return {"text": "prompt", "target": "completion"}
+    raise invalid(
+        "columns",
+        f"data set {train.id!r} has neither a 'messages' chat column nor 'prompt' and "
+        "'completion' text columns; name the text column (and target) in columns",
+    )
+
+
 def body_field(body: JobCreate, role: str) -> str:
     """The request field that named the column for ``role`` (regression may use target)."""
+    if body.columns is None:
+        return "columns"
     if role == "label" and body.task == "regression" and not body.columns.label:
         return "columns.target"
     return f"columns.{role}"
@@ -104,7 +127,8 @@ def _check_text_columns(body: JobCreate, roles: dict[str, str], dataset: Dataset
     for role in ("text", "text_pair", "target"):
         column = roles.get(role)
         found = dataset.column_types.get(column) if column else None
-        if column and found != "string":
+        chat_ok = role == "text" and body.task == CAUSAL_LM and found == CHAT_TYPE
+        if column and found != "string" and not chat_ok:
             raise invalid(
                 body_field(body, role),
                 f"column {column!r} of {dataset.id!r} must hold strings (found {found})",
@@ -188,7 +212,7 @@ def resolve_hyperparameters(
     if body.base_model not in settings.base_models:
         known = ", ".join(sorted(settings.base_models)) or "(none configured)"
         raise invalid("base_model", f"unknown base model {body.base_model!r}; known: {known}")
-    roles = resolve_columns(body)
+    roles = resolve_columns(body, train)
     for dataset, description in ((train, "dataset"), (validation, "validation dataset")):
         if dataset is not None:
             _check_columns(body, roles, dataset, description)

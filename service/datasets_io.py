@@ -19,6 +19,10 @@ from typing import Any, BinaryIO
 from service.settings import Settings
 
 FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+# JSON Lines chats (the OpenAI fine-tuning format): a "messages" column of {role, content}.
+MESSAGES_COLUMN = "messages"
+CHAT_ROLES = ("system", "user", "assistant")
+CHAT_TYPE = "chat"
 _INT = re.compile(r"^[+-]?\d+$")
 
 csv.field_size_limit(64 * 1024 * 1024)  # per-line limits below are the real bound
@@ -91,6 +95,8 @@ def _value_kind(value: Any, typed: bool) -> str | None:
     """JSON values keep their own type (``typed``); CSV/TSV text is typed by what it looks like."""
     if value is None:
         return None
+    if isinstance(value, list):
+        return CHAT_TYPE
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int):
@@ -117,6 +123,8 @@ def _column_type(kinds: set[str]) -> str:
         return "number"
     if kinds == {"boolean"}:
         return "boolean"
+    if kinds == {CHAT_TYPE}:
+        return CHAT_TYPE
     return "string"
 
 
@@ -168,9 +176,40 @@ def _jsonl_records(
                     )
                 known.add(key)
                 columns.append(key)
-            if isinstance(value, dict | list):
-                raise DatasetError(number, key, "nested values are not supported; use a string")
+            if isinstance(value, list) and key == MESSAGES_COLUMN:
+                check_messages(number, key, value)
+            elif isinstance(value, dict | list):
+                raise DatasetError(
+                    number,
+                    key,
+                    "nested values are not supported; use a string (only a 'messages' column "
+                    "may hold a chat: a list of {role, content} objects)",
+                )
         yield number, record
+
+
+def check_messages(number: int, column: str, messages: list[Any]) -> None:
+    """A chat as the OpenAI fine-tuning format writes it: {role, content} objects, roles from
+    CHAT_ROLES, non-empty text, and at least one assistant turn to learn from."""
+    if not messages:
+        raise DatasetError(number, column, "a chat needs at least one message")
+    for index, message in enumerate(messages):
+        where = f"{column}[{index}]"
+        if not isinstance(message, dict):
+            raise DatasetError(number, where, "each message must be an object {role, content}")
+        unknown = sorted(set(message) - {"role", "content", "name"})
+        if unknown:
+            raise DatasetError(number, f"{where}.{unknown[0]}", "unknown message field")
+        role = message.get("role")
+        if role not in CHAT_ROLES:
+            raise DatasetError(
+                number, f"{where}.role", f"unknown role {role!r}; use one of {list(CHAT_ROLES)}"
+            )
+        content = message.get("content")
+        if not isinstance(content, str) or not content.strip():
+            raise DatasetError(number, f"{where}.content", "must be a non-empty string")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DatasetError(number, column, "no assistant message: nothing to learn from")
 
 
 def _tsv_quoting(handle: BinaryIO, limits: DatasetLimits) -> int:
@@ -288,6 +327,8 @@ def scan(
                 if kind is None:
                     continue
                 column.kinds.add(kind)
+                if kind == CHAT_TYPE:
+                    column.values = None  # chats are never labels
                 if column.values is not None:
                     column.values.add(label_key(value))
                     if len(column.values) > limits.max_label_values:

@@ -20,7 +20,7 @@ from service.models import Job
 from service.settings import Settings
 from service.vocabulary import TRAIN_TASK
 from tests.api.conftest import SST_ROWS, job_body, jsonl
-from tests.conftest import LiveServer, TenantKey
+from tests.conftest import TEST_BASE_MODEL, LiveServer, TenantKey
 from tests.service.test_settings_queue import _drain
 
 
@@ -450,3 +450,46 @@ def test_the_schedule_route_draws_the_cubic_budget_once_training_reports_its_end
     assert budgets == sorted(budgets, reverse=True) and len(set(budgets)) > 5
     other = client.get(f"/jobs/{job['id']}/schedule", headers={"Authorization": "Bearer nope"})
     assert other.status_code == 401
+
+
+def test_a_causal_lm_job_reads_its_columns_from_the_row_shape(
+    client: TestClient, tenant: TenantKey, upload: Callable[..., Any]
+) -> None:
+    """Chat rows ('messages') and prompt/completion rows need no columns mapping; other data
+    and other tasks still do, and the 422 says so."""
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    datasets = {
+        "chat": [{"messages": chat}] * 4,
+        "pairs": [{"prompt": "2+2=", "completion": "4"}] * 4,
+        "plain": [{"sentence": "just text"}] * 4,
+    }
+    ids = {}
+    for name, rows in datasets.items():
+        response = upload(tenant, f"{name}.jsonl", jsonl(rows))
+        assert response.status_code == 201, response.text
+        ids[name] = response.json()["id"]
+    assert client.get(f"/datasets/{ids['chat']}", headers=tenant.headers).json()[
+        "column_types"
+    ] == {"messages": "chat"}
+
+    def submit(dataset_id: str, task: str = "causal-lm") -> Any:
+        body = {"base_model": TEST_BASE_MODEL, "task": task, "dataset_id": dataset_id}
+        body["training"] = {"max_steps": 4, "batch_size": 2}
+        return client.post("/jobs", json=body, headers=tenant.headers)
+
+    chat_job = submit(ids["chat"])
+    assert chat_job.status_code == 202, chat_job.text
+    assert chat_job.json()["hyperparameters"]["columns"] == {"text": "messages"}
+    pairs_job = submit(ids["pairs"])
+    assert pairs_job.json()["hyperparameters"]["columns"] == {
+        "text": "prompt",
+        "target": "completion",
+    }
+    for dataset_id, task in ((ids["plain"], "causal-lm"), (ids["chat"], "classification")):
+        refused = submit(dataset_id, task)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["field"] == "columns"
+    # A chat column is text only to a causal-LM job.
+    body = job_body(ids["chat"], columns={"text": "messages", "label": "messages"})
+    wrong = client.post("/jobs", json=body, headers=tenant.headers)
+    assert wrong.status_code == 422 and wrong.json()["error"]["field"] == "columns.text"

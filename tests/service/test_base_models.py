@@ -148,3 +148,30 @@ def test_adalora_trains_on_every_llama_projection_of_smollm2_and_the_adapter_gen
     prepared = engine.prepare("ad_smol", ["Product code 3 is"], {"max_new_tokens": 4})
     [answer] = engine.run([prepared])
     assert isinstance(answer[0]["text"], str) and answer[0]["text"].strip()
+
+
+def test_a_chat_row_is_learned_on_the_assistant_turns_only(smollm2_dir: Path) -> None:
+    """Rendered by SmolLM2's own chat template; the supervised tokens spell exactly the two
+    assistant answers (each with the end-of-turn marker), nothing of the system or user."""
+    from transformers import AutoTokenizer
+
+    from adalora_core.tasks import IGNORE_INDEX, TaskSpec, encode_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    chat = [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "Colour of the Zorblax lamp?"},
+        {"role": "assistant", "content": "Teal"},
+        {"role": "user", "content": "And its price?"},
+        {"role": "assistant", "content": "Nine"},
+    ]
+    [row] = encode_rows(TaskSpec("causal-lm", "messages"), [{"messages": chat}], tokenizer, 512)
+    assert (
+        row["input_ids"]
+        == tokenizer.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]
+    )
+    learned = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
+    assert tokenizer.decode(learned) == "Teal<|im_end|>\nNine<|im_end|>\n"
+    assert row["labels"][0] == IGNORE_INDEX
+    short = encode_rows(TaskSpec("causal-lm", "messages"), [{"messages": chat}], tokenizer, 10)
+    assert len(short[0]["input_ids"]) == len(short[0]["labels"]) == 10

@@ -90,6 +90,49 @@ def test_jsonl_summary_union_of_keys(tmp_path: Path) -> None:
         ("bad.jsonl", '{"text": "a"}\n{"text": \n', "jsonl", 2, None, "malformed JSON"),
         ("list.jsonl", "[1, 2]\n", "jsonl", 1, None, "JSON object"),
         ("nested.jsonl", '{"text": {"a": 1}}\n', "jsonl", 1, "text", "nested"),
+        (
+            "role.jsonl",
+            '{"messages": [{"role": "robot", "content": "x"}]}\n',
+            "jsonl",
+            1,
+            "messages[0].role",
+            "unknown role 'robot'",
+        ),
+        (
+            "empty.jsonl",
+            '{"messages": [{"role": "user", "content": "hi"}, '
+            '{"role": "assistant", "content": " "}]}\n',
+            "jsonl",
+            1,
+            "messages[1].content",
+            "non-empty",
+        ),
+        (
+            "mute.jsonl",
+            '{"messages": [{"role": "user", "content": "hi"}]}\n',
+            "jsonl",
+            1,
+            "messages",
+            "no assistant message",
+        ),
+        ("none.jsonl", '{"messages": []}\n', "jsonl", 1, "messages", "at least one message"),
+        ("shape.jsonl", '{"messages": ["hi"]}\n', "jsonl", 1, "messages[0]", "{role, content}"),
+        (
+            "field.jsonl",
+            '{"messages": [{"role": "user", "content": "x", "tool": 1}]}\n',
+            "jsonl",
+            1,
+            "messages[0].tool",
+            "unknown message field",
+        ),
+        (
+            "chats.jsonl",
+            '{"text": [{"role": "user", "content": "hi"}]}\n',
+            "jsonl",
+            1,
+            "text",
+            "only a 'messages' column",
+        ),
         ("nan.jsonl", '{"x": NaN}\n', "jsonl", 1, None, "NaN"),
         ("blank.jsonl", "\n\n", "jsonl", None, None, "no data rows"),
         ("quote.csv", 'text,label\n"unterminated,1\n', "csv", None, None, "malformed"),
@@ -232,3 +275,18 @@ def test_a_tsv_row_with_the_wrong_width_is_still_named(tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as raised:
         scan(path, "tsv")
     assert raised.value.row == 3 and "expected 2 fields" in raised.value.message
+
+
+def test_a_chat_data_set_in_the_openai_format_is_read_whole(tmp_path: Path) -> None:
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello", "name": "bot"},
+    ]
+    lines = [json.dumps({"messages": chat})] * 3
+    path = write(tmp_path, "chat.jsonl", "\n".join(lines) + "\n")
+    summary = scan(path, "jsonl")
+    assert summary.column_types == {"messages": "chat"} and summary.label_values == {
+        "messages": None
+    }
+    assert next(iter_rows(path, "jsonl"))["messages"] == chat
