@@ -214,6 +214,13 @@ def main() -> None:
         default="on",
         help="the server's dynamic batching (ADALORA_INFER_BATCHING)",
     )
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=None,
+        help="how long the batcher lingers for more rows (ADALORA_MAX_WAIT_MS; default: the "
+        "server's)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="adalora-load-") as tmp:
@@ -227,6 +234,11 @@ def main() -> None:
                 "ADALORA_BASE_MODELS": json.dumps({BASE: minilm_path()}),
                 "ADALORA_INFER_RATE_PER_S": "0",
                 "ADALORA_INFER_BATCHING": "true" if args.batching == "on" else "false",
+                **(
+                    {"ADALORA_MAX_WAIT_MS": str(args.max_wait_ms)}
+                    if args.max_wait_ms is not None
+                    else {}
+                ),
                 "OMP_NUM_THREADS": str(args.threads),
                 "TOKENIZERS_PARALLELISM": "false",
                 "HF_HUB_OFFLINE": "1",
@@ -262,6 +274,7 @@ def main() -> None:
         if result["errors"]:
             result["server_log_tail"] = (Path(tmp) / "server.log").read_text()[-3000:]
     result["batching"] = args.batching
+    result["max_wait_ms"] = args.max_wait_ms
     result["clients"] = args.clients
     print(json.dumps(result))
 

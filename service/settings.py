@@ -93,7 +93,7 @@ class Settings(BaseSettings):
 
     # Inference batching and request bounds.
     max_batch_size: int = 32
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 0.0  # see EngineSettings.max_wait_ms
     max_batch_tokens: int = 16384
     infer_batching: bool = True
     infer_max_inputs: int = 256

@@ -2,8 +2,9 @@
 
 A request is split into chunks that each fit `max_batch_size` rows and `max_batch_tokens`
 (rows × padded length, plus new tokens for generation), so one huge request cannot exhaust
-memory. The worker waits up to `max_wait_ms` after the oldest queued chunk for more rows, then
-runs every queued chunk of the same batch key (same base, same sampling settings) that fits.
+memory. When the worker is free it takes what is queued (what arrived during the last forward)
+and runs every chunk of the oldest one's batch key (same base, same sampling settings) that
+fits; with `max_wait_ms` > 0 it first lingers that long after the oldest chunk for more rows.
 With batching off each chunk runs alone (the benchmark's comparison point).
 """
 

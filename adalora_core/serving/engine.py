@@ -44,7 +44,9 @@ class EngineSettings:
     """Serving limits; the app builds these from `service.settings.Settings`."""
 
     max_batch_size: int = 32
-    max_wait_ms: float = 5.0
+    # 0: dispatch as soon as the forward thread is free; rows that arrive during a forward form
+    # the next batch. Lingering for more rows cost 28% at one client (docs/benchmarks.md).
+    max_wait_ms: float = 0.0
     max_batch_tokens: int = 16384
     batching: bool = True
     device_cache_bytes: int = 512 * 1024 * 1024
