@@ -394,8 +394,8 @@ function newJobForm(models, datasets) {
 async function jobPage(jobId) {
   let job = await api("GET", `/jobs/${jobId}`);
   let schedule = await api("GET", `/jobs/${jobId}/schedule`);
-  const curves = { loss: [], lr: [], budget: [], evals: {} };
-  const log = el("ol", { class: "log", id: "event-log" });
+  const curves = { loss: [], evalLoss: [], lr: [], budget: [], evals: {} };
+  const log = el("ul", { class: "log", id: "event-log" });
   const charts = el("div", { class: "grid2", id: "charts" });
   const header = el("section", { class: "card" });
   const controller = new AbortController();
@@ -425,7 +425,7 @@ async function jobPage(jobId) {
     const evalSeries = Object.entries(curves.evals).map(([name, points]) => ({ name, points }));
     const planned = (schedule.points || []).map((p) => [p.step, p.budget]);
     charts.replaceChildren(
-      lineChart("Training loss", [{ name: "loss", points: curves.loss }], { xMin: 0 }),
+      lineChart("Training loss", [{ name: "training loss", points: curves.loss }, { name: "evaluation loss", points: curves.evalLoss, color: COLORS[2] }], { xMin: 0, legend: true }),
       lineChart("Evaluation", evalSeries, {
         xMin: 0,
         legend: true,
@@ -444,8 +444,14 @@ async function jobPage(jobId) {
   };
   leaving.push(() => clearTimeout(redraw));
 
+  // Everything an event changes on the page happens before any request it causes, so the log
+  // and the curves keep the stream's order.
   const onEvent = async (event) => {
     const data = event.data || {};
+    log.append(el("li", { class: event.kind }, `${when(event.created_at)} · ${event.kind} · ${JSON.stringify(data)}`));
+    while (log.children.length > 500) log.firstChild.remove();
+    log.scrollTop = log.scrollHeight;
+    later();
     if (event.kind === "progress") {
       if (data.loss !== null && data.loss !== undefined) curves.loss.push([data.step, data.loss]);
       if (data.learning_rate !== null && data.learning_rate !== undefined) curves.lr.push([data.step, data.learning_rate]);
@@ -454,19 +460,18 @@ async function jobPage(jobId) {
       job.budget = { ...(job.budget || {}), current: data.budget };
       if (!(schedule.points || []).length && !controller.signal.aborted) {
         schedule = await api("GET", `/jobs/${jobId}/schedule`, { signal: controller.signal });
+        later();
       }
     } else if (event.kind === "eval") {
       for (const [name, value] of Object.entries(data.metrics || {})) {
-        if (typeof value !== "number") continue;
-        (curves.evals[name] = curves.evals[name] || []).push([data.step, value]);
+        if (typeof value !== "number" || name === "predicted_classes") continue;
+        const series = name === "eval_loss" ? curves.evalLoss : (curves.evals[name] = curves.evals[name] || []);
+        series.push([data.step, value]);
       }
     } else if (event.kind === "status") {
       job = await api("GET", `/jobs/${jobId}`, { signal: controller.signal });
+      later();
     }
-    log.append(el("li", { class: event.kind }, `${when(event.created_at)} · ${event.kind} · ${JSON.stringify(data)}`));
-    while (log.children.length > 500) log.firstChild.remove();
-    log.scrollTop = log.scrollHeight;
-    later();
   };
 
   drawHeader();
