@@ -126,7 +126,10 @@ def test_adalora_trains_on_every_llama_projection_of_smollm2_and_the_adapter_gen
         train_rows=rows,
         eval_rows=rows[:2],
         adalora=AdaLoraConfig(init_r=2, target_r=1, t_init=1, t_final=1, delta_t=1),
-        training=TrainingConfig(epochs=None, max_steps=3, batch_size=4, max_length=24),
+        # A large step, so three updates leave an adapter that visibly changes the logits.
+        training=TrainingConfig(
+            epochs=None, max_steps=3, batch_size=4, max_length=24, learning_rate=5e-2
+        ),
         output_dir=tmp_path / "adapter",
         device="cpu",
     )
@@ -148,6 +151,39 @@ def test_adalora_trains_on_every_llama_projection_of_smollm2_and_the_adapter_gen
     prepared = engine.prepare("ad_smol", ["Product code 3 is"], {"max_new_tokens": 4})
     [answer] = engine.run([prepared])
     assert isinstance(answer[0]["text"], str) and answer[0]["text"].strip()
+
+    # The downloads give the same model: the PEFT bundle in PEFT on the same base, and the
+    # merged export in plain transformers (to fp32 rounding over 30 layers: logits of about 20
+    # agree within 1e-3, while the adapter itself moves them by more than 1e-2).
+    import peft
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adalora_core.formats.bundle import read_adapter
+    from adalora_core.formats.merged import save_merged
+    from adalora_core.formats.peft import apply_adapter
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    inputs = tokenizer(["Product code 5 is stocked in"], return_tensors="pt")
+
+    def logits(model: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return model.eval()(**inputs).logits
+
+    base_logits = logits(AutoModelForCausalLM.from_pretrained(smollm2_dir))
+    ours = logits(
+        apply_adapter(
+            AutoModelForCausalLM.from_pretrained(smollm2_dir), read_adapter(result.adapter_dir)
+        )
+    )
+    assert (ours - base_logits).abs().max() > 1e-2  # the adapter does something
+    in_peft = peft.PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(smollm2_dir), str(result.adapter_dir)
+    )
+    torch.testing.assert_close(logits(in_peft), ours, atol=1e-3, rtol=1e-4)
+    merged_dir = save_merged(smollm2_dir, result.adapter_dir, tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    torch.testing.assert_close(logits(merged), ours, atol=1e-3, rtol=1e-4)
 
 
 def test_a_chat_row_is_learned_on_the_assistant_turns_only(smollm2_dir: Path) -> None:
