@@ -54,13 +54,22 @@ def _messages(text: str) -> list[tuple[str, dict[str, Any]]]:
     return [(kind, json.loads(data)) for kind, data in iter_sse(text.splitlines())]
 
 
-def test_the_stream_sends_every_event_with_its_id_then_ends_with_the_job(
+@pytest.fixture
+def finished_job(
     client: TestClient, tenant: TenantKey, dataset: dict, sessions: sessionmaker[Session]
-) -> None:
+) -> str:
+    """A job that reported three updates and succeeded: its whole log is already written."""
     job_id = _running_job(client, tenant, dataset, sessions)
     for step in (1, 2, 3):
         _progress(sessions, job_id, step)
     _finish(sessions, job_id)
+    return job_id
+
+
+def test_the_stream_sends_every_event_with_its_id_then_ends_with_the_job(
+    client: TestClient, tenant: TenantKey, finished_job: str
+) -> None:
+    job_id = finished_job
     response = client.get(f"/jobs/{job_id}/events", headers={**tenant.headers, **STREAM})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -76,12 +85,9 @@ def test_the_stream_sends_every_event_with_its_id_then_ends_with_the_job(
 
 
 def test_last_event_id_resumes_after_the_last_event_seen(
-    client: TestClient, tenant: TenantKey, dataset: dict, sessions: sessionmaker[Session]
+    client: TestClient, tenant: TenantKey, finished_job: str
 ) -> None:
-    job_id = _running_job(client, tenant, dataset, sessions)
-    for step in (1, 2, 3):
-        _progress(sessions, job_id, step)
-    _finish(sessions, job_id)
+    job_id = finished_job
     listed = client.get(f"/jobs/{job_id}/events", headers=tenant.headers).json()["items"]
     seen = next(e for e in listed if e["kind"] == "progress" and e["data"]["step"] == 2)
     headers = {**tenant.headers, **STREAM, "Last-Event-ID": str(seen["id"])}
