@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -22,7 +23,10 @@ STEPS = 1200
 
 
 def wait(driver: Any, check: Callable[[Any], Any], what: str, timeout: float = PATIENCE_S) -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(check, message=what)
+    """Poll ``check`` until it answers; an element replaced mid-check by a redraw is retried."""
+    retry = (NoSuchElementException, StaleElementReferenceException)
+    waiting = WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=retry)
+    return waiting.until(check, message=what)
 
 
 def screenshot(driver: Any, name: str) -> None:
@@ -138,7 +142,12 @@ def test_the_console_journey(live, browser, tmp_path: Path) -> None:
     browser.get(f"{live.url}/ui/#/jobs/{job_id}")
 
     # The allocation: scrub from init_r everywhere to the final pattern.
-    wait(browser, lambda d: d.find_element(By.ID, "job-adapter"), "the adapter link").click()
+    # The job page redraws its header as the replayed events arrive, so the link is read in one
+    # script and followed, not clicked (a found element may be replaced before the click).
+    link = "const a = document.getElementById('job-adapter'); return a && a.getAttribute('href');"
+    href = wait(browser, lambda d: d.execute_script(link), "the adapter link")
+    assert href.startswith("#/adapters/ad_")
+    browser.get(f"{live.url}/ui/{href}")
     slider = wait(browser, lambda d: d.find_element(By.ID, "history-slider"), "the rank history")
     adapter = live.client.http.get(f"/adapters/{live.client.job(job_id)['adapter_id']}").json()
     ranks = live.client.http.get(f"/adapters/{adapter['id']}/ranks").json()
