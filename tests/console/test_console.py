@@ -71,6 +71,27 @@ def test_a_bad_key_gets_a_clear_message_and_is_not_kept(live, browser) -> None:
     assert browser.execute_script("return document.cookie") == ""
 
 
+def test_every_api_error_reads_as_a_sentence(live, browser) -> None:
+    """The console's one error formatter, run in the page, for the statuses the API answers."""
+    browser.get(f"{live.url}/ui/")
+    script = "return arguments[0].map(([s, c, m, f, r]) => describe(new ApiError(s, c, m, f, r)));"
+    cases = [
+        [401, "unauthorized", "bad key", None, None],
+        [404, "not_found", "job 'x' not found", None, None],
+        [409, "conflict", "job 'x' is succeeded", None, None],
+        [422, "validation_error", "must be >= 1", "training.max_steps", None],
+        [429, "rate_limited", "too many requests", None, "3"],
+        [503, "not_ready", "database down", None, None],
+    ]
+    said = browser.execute_script(script, cases)
+    assert "refused (401)" in said[0]
+    assert said[1] == "Not found (404): job 'x' not found"
+    assert said[2] == "Conflict (409): job 'x' is succeeded"
+    assert said[3] == "Invalid input (training.max_steps) (422): must be >= 1"
+    assert "retry in 3 s" in said[4] and "(429)" in said[4]
+    assert said[5].startswith("The service is not ready (503): database down")
+
+
 def test_the_console_journey(live, browser, tmp_path: Path) -> None:
     sign_in(browser, live.url, live.key)
     wait(browser, lambda d: d.find_element(By.ID, "new-job"), "the jobs page")
