@@ -248,8 +248,11 @@ def encode_rows(
                 features["labels"] = regression_target(row[task.label_column], where)
         elif task.kind == CAUSAL_LM and _is_chat(row[task.text_column]):
             features = _encode_chat(row[task.text_column], tokenizer, max_length, where)
+            _require_supervision(features, "assistant", max_length, where)
         elif task.kind == CAUSAL_LM:
             features = _encode_causal(task, row, tokenizer, max_length)
+            if task.target_column:
+                _require_supervision(features, "completion", max_length, where)
         else:
             features = dict(
                 tokenizer(row[task.text_column], truncation=True, max_length=max_length)
@@ -275,6 +278,19 @@ def _encode_causal(
         ids = prompt[:max_length]
         labels = list(ids)
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def _require_supervision(
+    features: Mapping[str, Any], part: str, max_length: int, where: str
+) -> None:
+    """A row cut to max_length before its first learned token teaches nothing, and a batch of
+    only such rows would make the loss 0/0 (NaN) and ruin the adapter: name it instead."""
+    if all(label == IGNORE_INDEX for label in features["labels"]):
+        raise ConfigError(
+            where,
+            f"no {part} token within training.max_length ({max_length} tokens): the row is cut "
+            f"before its {part} starts; raise training.max_length or shorten the row",
+        )
 
 
 def _is_chat(value: Any) -> bool:

@@ -209,5 +209,31 @@ def test_a_chat_row_is_learned_on_the_assistant_turns_only(smollm2_dir: Path) ->
     learned = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
     assert tokenizer.decode(learned) == "Teal<|im_end|>\nNine<|im_end|>\n"
     assert row["labels"][0] == IGNORE_INDEX
-    short = encode_rows(TaskSpec("causal-lm", "messages"), [{"messages": chat}], tokenizer, 10)
-    assert len(short[0]["input_ids"]) == len(short[0]["labels"]) == 10
+    cut = len(row["input_ids"]) - 2  # the second answer loses its end; the first is kept
+    short = encode_rows(TaskSpec("causal-lm", "messages"), [{"messages": chat}], tokenizer, cut)
+    assert short[0]["input_ids"] == row["input_ids"][:cut]
+    assert short[0]["labels"] == row["labels"][:cut]
+
+
+def test_a_row_cut_before_its_answer_is_named_not_trained_on(smollm2_dir: Path) -> None:
+    """All its labels would be ignored; a batch of such rows gives a NaN loss."""
+    from transformers import AutoTokenizer
+
+    from adalora_core.errors import ConfigError
+    from adalora_core.tasks import TaskSpec, encode_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    long_question = [
+        {"role": "user", "content": "Tell me " + "very " * 80 + "briefly."},
+        {"role": "assistant", "content": "No."},
+    ]
+    ok = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}
+    with pytest.raises(ConfigError) as raised:
+        encode_rows(
+            TaskSpec("causal-lm", "messages"), [ok, {"messages": long_question}], tokenizer, 64
+        )
+    assert raised.value.field == "train_rows[1]"
+    assert "no assistant token within training.max_length (64" in str(raised.value)
+    pairs = TaskSpec("causal-lm", "prompt", target_column="completion")
+    with pytest.raises(ConfigError, match="no completion token"):
+        encode_rows(pairs, [{"prompt": "word " * 100, "completion": "end"}], tokenizer, 32)
