@@ -229,12 +229,15 @@ def _start_child(spec_path: Path, rank: int, tmp: Path) -> subprocess.Popen[byte
 
 
 def _wait_for(children: list[subprocess.Popen[bytes]], tmp: Path) -> None:
+    """Every child must have finished: exited cleanly, or at least written its report (which
+    it does only after training returned and it left the group)."""
     for rank, child in enumerate(children, start=1):
         try:
             code = child.wait(timeout=CHILD_EXIT_GRACE_S)
         except subprocess.TimeoutExpired:
             code = None
-        if code != 0:
+        reported = (tmp / REPORT_FILE.format(rank=rank)).is_file()
+        if code != 0 and not reported:
             tail = (tmp / f"rank-{rank}.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"training rank {rank} failed (exit {code}):\n{tail}")
 
@@ -282,3 +285,9 @@ def _child_main(spec_path: str, rank: int) -> None:
 
 if __name__ == "__main__":
     _child_main(sys.argv[1], int(sys.argv[2]))
+    # The work is done and reported: leave without interpreter teardown, where the collective
+    # library's threads were seen to abort the process ("terminate called without an active
+    # exception") after a finished run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
