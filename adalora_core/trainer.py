@@ -405,10 +405,10 @@ class _Loop:
         self.mixed.step(self.optimizer)
         self.scheduler.step()
         self.step += 1
-        masks_before = len(getattr(self.adapted, "history", ()))
-        self.adapted.update_and_allocate(self.step)
-        if self.sync is not None and len(getattr(self.adapted, "history", ())) != masks_before:
-            self.sync.assert_same_mask(self.adapted.rank_mask(), self.step)
+        if self.sync is None:
+            self.adapted.update_and_allocate(self.step)
+        else:
+            self._allocate_in_step()
         self._zero_grad()
         budget_now = getattr(self.adapted, "budget_now", None)
         self.callbacks.on_progress(
@@ -423,6 +423,15 @@ class _Loop:
                 target_budget=getattr(self.adapted, "target_budget", None),
             )
         )
+
+    def _allocate_in_step(self) -> None:
+        """Across processes: allocate, then check every rank kept the same triplets whenever
+        this update was a masking step (it added to the rank history)."""
+        masks_before = len(getattr(self.adapted, "history", ()))
+        self.adapted.update_and_allocate(self.step)
+        assert self.sync is not None
+        if len(getattr(self.adapted, "history", ())) != masks_before:
+            self.sync.assert_same_mask(self.adapted.rank_mask(), self.step)
 
     def _zero_grad(self) -> None:
         zero_adapters = getattr(self.adapted, "zero_grad_adapters", None)

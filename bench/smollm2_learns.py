@@ -106,7 +106,7 @@ def main() -> None:
                 sys.exit(f"job {job['status']}: {job.get('error')}")
             seconds = _time(job["finished_at"]) - _time(job["started_at"])
             before = base_answers([q for q, _ in held_out], home)
-            prompts = [render(q, home) for q, _ in held_out]
+            prompts = render([q for q, _ in held_out], home)
             after = http.post(
                 "/infer",
                 json={"adapter_id": job["adapter_id"], "inputs": prompts,
@@ -144,11 +144,15 @@ def _converted(home: Path) -> Path:
     return next(p for p in (home / "models").iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def render(question: str, home: Path) -> str:
+def render(questions: list[str], home: Path) -> list[str]:
+    """The prompts as text, through the base's chat template (loaded once)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(_converted(home))
-    return tokenizer.apply_chat_template(chat(question), tokenize=False, add_generation_prompt=True)
+    return [
+        tokenizer.apply_chat_template(chat(q), tokenize=False, add_generation_prompt=True)
+        for q in questions
+    ]
 
 
 def base_answers(questions: list[str], home: Path) -> list[str]:
