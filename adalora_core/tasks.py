@@ -323,6 +323,16 @@ def _encode_chat(
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
+def chat_prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, chat: Sequence[Mapping[str, str]], where: str
+) -> list[int]:
+    """A conversation to answer, rendered exactly as training renders the turns before an
+    assistant message (so an adapter sees at serving time what it learned from)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(where, "this model's tokenizer has no chat template; use completions")
+    return _chat_ids(tokenizer, [dict(m) for m in chat], generation_prompt=True)
+
+
 def _chat_ids(
     tokenizer: PreTrainedTokenizerBase, chat: list[dict[str, Any]], generation_prompt: bool
 ) -> list[int]:

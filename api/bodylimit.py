@@ -3,6 +3,7 @@ larger, streamed limit), so a huge JSON body cannot exhaust memory."""
 
 from __future__ import annotations
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response
@@ -60,5 +61,6 @@ class BodySizeLimitMiddleware:
             413,
             "payload_too_large",
             f"request body over {self.max_bytes} bytes (max_request_bytes)",
+            request=Request(scope),
         )
         await response(scope, receive, send)

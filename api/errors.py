@@ -1,4 +1,9 @@
-"""Every error leaves the API as {"error": {"code", "message", "field"}}; never a stack trace."""
+"""Every error leaves the API as {"error": {"code", "message", "field"}}; never a stack trace.
+
+Under /v1 (the OpenAI-compatible routes) the same errors take OpenAI's shape,
+{"error": {"message", "type", "param", "code"}}, and a request OpenAI would call invalid is a 400
+(its clients raise BadRequestError for it) rather than a 422.
+"""
 
 from __future__ import annotations
 
@@ -57,13 +62,33 @@ def not_found(what: str, ident: str) -> ApiError:
     return ApiError(404, "not_found", f"{what} {ident!r} not found")
 
 
+OPENAI_PREFIX = "/v1/"
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable_error",
+}
+
+
 def error_response(
     status: int,
     code: str,
     message: str,
     field: str | None = None,
     headers: dict[str, str] | None = None,
+    request: Request | None = None,
 ) -> JSONResponse:
+    if request is not None and request.url.path.startswith(OPENAI_PREFIX):
+        status = 400 if status == 422 else status
+        kind = _OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+        body = {"error": {"message": message, "type": kind, "param": field, "code": code}}
+        return JSONResponse(body, status_code=status, headers=headers)
     body = {"error": {"code": code, "message": message, "field": field}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -76,34 +101,36 @@ def dotted_location(loc: Sequence[Any]) -> str | None:
     return ".".join(parts) or None
 
 
-async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+    return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers, request)
 
 
 NOT_AN_OBJECT = {"model_attributes_type", "model_type", "dict_type"}
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     field = dotted_location(first.get("loc", ()))
     message = str(first.get("msg", "invalid request"))
     if first.get("type") == "json_invalid":
-        return error_response(422, "invalid_json", "request body is not valid JSON", None)
+        return error_response(
+            422, "invalid_json", "request body is not valid JSON", None, None, request
+        )
     if tuple(first.get("loc", ())) == ("body",) and first.get("type") in NOT_AN_OBJECT:
         # e.g. a JSON body sent as text/plain arrives as a string
         message = "the request body must be a JSON object (Content-Type: application/json)"
-        return error_response(422, "validation_error", message, None)
+        return error_response(422, "validation_error", message, None, None, request)
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return error_response(422, "validation_error", message, field)
+    return error_response(422, "validation_error", message, field, None, request)
 
 
-async def _config_error(_: Request, exc: Exception) -> JSONResponse:
+async def _config_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ConfigError)
-    return error_response(422, "invalid_config", exc.message, exc.field)
+    return error_response(422, "invalid_config", exc.message, exc.field, None, request)
 
 
 def _allowed_methods(request: Request) -> str:
@@ -126,25 +153,25 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 405:
         message = "method not allowed"
         headers["Allow"] = _allowed_methods(request)
-    return error_response(exc.status_code, code, message, None, headers or None)
+    return error_response(exc.status_code, code, message, None, headers or None, request)
 
 
-async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.warning("database unavailable: %s", exc.__class__.__name__)
-    return error_response(
-        503, "database_unavailable", "the database is unavailable; try again shortly"
-    )
+    message = "the database is unavailable; try again shortly"
+    return error_response(503, "database_unavailable", message, None, None, request)
 
 
-async def _data_error(_: Request, exc: Exception) -> JSONResponse:
+async def _data_error(request: Request, exc: Exception) -> JSONResponse:
     # The database refused a value validation let through (e.g. a NUL byte in an id).
     log.info("database rejected a value: %s", exc.__class__.__name__)
-    return error_response(422, "invalid_value", "a value in the request cannot be stored")
+    message = "a value in the request cannot be stored"
+    return error_response(422, "invalid_value", message, None, None, request)
 
 
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", "internal server error")
+    return error_response(500, "internal_error", "internal server error", None, None, request)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -19,7 +19,7 @@ from api.deps import reject_unknown_query
 from api.errors import install_error_handlers
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.ratelimit import make_limiter
-from api.routes import adapters, datasets, health, infer, jobs, keys, models
+from api.routes import adapters, datasets, health, infer, jobs, keys, models, openai
 from api.routes import tenants as tenant_routes
 from service import tenants
 from service.db import get_engine, make_sessionmaker
@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     }
     app.state.metrics = ApiMetrics(app.state.sessions)
     install_error_handlers(app)
-    for module in (health, models, keys, tenant_routes, datasets, jobs, adapters, infer):
+    for module in (health, models, keys, tenant_routes, datasets, jobs, adapters, infer, openai):
         app.include_router(module.router)
     app.mount(CONSOLE_PATH, console_app(), name="console")
     app.add_middleware(

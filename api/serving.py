@@ -180,3 +180,6 @@ def shutdown(app: FastAPI) -> None:
     batcher = getattr(app.state, "batcher", None)
     if batcher is not None:
         batcher.close()
+    engine = getattr(app.state, "engine", None)
+    if engine is not None:
+        engine.close()

@@ -74,6 +74,16 @@ def list_adapters(
     return paginate(session, stmt, Adapter.id, limit, cursor)
 
 
+def servable_adapters(session: Session, tenant_id: str) -> list[Adapter]:
+    """Every adapter of the tenant that can be served (not marked corrupt), newest first."""
+    stmt = (
+        select(Adapter)
+        .where(Adapter.tenant_id == tenant_id, Adapter.status != "corrupt")
+        .order_by(Adapter.id.desc())
+    )
+    return list(session.scalars(stmt))
+
+
 def mark_corrupt(session: Session, adapter_id: str) -> None:
     session.execute(
         update(Adapter)

@@ -67,6 +67,19 @@ def local_model_dir(spec: str, home: Path) -> str:
     return str(target)
 
 
+def is_causal_lm(spec: str) -> bool:
+    """Whether a registered base generates text: a GGUF file (Llama family), or a directory
+    whose config names a causal-LM architecture. Read without loading the model."""
+    if is_gguf(spec):
+        return True
+    try:
+        config = json.loads((Path(spec) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    architectures = config.get("architectures") or []
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+
+
 class LocalModelDirs(Mapping[str, str]):
     """The name → directory map the serving engine loads from; a GGUF base is converted the
     first time the engine asks for it, not at start-up."""

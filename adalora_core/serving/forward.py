@@ -1,7 +1,7 @@
 """The batched forward: rows of many adapters on one shared base, one routed pass.
 
 Requests are sorted by adapter so each adapter's rows are one contiguous group, the base runs
-once (one forward, or one generate) under that routing, and the answers are un-sorted back
+once (one forward, or one seq2seq generate) under that routing, and the answers are un-sorted back
 into request order.
 """
 
@@ -27,6 +27,8 @@ def run_batch(
     if len(bases) != 1:
         raise ValueError("a batch must use one shared base")
     base = batch[0].base
+    if base.kind == "causal-lm":
+        raise ValueError("causal-LM rows decode in the continuous decoder (decoding.py)")
     order = sorted(
         range(len(batch)),
         key=lambda i: "" if batch[i].adapter is None else batch[i].adapter.adapter_id,
@@ -106,6 +108,5 @@ def _generate(
         padded,
         limits,
         sampling,
-        decoder_only=base.kind == "causal-lm",
     )
     return [{"text": t} for t in texts]

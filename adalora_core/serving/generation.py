@@ -1,8 +1,9 @@
-"""Text generation for causal-LM and seq2seq rows of a routed batch.
+"""Generation settings for every generative path, and seq2seq generation of a routed batch.
 
-HF ``generate()`` keeps every row at its position for greedy search and sampling (only beam
+Causal-LM rows decode in the continuous decoder (decoding.py). Seq2seq rows run through HF
+``generate()``, which keeps every row at its position for greedy search and sampling (only beam
 search reorders rows), so with the routing context set around it each row keeps its adapter for
-every decoding step. Rows of one batch share temperature/top_p (the batcher groups by them);
+every decoding step. Rows of one such batch share temperature/top_p (the batcher groups by them);
 ``max_new_tokens`` may differ per row: the batch runs to the largest and each row is cut to its own.
 """
 
@@ -23,6 +24,8 @@ class GenerationParams:
     max_new_tokens: int
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
+    seed: int | None = None  # a sampled row's own random stream (causal-LM decoding)
+    stop: tuple[str, ...] = ()  # text that ends a row, left out of its answer (causal-LM)
 
     @property
     def sampling_key(self) -> tuple[float, float]:
@@ -60,12 +63,9 @@ def generate_rows(
     batch: Mapping[str, torch.Tensor],
     max_new_tokens: Sequence[int],
     sampling: tuple[float, float],
-    decoder_only: bool,
 ) -> list[str]:
-    """Generate for padded, sorted rows (the caller set the routing); decode each row's new text.
-
-    Decoder-only rows must be left-padded so that every row's next token follows its own prompt.
-    """
+    """Generate for padded, sorted seq2seq rows (the caller set the routing); decode each row's
+    new text (the decoder's start token left out)."""
     temperature, top_p = sampling
     options: dict[str, Any] = {
         "max_new_tokens": max(max_new_tokens),
@@ -79,7 +79,7 @@ def generate_rows(
     output = model.generate(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **options
     )
-    new_tokens = output[:, batch["input_ids"].shape[1] :] if decoder_only else output[:, 1:]
+    new_tokens = output[:, 1:]
     return [
         tokenizer.decode(row[:limit], skip_special_tokens=True)
         for row, limit in zip(new_tokens.tolist(), max_new_tokens, strict=True)

@@ -16,20 +16,13 @@ from fastapi import APIRouter, Request
 
 from adalora_core.errors import ConfigError
 from adalora_core.serving.bases import BaseModelUnavailable
-from adalora_core.serving.cache import (
-    AdapterCorrupt,
-    AdapterIncompatible,
-    AdapterNotFound,
-    AdapterTooLarge,
-    AdapterUnavailable,
-)
 from adalora_core.serving.engine import InferenceEngine
 from adalora_core.serving.requests import Prepared
 from api.deps import EngineDep, InferLimitedCaller
-from api.errors import ApiError, not_found, responses
+from api.errors import ApiError, responses
+from api.inference import with_tenant_adapter
 from api.schemas import InferRequest, InferResponse
-from api.serving import AdapterRowFacts, StoreAdapterSource, default_base_model
-from service import adapters as adapter_rows
+from api.serving import default_base_model
 
 router = APIRouter(tags=["inference"])
 
@@ -37,11 +30,7 @@ router = APIRouter(tags=["inference"])
 def _prepare(
     request: Request, engine: InferenceEngine, tenant_id: str, body: InferRequest
 ) -> Prepared:
-    """Runs in a worker thread: DB lookup, possibly a cold adapter load, tokenization.
-
-    The session is closed before the adapter loads: a cold load can take a while and reads
-    the store on its own, so holding a pooled connection through it would let a burst of
-    cold requests drain the pool."""
+    """Runs in a worker thread: DB lookup, possibly a cold adapter load, tokenization."""
     parameters = body.parameters.model_dump(exclude_none=True)
     if body.adapter_id is None:
         settings = request.app.state.settings
@@ -52,41 +41,9 @@ def _prepare(
         return engine.prepare(None, body.inputs, parameters, base_model=name)
     if body.base_model is not None:
         raise ConfigError("base_model", "only allowed with adapter_id null")
-    sessions = request.app.state.sessions
-    with sessions() as session:
-        row = adapter_rows.get_adapter(session, tenant_id, body.adapter_id)
-        status = None if row is None else row.status
-        facts = None if row is None else AdapterRowFacts.of(row)
-    if status is None:
-        raise not_found("adapter", body.adapter_id)
-    if status == "corrupt":
-        raise _corrupt(body.adapter_id)
-    try:
-        assert facts is not None
-        with StoreAdapterSource.row_already_read(facts):
-            return engine.prepare(body.adapter_id, body.inputs, parameters)
-    except AdapterNotFound:
-        raise not_found("adapter", body.adapter_id) from None
-    except AdapterCorrupt as exc:
-        with sessions() as session:
-            adapter_rows.mark_corrupt(session, body.adapter_id)
-            session.commit()
-        raise _corrupt(body.adapter_id, exc.reason) from exc
-    except AdapterIncompatible as exc:
-        raise ApiError(409, "adapter_incompatible", str(exc)) from exc
-    except AdapterTooLarge as exc:
-        raise ApiError(503, "adapter_too_large", str(exc)) from exc
-    except AdapterUnavailable as exc:
-        raise ApiError(503, "adapter_unavailable", f"{exc}; retry shortly") from exc
-
-
-def _corrupt(adapter_id: str, reason: str = "") -> ApiError:
-    detail = f" ({reason})" if reason else ""
-    return ApiError(
-        409,
-        "adapter_corrupt",
-        f"adapter {adapter_id!r} failed its integrity check and cannot be served{detail}; "
-        "re-train or re-import it",
+    adapter_id = body.adapter_id
+    return with_tenant_adapter(
+        request, tenant_id, adapter_id, lambda: engine.prepare(adapter_id, body.inputs, parameters)
     )
 
 
@@ -102,5 +59,19 @@ async def infer(
         prepared = await asyncio.to_thread(_prepare, request, engine, caller.tenant_id, body)
     except BaseModelUnavailable as exc:
         raise ApiError(503, "base_model_unavailable", str(exc)) from exc
-    outputs = await request.app.state.batcher.submit(prepared)
+    if prepared.base.kind == "causal-lm":
+        outputs = await generate_texts(engine, prepared)
+    else:
+        outputs = await request.app.state.batcher.submit(prepared)
     return InferResponse(adapter_id=body.adapter_id, outputs=outputs)
+
+
+async def generate_texts(engine: InferenceEngine, prepared: Prepared) -> list[dict[str, str]]:
+    """Causal-LM rows join the running decode; a request that goes away takes its rows out."""
+    handles = engine.generate(prepared)
+    try:
+        done = await asyncio.gather(*(h.complete() for h in handles))
+    finally:
+        for handle in handles:
+            handle.cancel()
+    return [{"text": d.text} for d in done]

@@ -148,9 +148,17 @@ def test_adalora_trains_on_every_llama_projection_of_smollm2_and_the_adapter_gen
     engine = InferenceEngine(
         OneAdapter(), EngineSettings(), base_paths={SMOLLM2_NAME: str(smollm2_dir)}
     )
-    prepared = engine.prepare("ad_smol", ["Product code 3 is"], {"max_new_tokens": 4})
-    [answer] = engine.run([prepared])
-    assert isinstance(answer[0]["text"], str) and answer[0]["text"].strip()
+    # Two requests decoded together, one on the adapter and one on the plain base.
+    prompt = "Product code 3 is"
+    adapted = engine.generate(engine.prepare("ad_smol", [prompt], {"max_new_tokens": 6}))
+    plain = engine.generate(
+        engine.prepare(
+            None, [prompt], {"max_new_tokens": 6}, base_model=SMOLLM2_NAME, base_kind="causal-lm"
+        )
+    )
+    adapted_text, plain_text = adapted[0].wait(timeout=300).text, plain[0].wait(timeout=300).text
+    engine.close()
+    assert adapted_text.strip()
 
     # The downloads give the same model: the PEFT bundle in PEFT on the same base, and the
     # merged export in plain transformers (to fp32 rounding over 30 layers: logits of about 20
@@ -184,6 +192,15 @@ def test_adalora_trains_on_every_llama_projection_of_smollm2_and_the_adapter_gen
     merged_dir = save_merged(smollm2_dir, result.adapter_dir, tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(merged_dir)
     torch.testing.assert_close(logits(merged), ours, atol=1e-3, rtol=1e-4)
+
+    # Each row of the shared decode equals HF generate alone on its own model (greedy).
+    def alone(model: torch.nn.Module) -> str:
+        ids = tokenizer([prompt], return_tensors="pt")
+        out = model.eval().generate(**ids, max_new_tokens=6, do_sample=False)
+        return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+
+    assert adapted_text == alone(merged)
+    assert plain_text == alone(AutoModelForCausalLM.from_pretrained(smollm2_dir))
 
 
 def test_a_chat_row_is_learned_on_the_assistant_turns_only(smollm2_dir: Path) -> None:

@@ -17,6 +17,8 @@ from transformers import (
     BertForSequenceClassification,
     GPT2Config,
     GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedTokenizerFast,
     T5Config,
     T5ForConditionalGeneration,
@@ -86,6 +88,20 @@ def make_model(kind: str) -> nn.Module:
             pad_token_id=0,
         )
         return GPT2LMHeadModel(config).eval()
+    if kind == "llama":
+        config = LlamaConfig(
+            vocab_size=len(VOCAB),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            bos_token_id=4,
+            eos_token_id=4,
+            pad_token_id=0,
+        )
+        return LlamaForCausalLM(config).eval()
     config = T5Config(
         vocab_size=len(VOCAB),
         d_model=32,
@@ -100,7 +116,13 @@ def make_model(kind: str) -> nn.Module:
     return T5ForConditionalGeneration(config).eval()
 
 
-BASES = {"tiny-bert": "bert", "tiny-gpt2": "gpt2", "tiny-t5": "t5", "tiny-test-model": "bert"}
+BASES = {
+    "tiny-bert": "bert",
+    "tiny-gpt2": "gpt2",
+    "tiny-llama": "llama",
+    "tiny-t5": "t5",
+    "tiny-test-model": "bert",
+}
 
 
 def base_factory(name: str, kind: str) -> tuple[nn.Module, Any]:

@@ -1,0 +1,448 @@
+"""Continuous batching for causal-LM generation: many adapters, one KV-cached decode step.
+
+One thread per shared base runs the decode loop. Between two decode steps it admits what was
+submitted (their prompts are prefilled together, then their caches join the running batch) and
+drops every row that finished or was cancelled, so nothing waits for the longest generation.
+Each step is one forward of one new token per row; the running rows are kept sorted by adapter,
+so the routed layers add every adapter's low-rank term to its own contiguous rows (grouped.py).
+
+Rows have different lengths: the batch cache is left-padded to its longest row and the padding is
+masked, and each row's positions count its own tokens only, so a row decodes exactly as it would
+alone (greedy, fp32: tests/serving/test_decoding.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+from adalora_core.serving.bases import SharedBase
+from adalora_core.serving.generation import GenerationParams
+from adalora_core.serving.grouped import Routing, RowGroup, routed
+from adalora_core.serving.loading import LoadedAdapter
+
+log = logging.getLogger("adalora.serving.decoding")
+
+FINISH_STOP = "stop"  # an end-of-sequence token or a stop string
+FINISH_LENGTH = "length"  # max_new_tokens reached
+FINISH_CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class TextEvent:
+    """What a row produced since its last event; `finish` is set on its last one."""
+
+    delta: str
+    tokens: int  # tokens generated so far
+    finish: str | None = None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish: str
+
+
+class Generation:
+    """The caller's handle on one row: its events, in order, from the decode thread.
+
+    Created inside an event loop it feeds an asyncio queue (`events()`); otherwise a blocking one
+    (`wait()`). `cancel()` makes the row leave the batch at the next step.
+    """
+
+    def __init__(
+        self, prompt_ids: Sequence[int], adapter: LoadedAdapter | None, sampling: GenerationParams
+    ):
+        self.prompt_ids = list(prompt_ids)
+        self.adapter = adapter
+        self.sampling = sampling
+        self.cancelled = threading.Event()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        self._async: asyncio.Queue[TextEvent] = asyncio.Queue()
+        self._blocking: queue.SimpleQueue[TextEvent] = queue.SimpleQueue()
+
+    @property
+    def adapter_key(self) -> str:
+        return "" if self.adapter is None else self.adapter.adapter_id
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def publish(self, event: TextEvent) -> None:
+        if self._loop is None:
+            self._blocking.put(event)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._async.put_nowait, event)
+        except RuntimeError:  # the caller's loop has closed: nobody is listening
+            self.cancelled.set()
+
+    async def events(self) -> AsyncIterator[TextEvent]:
+        while True:
+            event = await self._async.get()
+            if event.error is not None:
+                raise event.error
+            yield event
+            if event.finish is not None:
+                return
+
+    async def complete(self) -> Completion:
+        return self._completion([e async for e in self.events()])
+
+    def wait(self, timeout: float | None = None) -> Completion:
+        seen: list[TextEvent] = []
+        while not seen or seen[-1].finish is None:
+            event = self._blocking.get(timeout=timeout)
+            if event.error is not None:
+                raise event.error
+            seen.append(event)
+        return self._completion(seen)
+
+    def _completion(self, events: list[TextEvent]) -> Completion:
+        last = events[-1]
+        text = "".join(e.delta for e in events)
+        return Completion(text, len(self.prompt_ids), last.tokens, last.finish or FINISH_STOP)
+
+
+@dataclass
+class _Row:
+    """A running row: its handle, what it generated and how far its text has been published."""
+
+    generation: Generation
+    generator: torch.Generator | None
+    length: int  # real tokens in the cache (prompt + generated, less the pending last token)
+    tokens: list[int] = field(default_factory=list)
+    published: int = 0  # characters of the decoded text already sent
+    finish: str | None = None
+
+
+class ContinuousDecoder:
+    """The decode loop of one causal-LM base. Thread-safe `submit`; `close` ends the thread."""
+
+    def __init__(self, base: SharedBase, device: torch.device, max_rows: int) -> None:
+        if base.kind != "causal-lm":
+            raise ValueError(f"continuous decoding serves causal-lm bases, not {base.kind}")
+        self.base = base
+        self.device = device
+        self.max_rows = max_rows
+        self.steps = 0  # decode steps run (for tests and metrics)
+        self.largest_batch = 0
+        self.eos_ids = _eos_ids(base)
+        self._incoming: queue.SimpleQueue[Generation | None] = queue.SimpleQueue()
+        self._waiting: list[Generation] = []
+        self._rows: list[_Row] = []
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # rows × cached positions, 0 on left padding
+        self._last: torch.Tensor | None = None  # rows × 1: each row's newest token
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="adalora-decoder", daemon=True)
+        self._thread.start()
+
+    def submit(self, generation: Generation) -> Generation:
+        if self._closed:
+            raise RuntimeError("the decoder is closed")
+        self._incoming.put(generation)
+        return generation
+
+    def close(self) -> None:
+        self._closed = True
+        self._incoming.put(None)
+        self._thread.join(timeout=30)
+
+    @property
+    def running(self) -> int:
+        return len(self._rows)
+
+    # ---- the loop --------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            if not self._take_incoming(block=not self._rows and not self._waiting):
+                self._fail_all(RuntimeError("the decoder closed"))
+                return
+            try:
+                with self.base.lock, torch.inference_mode():
+                    self._admit()
+                    if self._rows:
+                        self._step()
+            except Exception as exc:  # a failed forward fails the rows in it, not the thread
+                log.exception("decode step failed")
+                self._fail_all(exc, waiting=False)
+            self._retire()
+
+    def _take_incoming(self, block: bool) -> bool:
+        try:
+            item = self._incoming.get() if block else self._incoming.get_nowait()
+            while True:
+                if item is None:
+                    return False
+                self._waiting.append(item)
+                item = self._incoming.get_nowait()
+        except queue.Empty:
+            return True
+
+    def _admit(self) -> None:
+        """Prefill what waits (as many as fit) and merge it into the running batch."""
+        room = self.max_rows - len(self._rows)
+        waiting = [g for g in self._waiting if not g.cancelled.is_set()]
+        for g in self._waiting:
+            if g.cancelled.is_set():
+                g.publish(TextEvent("", 0, FINISH_CANCELLED))
+        joining, self._waiting = waiting[:room], waiting[room:]
+        if not joining:
+            return
+        joining.sort(key=lambda g: g.adapter_key)
+        width = max(len(g.prompt_ids) for g in joining)
+        pad = self.base.tokenizer.pad_token_id or 0
+        ids = torch.tensor(
+            [[pad] * (width - len(g.prompt_ids)) + g.prompt_ids for g in joining],
+            device=self.device,
+        )
+        mask = torch.tensor(
+            [[0] * (width - len(g.prompt_ids)) + [1] * len(g.prompt_ids) for g in joining],
+            device=self.device,
+        )
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        rows = [_Row(g, _generator(g.sampling.seed), length=len(g.prompt_ids)) for g in joining]
+        try:
+            with routed(self._routing([g.adapter for g in joining])):
+                out = self.base.model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=DynamicCache(),
+                    use_cache=True,
+                )
+        except Exception as exc:  # the prompts that failed fail; the running rows go on
+            log.exception("prefill failed")
+            for g in joining:
+                g.publish(TextEvent("", 0, FINISH_STOP, error=exc))
+            return
+        first = self._pick(out.logits[:, -1, :], rows)
+        self._merge(rows, out.past_key_values, mask, first)
+
+    def _step(self) -> None:
+        assert self._cache is not None and self._mask is not None and self._last is not None
+        ones = torch.ones(len(self._rows), 1, dtype=self._mask.dtype, device=self.device)
+        mask = torch.cat([self._mask, ones], dim=1)
+        positions = torch.tensor([[r.length] for r in self._rows], device=self.device)
+        with routed(self._routing([r.generation.adapter for r in self._rows])):
+            out = self.base.model(
+                input_ids=self._last,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=self._cache,
+                use_cache=True,
+            )
+        self._cache = out.past_key_values
+        self._mask = mask
+        for row in self._rows:
+            row.length += 1
+        self._last = self._pick(out.logits[:, -1, :], self._rows)
+        self.steps += 1
+
+    def _pick(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+        """Each row's next token, recorded and published; returns them as rows × 1."""
+        logits = logits.float()
+        chosen = logits.argmax(dim=-1)
+        for i, row in enumerate(rows):
+            sampling = row.generation.sampling
+            if sampling.temperature > 0:
+                chosen[i] = _sample(logits[i], sampling, row.generator)
+        picked = chosen.tolist()
+        for row, token in zip(rows, picked, strict=True):
+            self._record(row, token)
+        return chosen[:, None]
+
+    def _record(self, row: _Row, token: int) -> None:
+        sampling = row.generation.sampling
+        if token in self.eos_ids:
+            row.finish = FINISH_STOP
+        else:
+            row.tokens.append(token)
+            if len(row.tokens) >= sampling.max_new_tokens:
+                row.finish = FINISH_LENGTH
+        with self.base.tokenizer_lock:
+            text = self.base.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        end = len(text)
+        for stop in sampling.stop:
+            at = text.find(stop, max(0, row.published - len(stop) + 1))
+            if at != -1 and at < end:
+                end, row.finish = at, FINISH_STOP
+        if row.finish is None:
+            end = _publishable(text, sampling.stop)
+        if end > row.published or row.finish is not None:
+            delta = text[row.published : max(end, row.published)]
+            row.published = max(end, row.published)
+            row.generation.publish(TextEvent(delta, len(row.tokens), row.finish))
+
+    def _retire(self) -> None:
+        """Rows that finished or were cancelled leave the batch now."""
+        for row in self._rows:
+            if row.finish is None and row.generation.cancelled.is_set():
+                row.finish = FINISH_CANCELLED
+                row.generation.publish(TextEvent("", len(row.tokens), FINISH_CANCELLED))
+        keep = [i for i, r in enumerate(self._rows) if r.finish is None]
+        if len(keep) == len(self._rows):
+            return
+        if not keep:
+            self._rows, self._cache, self._mask, self._last = [], None, None, None
+            return
+        assert self._cache is not None and self._mask is not None and self._last is not None
+        index = torch.tensor(keep, device=self.device)
+        mask = self._mask[index]
+        start = int(mask.any(dim=0).int().argmax())  # leading columns that are padding for all
+        for layer in self._cache.layers:
+            layer.keys = layer.keys[index, :, start:]
+            layer.values = layer.values[index, :, start:]
+        self._mask = mask[:, start:]
+        self._last = self._last[index]
+        self._rows = [self._rows[i] for i in keep]
+
+    def _merge(
+        self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor, last: torch.Tensor
+    ) -> None:
+        """Join prefilled rows to the running batch, left-padding the shorter cache, and keep
+        the rows sorted by adapter."""
+        if self._cache is None:
+            self._rows, self._cache, self._mask, self._last = rows, cache, mask, last
+            self.largest_batch = max(self.largest_batch, len(rows))
+            return
+        assert self._mask is not None and self._last is not None
+        width = max(self._mask.shape[1], mask.shape[1])
+        merged = self._rows + rows
+        order = sorted(range(len(merged)), key=lambda i: merged[i].generation.adapter_key)
+        index = torch.tensor(order, device=self.device)
+        for old, new in zip(self._cache.layers, cache.layers, strict=True):
+            old.keys = torch.cat([_left_pad(old.keys, width), _left_pad(new.keys, width)])[index]
+            old.values = torch.cat([_left_pad(old.values, width), _left_pad(new.values, width)])[
+                index
+            ]
+        self._mask = torch.cat(
+            [_left_pad(self._mask, width, dim=1), _left_pad(mask, width, dim=1)]
+        )[index]
+        self._last = torch.cat([self._last, last])[index]
+        self._rows = [merged[i] for i in order]
+        self.largest_batch = max(self.largest_batch, len(self._rows))
+
+    def _routing(self, adapters: Sequence[LoadedAdapter | None]) -> Routing:
+        groups: list[RowGroup] = []
+        for i, adapter in enumerate(adapters):
+            if groups and groups[-1].adapter is adapter:
+                last = groups[-1]
+                groups[-1] = RowGroup(last.start, i + 1, last.layers, None, adapter)
+            else:
+                layers = None if adapter is None else adapter.layers
+                groups.append(RowGroup(i, i + 1, layers, None, adapter))
+        return Routing.build(len(adapters), tuple(groups), len(self.base.layer_index), "grouped")
+
+    def _fail_all(self, exc: BaseException, waiting: bool = True) -> None:
+        for row in self._rows:
+            if row.finish is None:
+                row.generation.publish(TextEvent("", len(row.tokens), FINISH_STOP, error=exc))
+        self._rows, self._cache, self._mask, self._last = [], None, None, None
+        if waiting:
+            for g in self._waiting:
+                g.publish(TextEvent("", 0, FINISH_STOP, error=exc))
+            self._waiting = []
+
+
+def _left_pad(tensor: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _publishable(text: str, stops: Sequence[str]) -> int:
+    """How much of an unfinished row's text is final: hold back a trailing partial character
+    and any tail that may still grow into a stop string."""
+    end = len(text)
+    while end and text[end - 1] == "\ufffd":
+        end -= 1
+    held = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, end), 0, -1):
+            if text[:end].endswith(stop[:size]):
+                held = max(held, size)
+                break
+    return end - held
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def _sample(
+    logits: torch.Tensor, sampling: GenerationParams, generator: torch.Generator | None
+) -> int:
+    """Temperature, then nucleus (top-p) sampling, on the CPU with the row's own generator so a
+    seeded row draws the same tokens whatever else is in the batch."""
+    probs = torch.softmax(logits.cpu() / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        cumulative = sorted_probs.cumsum(-1)
+        drop = cumulative - sorted_probs > sampling.top_p  # keep the smallest set reaching top_p
+        sorted_probs[drop] = 0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _eos_ids(base: SharedBase) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (base.model.generation_config, base.model.config, base.tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(v for v in value if isinstance(v, int))
+    return frozenset(ids)
+
+
+DecoderFactory = Callable[[SharedBase], ContinuousDecoder]
+
+
+class Decoders:
+    """One continuous decoder per causal-LM base, started on first use."""
+
+    def __init__(self, device: torch.device, max_rows: int) -> None:
+        self.device = device
+        self.max_rows = max_rows
+        self._by_base: dict[int, ContinuousDecoder] = {}
+        self._lock = threading.Lock()
+
+    def get(self, base: SharedBase) -> ContinuousDecoder:
+        with self._lock:
+            found = self._by_base.get(id(base))
+            if found is None:
+                found = self._by_base[id(base)] = ContinuousDecoder(
+                    base, self.device, self.max_rows
+                )
+            return found
+
+    def all(self) -> list[ContinuousDecoder]:
+        with self._lock:
+            return list(self._by_base.values())
+
+    def close(self) -> None:
+        for decoder in self.all():
+            decoder.close()

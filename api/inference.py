@@ -1,0 +1,68 @@
+"""What /infer and the OpenAI-compatible routes share: a tenant's adapter, loaded into the engine,
+with every way that can fail turned into the API's error.
+
+Runs in a worker thread (a cold load reads the store). The database session is closed before the
+adapter loads, so a burst of cold requests cannot drain the connection pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from fastapi import Request
+
+from adalora_core.serving.cache import (
+    AdapterCorrupt,
+    AdapterIncompatible,
+    AdapterNotFound,
+    AdapterTooLarge,
+    AdapterUnavailable,
+)
+from api.errors import ApiError, not_found
+from api.serving import AdapterRowFacts, StoreAdapterSource
+from service import adapters as adapter_rows
+
+T = TypeVar("T")
+
+
+def with_tenant_adapter(
+    request: Request, tenant_id: str, adapter_id: str, use: Callable[[], T]
+) -> T:
+    """Check that ``adapter_id`` is the tenant's and servable, then call ``use`` (which loads it
+    through the engine) with the row already read; engine errors become API errors."""
+    sessions = request.app.state.sessions
+    with sessions() as session:
+        row = adapter_rows.get_adapter(session, tenant_id, adapter_id)
+        status = None if row is None else row.status
+        facts = None if row is None else AdapterRowFacts.of(row)
+    if status is None or facts is None:
+        raise not_found("adapter", adapter_id)
+    if status == "corrupt":
+        raise corrupt(adapter_id)
+    try:
+        with StoreAdapterSource.row_already_read(facts):
+            return use()
+    except AdapterNotFound:
+        raise not_found("adapter", adapter_id) from None
+    except AdapterCorrupt as exc:
+        with sessions() as session:
+            adapter_rows.mark_corrupt(session, adapter_id)
+            session.commit()
+        raise corrupt(adapter_id, exc.reason) from exc
+    except AdapterIncompatible as exc:
+        raise ApiError(409, "adapter_incompatible", str(exc)) from exc
+    except AdapterTooLarge as exc:
+        raise ApiError(503, "adapter_too_large", str(exc)) from exc
+    except AdapterUnavailable as exc:
+        raise ApiError(503, "adapter_unavailable", f"{exc}; retry shortly") from exc
+
+
+def corrupt(adapter_id: str, reason: str = "") -> ApiError:
+    detail = f" ({reason})" if reason else ""
+    return ApiError(
+        409,
+        "adapter_corrupt",
+        f"adapter {adapter_id!r} failed its integrity check and cannot be served{detail}; "
+        "re-train or re-import it",
+    )

@@ -1,0 +1,242 @@
+"""The OpenAI-compatible routes, driven by the official `openai` client against a live server."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import torch
+
+from service import adapters as adapter_rows
+from service.ids import new_id
+from service.settings import Settings
+from service.store import adapter_key
+from tests.conftest import TEST_BASE_MODEL, TenantKey
+from tests.serving.tiny_serving import make_adapter, make_model, make_tokenizer, merged_reference
+
+LLAMA = "tiny-llama"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}assistant{% endif %}"
+)
+RANKS = {"model.layers.0.self_attn.q_proj": 4, "model.layers.1.mlp.down_proj": 3}
+
+
+@pytest.fixture
+def settings(settings: Settings, tmp_path: Path) -> Settings:
+    """The shared settings plus a tiny Llama base with a chat template."""
+    path = tmp_path / LLAMA
+    make_model("llama").save_pretrained(path)
+    tokenizer = make_tokenizer(with_cls=False)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(path)
+    return settings.model_copy(update={"base_models": {**settings.base_models, LLAMA: str(path)}})
+
+
+@pytest.fixture
+def llama_adapter(sessions: Any, store: Any, tmp_path: Path, tenant: TenantKey) -> tuple[str, Any]:
+    from adalora_core.formats.bundle import write_bundle, zip_bundle
+
+    weights = make_adapter(LLAMA, "causal-lm", RANKS, seed=41)
+    weights = dataclasses.replace(weights, meta=dataclasses.replace(weights.meta, base_model=LLAMA))
+    adapter_id = new_id("ad")
+    data = zip_bundle(write_bundle(weights, tmp_path / "bundles" / adapter_id))
+    key = adapter_key(tenant.id, adapter_id, "peft")
+    sha, size = store.put_stream(key, [data])
+    with sessions() as session:
+        adapter_rows.create_adapter(
+            session,
+            adapter_id=adapter_id,
+            tenant_id=tenant.id,
+            job_id=None,
+            base_model=LLAMA,
+            task="causal-lm",
+            labels=None,
+            init_r=4,
+            target_r=2,
+            total_rank=sum(RANKS.values()),
+            trainable_params=0,
+            formats={"peft": {"storage_key": key, "sha256": sha, "size_bytes": size}},
+            rank_info={},
+        )
+        session.commit()
+    return adapter_id, weights
+
+
+@pytest.fixture
+def client(live_server: Any, tenant: TenantKey) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=tenant.secret, max_retries=0)
+
+
+def greedy(weights: Any, prompt_ids: list[int], max_new: int) -> tuple[str, int]:
+    """The oracle: HF generate on the adapter merged into its own copy of the base."""
+    model = merged_reference(weights)
+    ids = torch.tensor([prompt_ids])
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new,
+        do_sample=False,
+        eos_token_id=4,
+        pad_token_id=0,
+    )[0, ids.shape[1] :].tolist()
+    out = out[: out.index(4)] if 4 in out else out
+    return make_tokenizer(with_cls=False).decode(out, skip_special_tokens=True), len(out)
+
+
+def chat_ids(messages: list[dict[str, str]]) -> list[int]:
+    tokenizer = make_tokenizer(with_cls=False)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return list(
+        tokenizer.apply_chat_template(
+            messages, tokenize=True, add_generation_prompt=True, return_dict=True
+        )["input_ids"]
+    )
+
+
+def test_models_lists_the_tenants_adapters_and_the_bases(client, llama_adapter, settings) -> None:
+    adapter_id, _ = llama_adapter
+    listed = {m.id: m for m in client.models.list().data}
+    assert set(settings.base_models) <= set(listed)
+    assert listed[adapter_id].owned_by != listed[LLAMA].owned_by
+    assert listed[adapter_id].model_dump()["base_model"] == LLAMA
+
+
+def test_completion_is_the_adapters_greedy_decode(client, llama_adapter) -> None:
+    adapter_id, weights = llama_adapter
+    expected, generated = greedy(weights, make_tokenizer(False)("w1 w2 w3")["input_ids"], 8)
+    answer = client.completions.create(
+        model=adapter_id, prompt="w1 w2 w3", max_tokens=8, temperature=0
+    )
+    assert answer.object == "text_completion"
+    assert answer.choices[0].text == expected
+    assert answer.usage.prompt_tokens == 3
+    assert answer.usage.completion_tokens == generated
+    assert answer.usage.total_tokens == 3 + generated
+    base = client.completions.create(model=LLAMA, prompt="w1 w2 w3", max_tokens=8, temperature=0)
+    assert base.choices[0].text != expected  # the adapter changes the answer
+
+
+def test_streamed_completion_adds_up_and_ends_with_done(
+    client, llama_adapter, live_server, tenant
+) -> None:
+    adapter_id, weights = llama_adapter
+    whole = client.completions.create(
+        model=adapter_id, prompt="w4 w5", max_tokens=10, temperature=0
+    )
+    chunks = list(
+        client.completions.create(
+            model=adapter_id,
+            prompt="w4 w5",
+            max_tokens=10,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == whole.choices[0].text
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == whole.choices[0].finish_reason and set(finishes[:-1]) == {None}
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    raw = httpx.post(
+        f"{live_server.url}/v1/completions",
+        headers=tenant.headers,
+        json={"model": adapter_id, "prompt": "w4 w5", "max_tokens": 3, "stream": True},
+        timeout=60,
+    )
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    assert raw.text.rstrip().endswith("data: [DONE]")
+
+
+def test_chat_completion_renders_the_template_and_streams(client, llama_adapter) -> None:
+    adapter_id, weights = llama_adapter
+    messages = [
+        {"role": "system", "content": "w9"},
+        {"role": "user", "content": "w10 w11"},
+    ]
+    expected, generated = greedy(weights, chat_ids(messages), 7)
+    answer = client.chat.completions.create(
+        model=adapter_id, messages=messages, max_tokens=7, temperature=0
+    )
+    assert answer.object == "chat.completion"
+    assert answer.choices[0].message.role == "assistant"
+    assert answer.choices[0].message.content == expected
+    assert answer.usage.completion_tokens == generated
+    chunks = list(
+        client.chat.completions.create(
+            model=adapter_id, messages=messages, max_tokens=7, temperature=0, stream=True
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_n_choices_with_a_seed_repeat(client, llama_adapter) -> None:
+    adapter_id, _ = llama_adapter
+    ask = {"model": adapter_id, "prompt": "w1", "max_tokens": 8, "temperature": 1.5, "seed": 3}
+    first = client.completions.create(n=3, **ask)
+    again = client.completions.create(n=3, **ask)
+    assert [c.index for c in first.choices] == [0, 1, 2]
+    assert [c.text for c in first.choices] == [c.text for c in again.choices]
+    assert len({c.text for c in first.choices}) > 1  # each choice draws its own stream
+    two_prompts = client.completions.create(
+        model=adapter_id, prompt=["w1", "w2 w3"], n=2, max_tokens=4, temperature=0
+    )
+    assert [c.index for c in two_prompts.choices] == [0, 1, 2, 3]
+    assert two_prompts.choices[0].text == two_prompts.choices[1].text  # greedy: equal copies
+    assert two_prompts.usage.prompt_tokens == 3
+
+
+def test_a_stop_sequence_ends_the_choice(client, llama_adapter) -> None:
+    adapter_id, weights = llama_adapter
+    full = client.completions.create(
+        model=adapter_id, prompt="w6 w7", max_tokens=12, temperature=0
+    ).choices[0]
+    words = full.text.split()
+    assert len(words) >= 3, "the test needs a longer answer"
+    cut = client.completions.create(
+        model=adapter_id, prompt="w6 w7", max_tokens=12, temperature=0, stop=[words[1]]
+    ).choices[0]
+    assert cut.text.strip() == words[0]
+    assert cut.finish_reason == "stop"
+
+
+def test_errors_have_openais_shape_and_name_the_parameter(
+    client, llama_adapter, live_server, tenant, other_tenant, make_tenant
+) -> None:
+    adapter_id, _ = llama_adapter
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.completions.create(model="ad_nope", prompt="w1")
+    assert missing.value.code == "model_not_found"
+    assert missing.value.body["param"] == "model"
+    stranger = openai.OpenAI(
+        base_url=f"{live_server.url}/v1", api_key=other_tenant.secret, max_retries=0
+    )
+    with pytest.raises(openai.NotFoundError):
+        stranger.completions.create(model=adapter_id, prompt="w1")
+    with pytest.raises(openai.BadRequestError) as hot:
+        client.completions.create(model=adapter_id, prompt="w1", temperature=5)
+    assert hot.value.body["param"] == "temperature"
+    assert hot.value.body["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as penalty:
+        client.completions.create(model=adapter_id, prompt="w1", presence_penalty=1)
+    assert penalty.value.body["param"] == "presence_penalty"
+    with pytest.raises(openai.BadRequestError) as encoder:
+        client.completions.create(model=TEST_BASE_MODEL, prompt="w1")
+    assert encoder.value.body["param"] == "model"
+    with pytest.raises(openai.BadRequestError) as long_prompt:
+        client.completions.create(model=adapter_id, prompt="w1 " * 60, max_tokens=10)
+    assert long_prompt.value.body["param"] == "prompt"
+    with pytest.raises(openai.BadRequestError) as empty:
+        client.chat.completions.create(model=adapter_id, messages=[{"role": "user", "content": ""}])
+    assert empty.value.body["param"] == "messages.0.content"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(
+            base_url=f"{live_server.url}/v1", api_key="wrong", max_retries=0
+        ).models.list()
