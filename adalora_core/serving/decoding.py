@@ -25,7 +25,7 @@ from transformers.cache_utils import DynamicCache
 
 from adalora_core.serving.bases import SharedBase
 from adalora_core.serving.generation import GenerationParams
-from adalora_core.serving.grouped import Routing, RowGroup, routed
+from adalora_core.serving.grouped import Routing, RowGroup, Strategy, routed
 from adalora_core.serving.loading import LoadedAdapter
 
 log = logging.getLogger("adalora.serving.decoding")
@@ -102,13 +102,17 @@ class Generation:
     async def complete(self) -> Completion:
         return self._completion([e async for e in self.events()])
 
+    def next_event(self, timeout: float | None = None) -> TextEvent:
+        """The next event, blocking (a handle made outside an event loop)."""
+        event = self._blocking.get(timeout=timeout)
+        if event.error is not None:
+            raise event.error
+        return event
+
     def wait(self, timeout: float | None = None) -> Completion:
         seen: list[TextEvent] = []
         while not seen or seen[-1].finish is None:
-            event = self._blocking.get(timeout=timeout)
-            if event.error is not None:
-                raise event.error
-            seen.append(event)
+            seen.append(self.next_event(timeout))
         return self._completion(seen)
 
     def _completion(self, events: list[TextEvent]) -> Completion:
@@ -132,12 +136,18 @@ class _Row:
 class ContinuousDecoder:
     """The decode loop of one causal-LM base. Thread-safe `submit`; `close` ends the thread."""
 
-    def __init__(self, base: SharedBase, device: torch.device, max_rows: int) -> None:
+    def __init__(
+        self, base: SharedBase, device: torch.device, max_rows: int, strategy: Strategy = "grouped"
+    ) -> None:
         if base.kind != "causal-lm":
             raise ValueError(f"continuous decoding serves causal-lm bases, not {base.kind}")
         self.base = base
         self.device = device
         self.max_rows = max_rows
+        self.strategy = strategy
+        # The running rows' routing, rebuilt only when who is in the batch changes.
+        self._routing_for: tuple[int, ...] = ()
+        self._routing_cached: Routing | None = None
         self.steps = 0  # decode steps run (for tests and metrics)
         self.largest_batch = 0
         self.eos_ids = _eos_ids(base)
@@ -217,7 +227,7 @@ class ContinuousDecoder:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         rows = [_Row(g, _generator(g.sampling.seed), length=len(g.prompt_ids)) for g in joining]
         try:
-            with routed(self._routing([g.adapter for g in joining])):
+            with routed(self._build_routing([g.adapter for g in joining])):
                 out = self.base.model(
                     input_ids=ids,
                     attention_mask=mask,
@@ -338,6 +348,12 @@ class ContinuousDecoder:
         self.largest_batch = max(self.largest_batch, len(self._rows))
 
     def _routing(self, adapters: Sequence[LoadedAdapter | None]) -> Routing:
+        key = tuple(id(a) for a in adapters)
+        if key != self._routing_for or self._routing_cached is None:
+            self._routing_cached, self._routing_for = self._build_routing(adapters), key
+        return self._routing_cached
+
+    def _build_routing(self, adapters: Sequence[LoadedAdapter | None]) -> Routing:
         groups: list[RowGroup] = []
         for i, adapter in enumerate(adapters):
             if groups and groups[-1].adapter is adapter:
@@ -346,7 +362,9 @@ class ContinuousDecoder:
             else:
                 layers = None if adapter is None else adapter.layers
                 groups.append(RowGroup(i, i + 1, layers, None, adapter))
-        return Routing.build(len(adapters), tuple(groups), len(self.base.layer_index), "grouped")
+        return Routing.build(
+            len(adapters), tuple(groups), len(self.base.layer_index), self.strategy
+        )
 
     def _fail_all(self, exc: BaseException, waiting: bool = True) -> None:
         for row in self._rows:
@@ -424,9 +442,10 @@ DecoderFactory = Callable[[SharedBase], ContinuousDecoder]
 class Decoders:
     """One continuous decoder per causal-LM base, started on first use."""
 
-    def __init__(self, device: torch.device, max_rows: int) -> None:
+    def __init__(self, device: torch.device, max_rows: int, strategy: Strategy = "grouped") -> None:
         self.device = device
         self.max_rows = max_rows
+        self.strategy = strategy
         self._by_base: dict[int, ContinuousDecoder] = {}
         self._lock = threading.Lock()
 
@@ -435,7 +454,7 @@ class Decoders:
             found = self._by_base.get(id(base))
             if found is None:
                 found = self._by_base[id(base)] = ContinuousDecoder(
-                    base, self.device, self.max_rows
+                    base, self.device, self.max_rows, self.strategy
                 )
             return found
 

@@ -60,6 +60,7 @@ class EngineSettings:
     default_max_new_tokens: int = 32
     max_length: int = 512
     strategy: Strategy = "grouped"
+    decode_strategy: Strategy = "grouped"  # the continuous decoder's (docs/benchmarks.md)
     tune_malloc: bool = True  # glibc mallopt at engine start (see malloc.py, docs/benchmarks.md)
 
 
@@ -97,7 +98,9 @@ class InferenceEngine:
             device=self.device,
             pinned=frozenset(self.settings.pinned_adapters),
         )
-        self.decoders = Decoders(self.device, self.settings.max_batch_size)
+        self.decoders = Decoders(
+            self.device, self.settings.max_batch_size, self.settings.decode_strategy
+        )
 
     def base(self, name: str, kind: ModelKind) -> SharedBase:
         """The shared base for (name, kind), loaded and wrapped on first use only."""

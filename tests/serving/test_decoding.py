@@ -84,12 +84,15 @@ def wait_for(condition, what: str, limit_s: float = 60.0) -> None:
         time.sleep(0.001)
 
 
-@pytest.mark.parametrize("base", ["tiny-llama", "tiny-gpt2"])
+@pytest.mark.parametrize(
+    ("base", "strategy"),
+    [("tiny-llama", "grouped"), ("tiny-gpt2", "grouped"), ("tiny-llama", "concat")],
+)
 def test_rows_that_join_a_running_batch_decode_as_if_alone(
-    make_engine, source: MemorySource, tmp_path: Path, base: str
+    make_engine, source: MemorySource, tmp_path: Path, base: str, strategy: str
 ) -> None:
     weights = add_adapters(source, tmp_path, base)
-    engine = make_engine()
+    engine = make_engine(decode_strategy=strategy)
     try:
         long_prompt = "w1 w2 w3 w4 w5 w6 w7"
         long_row = submit(engine, base, "a1", long_prompt, max_new_tokens=40)
