@@ -19,6 +19,7 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from transformers.cache_utils import DynamicCache
@@ -29,6 +30,13 @@ from adalora_core.serving.grouped import Routing, RowGroup, Strategy, routed
 from adalora_core.serving.loading import LoadedAdapter
 
 log = logging.getLogger("adalora.serving.decoding")
+
+# The decoder's low-rank op: "grouped" costs two small matmuls per adapter group per layer,
+# "concat" three ops per layer whatever the groups, but multiplies every row by every group's
+# factors. "auto" takes concat while the groups average at most CONCAT_ROWS_PER_GROUP rows, where
+# per-call overhead outweighs the extra arithmetic (bench/decode.py, docs/benchmarks.md).
+DecodeStrategy = Literal["auto", "grouped", "concat"]
+CONCAT_ROWS_PER_GROUP = 2
 
 FINISH_STOP = "stop"  # an end-of-sequence token or a stop string
 FINISH_LENGTH = "length"  # max_new_tokens reached
@@ -137,7 +145,11 @@ class ContinuousDecoder:
     """The decode loop of one causal-LM base. Thread-safe `submit`; `close` ends the thread."""
 
     def __init__(
-        self, base: SharedBase, device: torch.device, max_rows: int, strategy: Strategy = "grouped"
+        self,
+        base: SharedBase,
+        device: torch.device,
+        max_rows: int,
+        strategy: DecodeStrategy = "auto",
     ) -> None:
         if base.kind != "causal-lm":
             raise ValueError(f"continuous decoding serves causal-lm bases, not {base.kind}")
@@ -363,8 +375,17 @@ class ContinuousDecoder:
                 layers = None if adapter is None else adapter.layers
                 groups.append(RowGroup(i, i + 1, layers, None, adapter))
         return Routing.build(
-            len(adapters), tuple(groups), len(self.base.layer_index), self.strategy
+            len(adapters), tuple(groups), len(self.base.layer_index), self._op(groups)
         )
+
+    def _op(self, groups: list[RowGroup]) -> Strategy:
+        if self.strategy != "auto":
+            return self.strategy
+        adapted = [g for g in groups if g.layers is not None]
+        rows = sum(g.stop - g.start for g in adapted)
+        if len(adapted) > 1 and rows <= CONCAT_ROWS_PER_GROUP * len(adapted):
+            return "concat"
+        return "grouped"
 
     def _fail_all(self, exc: BaseException, waiting: bool = True) -> None:
         for row in self._rows:
@@ -442,7 +463,9 @@ DecoderFactory = Callable[[SharedBase], ContinuousDecoder]
 class Decoders:
     """One continuous decoder per causal-LM base, started on first use."""
 
-    def __init__(self, device: torch.device, max_rows: int, strategy: Strategy = "grouped") -> None:
+    def __init__(
+        self, device: torch.device, max_rows: int, strategy: DecodeStrategy = "auto"
+    ) -> None:
         self.device = device
         self.max_rows = max_rows
         self.strategy = strategy

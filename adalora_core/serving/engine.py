@@ -26,7 +26,7 @@ import torch
 from adalora_core.errors import ConfigError
 from adalora_core.serving.bases import BaseFactory, BaseModels, SharedBase, default_base_factory
 from adalora_core.serving.cache import AdapterCache, AdapterState
-from adalora_core.serving.decoding import Decoders, Generation
+from adalora_core.serving.decoding import Decoders, DecodeStrategy, Generation
 from adalora_core.serving.forward import run_batch
 from adalora_core.serving.generation import GenerationParams, parse_generation
 from adalora_core.serving.grouped import Strategy
@@ -60,7 +60,7 @@ class EngineSettings:
     default_max_new_tokens: int = 32
     max_length: int = 512
     strategy: Strategy = "grouped"
-    decode_strategy: Strategy = "grouped"  # the continuous decoder's (docs/benchmarks.md)
+    decode_strategy: DecodeStrategy = "auto"  # the continuous decoder's op (decoding.py)
     tune_malloc: bool = True  # glibc mallopt at engine start (see malloc.py, docs/benchmarks.md)
 
 

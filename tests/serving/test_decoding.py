@@ -86,7 +86,7 @@ def wait_for(condition, what: str, limit_s: float = 60.0) -> None:
 
 @pytest.mark.parametrize(
     ("base", "strategy"),
-    [("tiny-llama", "grouped"), ("tiny-gpt2", "grouped"), ("tiny-llama", "concat")],
+    [("tiny-llama", "auto"), ("tiny-gpt2", "grouped"), ("tiny-llama", "concat")],
 )
 def test_rows_that_join_a_running_batch_decode_as_if_alone(
     make_engine, source: MemorySource, tmp_path: Path, base: str, strategy: str
@@ -247,5 +247,24 @@ def test_generation_params_reach_the_row(make_engine) -> None:
         assert all(isinstance(h, Generation) for h in handles)
         for h in handles:
             h.wait(timeout=60)
+    finally:
+        engine.close()
+
+
+def test_auto_takes_the_concat_op_only_for_small_groups(make_engine) -> None:
+    from adalora_core.serving.decoding import ContinuousDecoder
+    from adalora_core.serving.grouped import RowGroup
+
+    engine = make_engine()
+    try:
+        decoder = engine.decoders.get(engine.base("tiny-llama", "causal-lm"))
+        assert isinstance(decoder, ContinuousDecoder) and decoder.strategy == "auto"
+        layers = ()
+        one_row_each = [RowGroup(i, i + 1, layers) for i in range(8)]
+        four_rows_each = [RowGroup(4 * i, 4 * i + 4, layers) for i in range(8)]
+        assert decoder._op(one_row_each) == "concat"
+        assert decoder._op(four_rows_each) == "grouped"
+        assert decoder._op([RowGroup(0, 1, layers)]) == "grouped"  # one adapter: nothing to join
+        assert decoder._op([RowGroup(0, 8, None), RowGroup(8, 9, layers)]) == "grouped"
     finally:
         engine.close()
