@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.infer import minilm_path, random_adapter  # noqa: E402
+from bench.server import log_tail, serving  # noqa: E402
 
 BASE = "all-MiniLM-L6-v2"
 WORDS = [
@@ -53,14 +52,6 @@ WORDS = [
     "too",
     "long",
 ]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def store_adapters(home: Path, count: int) -> tuple[str, list[str]]:
@@ -226,53 +217,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="adalora-load-") as tmp:
         home = Path(tmp) / "home"
         key, adapters = store_adapters(home, args.adapters)
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ADALORA_")}
-        env.update(
-            {
-                "ADALORA_HOME": str(home),
-                "ADALORA_BASE_MODELS": json.dumps({BASE: minilm_path()}),
-                "ADALORA_INFER_RATE_PER_S": "0",
-                "ADALORA_INFER_BATCHING": "true" if args.batching == "on" else "false",
-                **(
-                    {"ADALORA_MAX_WAIT_MS": str(args.max_wait_ms)}
-                    if args.max_wait_ms is not None
-                    else {}
-                ),
-                "OMP_NUM_THREADS": str(args.threads),
-                "TOKENIZERS_PARALLELISM": "false",
-                "HF_HUB_OFFLINE": "1",
-            }
-        )
-        log = (Path(tmp) / "server.log").open("wb")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "serve", "--no-worker", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    sys.exit((Path(tmp) / "server.log").read_text()[-4000:])
-                time.sleep(0.2)
-            result = asyncio.run(
-                run_load(url, key, adapters, args.clients, args.seconds, server.pid)
-            )
-        finally:
-            server.terminate()
-            server.wait(30)
-            log.close()
+        settings = {
+            "ADALORA_BASE_MODELS": json.dumps({BASE: minilm_path()}),
+            "ADALORA_INFER_BATCHING": "true" if args.batching == "on" else "false",
+        }
+        if args.max_wait_ms is not None:
+            settings["ADALORA_MAX_WAIT_MS"] = str(args.max_wait_ms)
+        with serving(home, settings, args.threads) as (url, pid):
+            result = asyncio.run(run_load(url, key, adapters, args.clients, args.seconds, pid))
         if result["errors"]:
-            result["server_log_tail"] = (Path(tmp) / "server.log").read_text()[-3000:]
+            result["server_log_tail"] = log_tail(home)
     result["batching"] = args.batching
     result["max_wait_ms"] = args.max_wait_ms
     result["clients"] = args.clients
