@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from adalora_core.serving.engine import InferenceEngine
 from api.errors import ApiError
+from api.lookup_cache import TtlCache
 from api.ratelimit import RateLimiter, retry_after_header
 from service import tenants
 from service.models import Tenant
@@ -84,6 +85,11 @@ def get_caller(
         raise ApiError(
             401, "unauthorized", "missing API key (Authorization: Bearer <key>)", None, unauthorized
         )
+    cache: TtlCache[str, Caller] = request.app.state.key_cache
+    key_hash = tenants.hash_secret(credentials.credentials)
+    known = cache.get(key_hash)
+    if known is not None:
+        return known
     key = tenants.authenticate_key(session, credentials.credentials)
     tenant = None if key is None else session.get(Tenant, key.tenant_id)  # loaded just now
     # End the read transaction so its pooled connection goes back now: the route runs in
@@ -103,12 +109,14 @@ def get_caller(
                 retry_after_header(wait),
             )
         raise ApiError(401, "unauthorized", "invalid or revoked API key", None, unauthorized)
-    return Caller(
+    caller = Caller(
         tenant_id=key.tenant_id,
         key_id=key.id,
         scope=KeyScope(key.scope),
         operator=bool(tenant is not None and tenant.operator),
     )
+    cache.put(key_hash, caller)  # only keys that passed: a wrong key always costs a query
+    return caller
 
 
 def _scoped(needed: KeyScope, *, operator: bool = False):

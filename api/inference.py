@@ -20,6 +20,7 @@ from adalora_core.serving.cache import (
     AdapterUnavailable,
 )
 from api.errors import ApiError, not_found
+from api.lookup_cache import TtlCache
 from api.serving import AdapterRowFacts, StoreAdapterSource
 from service import adapters as adapter_rows
 
@@ -32,10 +33,19 @@ def with_tenant_adapter(
     """Check that ``adapter_id`` is the tenant's and servable, then call ``use`` (which loads it
     through the engine) with the row already read; engine errors become API errors."""
     sessions = request.app.state.sessions
-    with sessions() as session:
-        row = adapter_rows.get_adapter(session, tenant_id, adapter_id)
-        status = None if row is None else row.status
-        facts = None if row is None else AdapterRowFacts.of(row)
+    rows: TtlCache[tuple[str, str], tuple[str, AdapterRowFacts]] = (
+        request.app.state.adapter_row_cache
+    )
+    cached = rows.get((tenant_id, adapter_id))
+    if cached is not None:
+        status, facts = cached
+    else:
+        with sessions() as session:
+            row = adapter_rows.get_adapter(session, tenant_id, adapter_id)
+            status = None if row is None else row.status
+            facts = None if row is None else AdapterRowFacts.of(row)
+        if status is not None and facts is not None and status != "corrupt":
+            rows.put((tenant_id, adapter_id), (status, facts))
     if status is None or facts is None:
         raise not_found("adapter", adapter_id)
     if status == "corrupt":
@@ -46,6 +56,7 @@ def with_tenant_adapter(
     except AdapterNotFound:
         raise not_found("adapter", adapter_id) from None
     except AdapterCorrupt as exc:
+        rows.pop((tenant_id, adapter_id))
         with sessions() as session:
             adapter_rows.mark_corrupt(session, adapter_id)
             session.commit()

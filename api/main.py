@@ -17,6 +17,7 @@ from api.bodylimit import BodySizeLimitMiddleware
 from api.console_files import CONSOLE_PATH, console_app
 from api.deps import reject_unknown_query
 from api.errors import install_error_handlers
+from api.lookup_cache import TtlCache
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.ratelimit import make_limiter
 from api.routes import adapters, datasets, health, infer, jobs, keys, models, openai
@@ -67,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for name, (rate, burst) in limits.items()
     }
     app.state.metrics = ApiMetrics(app.state.sessions)
+    app.state.key_cache = TtlCache(settings.lookup_cache_ttl_s)
+    app.state.adapter_row_cache = TtlCache(settings.lookup_cache_ttl_s)
     install_error_handlers(app)
     for module in (health, models, keys, tenant_routes, datasets, jobs, adapters, infer, openai):
         app.include_router(module.router)

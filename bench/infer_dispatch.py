@@ -1,8 +1,10 @@
-"""When should the /infer batcher dispatch? Lingering `max_wait_ms` for more rows against
-dispatching at once (rows that arrive during a forward form the next batch) and no batching, at
-1 and 32 clients, next to the bare model's forward. Run by hand:
+"""/infer's serving policies at 1 and 32 clients, next to the bare model's forward: lingering
+`max_wait_ms` for more rows against dispatching at once (rows that arrive during a forward form
+the next batch) and no batching; and the key / adapter-row lookups read from SQL on every request
+against cached (api/lookup_cache.py). Run by hand:
 
-    .venv/bin/python -m bench.infer_dispatch --rounds 2 --seconds 15
+    .venv/bin/python -m bench.infer_dispatch --rounds 2 --seconds 15 \
+        [--variants "no lookup cache" "dispatch at once" "no batching"]
 
 Each round runs every (clients, variant) once through ``bench/load_infer.py`` (a fresh server
 each, 8 adapters, one torch thread), rotating the variants' order between rounds; the table
@@ -33,6 +35,7 @@ VARIANTS = {
     "linger 5 ms": ["--batching", "on", "--max-wait-ms", "5"],
     "dispatch at once": ["--batching", "on", "--max-wait-ms", "0"],
     "no batching": ["--batching", "off"],
+    "no lookup cache": ["--batching", "on", "--max-wait-ms", "0", "--lookup-cache-ttl-s", "0"],
 }
 
 
@@ -67,10 +70,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=["no lookup cache", "dispatch at once", "no batching"],
+    )
     args = parser.parse_args()
     bare = [bare_rows_per_s()]
     results: dict[tuple[int, str], list[dict]] = {}
-    names = list(VARIANTS)
+    names = list(args.variants)
     for round_index in range(args.rounds):
         order = names[round_index % len(names) :] + names[: round_index % len(names)]
         for clients in (1, 32):

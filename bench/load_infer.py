@@ -212,6 +212,12 @@ def main() -> None:
         help="how long the batcher lingers for more rows (ADALORA_MAX_WAIT_MS; default: the "
         "server's)",
     )
+    parser.add_argument(
+        "--lookup-cache-ttl-s",
+        type=float,
+        default=None,
+        help="how long the server trusts a key / adapter row it read (ADALORA_LOOKUP_CACHE_TTL_S)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="adalora-load-") as tmp:
@@ -223,6 +229,8 @@ def main() -> None:
         }
         if args.max_wait_ms is not None:
             settings["ADALORA_MAX_WAIT_MS"] = str(args.max_wait_ms)
+        if args.lookup_cache_ttl_s is not None:
+            settings["ADALORA_LOOKUP_CACHE_TTL_S"] = str(args.lookup_cache_ttl_s)
         with serving(home, settings, args.threads) as (url, pid):
             result = asyncio.run(run_load(url, key, adapters, args.clients, args.seconds, pid))
         if result["errors"]:

@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     # replica counts against one limit; otherwise each process counts alone.
     rate_limit_redis_url: str | None = None
 
+    # How long this process trusts an API key and an adapter row it read (api/lookup_cache.py);
+    # a revocation, tenant disable, adapter delete or corruption made through another API
+    # process takes effect here within this many seconds. 0: read them on every request.
+    lookup_cache_ttl_s: float = 5.0
+
     # Inference batching and request bounds.
     max_batch_size: int = 32
     max_wait_ms: float = 0.0  # see EngineSettings.max_wait_ms

@@ -162,6 +162,7 @@ def download_adapter(
         with sessions() as other:
             adapter_rows.mark_corrupt(other, adapter_id)
             other.commit()
+        request.app.state.adapter_row_cache.pop((caller.tenant_id, adapter_id))
 
     try:
         chunks = store.iter_read(stored["storage_key"], expected_sha256=stored["sha256"])
@@ -189,6 +190,7 @@ def delete_adapter(
     adapter = _adapter(session, caller.tenant_id, adapter_id)
     keys = adapter_rows.delete_adapter(session, adapter)
     session.commit()
+    request.app.state.adapter_row_cache.pop((caller.tenant_id, adapter_id))
     engine = getattr(request.app.state, "engine", None)
     if engine is not None:
         try:

@@ -6,7 +6,7 @@ of a scope above its own.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Body, Request, Response
 
 from api.deps import AdminCaller, SessionDep
 from api.errors import ApiError, not_found, responses
@@ -57,7 +57,7 @@ def list_keys(caller: AdminCaller, session: SessionDep) -> KeyList:
 
 
 @router.delete("/keys/{key_id}", status_code=204, responses=responses(401, 403, 404))
-def revoke_key(key_id: str, caller: AdminCaller, session: SessionDep) -> Response:
+def revoke_key(key_id: str, request: Request, caller: AdminCaller, session: SessionDep) -> Response:
     key = session.get(ApiKey, key_id)
     if key is None or key.tenant_id != caller.tenant_id:
         raise not_found("key", key_id)
@@ -65,4 +65,5 @@ def revoke_key(key_id: str, caller: AdminCaller, session: SessionDep) -> Respons
         raise _beyond(caller.scope, key.scope)
     tenants.revoke_api_key(session, key_id, caller.tenant_id)
     session.commit()
+    request.app.state.key_cache.clear()  # it is keyed by secret, which we do not hold
     return Response(status_code=204)

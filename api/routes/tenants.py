@@ -6,7 +6,7 @@ routes. A disabled tenant's keys stop working at once; its data stays.
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from api.deps import OperatorCaller, SessionDep
 from api.errors import ApiError, not_found, responses
@@ -48,7 +48,9 @@ def list_tenants(caller: OperatorCaller, session: SessionDep) -> TenantList:
     response_model=TenantOut,
     responses=responses(401, 403, 404, 409),
 )
-def disable_tenant(tenant_id: str, caller: OperatorCaller, session: SessionDep) -> TenantOut:
+def disable_tenant(
+    tenant_id: str, request: Request, caller: OperatorCaller, session: SessionDep
+) -> TenantOut:
     tenant = session.get(Tenant, tenant_id)
     if tenant is None:
         raise not_found("tenant", tenant_id)
@@ -56,4 +58,5 @@ def disable_tenant(tenant_id: str, caller: OperatorCaller, session: SessionDep) 
         raise ApiError(409, "conflict", "the operator tenant cannot be disabled")
     tenants.disable_tenant(session, tenant_id)
     session.commit()
+    request.app.state.key_cache.clear()
     return tenant_out(tenant)

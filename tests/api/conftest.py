@@ -27,6 +27,18 @@ def jsonl(rows: list[dict[str, Any]]) -> bytes:
 
 
 @pytest.fixture
+def operator(sessions: sessionmaker[Session]) -> TenantKey:
+    """The operator tenant (it manages the others) with an admin key."""
+    from service import tenants
+
+    with sessions() as session:
+        tenant = tenants.create_tenant(session, "default", operator=True)
+        key, secret = tenants.create_api_key(session, tenant.id, "bootstrap")
+        session.commit()
+        return TenantKey(tenant.id, key.id, secret)
+
+
+@pytest.fixture
 def upload(client: Any) -> Callable[..., Any]:
     """upload(tenant, filename, content, name=None) -> the httpx response."""
 

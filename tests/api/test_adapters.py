@@ -136,6 +136,9 @@ class RecordingEngine:
     def evict(self, adapter_id: str) -> None:
         self.evicted.append(adapter_id)
 
+    def close(self) -> None:  # the app closes its engine at shutdown
+        pass
+
 
 def test_delete_removes_row_files_and_cache_entry(
     client: TestClient,

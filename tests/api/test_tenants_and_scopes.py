@@ -9,19 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import tenants
 from service.models import Dataset
 from tests.api.conftest import SST_ROWS, job_body, jsonl
 from tests.conftest import TenantKey
-
-
-@pytest.fixture
-def operator(sessions: sessionmaker[Session]) -> TenantKey:
-    with sessions() as session:
-        tenant = tenants.create_tenant(session, "default", operator=True)
-        key, secret = tenants.create_api_key(session, tenant.id, "bootstrap")
-        session.commit()
-        return TenantKey(tenant.id, key.id, secret)
 
 
 def bearer(secret: str) -> dict[str, str]:
