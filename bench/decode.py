@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import random
 import statistics
 import tempfile
 import threading
@@ -38,13 +37,13 @@ import torch
 from adalora_core.formats.bundle import (
     AdapterMeta,
     AdapterWeights,
-    ModuleDelta,
     write_bundle,
     zip_bundle,
 )
 from adalora_core.serving.engine import EngineSettings, InferenceEngine
 from adalora_core.serving.generation import GenerationParams
 from adalora_core.serving.loading import AdapterBlob
+from bench.infer import random_modules
 
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTERS, INIT_R, PEFT_R = 8, 12, 8
@@ -70,17 +69,7 @@ def shapes(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
 
 
 def random_adapter(seed: int, targets: dict[str, tuple[int, int]]) -> AdapterWeights:
-    rng = random.Random(seed)
-    gen = torch.Generator().manual_seed(seed)
-    modules = {}
-    for path, (fan_in, fan_out) in targets.items():
-        r = 0 if rng.random() < 0.1 else rng.randint(2, INIT_R)
-        modules[path] = ModuleDelta(
-            lora_A=torch.randn(r, fan_in, generator=gen) * 0.02,
-            lora_B=torch.randn(fan_out, r, generator=gen) * 0.02,
-            lora_E=torch.randn(r, 1, generator=gen),
-            scaling=16 / INIT_R,
-        )
+    modules = random_modules(seed, targets, INIT_R, pruned=0.1)
     meta = AdapterMeta(
         task={"kind": "causal-lm"},
         base_model="SmolLM2-135M-Instruct",

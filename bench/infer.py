@@ -65,19 +65,28 @@ def target_shapes() -> dict[str, tuple[int, int]]:
     return shapes
 
 
-def random_adapter(seed: int) -> AdapterWeights:
-    """AdaLoRA-like: per-module rank 0..16, mean ≈ 8, about one module in seven pruned to 0."""
+def random_modules(
+    seed: int, targets: dict[str, tuple[int, int]], init_r: int, pruned: float
+) -> dict[str, ModuleDelta]:
+    """AdaLoRA-like triplets: per-module rank 2..init_r, a share ``pruned`` of modules at 0."""
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     modules = {}
-    for path, (fan_in, fan_out) in target_shapes().items():
-        r = 0 if rng.random() < 0.15 else rng.randint(2, INIT_R)
+    for path, (fan_in, fan_out) in targets.items():
+        r = 0 if rng.random() < pruned else rng.randint(2, init_r)
         modules[path] = ModuleDelta(
             lora_A=torch.randn(r, fan_in, generator=gen) * 0.02,
             lora_B=torch.randn(fan_out, r, generator=gen) * 0.02,
             lora_E=torch.randn(r, 1, generator=gen),
-            scaling=16 / INIT_R,
+            scaling=16 / init_r,
         )
+    return modules
+
+
+def random_adapter(seed: int) -> AdapterWeights:
+    """AdaLoRA-like: per-module rank 0..16, mean ≈ 8, about one module in seven pruned to 0."""
+    gen = torch.Generator().manual_seed(seed + 10_000)
+    modules = random_modules(seed, target_shapes(), INIT_R, pruned=0.15)
     meta = AdapterMeta(
         task={"kind": "classification"},
         base_model="all-MiniLM-L6-v2",

@@ -30,6 +30,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from adalora_core.formats.bundle import AdapterWeights  # noqa: E402
 from bench.infer import minilm_path, random_adapter  # noqa: E402
 from bench.server import log_tail, serving  # noqa: E402
 
@@ -54,8 +55,13 @@ WORDS = [
 ]
 
 
-def store_adapters(home: Path, count: int) -> tuple[str, list[str]]:
-    """Migrate the home's database, make a tenant + key, store ``count`` adapters + rows."""
+def store_adapters(
+    home: Path,
+    adapters: list[AdapterWeights],
+    base_model: str = BASE,
+    base_models: dict[str, str] | None = None,
+) -> tuple[str, list[str]]:
+    """Migrate the home's database, make a tenant + key, store the adapters with their rows."""
     from adalora_core.formats.bundle import write_bundle, zip_bundle
     from service import adapters as adapter_rows
     from service import tenants
@@ -64,7 +70,7 @@ def store_adapters(home: Path, count: int) -> tuple[str, list[str]]:
     from service.settings import Settings
     from service.store import adapter_key, get_store
 
-    settings = Settings(home=home)
+    settings = Settings(home=home, base_models=base_models or {})
     upgrade_to_head(settings.database_url)
     store = get_store(settings)
     engine = make_engine(settings.database_url)
@@ -72,8 +78,7 @@ def store_adapters(home: Path, count: int) -> tuple[str, list[str]]:
     with make_sessionmaker(engine)() as session:
         tenant = tenants.create_tenant(session, "load")
         _, secret = tenants.create_api_key(session, tenant.id, "load")
-        for seed in range(count):
-            weights = random_adapter(seed)
+        for weights in adapters:
             adapter_id = new_id("ad")
             data = zip_bundle(write_bundle(weights, home / "bundles" / adapter_id))
             key = adapter_key(tenant.id, adapter_id, "peft")
@@ -83,9 +88,9 @@ def store_adapters(home: Path, count: int) -> tuple[str, list[str]]:
                 adapter_id=adapter_id,
                 tenant_id=tenant.id,
                 job_id=None,
-                base_model=BASE,
-                task="classification",
-                labels=["negative", "positive"],
+                base_model=base_model,
+                task=weights.meta.task["kind"],
+                labels=weights.meta.labels,
                 init_r=weights.meta.init_r,
                 target_r=weights.meta.target_r,
                 total_rank=weights.total_rank,
@@ -222,7 +227,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="adalora-load-") as tmp:
         home = Path(tmp) / "home"
-        key, adapters = store_adapters(home, args.adapters)
+        key, adapters = store_adapters(home, [random_adapter(s) for s in range(args.adapters)])
         settings = {
             "ADALORA_BASE_MODELS": json.dumps({BASE: minilm_path()}),
             "ADALORA_INFER_BATCHING": "true" if args.batching == "on" else "false",

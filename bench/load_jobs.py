@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,17 +29,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.server import serving  # noqa: E402
+
 ROWS = "".join(
     json.dumps({"sentence": f"sample sentence {i}", "label": i % 2}) + "\n" for i in range(40)
 )
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def job_body(dataset_id: str) -> dict[str, Any]:
@@ -104,40 +97,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="adalora-jobs-") as tmp:
         home = Path(tmp) / "home"
         key = "ak_load_" + os.urandom(16).hex()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ADALORA_")}
-        env.update(
-            {
-                "ADALORA_HOME": str(home),
-                "ADALORA_API_KEY": key,
-                "ADALORA_BASE_MODELS": json.dumps({"tiny": str(Path(tmp) / "tiny")}),
-                "ADALORA_JOBS_RATE_PER_S": "0",
-            }
-        )
+        settings = {
+            "ADALORA_API_KEY": key,
+            "ADALORA_BASE_MODELS": json.dumps({"tiny": str(Path(tmp) / "tiny")}),
+            "ADALORA_JOBS_RATE_PER_S": "0",
+        }
         if args.database_url:
-            env["ADALORA_DATABASE_URL"] = args.database_url
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        log = (Path(tmp) / "server.log").open("wb")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "serve", "--no-worker", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+            settings["ADALORA_DATABASE_URL"] = args.database_url
         rounds = []
-        try:
+        with serving(home, settings) as (url, _):
             http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"})
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if http.get("/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    sys.exit((Path(tmp) / "server.log").read_text()[-4000:])
-                time.sleep(0.2)
             uploaded = http.post("/datasets", files={"file": ("train.jsonl", ROWS.encode())})
             uploaded.raise_for_status()
             body = job_body(uploaded.json()["id"])
@@ -150,10 +119,6 @@ def main() -> None:
                 shared = burst(url, key, body, [f"r{number}-shared"] * args.clients)
                 shared["new_jobs"] = count_jobs(http) - before
                 rounds.append({"distinct_keys": distinct, "one_key": shared})
-        finally:
-            server.terminate()
-            server.wait(30)
-            log.close()
     print(
         json.dumps(
             {"clients": args.clients, "database": args.database_url or "sqlite", "rounds": rounds}

@@ -24,7 +24,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(home: Path, settings: dict[str, str], threads: int) -> Iterator[tuple[str, int]]:
+def serving(
+    home: Path, settings: dict[str, str], threads: int | None = None
+) -> Iterator[tuple[str, int]]:
     """(url, pid) of a server on ``home`` with these ADALORA_* settings, until the block ends;
     a server that does not come up exits with the tail of its log."""
     port = free_port()
@@ -33,12 +35,13 @@ def serving(home: Path, settings: dict[str, str], threads: int) -> Iterator[tupl
         {
             "ADALORA_HOME": str(home),
             "ADALORA_INFER_RATE_PER_S": "0",
-            "OMP_NUM_THREADS": str(threads),
             "TOKENIZERS_PARALLELISM": "false",
             "HF_HUB_OFFLINE": "1",
             **settings,
         }
     )
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     log_path = home.parent / "server.log"
     with log_path.open("wb") as log:
         server = subprocess.Popen(

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from bench.decode import ADAPTERS, KINDS, TOPICS, random_adapter, smollm2_dir
+from bench.load_infer import store_adapters
 from bench.server import serving
 
 NAME = "SmolLM2-135M-Instruct"
@@ -49,51 +50,6 @@ def llama_shapes(model_dir: str) -> dict[str, tuple[int, int]]:
             part = "self_attn" if kind in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
             shapes[f"model.layers.{layer}.{part}.{kind}"] = sizes[kind]
     return shapes
-
-
-def store_adapters(home: Path, model_dir: str) -> tuple[str, list[str]]:
-    from adalora_core.formats.bundle import write_bundle, zip_bundle
-    from service import adapters as adapter_rows
-    from service import tenants
-    from service.db import make_engine, make_sessionmaker, upgrade_to_head
-    from service.ids import new_id
-    from service.settings import Settings
-    from service.store import adapter_key, get_store
-
-    settings = Settings(home=home, base_models={NAME: model_dir})
-    upgrade_to_head(settings.database_url)
-    store = get_store(settings)
-    engine = make_engine(settings.database_url)
-    shapes = llama_shapes(model_dir)
-    ids = []
-    with make_sessionmaker(engine)() as session:
-        tenant = tenants.create_tenant(session, "stream")
-        _, secret = tenants.create_api_key(session, tenant.id, "stream")
-        for seed in range(ADAPTERS):
-            weights = random_adapter(seed, shapes)
-            adapter_id = new_id("ad")
-            data = zip_bundle(write_bundle(weights, home / "bundles" / adapter_id))
-            key = adapter_key(tenant.id, adapter_id, "peft")
-            sha, size = store.put_stream(key, [data])
-            adapter_rows.create_adapter(
-                session,
-                adapter_id=adapter_id,
-                tenant_id=tenant.id,
-                job_id=None,
-                base_model=NAME,
-                task="causal-lm",
-                labels=None,
-                init_r=weights.meta.init_r,
-                target_r=weights.meta.target_r,
-                total_rank=weights.total_rank,
-                trainable_params=0,
-                formats={"peft": {"storage_key": key, "sha256": sha, "size_bytes": size}},
-                rank_info={},
-            )
-            ids.append(adapter_id)
-        session.commit()
-    engine.dispose()
-    return secret, ids
 
 
 async def one_stream(http: httpx.AsyncClient, model: str, topic: str, new: int) -> dict[str, Any]:
@@ -159,7 +115,9 @@ def main() -> None:
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="adalora-stream-") as tmp:
         home = Path(tmp) / "home"
-        key, adapters = store_adapters(home, model_dir)
+        shapes = llama_shapes(model_dir)
+        weights = [random_adapter(seed, shapes) for seed in range(ADAPTERS)]
+        key, adapters = store_adapters(home, weights, NAME, {NAME: model_dir})
         settings = {"ADALORA_BASE_MODELS": json.dumps({NAME: model_dir})}
         with serving(home, settings, args.threads) as (url, _):
             asyncio.run(run(url, key, adapters, len(adapters), 2))  # load every adapter

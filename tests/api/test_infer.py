@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from service import adapters as adapter_rows
-from service.ids import new_id
 from service.store import adapter_key
 from tests.conftest import TEST_BASE_MODEL, TenantKey
 from tests.serving.tiny_serving import (
@@ -36,11 +35,8 @@ def tiny_base(settings: Any) -> Path:
 
 
 @pytest.fixture
-def stored_adapter(
-    sessions: Any, store: Any, tmp_path: Path, tiny_base: Path
-) -> Callable[..., tuple[str, Any]]:
+def stored_adapter(store_bundle: Any, tiny_base: Path) -> Callable[..., tuple[str, Any]]:
     """stored_adapter(tenant, seed) stores a real peft zip + row; returns (id, weights)."""
-    from adalora_core.formats.bundle import write_bundle, zip_bundle
 
     def make(tenant: TenantKey, seed: int, bundle_base: str = TEST_BASE_MODEL) -> tuple[str, Any]:
         l0, l1 = bert_layer_paths(0), bert_layer_paths(1)
@@ -51,28 +47,7 @@ def stored_adapter(
         weights = dataclasses.replace(
             weights, meta=dataclasses.replace(weights.meta, base_model=bundle_base)
         )
-        adapter_id = new_id("ad")
-        data = zip_bundle(write_bundle(weights, tmp_path / "bundles" / adapter_id))
-        key = adapter_key(tenant.id, adapter_id, "peft")
-        sha, size = store.put_stream(key, [data])
-        with sessions() as session:
-            adapter_rows.create_adapter(
-                session,
-                adapter_id=adapter_id,
-                tenant_id=tenant.id,
-                job_id=None,
-                base_model=TEST_BASE_MODEL,
-                task="classification",
-                labels=["neg", "pos"],
-                init_r=4,
-                target_r=2,
-                total_rank=sum(ranks.values()),
-                trainable_params=0,
-                formats={"peft": {"storage_key": key, "sha256": sha, "size_bytes": size}},
-                rank_info={},
-            )
-            session.commit()
-        return adapter_id, weights
+        return store_bundle(tenant, weights, TEST_BASE_MODEL), weights
 
     return make
 

@@ -9,14 +9,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import torch
 
-from service import adapters as adapter_rows
-from service.ids import new_id
 from service.settings import Settings
-from service.store import adapter_key
 from tests.conftest import TEST_BASE_MODEL, TenantKey
-from tests.serving.tiny_serving import make_adapter, make_model, make_tokenizer, merged_reference
+from tests.serving.tiny_serving import greedy_alone, make_adapter, make_model, make_tokenizer
 
 LLAMA = "tiny-llama"
 CHAT_TEMPLATE = (
@@ -38,33 +34,10 @@ def settings(settings: Settings, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def llama_adapter(sessions: Any, store: Any, tmp_path: Path, tenant: TenantKey) -> tuple[str, Any]:
-    from adalora_core.formats.bundle import write_bundle, zip_bundle
-
+def llama_adapter(store_bundle: Any, tenant: TenantKey) -> tuple[str, Any]:
     weights = make_adapter(LLAMA, "causal-lm", RANKS, seed=41)
     weights = dataclasses.replace(weights, meta=dataclasses.replace(weights.meta, base_model=LLAMA))
-    adapter_id = new_id("ad")
-    data = zip_bundle(write_bundle(weights, tmp_path / "bundles" / adapter_id))
-    key = adapter_key(tenant.id, adapter_id, "peft")
-    sha, size = store.put_stream(key, [data])
-    with sessions() as session:
-        adapter_rows.create_adapter(
-            session,
-            adapter_id=adapter_id,
-            tenant_id=tenant.id,
-            job_id=None,
-            base_model=LLAMA,
-            task="causal-lm",
-            labels=None,
-            init_r=4,
-            target_r=2,
-            total_rank=sum(RANKS.values()),
-            trainable_params=0,
-            formats={"peft": {"storage_key": key, "sha256": sha, "size_bytes": size}},
-            rank_info={},
-        )
-        session.commit()
-    return adapter_id, weights
+    return store_bundle(tenant, weights, LLAMA), weights
 
 
 @pytest.fixture
@@ -73,18 +46,7 @@ def client(live_server: Any, tenant: TenantKey) -> openai.OpenAI:
 
 
 def greedy(weights: Any, prompt_ids: list[int], max_new: int) -> tuple[str, int]:
-    """The oracle: HF generate on the adapter merged into its own copy of the base."""
-    model = merged_reference(weights)
-    ids = torch.tensor([prompt_ids])
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new,
-        do_sample=False,
-        eos_token_id=4,
-        pad_token_id=0,
-    )[0, ids.shape[1] :].tolist()
-    out = out[: out.index(4)] if 4 in out else out
+    out = greedy_alone(LLAMA, weights, prompt_ids, max_new)
     return make_tokenizer(with_cls=False).decode(out, skip_special_tokens=True), len(out)
 
 

@@ -6,20 +6,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from adalora_core.serving.decoding import FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, Generation
 from adalora_core.serving.decoding import _publishable as publishable
 from adalora_core.serving.engine import InferenceEngine
 from adalora_core.serving.generation import GenerationParams
-from tests.serving.tiny_serving import (
-    BASES,
-    MemorySource,
-    make_adapter,
-    make_model,
-    make_tokenizer,
-    merged_reference,
-)
+from tests.serving.tiny_serving import MemorySource, greedy_alone, make_adapter, make_tokenizer
 
 LLAMA_RANKS = {
     "a1": {"model.layers.0.self_attn.q_proj": 4, "model.layers.1.mlp.down_proj": 3},
@@ -48,18 +40,8 @@ def alone(base: str, weights, prompt: str, max_new: int) -> str:
 
 
 def alone_tokens(base: str, weights, prompt: str, max_new: int) -> list[int]:
-    model = make_model(BASES[base]) if weights is None else merged_reference(weights)
-    tokenizer = make_tokenizer(with_cls=False)
-    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new,
-        do_sample=False,
-        eos_token_id=4,
-        pad_token_id=0,
-    )[0, ids.shape[1] :].tolist()
-    return out[: out.index(4)] if 4 in out else out
+    ids = make_tokenizer(with_cls=False)(prompt)["input_ids"]
+    return greedy_alone(base, weights, ids, max_new)
 
 
 def submit(engine: InferenceEngine, base: str, adapter: str | None, prompt: str, **params):

@@ -218,6 +218,22 @@ def merged_reference(weights: AdapterWeights) -> nn.Module:
     return model.eval()
 
 
+def greedy_alone(base_name: str, weights: AdapterWeights | None, prompt_ids: list[int], new: int):
+    """The oracle for generation: HF generate, greedy, one prompt alone, on the plain base or on
+    the adapter merged into its own copy of it; the new tokens up to end-of-sequence."""
+    model = make_model(BASES[base_name]) if weights is None else merged_reference(weights)
+    ids = torch.tensor([prompt_ids])
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new,
+        do_sample=False,
+        eos_token_id=4,
+        pad_token_id=0,
+    )[0, ids.shape[1] :].tolist()
+    return out[: out.index(4)] if 4 in out else out
+
+
 @dataclass
 class MemorySource:
     """Adapters as zipped bundles in memory; counts reads; can serve tampered bytes."""
