@@ -1,12 +1,14 @@
-"""Prometheus metrics: request counts and latency by route template, jobs by status from SQL."""
+"""Prometheus metrics: request counts and latency by route template, jobs by status from SQL,
+and the generation decoders' load (rows running and waiting, steps and tokens so far)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -36,8 +38,36 @@ class JobsCollector(Collector):
         )
 
 
+class DecodeCollector(Collector):
+    """Each causal-LM base's continuous decoder, read at scrape time."""
+
+    def __init__(self, engine: Callable[[], Any]) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        engine = self._engine()
+        decoders = engine.decoders.all() if engine is not None else []
+        running = GaugeMetricFamily(
+            "adalora_decode_running_rows", "Rows in the running decode batch.", labels=["base"]
+        )
+        waiting = GaugeMetricFamily(
+            "adalora_decode_waiting_rows", "Rows waiting to join the batch.", labels=["base"]
+        )
+        steps = CounterMetricFamily("adalora_decode_steps", "Decode steps run.", labels=["base"])
+        tokens = CounterMetricFamily(
+            "adalora_generated_tokens", "Tokens generated.", labels=["base"]
+        )
+        for decoder in decoders:
+            name = [decoder.base.name]
+            running.add_metric(name, decoder.running)
+            waiting.add_metric(name, decoder.waiting)
+            steps.add_metric(name, decoder.steps)
+            tokens.add_metric(name, decoder.generated)
+        yield from (running, waiting, steps, tokens)
+
+
 class ApiMetrics:
-    def __init__(self, sessions: Callable[[], Session]) -> None:
+    def __init__(self, sessions: Callable[[], Session], engine: Callable[[], Any]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "adalora_http_requests",
@@ -52,6 +82,7 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.registry.register(JobsCollector(sessions))
+        self.registry.register(DecodeCollector(engine))
 
 
 def _route_template(scope: Scope) -> str:

@@ -150,13 +150,17 @@ class ContinuousDecoder:
         device: torch.device,
         max_rows: int,
         strategy: DecodeStrategy = "auto",
+        max_tokens: int | None = None,
     ) -> None:
         if base.kind != "causal-lm":
             raise ValueError(f"continuous decoding serves causal-lm bases, not {base.kind}")
         self.base = base
         self.device = device
         self.max_rows = max_rows
+        # The KV cache's bound: the running rows' prompt + max_new_tokens, summed.
+        self.max_tokens = max_tokens
         self.strategy = strategy
+        self.generated = 0  # tokens generated since start (metrics)
         # The running rows' routing, rebuilt only when who is in the batch changes.
         self._routing_for: tuple[int, ...] = ()
         self._routing_cached: Routing | None = None
@@ -188,6 +192,10 @@ class ContinuousDecoder:
     def running(self) -> int:
         return len(self._rows)
 
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting) + self._incoming.qsize()
+
     # ---- the loop --------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
@@ -217,12 +225,24 @@ class ContinuousDecoder:
 
     def _admit(self) -> None:
         """Prefill what waits (as many as fit) and merge it into the running batch."""
-        room = self.max_rows - len(self._rows)
         waiting = [g for g in self._waiting if not g.cancelled.is_set()]
         for g in self._waiting:
             if g.cancelled.is_set():
                 g.publish(TextEvent("", 0, FINISH_CANCELLED))
-        joining, self._waiting = waiting[:room], waiting[room:]
+        used = sum(_cost(r.generation) for r in self._rows)
+        admitted = 0
+        for g in waiting:  # first come, first served: a big request is not overtaken
+            if len(self._rows) + admitted >= self.max_rows:
+                break
+            if (
+                self.max_tokens is not None
+                and used + _cost(g) > self.max_tokens
+                and (self._rows or admitted)
+            ):
+                break
+            used += _cost(g)
+            admitted += 1
+        joining, self._waiting = waiting[:admitted], waiting[admitted:]
         if not joining:
             return
         joining.sort(key=lambda g: g.adapter_key)
@@ -286,6 +306,7 @@ class ContinuousDecoder:
         picked = chosen.tolist()
         for row, token in zip(rows, picked, strict=True):
             self._record(row, token)
+        self.generated += len(rows)
         return chosen[:, None]
 
     def _record(self, row: _Row, token: int) -> None:
@@ -398,6 +419,11 @@ class ContinuousDecoder:
             self._waiting = []
 
 
+def _cost(generation: Generation) -> int:
+    """The cache positions a row may come to hold."""
+    return len(generation.prompt_ids) + generation.sampling.max_new_tokens
+
+
 def _left_pad(tensor: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
     missing = width - tensor.shape[dim]
     if missing == 0:
@@ -464,11 +490,16 @@ class Decoders:
     """One continuous decoder per causal-LM base, started on first use."""
 
     def __init__(
-        self, device: torch.device, max_rows: int, strategy: DecodeStrategy = "auto"
+        self,
+        device: torch.device,
+        max_rows: int,
+        strategy: DecodeStrategy = "auto",
+        max_tokens: int | None = None,
     ) -> None:
         self.device = device
         self.max_rows = max_rows
         self.strategy = strategy
+        self.max_tokens = max_tokens
         self._by_base: dict[int, ContinuousDecoder] = {}
         self._lock = threading.Lock()
 
@@ -477,7 +508,7 @@ class Decoders:
             found = self._by_base.get(id(base))
             if found is None:
                 found = self._by_base[id(base)] = ContinuousDecoder(
-                    base, self.device, self.max_rows, self.strategy
+                    base, self.device, self.max_rows, self.strategy, self.max_tokens
                 )
             return found
 

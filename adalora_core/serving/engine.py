@@ -99,7 +99,10 @@ class InferenceEngine:
             pinned=frozenset(self.settings.pinned_adapters),
         )
         self.decoders = Decoders(
-            self.device, self.settings.max_batch_size, self.settings.decode_strategy
+            self.device,
+            self.settings.max_batch_size,
+            self.settings.decode_strategy,
+            self.settings.max_batch_tokens,
         )
 
     def base(self, name: str, kind: ModelKind) -> SharedBase:
@@ -218,6 +221,12 @@ class InferenceEngine:
                     where,
                     f"is {len(row)} tokens; with max_tokens {generation.max_new_tokens} that is "
                     f"above this model's context of {base.max_length} tokens",
+                )
+            if len(row) + generation.max_new_tokens > self.settings.max_batch_tokens:
+                raise ConfigError(
+                    where,
+                    f"needs {len(row) + generation.max_new_tokens} tokens of cache, above the "
+                    f"limit of {self.settings.max_batch_tokens}",
                 )
         encodings = [{"input_ids": list(r), "attention_mask": [1] * len(r)} for r in rows]
         return Prepared(base, adapter, encodings, generation)

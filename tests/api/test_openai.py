@@ -83,6 +83,16 @@ def test_completion_is_the_adapters_greedy_decode(client, llama_adapter) -> None
     assert base.choices[0].text != expected  # the adapter changes the answer
 
 
+def test_the_decoder_shows_in_the_metrics(client, llama_adapter, live_server) -> None:
+    adapter_id, _ = llama_adapter
+    answer = client.completions.create(model=adapter_id, prompt="w1", max_tokens=5, temperature=0)
+    metrics = httpx.get(f"{live_server.url}/metrics", timeout=30).text
+    line = next(m for m in metrics.splitlines() if m.startswith("adalora_generated_tokens_total"))
+    assert f'base="{LLAMA}"' in line
+    assert float(line.rsplit(" ", 1)[1]) >= answer.usage.completion_tokens
+    assert f'adalora_decode_running_rows{{base="{LLAMA}"}} 0.0' in metrics
+
+
 def test_streamed_completion_adds_up_and_ends_with_done(
     client, llama_adapter, live_server, tenant
 ) -> None:

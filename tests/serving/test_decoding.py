@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from adalora_core.errors import ConfigError
 from adalora_core.serving.decoding import FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, Generation
 from adalora_core.serving.decoding import _publishable as publishable
 from adalora_core.serving.engine import InferenceEngine
@@ -248,5 +249,25 @@ def test_auto_takes_the_concat_op_only_for_small_groups(make_engine) -> None:
         assert decoder._op(four_rows_each) == "grouped"
         assert decoder._op([RowGroup(0, 1, layers)]) == "grouped"  # one adapter: nothing to join
         assert decoder._op([RowGroup(0, 8, None), RowGroup(8, 9, layers)]) == "grouped"
+    finally:
+        engine.close()
+
+
+def test_the_cache_budget_holds_rows_back_until_others_leave(
+    make_engine, source: MemorySource, tmp_path: Path
+) -> None:
+    weights = add_adapters(source, tmp_path, "tiny-llama")
+    prompts = ["w1 w2 w3", "w4 w5 w6", "w7 w8 w9", "w10 w11 w12"]
+    engine = make_engine(max_batch_tokens=30)  # two rows of 3 + 12 tokens
+    try:
+        handles = [submit(engine, "tiny-llama", "a1", p, max_new_tokens=12) for p in prompts]
+        done = [h.wait(timeout=60) for h in handles]
+        decoder = engine.decoders.get(engine.adapter("a1").base)
+        assert decoder.largest_batch == 2
+        for prompt, got in zip(prompts, done, strict=True):
+            assert got.text == alone("tiny-llama", weights["a1"], prompt, 12)
+        with pytest.raises(ConfigError) as too_big:
+            submit(engine, "tiny-llama", "a1", "w1 w2 w3", max_new_tokens=28)
+        assert too_big.value.field == "inputs"
     finally:
         engine.close()
