@@ -45,7 +45,9 @@ class Sampling(Strict):
 
 
 class CompletionRequest(Sampling):
-    prompt: Text | list[Text] = Field(..., description="One prompt or several.")
+    prompt: Text | list[Text] | list[int] | list[list[int]] = Field(
+        ..., description="One prompt or several, as text or as token ids."
+    )
     max_tokens: int | None = Field(16, ge=1, description="Tokens to generate per choice.")
     echo: bool = False
     logprobs: int | None = None

@@ -84,13 +84,19 @@ async def completions(
     _neutral_only(body, echo=False, logprobs=None, suffix=None)
     if body.best_of not in (None, 1, body.n):
         raise ApiError(400, "unsupported_parameter", "best_of is not supported", "best_of")
-    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    if not prompts:
-        raise ApiError(400, "invalid_value", "needs at least one prompt", "prompt")
-    field = "prompt" if isinstance(body.prompt, str) else None
+    prompt = body.prompt
+    one = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], int))
+    prompts: list[Any] = [prompt] if one else list(prompt)
+    if not prompts or not all(prompts):
+        raise ApiError(400, "invalid_value", "needs at least one non-empty prompt", "prompt")
 
     def rows(base: SharedBase) -> list[list[int]]:
-        return [_tokenize(base, p, field or f"prompt.{i}") for i, p in enumerate(prompts)]
+        return [
+            _tokenize(base, p, "prompt" if one else f"prompt.{i}")
+            if isinstance(p, str)
+            else _token_ids(base, p, "prompt" if one else f"prompt.{i}")
+            for i, p in enumerate(prompts)
+        ]
 
     run = await _start(request, engine, caller.tenant_id, body, body.max_tokens, rows, "prompt")
     if body.stream:
@@ -271,6 +277,14 @@ def _tokenize(base: SharedBase, text: str, where: str) -> list[int]:
         raise ConfigError(where, f"is far above this model's {base.max_length} tokens")
     with base.tokenizer_lock:
         return list(base.tokenizer(text)["input_ids"])
+
+
+def _token_ids(base: SharedBase, ids: list[int], where: str) -> list[int]:
+    vocabulary = base.model.get_input_embeddings().num_embeddings
+    for i, token in enumerate(ids):
+        if not 0 <= token < vocabulary:
+            raise ConfigError(f"{where}.{i}", f"token id {token} is outside 0..{vocabulary - 1}")
+    return list(ids)
 
 
 def _chat_turn(message: ChatMessage, index: int) -> dict[str, str]:

@@ -149,6 +149,22 @@ def test_chat_completion_renders_the_template_and_streams(client, llama_adapter)
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
 
+def test_token_id_prompts_equal_their_text(client, llama_adapter) -> None:
+    adapter_id, _ = llama_adapter
+    ids = make_tokenizer(False)("w1 w2 w3")["input_ids"]
+    as_text = client.completions.create(model=adapter_id, prompt="w1 w2 w3", max_tokens=6,
+                                        temperature=0)  # fmt: skip
+    as_ids = client.completions.create(model=adapter_id, prompt=ids, max_tokens=6, temperature=0)
+    several = client.completions.create(
+        model=adapter_id, prompt=[ids, ids[:1]], max_tokens=6, temperature=0
+    )
+    assert as_ids.choices[0].text == as_text.choices[0].text == several.choices[0].text
+    assert len(several.choices) == 2
+    with pytest.raises(openai.BadRequestError) as outside:
+        client.completions.create(model=adapter_id, prompt=[[1, 2], [3, 10**6]], max_tokens=2)
+    assert outside.value.body["param"] == "prompt.1.1"
+
+
 def test_n_choices_with_a_seed_repeat(client, llama_adapter) -> None:
     adapter_id, _ = llama_adapter
     ask = {"model": adapter_id, "prompt": "w1", "max_tokens": 8, "temperature": 1.5, "seed": 3}
