@@ -123,8 +123,6 @@ async def chat_completions(
     body: ChatCompletionRequest, request: Request, caller: InferLimitedCaller, engine: EngineDep
 ) -> Any:
     _neutral_only(body, logprobs=None, top_logprobs=None, tools=None, tool_choice=None)
-    if body.logprobs:
-        raise ApiError(400, "unsupported_parameter", "logprobs is not supported", "logprobs")
     if body.response_format not in (None, {"type": "text"}):
         raise ApiError(
             400, "unsupported_parameter", "only text responses are supported", "response_format"
