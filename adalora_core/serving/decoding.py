@@ -160,7 +160,7 @@ class ContinuousDecoder:
         # The KV cache's bound: the running rows' prompt + max_new_tokens, summed.
         self.max_tokens = max_tokens
         self.strategy = strategy
-        self.generated = 0  # tokens generated since start (metrics)
+        self.generated = 0  # tokens generated since start, end-of-sequence tokens not counted
         # The running rows' routing, rebuilt only when who is in the batch changes.
         self._routing_for: tuple[int, ...] = ()
         self._routing_cached: Routing | None = None
@@ -306,7 +306,6 @@ class ContinuousDecoder:
         picked = chosen.tolist()
         for row, token in zip(rows, picked, strict=True):
             self._record(row, token)
-        self.generated += len(rows)
         return chosen[:, None]
 
     def _record(self, row: _Row, token: int) -> None:
@@ -315,6 +314,7 @@ class ContinuousDecoder:
             row.finish = FINISH_STOP
         else:
             row.tokens.append(token)
+            self.generated += 1
             if len(row.tokens) >= sampling.max_new_tokens:
                 row.finish = FINISH_LENGTH
         with self.base.tokenizer_lock:
