@@ -114,8 +114,9 @@ def describe_error(response: httpx.Response) -> str:
     error = body.get("error", body) if isinstance(body, dict) else body
     if isinstance(error, dict):
         parts = [str(error[k]) for k in ("code", "message") if error.get(k)]
-        if error.get("field"):
-            parts.append(f"field {error['field']}")
+        field = error.get("field") or error.get("param")  # OpenAI's shape names it param
+        if field:
+            parts.append(f"field {field}")
         if not parts and "detail" in error:
             parts.append(str(error["detail"]))
         if parts:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from cli import adapters, datasets, jobs, keys, store, tenants
+from cli.chat import chat
 from cli.infer import infer
 from cli.server import serve, worker
 
@@ -22,6 +23,7 @@ app.add_typer(jobs.app, name="jobs")
 app.add_typer(adapters.app, name="adapters")
 app.add_typer(store.app, name="store")
 app.command("infer")(infer)
+app.command("chat")(chat)
 
 if __name__ == "__main__":
     app()

@@ -228,3 +228,22 @@ def test_errors_have_openais_shape_and_name_the_parameter(
         openai.OpenAI(
             base_url=f"{live_server.url}/v1", api_key="wrong", max_retries=0
         ).models.list()
+
+
+def test_adalora_chat_streams_the_answer(llama_adapter, live_server, tenant) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    adapter_id, weights = llama_adapter
+    messages = [{"role": "user", "content": "w10 w11"}]
+    expected, _ = greedy(weights, chat_ids(messages), 6)
+    args = ["chat", adapter_id, "w10 w11", "--max-tokens", "6"]
+    args += ["--url", live_server.url, "--key", tenant.secret]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == expected + "\n"
+    failed = CliRunner().invoke(app, ["chat", "ad_nope", "hi", "--url", live_server.url,
+                                      "--key", tenant.secret])  # fmt: skip
+    assert failed.exit_code == 1
+    assert "model_not_found" in failed.output and "field model" in failed.output
