@@ -169,13 +169,7 @@ class InferenceEngine:
         ]
         if base.kind == "causal-lm" and generation is not None:
             for i, encoding in enumerate(encodings):
-                if len(encoding["input_ids"]) + generation.max_new_tokens > base.max_length:
-                    raise ConfigError(
-                        f"inputs[{i}]",
-                        f"is {len(encoding['input_ids'])} tokens; with max_new_tokens "
-                        f"{generation.max_new_tokens} that is above this model's context of "
-                        f"{base.max_length} tokens",
-                    )
+                _check_context(base, len(encoding["input_ids"]), generation, f"inputs[{i}]")
         prepared = Prepared(base, adapter, encodings, generation)
         single_cost = prepared.longest + (generation.max_new_tokens if generation else 0)
         if single_cost > self.settings.max_batch_tokens:
@@ -216,12 +210,7 @@ class InferenceEngine:
             where = field if len(rows) == 1 else f"{field}.{i}"
             if not row:
                 raise ConfigError(where, "is empty")
-            if len(row) + generation.max_new_tokens > base.max_length:
-                raise ConfigError(
-                    where,
-                    f"is {len(row)} tokens; with max_tokens {generation.max_new_tokens} that is "
-                    f"above this model's context of {base.max_length} tokens",
-                )
+            _check_context(base, len(row), generation, where)
             if len(row) + generation.max_new_tokens > self.settings.max_batch_tokens:
                 raise ConfigError(
                     where,
@@ -268,3 +257,13 @@ class InferenceEngine:
     def close(self) -> None:
         """Stop the decode threads (the batcher is closed by its owner)."""
         self.decoders.close()
+
+
+def _check_context(base: SharedBase, tokens: int, generation: GenerationParams, where: str) -> None:
+    """A prompt must leave room for the tokens it asks for in the model's context."""
+    if tokens + generation.max_new_tokens > base.max_length:
+        raise ConfigError(
+            where,
+            f"is {tokens} tokens; with {generation.max_new_tokens} new tokens that is above this "
+            f"model's context of {base.max_length} tokens",
+        )
