@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -23,8 +23,15 @@ def source() -> MemorySource:
 
 
 @pytest.fixture
-def make_engine(source: MemorySource) -> Callable[..., InferenceEngine]:
-    def build(**settings: Any) -> InferenceEngine:
-        return InferenceEngine(source, EngineSettings(**settings), base_factory=base_factory)
+def make_engine(source: MemorySource) -> Iterator[Callable[..., InferenceEngine]]:
+    """Engines on the test's adapters; their decode threads are stopped after the test."""
+    built: list[InferenceEngine] = []
 
-    return build
+    def build(**settings: Any) -> InferenceEngine:
+        engine = InferenceEngine(source, EngineSettings(**settings), base_factory=base_factory)
+        built.append(engine)
+        return engine
+
+    yield build
+    for engine in built:
+        engine.close()

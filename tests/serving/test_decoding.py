@@ -76,36 +76,33 @@ def test_rows_that_join_a_running_batch_decode_as_if_alone(
 ) -> None:
     weights = add_adapters(source, tmp_path, base)
     engine = make_engine(decode_strategy=strategy)
-    try:
-        long_prompt = "w1 w2 w3 w4 w5 w6 w7"
-        long_row = submit(engine, base, "a1", long_prompt, max_new_tokens=40)
-        decoder = engine.decoders.get(engine.adapter("a1").base)
-        wait_for(lambda: decoder.steps >= 3, "the first row to be decoding")
-        joined_at = decoder.steps
-        later = [
-            ("a2", "w9 w8", 6),
-            (None, "w20 w21 w22", 5),
-            ("a1", "w30", 4),
-            ("a2", "w40 w41 w42 w43 w44 w45 w46 w47 w48 w49", 7),
-        ]
-        handles = [submit(engine, base, a, p, max_new_tokens=n) for a, p, n in later]
-        short_done = [h.wait(timeout=60) for h in handles]
-        steps_when_short_done = decoder.steps
-        long_done = long_row.wait(timeout=60)
+    long_prompt = "w1 w2 w3 w4 w5 w6 w7"
+    long_row = submit(engine, base, "a1", long_prompt, max_new_tokens=40)
+    decoder = engine.decoders.get(engine.adapter("a1").base)
+    wait_for(lambda: decoder.steps >= 3, "the first row to be decoding")
+    joined_at = decoder.steps
+    later = [
+        ("a2", "w9 w8", 6),
+        (None, "w20 w21 w22", 5),
+        ("a1", "w30", 4),
+        ("a2", "w40 w41 w42 w43 w44 w45 w46 w47 w48 w49", 7),
+    ]
+    handles = [submit(engine, base, a, p, max_new_tokens=n) for a, p, n in later]
+    short_done = [h.wait(timeout=60) for h in handles]
+    steps_when_short_done = decoder.steps
+    long_done = long_row.wait(timeout=60)
 
-        assert long_done.text == alone(base, weights["a1"], long_prompt, 40)
-        for (adapter, prompt, n), got in zip(later, short_done, strict=True):
-            reference = alone(base, None if adapter is None else weights[adapter], prompt, n)
-            assert got.text == reference, (adapter, prompt)
-        # The short rows joined while the long row ran and left before it ended.
-        assert long_done.completion_tokens > steps_when_short_done - joined_at
-        assert decoder.largest_batch == 5
-        # The adapters change what is generated, or the comparison would prove nothing.
-        plain = alone(base, None, long_prompt, 40)
-        assert long_done.text != plain
-        assert decoder.running == 0
-    finally:
-        engine.close()
+    assert long_done.text == alone(base, weights["a1"], long_prompt, 40)
+    for (adapter, prompt, n), got in zip(later, short_done, strict=True):
+        reference = alone(base, None if adapter is None else weights[adapter], prompt, n)
+        assert got.text == reference, (adapter, prompt)
+    # The short rows joined while the long row ran and left before it ended.
+    assert long_done.completion_tokens > steps_when_short_done - joined_at
+    assert decoder.largest_batch == 5
+    # The adapters change what is generated, or the comparison would prove nothing.
+    plain = alone(base, None, long_prompt, 40)
+    assert long_done.text != plain
+    assert decoder.running == 0
 
 
 def test_a_finished_row_reports_its_reason_and_counts(
@@ -113,17 +110,12 @@ def test_a_finished_row_reports_its_reason_and_counts(
 ) -> None:
     weights = add_adapters(source, tmp_path, "tiny-llama")
     engine = make_engine()
-    try:
-        done = submit(engine, "tiny-llama", "a2", "w3 w4", max_new_tokens=5).wait(timeout=60)
-        reference = alone_tokens("tiny-llama", weights["a2"], "w3 w4", 5)
-        assert done.text == make_tokenizer(with_cls=False).decode(
-            reference, skip_special_tokens=True
-        )
-        assert done.prompt_tokens == 2
-        assert done.completion_tokens == len(reference)
-        assert done.finish == (FINISH_LENGTH if done.completion_tokens == 5 else FINISH_STOP)
-    finally:
-        engine.close()
+    done = submit(engine, "tiny-llama", "a2", "w3 w4", max_new_tokens=5).wait(timeout=60)
+    reference = alone_tokens("tiny-llama", weights["a2"], "w3 w4", 5)
+    assert done.text == make_tokenizer(with_cls=False).decode(reference, skip_special_tokens=True)
+    assert done.prompt_tokens == 2
+    assert done.completion_tokens == len(reference)
+    assert done.finish == (FINISH_LENGTH if done.completion_tokens == 5 else FINISH_STOP)
 
 
 def test_a_stop_string_ends_the_row_and_is_left_out(
@@ -131,18 +123,15 @@ def test_a_stop_string_ends_the_row_and_is_left_out(
 ) -> None:
     weights = add_adapters(source, tmp_path, "tiny-llama")
     engine = make_engine()
-    try:
-        full = alone("tiny-llama", weights["a1"], "w5 w6", 12).split()
-        assert len(full) >= 4, "the test needs a longer reference"
-        stop = full[2]
-        cut = " ".join(full[: full.index(stop)])
-        row = submit(engine, "tiny-llama", "a1", "w5 w6", max_new_tokens=12, stop=[stop])
-        done = row.wait(timeout=60)
-        assert done.text.rstrip() == cut
-        assert stop not in done.text
-        assert done.finish == FINISH_STOP
-    finally:
-        engine.close()
+    full = alone("tiny-llama", weights["a1"], "w5 w6", 12).split()
+    assert len(full) >= 4, "the test needs a longer reference"
+    stop = full[2]
+    cut = " ".join(full[: full.index(stop)])
+    row = submit(engine, "tiny-llama", "a1", "w5 w6", max_new_tokens=12, stop=[stop])
+    done = row.wait(timeout=60)
+    assert done.text.rstrip() == cut
+    assert stop not in done.text
+    assert done.finish == FINISH_STOP
 
 
 def test_streamed_deltas_add_up_to_the_text(
@@ -158,12 +147,9 @@ def test_streamed_deltas_add_up_to_the_text(
         deltas = [e.delta async for e in row.events()]
         return deltas, alone("tiny-gpt2", weights["a2"], "w7 w8", 9)
 
-    try:
-        deltas, reference = asyncio.run(stream())
-        assert "".join(deltas) == reference
-        assert len([d for d in deltas if d]) > 1  # it streamed, not one final blob
-    finally:
-        engine.close()
+    deltas, reference = asyncio.run(stream())
+    assert "".join(deltas) == reference
+    assert len([d for d in deltas if d]) > 1  # it streamed, not one final blob
 
 
 def test_seeded_sampling_is_repeatable_whatever_runs_beside_it(
@@ -172,18 +158,15 @@ def test_seeded_sampling_is_repeatable_whatever_runs_beside_it(
     add_adapters(source, tmp_path, "tiny-llama")
     engine = make_engine()
     params = {"max_new_tokens": 12, "temperature": 1.5, "top_p": 0.9}
-    try:
-        first = submit(engine, "tiny-llama", "a1", "w1", seed=7, **params).wait(timeout=60)
-        neighbours = [submit(engine, "tiny-llama", "a2", "w2 w3", **params) for _ in range(3)]
-        again = submit(engine, "tiny-llama", "a1", "w1", seed=7, **params).wait(timeout=60)
-        other = submit(engine, "tiny-llama", "a1", "w1", seed=8, **params).wait(timeout=60)
-        for n in neighbours:
-            n.wait(timeout=60)
-        assert first.text == again.text
-        greedy = submit(engine, "tiny-llama", "a1", "w1", max_new_tokens=12).wait(timeout=60)
-        assert {first.text, other.text, greedy.text} != {first.text}
-    finally:
-        engine.close()
+    first = submit(engine, "tiny-llama", "a1", "w1", seed=7, **params).wait(timeout=60)
+    neighbours = [submit(engine, "tiny-llama", "a2", "w2 w3", **params) for _ in range(3)]
+    again = submit(engine, "tiny-llama", "a1", "w1", seed=7, **params).wait(timeout=60)
+    other = submit(engine, "tiny-llama", "a1", "w1", seed=8, **params).wait(timeout=60)
+    for n in neighbours:
+        n.wait(timeout=60)
+    assert first.text == again.text
+    greedy = submit(engine, "tiny-llama", "a1", "w1", max_new_tokens=12).wait(timeout=60)
+    assert {first.text, other.text, greedy.text} != {first.text}
 
 
 def test_a_cancelled_row_leaves_the_batch(
@@ -191,17 +174,14 @@ def test_a_cancelled_row_leaves_the_batch(
 ) -> None:
     add_adapters(source, tmp_path, "tiny-llama")
     engine = make_engine()
-    try:
-        slow = submit(engine, "tiny-llama", None, "w1 w2", max_new_tokens=50)
-        decoder = engine.decoders.get(engine.base("tiny-llama", "causal-lm"))
-        wait_for(lambda: decoder.steps >= 1, "decoding to start")
-        slow.cancel()
-        done = slow.wait(timeout=60)
-        if done.finish != FINISH_CANCELLED:  # it may have ended (EOS) before the cancel landed
-            assert done.completion_tokens < 50 or done.finish == FINISH_LENGTH
-        wait_for(lambda: decoder.running == 0, "the row to leave")
-    finally:
-        engine.close()
+    slow = submit(engine, "tiny-llama", None, "w1 w2", max_new_tokens=50)
+    decoder = engine.decoders.get(engine.base("tiny-llama", "causal-lm"))
+    wait_for(lambda: decoder.steps >= 1, "decoding to start")
+    slow.cancel()
+    done = slow.wait(timeout=60)
+    if done.finish != FINISH_CANCELLED:  # it may have ended (EOS) before the cancel landed
+        assert done.completion_tokens < 50 or done.finish == FINISH_LENGTH
+    wait_for(lambda: decoder.running == 0, "the row to leave")
 
 
 def test_text_that_may_grow_into_a_stop_or_a_character_is_held_back() -> None:
@@ -213,25 +193,22 @@ def test_text_that_may_grow_into_a_stop_or_a_character_is_held_back() -> None:
 
 def test_generation_params_reach_the_row(make_engine) -> None:
     engine = make_engine()
-    try:
-        prepared = engine.prepare(
-            None, ["w1"], {"max_new_tokens": 3}, base_model="tiny-llama", base_kind="causal-lm"
-        )
-        handles = engine.generate(
-            prepared.__class__(
-                prepared.base,
-                None,
-                prepared.encodings,
-                GenerationParams(3, temperature=1.0, seed=5),
-            ),
-            copies=3,
-        )
-        assert [h.sampling.seed for h in handles] == [5, 6, 7]
-        assert all(isinstance(h, Generation) for h in handles)
-        for h in handles:
-            h.wait(timeout=60)
-    finally:
-        engine.close()
+    prepared = engine.prepare(
+        None, ["w1"], {"max_new_tokens": 3}, base_model="tiny-llama", base_kind="causal-lm"
+    )
+    handles = engine.generate(
+        prepared.__class__(
+            prepared.base,
+            None,
+            prepared.encodings,
+            GenerationParams(3, temperature=1.0, seed=5),
+        ),
+        copies=3,
+    )
+    assert [h.sampling.seed for h in handles] == [5, 6, 7]
+    assert all(isinstance(h, Generation) for h in handles)
+    for h in handles:
+        h.wait(timeout=60)
 
 
 def test_auto_takes_the_concat_op_only_for_small_groups(make_engine) -> None:
@@ -239,18 +216,15 @@ def test_auto_takes_the_concat_op_only_for_small_groups(make_engine) -> None:
     from adalora_core.serving.grouped import RowGroup
 
     engine = make_engine()
-    try:
-        decoder = engine.decoders.get(engine.base("tiny-llama", "causal-lm"))
-        assert isinstance(decoder, ContinuousDecoder) and decoder.strategy == "auto"
-        layers = ()
-        one_row_each = [RowGroup(i, i + 1, layers) for i in range(8)]
-        four_rows_each = [RowGroup(4 * i, 4 * i + 4, layers) for i in range(8)]
-        assert decoder._op(one_row_each) == "concat"
-        assert decoder._op(four_rows_each) == "grouped"
-        assert decoder._op([RowGroup(0, 1, layers)]) == "grouped"  # one adapter: nothing to join
-        assert decoder._op([RowGroup(0, 8, None), RowGroup(8, 9, layers)]) == "grouped"
-    finally:
-        engine.close()
+    decoder = engine.decoders.get(engine.base("tiny-llama", "causal-lm"))
+    assert isinstance(decoder, ContinuousDecoder) and decoder.strategy == "auto"
+    layers = ()
+    one_row_each = [RowGroup(i, i + 1, layers) for i in range(8)]
+    four_rows_each = [RowGroup(4 * i, 4 * i + 4, layers) for i in range(8)]
+    assert decoder._op(one_row_each) == "concat"
+    assert decoder._op(four_rows_each) == "grouped"
+    assert decoder._op([RowGroup(0, 1, layers)]) == "grouped"  # one adapter: nothing to join
+    assert decoder._op([RowGroup(0, 8, None), RowGroup(8, 9, layers)]) == "grouped"
 
 
 def test_the_cache_budget_holds_rows_back_until_others_leave(
@@ -259,15 +233,12 @@ def test_the_cache_budget_holds_rows_back_until_others_leave(
     weights = add_adapters(source, tmp_path, "tiny-llama")
     prompts = ["w1 w2 w3", "w4 w5 w6", "w7 w8 w9", "w10 w11 w12"]
     engine = make_engine(max_batch_tokens=30)  # two rows of 3 + 12 tokens
-    try:
-        handles = [submit(engine, "tiny-llama", "a1", p, max_new_tokens=12) for p in prompts]
-        done = [h.wait(timeout=60) for h in handles]
-        decoder = engine.decoders.get(engine.adapter("a1").base)
-        assert decoder.largest_batch == 2
-        for prompt, got in zip(prompts, done, strict=True):
-            assert got.text == alone("tiny-llama", weights["a1"], prompt, 12)
-        with pytest.raises(ConfigError) as too_big:
-            submit(engine, "tiny-llama", "a1", "w1 w2 w3", max_new_tokens=28)
-        assert too_big.value.field == "inputs"
-    finally:
-        engine.close()
+    handles = [submit(engine, "tiny-llama", "a1", p, max_new_tokens=12) for p in prompts]
+    done = [h.wait(timeout=60) for h in handles]
+    decoder = engine.decoders.get(engine.adapter("a1").base)
+    assert decoder.largest_batch == 2
+    for prompt, got in zip(prompts, done, strict=True):
+        assert got.text == alone("tiny-llama", weights["a1"], prompt, 12)
+    with pytest.raises(ConfigError) as too_big:
+        submit(engine, "tiny-llama", "a1", "w1 w2 w3", max_new_tokens=28)
+    assert too_big.value.field == "inputs"
