@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -48,8 +49,6 @@ def alone_tokens(base: str, weights, prompt: str, max_new: int) -> list[int]:
 def submit(engine: InferenceEngine, base: str, adapter: str | None, prompt: str, **params):
     prepared = engine.prepare(adapter, [prompt], params, base_model=base, base_kind="causal-lm")
     if "seed" in params or "stop" in params:
-        import dataclasses
-
         prepared.generation = dataclasses.replace(
             prepared.generation,
             seed=params.get("seed"),
