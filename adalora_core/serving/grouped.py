@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from adalora_core.serving.grouped_kernel import compiled_add_group_terms
+
 Strategy = Literal["grouped", "concat"]
 
 
@@ -85,6 +87,16 @@ class ConcatLayer:
 
 
 @dataclass(frozen=True)
+class GroupedLayer:
+    """The "grouped" strategy's operands for one layer, gathered once per routing: the factors
+    of every group adapted there and the groups' row bounds in pairs, for `add_group_terms`."""
+
+    qs: list[torch.Tensor]
+    ps: list[torch.Tensor]
+    bounds: list[int]
+
+
+@dataclass(frozen=True)
 class Routing:
     """The current batch's rows → adapter layout, read by every routed layer during one forward."""
 
@@ -92,15 +104,31 @@ class Routing:
     groups: tuple[RowGroup, ...]
     strategy: Strategy = "grouped"
     concat: tuple[ConcatLayer | None, ...] = ()
+    grouped: tuple[GroupedLayer | None, ...] = ()
 
     @classmethod
     def build(
         cls, rows: int, groups: tuple[RowGroup, ...], num_layers: int, strategy: Strategy
     ) -> Routing:
         concat: tuple[ConcatLayer | None, ...] = ()
+        grouped: tuple[GroupedLayer | None, ...] = ()
         if strategy == "concat":
             concat = tuple(_concat_layer(rows, groups, i) for i in range(num_layers))
-        return cls(rows=rows, groups=groups, strategy=strategy, concat=concat)
+        else:
+            grouped = tuple(_grouped_layer(groups, i) for i in range(num_layers))
+        return cls(rows=rows, groups=groups, strategy=strategy, concat=concat, grouped=grouped)
+
+
+def _grouped_layer(groups: tuple[RowGroup, ...], index: int) -> GroupedLayer | None:
+    layer = GroupedLayer([], [], [])
+    for g in groups:
+        delta = g.layers[index] if g.layers is not None else None
+        if delta is None:
+            continue
+        layer.qs.append(delta.q)
+        layer.ps.append(delta.p)
+        layer.bounds.extend((g.start, g.stop))
+    return layer if layer.qs else None
 
 
 def _concat_layer(rows: int, groups: tuple[RowGroup, ...], index: int) -> ConcatLayer | None:
@@ -163,30 +191,30 @@ class RoutedLinear(nn.Module):
         routing = _ROUTING.get()
         if routing is None:
             return out
-        out2 = out.view(-1, self.out_features)
-        x2 = x.reshape(-1, self.in_features)
-        per_row, rest = divmod(out2.shape[0], routing.rows)
-        if rest:
-            raise RuntimeError(
-                f"routed layer {self.index}: {out2.shape[0]} tokens do not split into "
-                f"{routing.rows} rows"
-            )
         if routing.strategy == "concat":
-            layer = routing.concat[self.index]
-            if layer is not None:
-                low = x2 @ layer.q.t()
-                low.view(routing.rows, per_row, -1).mul_(layer.row_mask[:, None, :])
-                out2.addmm_(low, layer.p.t())
+            concat = routing.concat[self.index]
+            if concat is not None:
+                _add_concat_terms(out, x, concat, routing.rows, self.index)
             return out
-        for g in routing.groups:
-            if g.layers is None:
-                continue
-            delta = g.layers[self.index]
-            if delta is None:
-                continue
-            s, e = g.start * per_row, g.stop * per_row
-            out2[s:e].addmm_(x2[s:e] @ delta.q.t(), delta.p.t())
+        grouped = routing.grouped[self.index]
+        if grouped is not None:
+            compiled_add_group_terms(out, x, grouped.qs, grouped.ps, grouped.bounds, routing.rows)
         return out
+
+
+def _add_concat_terms(
+    out: torch.Tensor, x: torch.Tensor, layer: ConcatLayer, rows: int, index: int
+) -> None:
+    out2 = out.view(-1, out.shape[-1])
+    x2 = x.reshape(-1, x.shape[-1])
+    per_row, rest = divmod(out2.shape[0], rows)
+    if rest:
+        raise RuntimeError(
+            f"routed layer {index}: {out2.shape[0]} tokens do not split into {rows} rows"
+        )
+    low = x2 @ layer.q.t()
+    low.view(rows, per_row, -1).mul_(layer.row_mask[:, None, :])
+    out2.addmm_(low, layer.p.t())
 
 
 def wrap_linears(model: nn.Module, skip: set[str]) -> dict[str, int]:
