@@ -67,7 +67,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         name: make_limiter(name, rate, burst, settings.rate_limit_store)
         for name, (rate, burst) in limits.items()
     }
-    app.state.metrics = ApiMetrics(app.state.sessions, lambda: getattr(app.state, "engine", None))
+    app.state.metrics = ApiMetrics(
+        app.state.sessions,
+        lambda: getattr(app.state, "engine", None),
+        lambda: getattr(app.state, "batcher", None),
+    )
     app.state.key_cache = TtlCache(settings.lookup_cache_ttl_s)
     app.state.adapter_row_cache = TtlCache(settings.lookup_cache_ttl_s)
     install_error_handlers(app)

@@ -1,5 +1,6 @@
 """Prometheus metrics: request counts and latency by route template, jobs by status from SQL,
-and the generation decoders' load (rows running and waiting, steps and tokens so far)."""
+the encoder batcher's forwards (how many rows each carried), and the generation decoders' load
+(rows running and waiting, steps and tokens so far)."""
 
 from __future__ import annotations
 
@@ -66,8 +67,37 @@ class DecodeCollector(Collector):
         yield from (running, waiting, steps, tokens)
 
 
+class BatcherCollector(Collector):
+    """The /infer batcher's forwards: rows / batches is the mean batch a scrape interval saw."""
+
+    def __init__(self, batcher: Callable[[], Any]) -> None:
+        self._batcher = batcher
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        batcher = self._batcher()
+        if batcher is None:
+            return
+        stats = batcher.stats
+        yield CounterMetricFamily(
+            "adalora_infer_batches", "Batched forwards run for /infer.", value=stats.batches
+        )
+        yield CounterMetricFamily(
+            "adalora_infer_batch_rows", "Rows carried by those forwards.", value=stats.rows
+        )
+        yield GaugeMetricFamily(
+            "adalora_infer_largest_batch_rows",
+            "Most rows one forward has carried.",
+            value=stats.largest_batch_rows,
+        )
+
+
 class ApiMetrics:
-    def __init__(self, sessions: Callable[[], Session], engine: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        sessions: Callable[[], Session],
+        engine: Callable[[], Any],
+        batcher: Callable[[], Any],
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "adalora_http_requests",
@@ -83,6 +113,7 @@ class ApiMetrics:
         )
         self.registry.register(JobsCollector(sessions))
         self.registry.register(DecodeCollector(engine))
+        self.registry.register(BatcherCollector(batcher))
 
 
 def _route_template(scope: Scope) -> str:

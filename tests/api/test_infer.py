@@ -208,6 +208,22 @@ def test_concurrent_http_requests_get_their_own_adapters(client, tenant, stored_
         assert g == pytest.approx(w, abs=1e-5)
 
 
+def test_metrics_count_the_batchers_forwards_and_rows(
+    client, tenant, stored_adapter, settings
+) -> None:
+    adapter_id, _ = stored_adapter(tenant, seed=4)
+    for inputs in (["w1 w2"], ["w3", "w4 w5", "w6"]):
+        response = client.post(
+            "/infer", headers=tenant.headers, json={"adapter_id": adapter_id, "inputs": inputs}
+        )
+        assert response.status_code == 200, response.text
+    settings.metrics_token = "scrape-secret"
+    text = client.get("/metrics", headers={"Authorization": "Bearer scrape-secret"}).text
+    assert "adalora_infer_batches_total 2.0" in text  # one request at a time: one forward each
+    assert "adalora_infer_batch_rows_total 4.0" in text
+    assert "adalora_infer_largest_batch_rows 3.0" in text
+
+
 def test_missing_base_model_directory_is_503(client, tenant, settings) -> None:
     response = client.post(
         "/infer",
