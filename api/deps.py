@@ -11,6 +11,7 @@ from fastapi import Depends, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from adalora_core.serving.engine import InferenceEngine
 from api.errors import ApiError
@@ -26,7 +27,7 @@ from service.vocabulary import KeyScope, scope_allows
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -38,15 +39,15 @@ def get_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
-def get_store(request: Request) -> ArtifactStore:
+async def get_store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
 
-def get_producer(request: Request) -> TaskProducer:
+async def get_producer(request: Request) -> TaskProducer:
     return request.app.state.producer
 
 
-def get_engine(request: Request) -> InferenceEngine:
+async def get_engine(request: Request) -> InferenceEngine:
     engine = getattr(request.app.state, "engine", None)
     if engine is None:
         raise ApiError(503, "engine_unavailable", "inference engine not available")
@@ -75,11 +76,13 @@ class Caller:
     operator: bool = False
 
 
-def get_caller(
+async def get_caller(
     request: Request,
-    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Caller:
+    """A key seen in the last ``lookup_cache_ttl_s`` is answered on the event loop; only a miss
+    reads SQL, in a worker thread. Every authenticated request passes here, and each hand-off to
+    a thread costs the event loop as much as the lookup it saves (docs/benchmarks.md)."""
     unauthorized = {"WWW-Authenticate": "Bearer"}
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise ApiError(
@@ -90,13 +93,26 @@ def get_caller(
     known = cache.get(key_hash)
     if known is not None:
         return known
-    key = tenants.authenticate_key(session, credentials.credentials)
-    tenant = None if key is None else session.get(Tenant, key.tenant_id)  # loaded just now
-    # End the read transaction so its pooled connection goes back now: the route runs in
-    # another threadpool hop, and holding a connection across that wait deadlocks the pool
-    # under load (every thread blocked on the pool, every connection waiting for a thread).
-    session.commit()
-    if key is None:
+    caller = await run_in_threadpool(_authenticate, request, credentials.credentials)
+    cache.put(key_hash, caller)  # only keys that passed: a wrong key always costs a query
+    return caller
+
+
+def _authenticate(request: Request, secret: str) -> Caller:
+    with request.app.state.sessions() as session:
+        key = tenants.authenticate_key(session, secret)
+        tenant = None if key is None else session.get(Tenant, key.tenant_id)
+        caller = (
+            None
+            if key is None
+            else Caller(
+                tenant_id=key.tenant_id,
+                key_id=key.id,
+                scope=KeyScope(key.scope),
+                operator=bool(tenant is not None and tenant.operator),
+            )
+        )
+    if caller is None:
         # Every wrong key costs its client address a token: guessing is slowed to a trickle.
         limiter: RateLimiter = request.app.state.rate_limits["auth_failures"]
         wait = limiter.acquire(request.client.host if request.client else "unknown")
@@ -108,19 +124,18 @@ def get_caller(
                 None,
                 retry_after_header(wait),
             )
-        raise ApiError(401, "unauthorized", "invalid or revoked API key", None, unauthorized)
-    caller = Caller(
-        tenant_id=key.tenant_id,
-        key_id=key.id,
-        scope=KeyScope(key.scope),
-        operator=bool(tenant is not None and tenant.operator),
-    )
-    cache.put(key_hash, caller)  # only keys that passed: a wrong key always costs a query
+        raise ApiError(
+            401,
+            "unauthorized",
+            "invalid or revoked API key",
+            None,
+            {"WWW-Authenticate": "Bearer"},
+        )
     return caller
 
 
 def _scoped(needed: KeyScope, *, operator: bool = False):
-    def check(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+    async def check(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
         if not scope_allows(caller.scope, needed):
             raise ApiError(
                 403,
@@ -146,9 +161,12 @@ def _limit(name: str, needed: KeyScope):
 
     # A default-value Depends: an annotation naming the local ``scoped`` could not be resolved
     # by FastAPI (this module's annotations are strings).
-    def check(request: Request, caller: Caller = Depends(scoped)) -> Caller:
+    async def check(request: Request, caller: Caller = Depends(scoped)) -> Caller:
         buckets: RateLimiter = request.app.state.rate_limits[name]
-        wait = buckets.acquire(caller.key_id)
+        if buckets.blocking:
+            wait = await run_in_threadpool(buckets.acquire, caller.key_id)
+        else:
+            wait = buckets.acquire(caller.key_id)
         if wait > 0:
             raise ApiError(
                 429,
@@ -174,7 +192,7 @@ def _query_names(dependant: Dependant) -> set[str]:
     return names
 
 
-def reject_unknown_query(request: Request) -> None:
+async def reject_unknown_query(request: Request) -> None:
     """A misspelled query parameter (``?stauts=``) is an error, not silently ignored."""
     route = request.scope.get("route")
     if route is None or not request.query_params:

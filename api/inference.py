@@ -69,6 +69,20 @@ def with_tenant_adapter(
         raise ApiError(503, "adapter_unavailable", f"{exc}; retry shortly") from exc
 
 
+def resident_tenant_adapter(
+    request: Request, tenant_id: str, adapter_id: str, use: Callable[[], T | None]
+) -> T | None:
+    """The event loop's path: when this process read the tenant's adapter row recently (so it
+    is the tenant's and servable) ``use`` may run at once, if it needs no I/O (it returns None
+    when the adapter is not in memory). None: go through `with_tenant_adapter` in a thread."""
+    rows: TtlCache[tuple[str, str], tuple[str, AdapterRowFacts]] = (
+        request.app.state.adapter_row_cache
+    )
+    if rows.get((tenant_id, adapter_id)) is None:
+        return None
+    return use()
+
+
 def corrupt(adapter_id: str, reason: str = "") -> ApiError:
     detail = f" ({reason})" if reason else ""
     return ApiError(

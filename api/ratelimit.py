@@ -20,6 +20,9 @@ log = logging.getLogger("adalora.api.ratelimit")
 
 
 class RateLimiter(Protocol):
+    # True where acquire waits on the network: callers take it off the event loop.
+    blocking: bool
+
     def acquire(self, key: str) -> float:
         """Take one token for ``key``; 0 on success, else seconds until one is free."""
 
@@ -38,6 +41,7 @@ class TokenBuckets:
     ) -> None:
         self.rate = rate
         self.burst = max(1, burst)
+        self.blocking = False
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
@@ -81,6 +85,7 @@ class RedisTokenBuckets:
     def __init__(self, client: Any, name: str, rate: float, burst: int) -> None:
         self.rate = rate
         self.burst = max(1, burst)
+        self.blocking = rate > 0
         self._prefix = f"adalora:ratelimit:{name}:"
         self._take = client.register_script(_TAKE)
         self._fallback = TokenBuckets(rate, burst)

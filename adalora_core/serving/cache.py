@@ -147,6 +147,18 @@ class AdapterCache(Generic[V]):
         with self._lock:
             return list(self._device_lru) + list(self._host_lru)
 
+    def get_resident(self, adapter_id: str) -> V | None:
+        """The adapter if it is ready on the device, else None; never loads or promotes, so an
+        event loop may call it."""
+        with self._lock:
+            entry = self._entries.get(adapter_id)
+            if entry is None or entry.state is not AdapterState.READY_DEVICE:
+                return None
+            self._device_lru.move_to_end(adapter_id)
+            self.stats.hits += 1
+            assert entry.value is not None
+            return entry.value
+
     # ---- the one entry point -------------------------------------------------------------
     def get(self, adapter_id: str) -> V:
         with self._lock:

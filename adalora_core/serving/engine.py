@@ -134,6 +134,33 @@ class InferenceEngine:
 
         Errors name their field: ``inputs``, ``inputs[i]``, ``parameters.<name>``.
         """
+        truncate = self._check_request(inputs, parameters)  # before any load
+        if adapter_id is None:
+            if base_model is None:
+                raise ConfigError("base_model", "is required when adapter_id is null")
+            base = self.base(base_model, base_kind)
+            return self._encode(base, None, inputs, parameters, truncate)
+        adapter = self.adapter(adapter_id)
+        return self._encode(adapter.base, adapter, inputs, parameters, truncate)
+
+    def prepare_resident(
+        self,
+        adapter_id: str,
+        inputs: Sequence[str | Sequence[str]],
+        parameters: Mapping[str, Any] | None = None,
+    ) -> Prepared | None:
+        """`prepare` for an adapter already in device memory, else None: no store read and no
+        load, so the API can call it on its event loop and skip a worker-thread hand-off."""
+        truncate = self._check_request(inputs, parameters)
+        adapter = self.cache.get_resident(adapter_id)
+        if adapter is None:
+            return None
+        return self._encode(adapter.base, adapter, inputs, parameters, truncate)
+
+    def _check_request(
+        self, inputs: Sequence[str | Sequence[str]], parameters: Mapping[str, Any] | None
+    ) -> bool:
+        """The checks that need no model; returns ``parameters.truncate``."""
         if not inputs:
             raise ConfigError("inputs", "needs at least one input")
         if len(inputs) > self.settings.max_inputs:
@@ -141,17 +168,20 @@ class InferenceEngine:
                 "inputs",
                 f"at most {self.settings.max_inputs} inputs per request, got {len(inputs)}",
             )
-        parameters = parameters or {}
-        truncate = parameters.get("truncate", True)
+        truncate = (parameters or {}).get("truncate", True)
         if not isinstance(truncate, bool):
             raise ConfigError("parameters.truncate", "must be true or false")
-        if adapter_id is None:
-            if base_model is None:
-                raise ConfigError("base_model", "is required when adapter_id is null")
-            base, adapter = self.base(base_model, base_kind), None
-        else:
-            adapter = self.adapter(adapter_id)
-            base = adapter.base
+        return truncate
+
+    def _encode(
+        self,
+        base: SharedBase,
+        adapter: LoadedAdapter | None,
+        inputs: Sequence[str | Sequence[str]],
+        parameters: Mapping[str, Any] | None,
+        truncate: bool,
+    ) -> Prepared:
+        parameters = parameters or {}
         # Checked for every request, so a bad value is an error even where it is not used.
         generation: GenerationParams | None = parse_generation(
             parameters,

@@ -20,11 +20,15 @@ from adalora_core.serving.engine import InferenceEngine
 from adalora_core.serving.requests import Prepared
 from api.deps import EngineDep, InferLimitedCaller
 from api.errors import ApiError, responses
-from api.inference import with_tenant_adapter
+from api.inference import resident_tenant_adapter, with_tenant_adapter
 from api.schemas import InferRequest, InferResponse
 from api.serving import default_base_model
 
 router = APIRouter(tags=["inference"])
+
+# A request up to this many characters is tokenized on the event loop when its adapter is in
+# memory; a longer one would hold the loop (and every other request) while it tokenizes.
+INLINE_PREPARE_CHARS = 4096
 
 
 def _prepare(
@@ -47,6 +51,26 @@ def _prepare(
     )
 
 
+def _prepare_resident(
+    request: Request, engine: InferenceEngine, tenant_id: str, body: InferRequest
+) -> Prepared | None:
+    """On the event loop, for an adapter row and adapter both in memory: tokenizing one short
+    request costs less than the hand-off to a worker thread (docs/benchmarks.md)."""
+    adapter_id = body.adapter_id
+    if adapter_id is None or body.base_model is not None:
+        return None
+    texts = (t for row in body.inputs for t in ([row] if isinstance(row, str) else row))
+    if sum(len(t) for t in texts) > INLINE_PREPARE_CHARS:
+        return None
+    parameters = body.parameters.model_dump(exclude_none=True)
+    return resident_tenant_adapter(
+        request,
+        tenant_id,
+        adapter_id,
+        lambda: engine.prepare_resident(adapter_id, body.inputs, parameters),
+    )
+
+
 @router.post(
     "/infer",
     response_model=InferResponse,
@@ -56,7 +80,9 @@ async def infer(
     body: InferRequest, request: Request, caller: InferLimitedCaller, engine: EngineDep
 ) -> InferResponse:
     try:
-        prepared = await asyncio.to_thread(_prepare, request, engine, caller.tenant_id, body)
+        prepared = _prepare_resident(request, engine, caller.tenant_id, body)
+        if prepared is None:
+            prepared = await asyncio.to_thread(_prepare, request, engine, caller.tenant_id, body)
     except BaseModelUnavailable as exc:
         raise ApiError(503, "base_model_unavailable", str(exc)) from exc
     if prepared.base.kind == "causal-lm":
