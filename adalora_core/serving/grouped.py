@@ -19,8 +19,6 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from adalora_core.serving.grouped_kernel import compiled_add_group_terms
-
 Strategy = Literal["grouped", "concat"]
 
 
@@ -88,8 +86,9 @@ class ConcatLayer:
 
 @dataclass(frozen=True)
 class GroupedLayer:
-    """The "grouped" strategy's operands for one layer, gathered once per routing: the factors
-    of every group adapted there and the groups' row bounds in pairs, for `add_group_terms`."""
+    """The "grouped" strategy's operands for one layer, gathered once per routing (a decoder
+    reuses its routing for many steps): the factors of every group adapted there and the
+    groups' first and last-plus-one rows, in pairs."""
 
     qs: list[torch.Tensor]
     ps: list[torch.Tensor]
@@ -198,8 +197,22 @@ class RoutedLinear(nn.Module):
             return out
         grouped = routing.grouped[self.index]
         if grouped is not None:
-            compiled_add_group_terms(out, x, grouped.qs, grouped.ps, grouped.bounds, routing.rows)
+            add_group_terms(out, x, grouped, routing.rows)
         return out
+
+
+def add_group_terms(out: torch.Tensor, x: torch.Tensor, layer: GroupedLayer, rows: int) -> None:
+    """``out[s:e] += x[s:e] @ Q'ᵀ @ Pᵀ`` for each group's token span, in place; a row is
+    ``tokens / rows`` consecutive tokens of the flattened batch."""
+    out2 = out.view(-1, out.shape[-1])
+    x2 = x.reshape(-1, x.shape[-1])
+    per_row, rest = divmod(out2.shape[0], rows)
+    if rest:
+        raise RuntimeError(f"{out2.shape[0]} tokens do not split into {rows} rows")
+    bounds = layer.bounds
+    for i, (q, p) in enumerate(zip(layer.qs, layer.ps, strict=True)):
+        start, stop = bounds[2 * i] * per_row, bounds[2 * i + 1] * per_row
+        out2[start:stop].addmm_(x2[start:stop] @ q.t(), p.t())
 
 
 def _add_concat_terms(
