@@ -388,3 +388,30 @@ def test_fifty_cold_adapters_at_once_do_not_drain_the_pool(
     with ThreadPoolExecutor(50) as pool:
         codes = list(pool.map(first_request, adapter_ids))
     assert codes == [200] * 50, sorted(set(codes))
+
+
+def test_a_warm_short_request_is_prepared_on_the_event_loop(
+    client, tenant, stored_adapter, monkeypatch
+) -> None:
+    from api.routes import infer as infer_route
+
+    adapter_id, weights = stored_adapter(tenant, seed=5)
+    threaded: list[str] = []
+    prepare_in_thread = infer_route._prepare
+
+    def counted(*args: Any) -> Any:
+        threaded.append(args[-1].inputs[0][:10])
+        return prepare_in_thread(*args)
+
+    monkeypatch.setattr(infer_route, "_prepare", counted)
+    body = {"adapter_id": adapter_id, "inputs": ["w1 w2 w3"]}
+    long_text = " ".join(["w4"] * (infer_route.INLINE_PREPARE_CHARS // 3 + 1))
+    for inputs in (["w1 w2 w3"], ["w1 w2 w3"], [long_text]):
+        response = client.post("/infer", headers=tenant.headers, json={**body, "inputs": inputs})
+        assert response.status_code == 200, response.text
+    # cold: a worker thread loads it; warm and short: the loop; warm but long: a thread again
+    assert threaded == ["w1 w2 w3", long_text[:10]]
+    scores = client.post("/infer", headers=tenant.headers, json=body).json()["outputs"][0]
+    assert [scores["scores"]["neg"], scores["scores"]["pos"]] == pytest.approx(
+        expected_scores(weights, "w1 w2 w3"), abs=1e-5
+    )
