@@ -24,6 +24,7 @@ from service.settings import Settings
 from service.store import ArtifactStore
 from service.vocabulary import KeyScope, scope_allows
 
+_UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}  # RFC 6750: every 401 names the scheme
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
 
@@ -83,10 +84,13 @@ async def get_caller(
     """A key seen in the last ``lookup_cache_ttl_s`` is answered on the event loop; only a miss
     reads SQL, in a worker thread. Every authenticated request passes here, and each hand-off to
     a thread costs the event loop as much as the lookup it saves (docs/benchmarks.md)."""
-    unauthorized = {"WWW-Authenticate": "Bearer"}
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise ApiError(
-            401, "unauthorized", "missing API key (Authorization: Bearer <key>)", None, unauthorized
+            401,
+            "unauthorized",
+            "missing API key (Authorization: Bearer <key>)",
+            None,
+            _UNAUTHORIZED,
         )
     cache: TtlCache[str, Caller] = request.app.state.key_cache
     key_hash = tenants.hash_secret(credentials.credentials)
@@ -101,37 +105,26 @@ async def get_caller(
 def _authenticate(request: Request, secret: str) -> Caller:
     with request.app.state.sessions() as session:
         key = tenants.authenticate_key(session, secret)
-        tenant = None if key is None else session.get(Tenant, key.tenant_id)
-        caller = (
-            None
-            if key is None
-            else Caller(
+        if key is not None:
+            tenant = session.get(Tenant, key.tenant_id)
+            return Caller(
                 tenant_id=key.tenant_id,
                 key_id=key.id,
                 scope=KeyScope(key.scope),
                 operator=bool(tenant is not None and tenant.operator),
             )
-        )
-    if caller is None:
-        # Every wrong key costs its client address a token: guessing is slowed to a trickle.
-        limiter: RateLimiter = request.app.state.rate_limits["auth_failures"]
-        wait = limiter.acquire(request.client.host if request.client else "unknown")
-        if wait > 0:
-            raise ApiError(
-                429,
-                "rate_limited",
-                f"too many failed authentications from this address; retry in {wait:.0f}s",
-                None,
-                retry_after_header(wait),
-            )
+    # Every wrong key costs its client address a token: guessing is slowed to a trickle.
+    limiter: RateLimiter = request.app.state.rate_limits["auth_failures"]
+    wait = limiter.acquire(request.client.host if request.client else "unknown")
+    if wait > 0:
         raise ApiError(
-            401,
-            "unauthorized",
-            "invalid or revoked API key",
+            429,
+            "rate_limited",
+            f"too many failed authentications from this address; retry in {wait:.0f}s",
             None,
-            {"WWW-Authenticate": "Bearer"},
+            retry_after_header(wait),
         )
-    return caller
+    raise ApiError(401, "unauthorized", "invalid or revoked API key", None, _UNAUTHORIZED)
 
 
 def _scoped(needed: KeyScope, *, operator: bool = False):

@@ -33,9 +33,7 @@ def with_tenant_adapter(
     """Check that ``adapter_id`` is the tenant's and servable, then call ``use`` (which loads it
     through the engine) with the row already read; engine errors become API errors."""
     sessions = request.app.state.sessions
-    rows: TtlCache[tuple[str, str], tuple[str, AdapterRowFacts]] = (
-        request.app.state.adapter_row_cache
-    )
+    rows = _row_cache(request)
     cached = rows.get((tenant_id, adapter_id))
     if cached is not None:
         status, facts = cached
@@ -75,12 +73,13 @@ def resident_tenant_adapter(
     """The event loop's path: when this process read the tenant's adapter row recently (so it
     is the tenant's and servable) ``use`` may run at once, if it needs no I/O (it returns None
     when the adapter is not in memory). None: go through `with_tenant_adapter` in a thread."""
-    rows: TtlCache[tuple[str, str], tuple[str, AdapterRowFacts]] = (
-        request.app.state.adapter_row_cache
-    )
-    if rows.get((tenant_id, adapter_id)) is None:
+    if _row_cache(request).get((tenant_id, adapter_id)) is None:
         return None
     return use()
+
+
+def _row_cache(request: Request) -> TtlCache[tuple[str, str], tuple[str, AdapterRowFacts]]:
+    return request.app.state.adapter_row_cache
 
 
 def corrupt(adapter_id: str, reason: str = "") -> ApiError:

@@ -151,10 +151,10 @@ class InferenceEngine:
     ) -> Prepared | None:
         """`prepare` for an adapter already in device memory, else None: no store read and no
         load, so the API can call it on its event loop and skip a worker-thread hand-off."""
-        truncate = self._check_request(inputs, parameters)
         adapter = self.cache.get_resident(adapter_id)
         if adapter is None:
-            return None
+            return None  # the caller's `prepare` checks the request
+        truncate = self._check_request(inputs, parameters)
         return self._encode(adapter.base, adapter, inputs, parameters, truncate)
 
     def _check_request(
