@@ -34,6 +34,14 @@ from bench.load_infer import WORDS  # noqa: E402
 VARIANTS = {
     "linger 5 ms": ["--batching", "on", "--max-wait-ms", "5"],
     "dispatch at once": ["--batching", "on", "--max-wait-ms", "0"],
+    "forward in the batcher's thread": [
+        "--batching",
+        "on",
+        "--max-wait-ms",
+        "0",
+        "--encoder-forward",
+        "thread",
+    ],
     "no batching": ["--batching", "off"],
     "no lookup cache": ["--batching", "on", "--max-wait-ms", "0", "--lookup-cache-ttl-s", "0"],
 }

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from adalora_core.formats.bundle import AdapterWeights  # noqa: E402
+from adalora_core.placement import ENCODER_PLACEMENTS  # noqa: E402
 from bench.infer import minilm_path, random_adapter  # noqa: E402
 from bench.server import log_tail, serving  # noqa: E402
 
@@ -223,6 +224,12 @@ def main() -> None:
         default=None,
         help="how long the server trusts a key / adapter row it read (ADALORA_LOOKUP_CACHE_TTL_S)",
     )
+    parser.add_argument(
+        "--encoder-forward",
+        choices=ENCODER_PLACEMENTS,
+        default=None,
+        help="where the server runs encoder forwards (ADALORA_INFER_ENCODER_FORWARD)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="adalora-load-") as tmp:
@@ -236,12 +243,15 @@ def main() -> None:
             settings["ADALORA_MAX_WAIT_MS"] = str(args.max_wait_ms)
         if args.lookup_cache_ttl_s is not None:
             settings["ADALORA_LOOKUP_CACHE_TTL_S"] = str(args.lookup_cache_ttl_s)
+        if args.encoder_forward is not None:
+            settings["ADALORA_INFER_ENCODER_FORWARD"] = args.encoder_forward
         with serving(home, settings, args.threads) as (url, pid):
             result = asyncio.run(run_load(url, key, adapters, args.clients, args.seconds, pid))
         if result["errors"]:
             result["server_log_tail"] = log_tail(home)
     result["batching"] = args.batching
     result["max_wait_ms"] = args.max_wait_ms
+    result["encoder_forward"] = args.encoder_forward
     result["clients"] = args.clients
     print(json.dumps(result))
 

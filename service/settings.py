@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from adalora_core.placement import EncoderPlacement
 from service.base_models import SMOLLM2_NAME, bundled_smollm2
 from service.db import DbLimits
 
@@ -109,6 +110,10 @@ class Settings(BaseSettings):
     # bfloat16 only where the GPU computes in it natively, float16 only on a GPU.
     infer_device: str = "auto"
     infer_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Where encoder (/infer classification and embedding) forwards run: "auto" is a process of
+    # their own on CPU, so they never wait for the event loop's GIL, and the batcher's thread
+    # on a GPU; "process" / "thread" force one (see adalora_core/serving/forward_process.py).
+    infer_encoder_forward: EncoderPlacement = "auto"
 
     # Adapter cache budgets.
     device_cache_bytes: int = 512 * 1024 * 1024

@@ -103,8 +103,6 @@ class BaseModels:
             model.config.pad_token_id = tokenizer.pad_token_id
         model.to(device=self.device, dtype=self.dtype).eval()
         model.requires_grad_(False)
-        templates = route_heads(model) if kind == "sequence-classification" else {}
-        layer_index = wrap_linears(model, skip=set(templates) | {"lm_head"})
         limits = [self.max_length]
         for attr in ("max_position_embeddings", "n_positions"):
             value = getattr(model.config, attr, None)
@@ -113,11 +111,21 @@ class BaseModels:
         model_max = getattr(tokenizer, "model_max_length", None)
         if isinstance(model_max, int) and 0 < model_max < 10**6:
             limits.append(model_max)
-        shared = SharedBase(name, kind, model, tokenizer, layer_index, templates, min(limits))
-        if kind == "sequence-classification":
-            backbone = getattr(model, model.base_model_prefix)
-            backbone.register_forward_hook(_keep_last_hidden(shared))
-        return shared
+        return wrap_base(name, kind, model, tokenizer, min(limits))
+
+
+def wrap_base(
+    name: str, kind: ModelKind, model: nn.Module, tokenizer: Any, max_length: int
+) -> SharedBase:
+    """Route a loaded model's heads and Linears; the forward process wraps its copy the same
+    way, so the two have the same modules and state-dict keys."""
+    templates = route_heads(model) if kind == "sequence-classification" else {}
+    layer_index = wrap_linears(model, skip=set(templates) | {"lm_head"})
+    shared = SharedBase(name, kind, model, tokenizer, layer_index, templates, max_length)
+    if kind == "sequence-classification":
+        backbone = getattr(model, model.base_model_prefix)
+        backbone.register_forward_hook(_keep_last_hidden(shared))
+    return shared
 
 
 def _keep_last_hidden(shared: SharedBase) -> Callable[..., None]:

@@ -24,10 +24,12 @@ from typing import Any
 import torch
 
 from adalora_core.errors import ConfigError
+from adalora_core.placement import EncoderPlacement
 from adalora_core.serving.bases import BaseFactory, BaseModels, SharedBase, default_base_factory
 from adalora_core.serving.cache import AdapterCache, AdapterState
 from adalora_core.serving.decoding import Decoders, DecodeStrategy, Generation
 from adalora_core.serving.forward import run_batch
+from adalora_core.serving.forward_process import ForwardProcess, uses_process
 from adalora_core.serving.generation import GenerationParams, parse_generation
 from adalora_core.serving.grouped import Strategy
 from adalora_core.serving.loading import (
@@ -62,6 +64,9 @@ class EngineSettings:
     strategy: Strategy = "grouped"
     decode_strategy: DecodeStrategy = "auto"  # the continuous decoder's op (decoding.py)
     tune_malloc: bool = True  # glibc mallopt at engine start (see malloc.py, docs/benchmarks.md)
+    # Where sequence-classification forwards run: "auto" is a process of their own on CPU
+    # (forward_process.py), the calling thread on a GPU.
+    encoder_forward: EncoderPlacement = "auto"
 
 
 class InferenceEngine:
@@ -98,6 +103,11 @@ class InferenceEngine:
             device=self.device,
             pinned=frozenset(self.settings.pinned_adapters),
         )
+        self.encoder: ForwardProcess | None = None
+        if uses_process(self.settings.encoder_forward, self.device):
+            self.encoder = ForwardProcess(
+                torch.get_num_threads(), self.settings.tune_malloc, self.settings.strategy
+            )
         self.decoders = Decoders(
             self.device,
             self.settings.max_batch_size,
@@ -265,7 +275,7 @@ class InferenceEngine:
 
     def run(self, batch: Sequence[Prepared]) -> list[list[dict[str, Any]]]:
         """One routed forward for prepared requests of one base; answers in request order."""
-        return run_batch(batch, self.device, self.settings.strategy)
+        return run_batch(batch, self.device, self.settings.strategy, self.encoder)
 
     def generate(self, prepared: Prepared, copies: int = 1) -> list[Generation]:
         """Causal-LM rows into the base's continuous decoder: ``copies`` per input row, the
@@ -285,8 +295,10 @@ class InferenceEngine:
         return handles
 
     def close(self) -> None:
-        """Stop the decode threads (the batcher is closed by its owner)."""
+        """Stop the decode threads and the forward process (the batcher is closed by its owner)."""
         self.decoders.close()
+        if self.encoder is not None:
+            self.encoder.close()
 
 
 def _check_context(base: SharedBase, tokens: int, generation: GenerationParams, where: str) -> None:

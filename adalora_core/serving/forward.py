@@ -7,8 +7,8 @@ into request order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -19,8 +19,36 @@ from adalora_core.serving.outputs import embeddings, head_outputs
 from adalora_core.serving.requests import Prepared
 
 
+class EncoderForward(Protocol):
+    """Runs a padded sequence-classification batch over row groups: (logits, final hidden
+    states, or None when no group is a base row). Here in the calling thread
+    (`forward_here`) or in the forward process (forward_process.py)."""
+
+    def __call__(
+        self, base: SharedBase, padded: Mapping[str, torch.Tensor], groups: Sequence[RowGroup]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+def forward_here(strategy: Strategy) -> EncoderForward:
+    def run(
+        base: SharedBase, padded: Mapping[str, torch.Tensor], groups: Sequence[RowGroup]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        rows = groups[-1].stop
+        routing = Routing.build(rows, tuple(groups), len(base.layer_index), strategy)
+        with base.lock, torch.inference_mode(), routed(routing):
+            base.last_hidden.clear()
+            logits = base.model(**padded).logits.float()
+            hidden = base.last_hidden.pop()
+        return logits, hidden if any(g.layers is None for g in groups) else None
+
+    return run
+
+
 def run_batch(
-    batch: Sequence[Prepared], device: torch.device, strategy: Strategy
+    batch: Sequence[Prepared],
+    device: torch.device,
+    strategy: Strategy,
+    encoder: EncoderForward | None = None,
 ) -> list[list[dict[str, Any]]]:
     """One routed forward for prepared requests of one base; answers in request order."""
     bases = {id(p.base) for p in batch}
@@ -55,11 +83,11 @@ def run_batch(
                     adapter,
                 )
             )
-    routing = Routing.build(len(encodings), tuple(groups), len(base.layer_index), strategy)
-    with base.lock, torch.inference_mode(), routed(routing):
-        if base.kind == "sequence-classification":
-            rows = _classify(base, encodings, groups, device)
-        else:
+    if base.kind == "sequence-classification":
+        rows = _classify(base, encodings, groups, device, encoder or forward_here(strategy))
+    else:
+        routing = Routing.build(len(encodings), tuple(groups), len(base.layer_index), strategy)
+        with base.lock, torch.inference_mode(), routed(routing):
             rows = _generate(base, batch, order, encodings, device)
     return [rows[spans[i][0] : spans[i][1]] for i in range(len(batch))]
 
@@ -69,17 +97,17 @@ def _classify(
     encodings: list[dict[str, list[int]]],
     groups: list[RowGroup],
     device: torch.device,
+    encoder: EncoderForward,
 ) -> list[dict[str, Any]]:
     with base.tokenizer_lock:
         padded = base.tokenizer.pad(encodings, return_tensors="pt").to(device)
-    base.last_hidden.clear()
-    logits = base.model(**padded).logits.float()
-    hidden = base.last_hidden.pop()
+    logits, hidden = encoder(base, padded, groups)
     mask = padded["attention_mask"]
     results: list[dict[str, Any]] = []
     for g in groups:
         adapter = g.adapter
         if adapter is None:
+            assert hidden is not None
             results.extend(embeddings(hidden[g.start : g.stop], mask[g.start : g.stop]))
         else:
             results.extend(head_outputs(adapter, logits[g.start : g.stop]))

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from adalora_core.errors import ConfigError
 from adalora_core.serving.bases import BaseModelUnavailable
 from adalora_core.serving.engine import InferenceEngine
+from adalora_core.serving.forward_process import ForwardProcessDied
 from adalora_core.serving.requests import Prepared
 from api.deps import EngineDep, InferLimitedCaller
 from api.errors import ApiError, responses
@@ -88,7 +89,10 @@ async def infer(
     if prepared.base.kind == "causal-lm":
         outputs = await generate_texts(engine, prepared)
     else:
-        outputs = await request.app.state.batcher.submit(prepared)
+        try:
+            outputs = await request.app.state.batcher.submit(prepared)
+        except ForwardProcessDied as exc:
+            raise ApiError(503, "engine_unavailable", f"{exc}; retry shortly") from exc
     return InferResponse(adapter_id=body.adapter_id, outputs=outputs)
 
 

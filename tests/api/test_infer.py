@@ -415,3 +415,27 @@ def test_a_warm_short_request_is_prepared_on_the_event_loop(
     assert [scores["scores"]["neg"], scores["scores"]["pos"]] == pytest.approx(
         expected_scores(weights, "w1 w2 w3"), abs=1e-5
     )
+
+
+def test_a_dead_forward_process_is_503_and_the_next_request_serves(
+    client, tenant, stored_adapter
+) -> None:
+    import os
+    import signal
+
+    adapter_id, weights = stored_adapter(tenant, seed=6)
+    body = {"adapter_id": adapter_id, "inputs": ["w1 w2 w3"]}
+    assert client.post("/infer", headers=tenant.headers, json=body).status_code == 200
+    encoder = client.app.state.engine.encoder
+    assert encoder is not None  # "auto" on a CPU: encoder forwards run in their own process
+    os.kill(encoder._child.pid, signal.SIGKILL)
+    encoder._child.join()
+    response = client.post("/infer", headers=tenant.headers, json=body)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "engine_unavailable"
+    again = client.post("/infer", headers=tenant.headers, json=body)
+    assert again.status_code == 200, again.text
+    scores = again.json()["outputs"][0]["scores"]
+    assert [scores["neg"], scores["pos"]] == pytest.approx(
+        expected_scores(weights, "w1 w2 w3"), abs=1e-5
+    )

@@ -66,14 +66,17 @@ def reference_row(weights: AdapterWeights | None, text: str | list[str]) -> dict
     return {"scores": dict(zip(weights.meta.labels, torch.softmax(out, -1).tolist(), strict=True))}
 
 
-@pytest.mark.parametrize("strategy", ["grouped", "concat"])
+@pytest.mark.parametrize(
+    ("strategy", "placement"),
+    [("grouped", "process"), ("concat", "process"), ("grouped", "thread"), ("concat", "thread")],
+)
 def test_mixed_batch_matches_each_adapter_merged_alone(
-    make_engine, source: MemorySource, tmp_path: Path, strategy: str
+    make_engine, source: MemorySource, tmp_path: Path, strategy: str, placement: str
 ) -> None:
     adapters = three_adapters()
     for adapter_id, weights in adapters.items():
         source.add(adapter_id, weights, tmp_path)
-    engine = make_engine(strategy=strategy)
+    engine = make_engine(strategy=strategy, encoder_forward=placement)
     rng = random.Random(0)
     plan = [("b-all", 2), (None, 2), ("a-qv", 3), ("c-rank0", 2), ("a-qv", 1)]
     requests = []
