@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +114,45 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+Post = Callable[[dict[str, Any]], Awaitable[int]]
+
+
+class RawHttp:
+    """One keep-alive HTTP/1.1 connection on asyncio streams, for ``--client raw``: a load
+    generator that costs the machine little CPU (httpx took 62% of one of this machine's two
+    cores at 160 requests/s), so the server under test keeps the cores, as with a remote client."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.host, port = url.removeprefix("http://").split(":")
+        self.port = int(port)
+        self.head = (
+            f"POST /infer HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {key}\r\n"
+            "Content-Type: application/json\r\nContent-Length: "
+        ).encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, body: dict[str, Any]) -> int:
+        if self.reader is None or self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        payload = json.dumps(body).encode()
+        self.writer.write(self.head + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+        status = int((await self.reader.readline()).split()[1])
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 async def client_loop(
-    http: httpx.AsyncClient,
+    post: Post,
     adapters: list[str],
     stop_at: float,
     latencies: list[float],
@@ -129,17 +168,52 @@ async def client_loop(
         }
         started = time.monotonic()
         try:
-            response = await http.post("/infer", json=body)
-            statuses[str(response.status_code)] += 1
-            if response.status_code == 200:
+            status = await post(body)
+            statuses[str(status)] += 1
+            if status == 200:
                 latencies.append(time.monotonic() - started)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, OSError, asyncio.IncompleteReadError) as exc:
             statuses[exc.__class__.__name__] += 1
             failures.append(f"{time.monotonic() - started:.1f}s into the request: {exc!r}")
 
 
+async def batcher_counts(http: httpx.AsyncClient) -> tuple[float, float]:
+    """(forwards, rows) the server's batcher has run so far, from /metrics."""
+    text = (await http.get("/metrics")).text
+    values = {
+        name: float(value)
+        for name, _, value in (line.partition(" ") for line in text.splitlines())
+        if name in ("adalora_infer_batches_total", "adalora_infer_batch_rows_total")
+    }
+    return values["adalora_infer_batches_total"], values["adalora_infer_batch_rows_total"]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its live descendants (the forward process is a
+    grandchild, through the fork server, started from the batcher's thread)."""
+    total = 0.0
+    pids = [pid]
+    while pids:
+        current = pids.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            tasks = Path(f"/proc/{current}/task").iterdir()
+            children = [c for t in tasks for c in (t / "children").read_text().split()]
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        pids.extend(int(c) for c in children)
+    return total
+
+
 async def run_load(
-    url: str, key: str, adapters: list[str], clients: int, seconds: float, pid: int
+    url: str,
+    key: str,
+    adapters: list[str],
+    clients: int,
+    seconds: float,
+    pid: int,
+    client: str = "httpx",
 ) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
@@ -153,6 +227,14 @@ async def run_load(
             response = await http.post("/infer", json={"adapter_id": adapter_id, "inputs": ["hi"]})
             response.raise_for_status()
         rss.append((0.0, rss_mib(pid)))
+        raw = [RawHttp(url, key) for _ in range(clients)] if client == "raw" else []
+
+        async def post_httpx(body: dict[str, Any]) -> int:
+            return (await http.post("/infer", json=body)).status_code
+
+        posts: list[Post] = [c.post for c in raw] or [post_httpx] * clients
+        server_cpu, client_cpu = cpu_seconds(pid), time.process_time()
+        forwards = await batcher_counts(http)
         started = time.monotonic()
         stop_at = started + seconds
 
@@ -162,11 +244,15 @@ async def run_load(
                 rss.append((time.monotonic() - started, rss_mib(pid)))
 
         tasks = [
-            client_loop(http, adapters, stop_at, latencies, statuses, failures, seed)
-            for seed in range(clients)
+            client_loop(post, adapters, stop_at, latencies, statuses, failures, seed)
+            for seed, post in enumerate(posts)
         ]
         await asyncio.gather(sample(), *tasks)
         elapsed = time.monotonic() - started
+        server_cpu, client_cpu = cpu_seconds(pid) - server_cpu, time.process_time() - client_cpu
+        batches, rows = (b - a for a, b in zip(forwards, await batcher_counts(http), strict=True))
+        for connection in raw:
+            connection.close()
     ordered = sorted(latencies)
 
     def pct(p: float) -> float:
@@ -189,6 +275,12 @@ async def run_load(
             "p99": pct(0.99),
             "max": round(1000 * ordered[-1], 1) if ordered else None,
             "mean": round(1000 * statistics.fmean(ordered), 1) if ordered else None,
+        },
+        "client": client,
+        "rows_per_forward": round(rows / batches, 1) if batches else None,
+        "cpu_cores": {
+            "server": round(server_cpu / elapsed, 2),
+            "load_generator": round(client_cpu / elapsed, 2),
         },
         "server_rss_mib": {
             "after_warmup": round(rss[0][1], 1),
@@ -225,6 +317,13 @@ def main() -> None:
         help="how long the server trusts a key / adapter row it read (ADALORA_LOOKUP_CACHE_TTL_S)",
     )
     parser.add_argument(
+        "--client",
+        choices=("httpx", "raw"),
+        default="httpx",
+        help="the load generator's HTTP client: httpx, or raw keep-alive HTTP/1.1 on asyncio "
+        "streams (far less CPU, so more of a small machine is left to the server)",
+    )
+    parser.add_argument(
         "--encoder-forward",
         choices=ENCODER_PLACEMENTS,
         default=None,
@@ -246,7 +345,9 @@ def main() -> None:
         if args.encoder_forward is not None:
             settings["ADALORA_INFER_ENCODER_FORWARD"] = args.encoder_forward
         with serving(home, settings, args.threads) as (url, pid):
-            result = asyncio.run(run_load(url, key, adapters, args.clients, args.seconds, pid))
+            result = asyncio.run(
+                run_load(url, key, adapters, args.clients, args.seconds, pid, args.client)
+            )
         if result["errors"]:
             result["server_log_tail"] = log_tail(home)
     result["batching"] = args.batching
