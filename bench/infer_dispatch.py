@@ -3,7 +3,7 @@
 the next batch) and no batching; and the key / adapter-row lookups read from SQL on every request
 against cached (api/lookup_cache.py). Run by hand:
 
-    .venv/bin/python -m bench.infer_dispatch --rounds 2 --seconds 15 \
+    .venv/bin/python -m bench.infer_dispatch --rounds 2 --seconds 15 [--client raw] \
         [--variants "no lookup cache" "dispatch at once" "no batching"]
 
 Each round runs every (clients, variant) once through ``bench/load_infer.py`` (a fresh server
@@ -67,9 +67,10 @@ def bare_rows_per_s(batches: int = 30, rows: int = 32) -> float:
     return rows / statistics.median(times[3:])
 
 
-def load(clients: int, variant: str, seconds: float) -> dict:
+def load(clients: int, variant: str, seconds: float, client: str) -> dict:
     command = [sys.executable, str(ROOT / "bench" / "load_infer.py"), "--clients", str(clients)]
-    command += ["--adapters", "8", "--seconds", str(seconds), *VARIANTS[variant]]
+    command += ["--adapters", "8", "--seconds", str(seconds), "--client", client]
+    command += VARIANTS[variant]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -84,6 +85,12 @@ def main() -> None:
         choices=list(VARIANTS),
         default=["no lookup cache", "dispatch at once", "no batching"],
     )
+    parser.add_argument(
+        "--client",
+        choices=("httpx", "raw"),
+        default="httpx",
+        help="the load generator's HTTP client (bench/load_infer.py --client)",
+    )
     args = parser.parse_args()
     bare = [bare_rows_per_s()]
     results: dict[tuple[int, str], list[dict]] = {}
@@ -93,19 +100,27 @@ def main() -> None:
         for clients in (1, 32):
             for variant in order:
                 results.setdefault((clients, variant), []).append(
-                    load(clients, variant, args.seconds)
+                    load(clients, variant, args.seconds, args.client)
                 )
         bare.append(bare_rows_per_s())
     ceiling = statistics.median(bare)
     print(f"bare forward: {ceiling:.1f} rows/s (median of {len(bare)} measurements)")
-    print("| clients | variant | requests/s | share of the bare forward | p50 ms | p99 ms |")
-    print("|---:|---|---:|---:|---:|---:|")
+    print(f"load generator: {args.client}")
+    print(
+        "| clients | variant | requests/s | share of the bare forward | p50 ms | p99 ms "
+        "| rows per forward | server cores | load generator cores |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for (clients, variant), runs in results.items():
         rate = statistics.median(r["requests_per_s"] for r in runs)
         p50 = statistics.median(r["latency_ms"]["p50"] for r in runs)
         p99 = statistics.median(r["latency_ms"]["p99"] for r in runs)
+        rows = statistics.median(r["rows_per_forward"] or 0 for r in runs)
+        server = statistics.median(r["cpu_cores"]["server"] for r in runs)
+        generator = statistics.median(r["cpu_cores"]["load_generator"] for r in runs)
         print(
-            f"| {clients} | {variant} | {rate:.1f} | {rate / ceiling:.0%} | {p50:.1f} | {p99:.1f} |"
+            f"| {clients} | {variant} | {rate:.1f} | {rate / ceiling:.0%} | {p50:.1f} | {p99:.1f} "
+            f"| {rows:.1f} | {server:.2f} | {generator:.2f} |"
         )
 
 

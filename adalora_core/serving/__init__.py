@@ -8,6 +8,7 @@
 - `cache.py`: the two-tier adapter cache and its state machine.
 - `requests.py`: a request checked and tokenized (`Prepared`).
 - `forward.py`: one routed forward (or generate) for a batch of many adapters.
+- `forward_process.py`: encoder forwards in a process of their own on CPU (no GIL contention).
 - `outputs.py`: each row's answer per task.
 - `engine.py`: `InferenceEngine`, which wires the parts together.
 - `batcher.py`: `DynamicBatcher` (gathers concurrent requests into one forward).
