@@ -65,7 +65,7 @@ class ForwardProcess:
         self, base: SharedBase, padded: Mapping[str, torch.Tensor], groups: Sequence[RowGroup]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         with self._lock:
-            conn = self._connection()
+            conn = self._connection(base)
             try:
                 base_key = self._send_base(conn, base)
                 spans = [(g.start, g.stop, self._send_adapter(conn, g.adapter)) for g in groups]
@@ -87,10 +87,13 @@ class ForwardProcess:
             self._stop()
 
     # ---- the child's lifetime ---------------------------------------------------------------
-    def _connection(self) -> Connection:
+    def _connection(self, base: SharedBase) -> Connection:
         if self._conn is None:
             context = torch_mp.get_context("forkserver")
-            context.set_forkserver_preload([__name__])
+            # Children fork from a server that has imported these once; the first start in a
+            # process also preloads the base's model module (transformers imports it lazily,
+            # seconds per child otherwise).
+            context.set_forkserver_preload([__name__, type(base.model).__module__])
             parent, child = context.Pipe()
             process = context.Process(
                 target=_serve,
