@@ -26,7 +26,8 @@ from torch import nn
 from adalora_core.errors import ConfigError
 from adalora_core.placement import EncoderPlacement
 from adalora_core.serving.bases import SharedBase, wrap_base
-from adalora_core.serving.grouped import LowRankDelta, Routing, RowGroup, Strategy, routed
+from adalora_core.serving.forward import forward_here
+from adalora_core.serving.grouped import LowRankDelta, RowGroup, Strategy
 from adalora_core.serving.loading import LoadedAdapter
 from adalora_core.serving.malloc import tune_glibc_malloc
 
@@ -222,10 +223,5 @@ def _forward(
             own = {n: base.head_templates[n] if m is None else m for n, m in heads.items()}
         groups.append(RowGroup(start, stop, layers, own))
     padded = {name: torch.from_numpy(array) for name, array in arrays.items()}
-    routing = Routing.build(spans[-1][1], tuple(groups), len(base.layer_index), strategy)
-    with torch.inference_mode(), routed(routing):
-        base.last_hidden.clear()
-        logits = base.model(**padded).logits.float()
-        hidden = base.last_hidden.pop()
-    wants_hidden = any(key is None for _, _, key in spans)
-    return logits.numpy(), hidden.float().numpy() if wants_hidden else None
+    logits, hidden = forward_here(strategy)(base, padded, groups)
+    return logits.numpy(), None if hidden is None else hidden.float().numpy()
