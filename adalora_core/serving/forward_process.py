@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
+from collections import deque
 from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
@@ -60,7 +61,7 @@ class ForwardProcess:
         self._child: Any = None
         self._bases: dict[int, int] = {}  # id(SharedBase) → key in the current child
         self._adapters: dict[int, int] = {}  # id(LoadedAdapter) → key in the current child
-        self._dropped: list[int] = []
+        self._dropped: deque[int] = deque()
 
     def __call__(
         self, base: SharedBase, padded: Mapping[str, torch.Tensor], groups: Sequence[RowGroup]
@@ -70,8 +71,8 @@ class ForwardProcess:
             try:
                 base_key = self._send_base(conn, base)
                 spans = [(g.start, g.stop, self._send_adapter(conn, g.adapter)) for g in groups]
-                for key in self._take_dropped():
-                    conn.send(("drop", key))
+                while self._dropped:  # popleft: a finalizer may append meanwhile
+                    conn.send(("drop", self._dropped.popleft()))
                 arrays = {name: tensor.cpu().numpy() for name, tensor in padded.items()}
                 conn.send(("forward", base_key, arrays, spans))
                 reply = conn.recv()
@@ -158,10 +159,6 @@ class ForwardProcess:
         if self._adapters.get(adapter_id) == key:
             del self._adapters[adapter_id]
             self._dropped.append(key)
-
-    def _take_dropped(self) -> list[int]:
-        dropped, self._dropped = self._dropped, []
-        return dropped
 
 
 # ---- the child ---------------------------------------------------------------------------------

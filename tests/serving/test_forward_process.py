@@ -84,7 +84,7 @@ def test_an_evicted_adapter_leaves_the_child_with_the_next_batch(make_engine, st
     gc.collect()
     assert len(engine.encoder._dropped) == 1
     engine.run([engine.prepare("b-all", ["w1"], base_model="tiny-bert")])
-    assert len(engine.encoder._adapters) == 1 and engine.encoder._dropped == []
+    assert len(engine.encoder._adapters) == 1 and not engine.encoder._dropped
 
 
 def test_close_stops_the_child(make_engine, stored) -> None:
