@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.infer import minilm_path  # noqa: E402
-from bench.load_infer import WORDS  # noqa: E402
+from bench.load_infer import CLIENTS, WORDS  # noqa: E402
 
 VARIANTS = {
     "linger 5 ms": ["--batching", "on", "--max-wait-ms", "5"],
@@ -87,7 +87,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--client",
-        choices=("httpx", "raw"),
+        choices=CLIENTS,
         default="httpx",
         help="the load generator's HTTP client (bench/load_infer.py --client)",
     )

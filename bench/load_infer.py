@@ -115,6 +115,7 @@ def rss_mib(pid: int) -> float:
 
 
 Post = Callable[[dict[str, Any]], Awaitable[int]]
+CLIENTS = ("httpx", "raw")  # the load generator's HTTP clients (--client)
 
 
 class RawHttp:
@@ -318,7 +319,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--client",
-        choices=("httpx", "raw"),
+        choices=CLIENTS,
         default="httpx",
         help="the load generator's HTTP client: httpx, or raw keep-alive HTTP/1.1 on asyncio "
         "streams (far less CPU, so more of a small machine is left to the server)",
