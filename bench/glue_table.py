@@ -89,13 +89,14 @@ def run_protocol(
     out: Path,
     jobs: int,
     threads: int,
-    max_seeds: int | None = None,
+    seed_count: int | None = None,
     tuning: list[dict[str, Any]] | None = None,
 ) -> None:
     """AdaLoRA first (its final size fixes LoRA's rank), then LoRA, then the ablation.
-    ``max_seeds`` runs only the first seeds of each task (the rest resume later)."""
+    ``seed_count`` runs seeds 0..N-1 of each task instead of the protocol's: fewer to resume
+    the rest later, more to narrow an interval."""
     for task in tasks:
-        seeds = PROTOCOL[task].seeds[:max_seeds]
+        seeds = tuple(range(seed_count)) if seed_count else PROTOCOL[task].seeds
         tuned = tuned_settings(tuning or [], task)
         if tuning is not None and set(tuned) != {"adalora", "lora", "svd"}:
             raise SystemExit(f"--tuned has no finished cells for both methods on {task}")
@@ -183,7 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per cell")
     parser.add_argument("--table-only", action="store_true")
-    parser.add_argument("--seeds", type=int, help="only the first N seeds of each task")
+    parser.add_argument(
+        "--seeds", type=int, help="run seeds 0..N-1 of each task instead of the protocol's"
+    )
     parser.add_argument("--heatmaps", type=Path, help="folder for <task>_ranks.png")
     parser.add_argument(
         "--tuned",
