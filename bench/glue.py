@@ -6,7 +6,8 @@ Every setting a flag leaves out comes from the service's own recipe
 (``adalora_core.recipe.resolve``), so a cell measures what a job with the same fields gets.
 Methods share the training loop (``adalora_core.trainer.train``):
 
-- ``adalora``: ours, init_r 12 -> target_r 8 unless overridden.
+- ``adalora``: ours, init_r 12 -> target_r 8 unless ``--init-r``/``--target-r`` say otherwise
+  (one of them alone keeps the recipe's 1.5 ratio).
 - ``lora``: plain LoRA at ``--lora-r`` (default 8) on the same modules.
 - ``svd``: the paper's ablation, the SVD form at a fixed rank (target_r) with no pruning, at the
   same scaling alpha/r as ``adalora``.
@@ -123,10 +124,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     method = "adalora" if args.method in ("svd", "peft-adalora") else args.method
     paired = glue.spec.text_pair_column is not None
     profile = recipe.DataProfile(len(train_rows), glue.spec.kind, paired=paired)
-    given_adalora: dict[str, Any] = {"lora_alpha": args.lora_alpha, "pq_init": args.pq_init}
+    ranks = {"init_r": args.init_r, "target_r": args.target_r}
+    given_adalora: dict[str, Any] = {
+        "lora_alpha": args.lora_alpha,
+        "pq_init": args.pq_init,
+        **ranks,
+    }
     if args.method == "svd":
         # Same scaling alpha/init_r as AdaLoRA's, at a fixed rank that is never pruned.
-        reference = recipe.resolve(profile)
+        reference = recipe.resolve(profile, adalora=ranks)
         base = reference.adalora
         alpha = args.lora_alpha or base.lora_alpha
         given_adalora = {
@@ -205,6 +211,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # With --holdout, scoring is on the held-out rows unless --eval-on dev says otherwise.
     parser.add_argument("--eval-on", choices=("dev", "holdout"), default=None)
     parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument(
+        "--target-r", type=int, default=None, help="AdaLoRA's (and the ablation's) final rank"
+    )
+    parser.add_argument("--init-r", type=int, default=None, help="AdaLoRA's starting rank")
     # Unset flags take the recipe's value.
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)

@@ -5,9 +5,9 @@
 Per task, with the settings the recipe chose on held-out SST-2 rows, or with ``--tuned`` the
 best setting per method from a tuning run on that task's own held-out rows
 (``bench/glue_tune.py``; the SVD ablation takes AdaLoRA's):
-1. AdaLoRA (12 -> 8) over paired seeds.
+1. AdaLoRA (12 -> 8, or ``--target-r`` with the recipe's 1.5 ratio) over paired seeds.
 2. LoRA at the rank whose final parameter count is nearest to AdaLoRA's mean final count.
-3. The SVD-form ablation (fixed rank 8, no pruning).
+3. The SVD-form ablation (fixed at AdaLoRA's final rank, no pruning).
 Every cell trains on the same sample the tuning used (the held-out rows stay out) and is
 scored on the full dev set. Finished cells are appended as JSON lines; a re-run resumes.
 ``--table-only`` prints the table from what is there.
@@ -41,7 +41,6 @@ PROTOCOL: dict[str, TaskProtocol] = {
     # (bench/results/glue_cola_600.jsonl), so it trains on its whole split: the recipe's 1,000.
     "cola": TaskProtocol(tuple(range(3)), ("--holdout", "1000")),
 }
-LABELS = {"adalora": "AdaLoRA 12→8", "svd": "SVD form, rank 8, no pruning", "lora": "LoRA"}
 
 
 def cell(task: str, method: str, seed: int, threads: int, *extra: str) -> list[str]:
@@ -91,6 +90,7 @@ def run_protocol(
     threads: int,
     seed_count: int | None = None,
     tuning: list[dict[str, Any]] | None = None,
+    target_r: int | None = None,
 ) -> None:
     """AdaLoRA first (its final size fixes LoRA's rank), then LoRA, then the ablation.
     ``seed_count`` runs seeds 0..N-1 of each task instead of the protocol's: fewer to resume
@@ -100,6 +100,9 @@ def run_protocol(
         tuned = tuned_settings(tuning or [], task)
         if tuning is not None and set(tuned) != {"adalora", "lora", "svd"}:
             raise SystemExit(f"--tuned has no finished cells for both methods on {task}")
+        if target_r is not None:
+            for method in ("adalora", "svd"):
+                tuned[method] = [*tuned.get(method, []), "--target-r", str(target_r)]
         run_cells(
             [cell(task, "adalora", s, threads, *tuned.get("adalora", [])) for s in seeds], out, jobs
         )
@@ -148,7 +151,7 @@ def table(results: list[dict[str, Any]], tasks: list[str]) -> str:
             scores[method] = {s: 100.0 * r["value"] for s, r in cells.items()}
             values = [scores[method][s] for s in sorted(scores[method])]
             params = statistics.mean(r["final_params"] for r in cells.values())
-            label = LABELS[method] + (f" r={first['lora_r']}" if method == "lora" else "")
+            label = method_label(first)
             lines.append(
                 f"| {task} | {first['metric']} | {label} | {_mean_std(values)} | "
                 f"{', '.join(f'{v:.1f}' for v in values)} | {params:,.0f} |"
@@ -158,6 +161,15 @@ def table(results: list[dict[str, Any]], tasks: list[str]) -> str:
             ahead = "yes" if mean > 0 and low >= -0.5 else "no"
             verdicts.append(f"| {task} | {mean:+.2f} | [{low:+.2f}, {high:+.2f}] | {n} | {ahead} |")
     return "\n".join(lines + verdicts)
+
+
+def method_label(cell: dict[str, Any]) -> str:
+    init_r, target_r = cell["adalora"]["init_r"], cell["adalora"]["target_r"]
+    if cell["method"] == "lora":
+        return f"LoRA r={cell['lora_r']}"
+    if cell["method"] == "svd":
+        return f"SVD form, rank {target_r}, no pruning"
+    return f"AdaLoRA {init_r}→{target_r}"
 
 
 def draw_allocation(results: list[dict[str, Any]], task: str, path: Path) -> None:
@@ -173,7 +185,7 @@ def draw_allocation(results: list[dict[str, Any]], task: str, path: Path) -> Non
         for name, rank in cell["ranks"].items()
         for layer, kind in [module_layer_and_kind(name)]
     ]
-    title = f"{task}: AdaLoRA 12→8, seed 0 (final budget {sum(cell['ranks'].values())})"
+    title = f"{task}: {method_label(cell)}, seed 0 (final budget {sum(cell['ranks'].values())})"
     path.write_bytes(draw_rank_heatmap(modules, init_r=cell["adalora"]["init_r"], title=title))
 
 
@@ -187,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--seeds", type=int, help="run seeds 0..N-1 of each task instead of the protocol's"
     )
+    parser.add_argument(
+        "--target-r", type=int, help="AdaLoRA's final rank (default the recipe's 8), init 1.5x"
+    )
     parser.add_argument("--heatmaps", type=Path, help="folder for <task>_ranks.png")
     parser.add_argument(
         "--tuned",
@@ -197,7 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     tuning = [r for path in args.tuned for r in finished(path)] if args.tuned else None
     if not args.table_only:
-        run_protocol(args.tasks, args.out, args.jobs, args.threads, args.seeds, tuning)
+        run_protocol(
+            args.tasks, args.out, args.jobs, args.threads, args.seeds, tuning, args.target_r
+        )
     results = finished(args.out)
     print(table(results, args.tasks))
     if args.heatmaps:
