@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -162,6 +163,14 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     return error_response(503, "database_unavailable", message, None, None, request)
 
 
+async def _database_busy(request: Request, exc: Exception) -> JSONResponse:
+    # Every pooled connection stayed taken past db_pool_timeout_s: a burst, not an outage, so
+    # the client is told to retry rather than shown a 500.
+    log.warning("database pool exhausted: %s", exc)
+    message = "the service is busy: no database connection came free in time; retry shortly"
+    return error_response(503, "database_busy", message, None, {"Retry-After": "1"}, request)
+
+
 async def _data_error(request: Request, exc: Exception) -> JSONResponse:
     # The database refused a value validation let through (e.g. a NUL byte in an id).
     log.info("database rejected a value: %s", exc.__class__.__name__)
@@ -180,6 +189,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ConfigError, _config_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(PoolTimeoutError, _database_busy)
     app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(Exception, _unexpected)
 

@@ -56,6 +56,20 @@ def test_database_down_is_503(settings: Settings) -> None:
         assert ready.status_code == 503 and "database" in ready.json()["error"]["message"]
 
 
+def test_exhausted_pool_is_503_with_retry_after(app: Any, client: TestClient) -> None:
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+    @app.get("/busy")
+    def busy() -> None:
+        raise PoolTimeoutError("QueuePool limit of size 5 overflow 10 reached")
+
+    response = client.get("/busy")
+    error = assert_error_shape(response, 503)
+    assert error["code"] == "database_busy" and "retry" in error["message"]
+    assert response.headers["Retry-After"] == "1"
+    assert "QueuePool" not in response.text
+
+
 def test_unexpected_error_is_a_generic_500(app: Any, client: TestClient) -> None:
     @app.get("/boom")
     def boom() -> None:
