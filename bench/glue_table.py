@@ -164,12 +164,13 @@ def table(results: list[dict[str, Any]], tasks: list[str]) -> str:
 
 
 def method_label(cell: dict[str, Any]) -> str:
-    init_r, target_r = cell["adalora"]["init_r"], cell["adalora"]["target_r"]
+    """Read off the cell, so a table at any budget names its ranks."""
     if cell["method"] == "lora":
         return f"LoRA r={cell['lora_r']}"
+    ranks = cell["adalora"]
     if cell["method"] == "svd":
-        return f"SVD form, rank {target_r}, no pruning"
-    return f"AdaLoRA {init_r}→{target_r}"
+        return f"SVD form, rank {ranks['target_r']}, no pruning"
+    return f"AdaLoRA {ranks['init_r']}→{ranks['target_r']}"
 
 
 def draw_allocation(results: list[dict[str, Any]], task: str, path: Path) -> None:
