@@ -7,7 +7,8 @@ best setting per method from a tuning run on that task's own held-out rows
 (``bench/glue_tune.py``; the SVD ablation takes AdaLoRA's):
 1. AdaLoRA (12 -> 8, or ``--target-r`` with the recipe's 1.5 ratio) over paired seeds.
 2. LoRA at the rank whose final parameter count is nearest to AdaLoRA's mean final count.
-3. The SVD-form ablation (fixed at AdaLoRA's final rank, no pruning).
+3. The SVD-form ablation (fixed at AdaLoRA's final rank, no pruning), filling the cores while
+   LoRA waits for AdaLoRA's last seed.
 Every cell trains on the same sample the tuning used (the held-out rows stay out) and is
 scored on the full dev set. Finished cells are appended as JSON lines; a re-run resumes.
 ``--table-only`` prints the table from what is there.
@@ -19,12 +20,13 @@ import argparse
 import math
 import statistics
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from scipy import stats
 
-from bench.cells import finished, run_cells
+from bench.cells import Stage, finished, run_streams
 
 
 @dataclass(frozen=True)
@@ -92,9 +94,11 @@ def run_protocol(
     tuning: list[dict[str, Any]] | None = None,
     target_r: int | None = None,
 ) -> None:
-    """AdaLoRA first (its final size fixes LoRA's rank), then LoRA, then the ablation.
-    ``seed_count`` runs seeds 0..N-1 of each task instead of the protocol's: fewer to resume
-    the rest later, more to narrow an interval."""
+    """Per task, AdaLoRA then LoRA (AdaLoRA's final size fixes LoRA's rank) in one stream and
+    the ablation in another, so the ablation fills a core while LoRA waits for AdaLoRA's last
+    seed. ``seed_count`` runs seeds 0..N-1 of each task instead of the protocol's: fewer to
+    resume the rest later, more to narrow an interval."""
+    streams: list[list[Stage]] = []
     for task in tasks:
         seeds = tuple(range(seed_count)) if seed_count else PROTOCOL[task].seeds
         tuned = tuned_settings(tuning or [], task)
@@ -103,16 +107,23 @@ def run_protocol(
         if target_r is not None:
             for method in ("adalora", "svd"):
                 tuned[method] = [*tuned.get(method, []), "--target-r", str(target_r)]
-        run_cells(
-            [cell(task, "adalora", s, threads, *tuned.get("adalora", [])) for s in seeds], out, jobs
-        )
-        adalora = dev_results(finished(out), task, "adalora")
-        if len(adalora) < len(seeds):
-            continue  # a cell failed; the next run retries it before LoRA's rank is fixed
-        rank = matched_lora_rank(adalora)
-        lora_args = ["--lora-r", str(rank), *tuned.get("lora", [])]
-        run_cells([cell(task, "lora", s, threads, *lora_args) for s in seeds], out, jobs)
-        run_cells([cell(task, "svd", s, threads, *tuned.get("svd", [])) for s in seeds], out, jobs)
+        adalora_args = tuned.get("adalora", [])
+        adalora_cells = [cell(task, "adalora", s, threads, *adalora_args) for s in seeds]
+        svd_cells = [cell(task, "svd", s, threads, *tuned.get("svd", [])) for s in seeds]
+        lora_cells = partial(_matched_lora_cells, out, task, seeds, threads, tuned.get("lora", []))
+        streams.append([lambda cells=adalora_cells: cells, lora_cells])
+        streams.append([lambda cells=svd_cells: cells])
+    run_streams(streams, out, jobs)
+
+
+def _matched_lora_cells(
+    out: Path, task: str, seeds: tuple[int, ...], threads: int, extra: list[str]
+) -> list[list[str]]:
+    adalora = dev_results(finished(out), task, "adalora")
+    if len(adalora) < len(seeds):
+        return []  # an AdaLoRA cell failed; the next run retries it before LoRA's rank is fixed
+    rank = matched_lora_rank(adalora)
+    return [cell(task, "lora", s, threads, "--lora-r", str(rank), *extra) for s in seeds]
 
 
 def _mean_std(values: list[float]) -> str:
