@@ -112,7 +112,7 @@ def run_streams(
                     result = run_one(argv)
                 finally:
                     finish(state, argv, result)
-        except BaseException as error:  # a stage that raised: stop every worker, then re-raise
+        except BaseException as error:  # a stage or the runner raised: stop every worker, re-raise
             with cond:
                 errors.append(error)
                 cond.notify_all()
