@@ -74,6 +74,7 @@ class JobCallbacks:
         self._pending_values: dict[str, Any] = {}
         self._pending_events: list[tuple[str, dict[str, Any]]] = []
         self._retry_at = -math.inf
+        self._superseded: list[str] = []  # checkpoint keys to delete once the row moves on
 
     def on_progress(self, event: Any) -> None:
         if event.budget is not None:
@@ -144,13 +145,20 @@ class JobCallbacks:
             "sha256": sha256,
             "size_bytes": size,
         }
+        if previous and previous != key:
+            self._superseded.append(previous)
         progress = {**self._progress, "checkpoint": self.checkpoint}
-        written = self._write(
+        self._write(
             {"checkpoint_key": key, "progress": progress},
             [("log", {"message": "checkpoint saved", "step": int(step), "key": key})],
         )
-        if written and previous and previous != key:
-            self._store.delete(previous)
+
+    def _drop_superseded(self) -> None:
+        """Delete checkpoints replaced by one the row now records. Until a write lands they
+        stay: the row still names one of them, and a resumed run would need it."""
+        for key in self._superseded:
+            self._store.delete(key)
+        self._superseded.clear()
 
     def _write(
         self, values: dict[str, Any], events: list[tuple[str, dict[str, Any]]]
@@ -183,6 +191,8 @@ class JobCallbacks:
         self._pending_values.clear()
         self._pending_events.clear()
         self._retry_at = -math.inf
+        if written:
+            self._drop_superseded()  # the row now names the newest checkpoint
         return written
 
     def should_stop(self) -> bool:

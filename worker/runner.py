@@ -32,7 +32,7 @@ from service.leases import (
 from service.lifecycle import JobStatus, transition
 from service.models import Dataset, Job
 from service.settings import Settings, get_settings
-from service.store import adapter_key, get_store
+from service.store import adapter_key, checkpoint_prefix, get_store
 from service.store.base import ArtifactStore, ChecksumMismatch, StoreError
 from service.vocabulary import ArtifactFormat
 from worker.callbacks import JobCallbacks, eval_metrics, restore_checkpoint
@@ -342,7 +342,7 @@ class JobRunner:
             owned.progress = {**(owned.progress or {}), "step": result.steps}
             transition(owned, JobStatus.SUCCEEDED, adapter_id=adapter_id)
             session.commit()
-        self._drop_checkpoint(job.id, owned.checkpoint_key)
+        self._drop_checkpoints(job.id)
         log.info("job %s: succeeded, adapter %s", job.id, adapter_id)
         return Outcome("succeeded", adapter_id)
 
@@ -355,7 +355,7 @@ class JobRunner:
                 transition(job, JobStatus.CANCELLING)
             transition(job, JobStatus.CANCELLED)
             session.commit()
-        self._drop_checkpoint(job.id, job.checkpoint_key)
+        self._drop_checkpoints(job.id)
         log.info("job %s: cancelled", self.job_id)
         return Outcome("cancelled")
 
@@ -373,9 +373,8 @@ class JobRunner:
                 job.error = {"code": code, "message": message}
                 transition(job, JobStatus.FAILED, code=code)
                 status = "failed"
-            checkpoint_key = job.checkpoint_key
             session.commit()
-        self._drop_checkpoint(self.job_id, checkpoint_key)  # a failed job is not resumed
+        self._drop_checkpoints(self.job_id)  # a failed job is not resumed
         return Outcome(status)
 
     def _discard(self, formats: dict[str, dict[str, Any]]) -> None:
@@ -386,10 +385,12 @@ class JobRunner:
             except StoreError:
                 log.warning("could not delete orphaned artifact %s", info["storage_key"])
 
-    def _drop_checkpoint(self, job_id: str, key: str | None) -> None:
-        """A finished job never resumes, so its checkpoint is only taking space."""
-        if key:
-            try:
-                self.store.delete(key)
-            except StoreError:
-                log.warning("job %s: could not delete checkpoint %s", job_id, key)
+    def _drop_checkpoints(self, job_id: str) -> None:
+        """A finished job never resumes, so its checkpoints only take space. The whole prefix
+        goes, not just the recorded key: a run killed between uploading a checkpoint and
+        recording it leaves one that no row names."""
+        prefix = checkpoint_prefix(job_id)
+        try:
+            self.store.delete_prefix(prefix)
+        except StoreError:
+            log.warning("job %s: could not delete checkpoints under %s", job_id, prefix)

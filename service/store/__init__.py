@@ -31,6 +31,7 @@ __all__ = [
     "adapter_key",
     "adapter_prefix",
     "checkpoint_key",
+    "checkpoint_prefix",
     "dataset_key",
     "get_store",
     "validate_key",
@@ -63,5 +64,9 @@ def adapter_key(tenant_id: str, adapter_id: str, fmt: str) -> str:
     return f"{adapter_prefix(tenant_id, adapter_id)}/{fmt}.zip"
 
 
+def checkpoint_prefix(job_id: str) -> str:
+    return f"checkpoints/{job_id}"
+
+
 def checkpoint_key(job_id: str, step: int) -> str:
-    return f"checkpoints/{job_id}/ckpt-{step}.zip"
+    return f"{checkpoint_prefix(job_id)}/ckpt-{step}.zip"

@@ -60,6 +60,9 @@ class ArtifactStore(Protocol):
     def delete(self, key: str) -> None:
         """Remove the object; a missing key is not an error."""
 
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object under ``prefix/``; none there is not an error."""
+
     def exists(self, key: str) -> bool: ...
 
     def list_objects(self, prefix: str = "") -> Iterator[StoredObject]:

@@ -1,0 +1,79 @@
+"""Checkpoints never outlive their use: one replaced while the database was unreachable is
+deleted once the row records its successor, and a finished job leaves none behind, even one a
+killed run uploaded but never recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+import worker.callbacks as callbacks_module
+from service.leases import lease_job
+from service.store import checkpoint_key, checkpoint_prefix
+from worker.callbacks import JobCallbacks
+from worker.runner import run_job
+
+OWNER = "w1@test"
+
+
+def _stored(store, job_id: str) -> list[str]:
+    return sorted(obj.key for obj in store.list_objects(checkpoint_prefix(job_id)))
+
+
+def _checkpoint_file(tmp_path: Path, step: int) -> Path:
+    path = tmp_path / f"ckpt-{step}.zip"
+    path.write_bytes(f"state at step {step}".encode())
+    return path
+
+
+def test_a_checkpoint_replaced_during_an_outage_goes_once_the_row_moves_on(
+    world, sessions, store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = world.submit()
+    with sessions() as session:
+        assert lease_job(session, job_id, OWNER, 60.0) is not None
+        session.commit()
+    callbacks = JobCallbacks(
+        sessions,
+        store,
+        job_id,
+        OWNER,
+        SimpleNamespace(lost=SimpleNamespace(is_set=lambda: False)),
+        {},
+        progress_write_interval_s=0.0,
+    )
+    callbacks.on_checkpoint(5, _checkpoint_file(tmp_path, 5))
+    assert _stored(store, job_id) == [checkpoint_key(job_id, 5)]
+
+    real_write = callbacks_module.write_progress
+    down = {"on": True}
+
+    def flaky_write(*args, **kwargs):
+        if down["on"]:
+            raise OperationalError("SELECT", {}, Exception("connection refused"))
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(callbacks_module, "write_progress", flaky_write)
+    callbacks.on_checkpoint(10, _checkpoint_file(tmp_path, 10))
+    # The row still names step 5, so step 5 must stay until the write lands.
+    assert _stored(store, job_id) == [checkpoint_key(job_id, 10), checkpoint_key(job_id, 5)]
+
+    down["on"] = False
+    monkeypatch.setattr(callbacks, "_retry_at", float("-inf"))
+    callbacks.on_checkpoint(15, _checkpoint_file(tmp_path, 15))
+    assert _stored(store, job_id) == [checkpoint_key(job_id, 15)]
+    assert world.job(job_id).checkpoint_key == checkpoint_key(job_id, 15)
+
+
+def test_a_finished_job_leaves_no_checkpoint_behind(world, settings, sessions, store) -> None:
+    job_id = world.submit(max_steps=12, checkpoint_every=4)
+    # What a run killed between uploading a checkpoint and recording it leaves: no row names it.
+    stray = checkpoint_key(job_id, 999)
+    store.put_stream(stray, [b"never recorded"])
+    outcome = run_job(job_id, settings, sessions, store)
+    assert outcome.status == "succeeded", outcome
+    assert _stored(store, job_id) == []
+    assert world.job(job_id).checkpoint_key is not None  # checkpoints were made, then dropped
