@@ -70,16 +70,19 @@ def matched_lora_rank(adalora_cells: dict[int, dict]) -> int:
 
 
 def tuned_settings(tuning: list[dict[str, Any]], task: str) -> dict[str, list[str]]:
-    """Per method, the ``--lr``/``--lora-alpha`` arguments of its best held-out cell on
-    ``task`` (the SVD ablation gets AdaLoRA's); empty where that method was not tuned there."""
+    """Per method, the ``--lr``/``--lora-alpha`` (and any explicit ``--init-r``) arguments of
+    its best held-out cell on ``task`` (the SVD ablation gets AdaLoRA's); empty where that
+    method was not tuned there."""
     from bench.glue_tune import best
 
     on_task = [r for r in tuning if r["task"] == task]
     chosen: dict[str, list[str]] = {}
     for method in ("adalora", "lora"):
-        (lr, alpha), _, _ = best(on_task, method)
-        if lr:
-            chosen[method] = ["--lr", str(lr), "--lora-alpha", str(alpha)]
+        setting, _, _ = best(on_task, method)
+        if setting.lr:
+            chosen[method] = ["--lr", str(setting.lr), "--lora-alpha", str(setting.alpha)]
+            if setting.init_r:
+                chosen[method] += ["--init-r", setting.init_r]
     if "adalora" in chosen:
         chosen["svd"] = chosen["adalora"]
     return chosen

@@ -15,6 +15,7 @@ import argparse
 import statistics
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from bench.cells import finished, run_cells
 
@@ -25,13 +26,21 @@ ALPHAS = {"adalora": (32.0, 128.0), "lora": (16.0, 64.0)}
 TUNING_SEED = 100  # apart from the protocol's seeds 0..N
 
 
-def grid(tasks: list[str], methods: list[str], extra: list[str]) -> list[list[str]]:
+def grid(
+    tasks: list[str],
+    methods: list[str],
+    extra: list[str],
+    learning_rates: tuple[float, ...] = LEARNING_RATES,
+    alphas: tuple[float, float] | None = None,
+) -> list[list[str]]:
+    """``alphas`` replaces every method's pair: for an extension of one method's grid, or an
+    AdaLoRA with another ``--init-r`` at the same span of alpha/init_r."""
     cells = []  # methods interleaved, so a partial grid is still balanced
     for task in tasks:
-        for lr in LEARNING_RATES:
+        for lr in learning_rates:
             for index in range(2):
                 for method in methods:
-                    alpha = ALPHAS[method][index]
+                    alpha = (alphas or ALPHAS[method])[index]
                     cells.append(
                         ["--task", task, "--method", method, "--seed", str(TUNING_SEED)]
                         + ["--lr", str(lr), "--lora-alpha", str(alpha), *extra]
@@ -39,19 +48,34 @@ def grid(tasks: list[str], methods: list[str], extra: list[str]) -> list[list[st
     return cells
 
 
-def best(results: list[dict], method: str) -> tuple[tuple[float, float], float, str]:
-    """((lr, alpha), mean held-out metric over tasks, a table of every cell) for one method."""
-    by_setting: dict[tuple[float, float], list[float]] = {}
+class Setting(NamedTuple):
+    lr: float
+    alpha: float
+    init_r: str | None  # the cell's explicit --init-r, if it gave one
+
+
+def explicit_init_r(cell: str) -> str | None:
+    args = cell.split()
+    return args[args.index("--init-r") + 1] if "--init-r" in args else None
+
+
+def best(results: list[dict], method: str) -> tuple[Setting, float, str]:
+    """(setting, mean held-out metric over tasks, a table of every cell) for one method."""
+    by_setting: dict[Setting, list[float]] = {}
     lines = []
     for r in results:
         if r["method"] != method or r["split"] != "holdout":
             continue
-        setting = (r["training"]["learning_rate"], r["adalora"]["lora_alpha"])
+        init_r = explicit_init_r(r.get("cell", ""))
+        setting = Setting(r["training"]["learning_rate"], r["adalora"]["lora_alpha"], init_r)
         by_setting.setdefault(setting, []).append(r["value"])
         value = 100 * r["value"]
-        lines.append(f"| {method} | {r['task']} | {setting[0]:g} | {setting[1]:g} | {value:.1f} |")
+        lines.append(
+            f"| {method} | {r['task']} | {init_r or '-'} | {setting.lr:g} | {setting.alpha:g} "
+            f"| {value:.1f} |"
+        )
     if not by_setting:
-        return (0.0, 0.0), float("nan"), ""
+        return Setting(0.0, 0.0, None), float("nan"), ""
     setting = max(by_setting, key=lambda s: statistics.mean(by_setting[s]))
     return setting, statistics.mean(by_setting[setting]), "\n".join(sorted(lines))
 
@@ -69,18 +93,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(ALPHAS), choices=list(ALPHAS))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--learning-rates", nargs="+", type=float, default=list(LEARNING_RATES))
+    parser.add_argument(
+        "--alphas", nargs=2, type=float, default=None, help="one pair for every method run"
+    )
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
     if not args.table_only:
-        run_cells(grid(args.tasks, args.methods, extra), args.out, args.jobs)
+        cells = grid(args.tasks, args.methods, extra, tuple(args.learning_rates), args.alphas)
+        run_cells(cells, args.out, args.jobs)
     results = finished(args.out)
-    print("| method | task | lr | alpha | held-out metric (%) |\n|---|---|---|---|---|")
+    print("| method | task | init_r | lr | alpha | held-out metric (%) |")
+    print("|---|---|---|---|---|---|")
     for method in args.methods:
         setting, score, lines = best(results, method)
         print(lines)
     for method in args.methods:
         setting, score, _ = best(results, method)
-        print(f"\nbest {method}: lr {setting[0]:g}, alpha {setting[1]:g} (mean {100 * score:.2f})")
+        rank = f", init_r {setting.init_r}" if setting.init_r else ""
+        print(
+            f"\nbest {method}: lr {setting.lr:g}, alpha {setting.alpha:g}{rank}"
+            f" (mean {100 * score:.2f})"
+        )
 
 
 if __name__ == "__main__":
