@@ -127,7 +127,8 @@ class JobCallbacks:
         self._write({"metrics": dict(self._metrics)}, events)
 
     def on_checkpoint(self, step: int, path: Path) -> None:
-        """Upload the checkpoint so a re-delivered job resumes from it, then drop the old one."""
+        """Upload the checkpoint so a re-delivered job resumes from it; the one it replaces goes
+        once the row names the new one."""
         path = Path(path)
         key = checkpoint_key(self._job_id, step)
         with tempfile.TemporaryDirectory() as tmp:
