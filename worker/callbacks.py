@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from adalora_core.formats.bundle import zip_bundle
 from service.leases import cancel_requested, write_progress
 from service.store import checkpoint_key
-from service.store.base import ArtifactStore
+from service.store.base import ArtifactStore, StoreError
 from worker.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -156,9 +156,13 @@ class JobCallbacks:
 
     def _drop_superseded(self) -> None:
         """Delete checkpoints replaced by one the row now records. Until a write lands they
-        stay: the row still names one of them, and a resumed run would need it."""
+        stay: the row still names one of them, and a resumed run would need it. A failed
+        delete costs space, not the run: the job's end deletes its whole checkpoint prefix."""
         for key in self._superseded:
-            self._store.delete(key)
+            try:
+                self._store.delete(key)
+            except StoreError:
+                log.warning("job %s: could not delete checkpoint %s", self._job_id, key)
         self._superseded.clear()
 
     def _write(

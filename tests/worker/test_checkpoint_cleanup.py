@@ -12,7 +12,8 @@ from sqlalchemy.exc import OperationalError
 
 import worker.callbacks as callbacks_module
 from service.leases import lease_job
-from service.store import checkpoint_key, checkpoint_prefix
+from service.store import LocalStore, checkpoint_key, checkpoint_prefix
+from service.store.base import StoreError
 from worker.callbacks import JobCallbacks
 from worker.runner import run_job
 
@@ -29,22 +30,34 @@ def _checkpoint_file(tmp_path: Path, step: int) -> Path:
     return path
 
 
-def test_a_checkpoint_replaced_during_an_outage_goes_once_the_row_moves_on(
-    world, sessions, store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _leased_callbacks(world, sessions, store) -> tuple[JobCallbacks, str]:
     job_id = world.submit()
     with sessions() as session:
         assert lease_job(session, job_id, OWNER, 60.0) is not None
         session.commit()
-    callbacks = JobCallbacks(
-        sessions,
-        store,
-        job_id,
-        OWNER,
-        SimpleNamespace(lost=SimpleNamespace(is_set=lambda: False)),
-        {},
-        progress_write_interval_s=0.0,
-    )
+    heartbeat = SimpleNamespace(lost=SimpleNamespace(is_set=lambda: False))
+    return JobCallbacks(sessions, store, job_id, OWNER, heartbeat, {}, 0.0), job_id
+
+
+class _UndeletableStore(LocalStore):
+    def delete(self, key: str) -> None:
+        raise StoreError(f"{key}: permission denied")
+
+
+def test_a_checkpoint_that_cannot_be_deleted_does_not_stop_the_run(
+    world, sessions, settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    callbacks, job_id = _leased_callbacks(world, sessions, _UndeletableStore(settings.store_dir))
+    callbacks.on_checkpoint(5, _checkpoint_file(tmp_path, 5))
+    callbacks.on_checkpoint(10, _checkpoint_file(tmp_path, 10))
+    assert world.job(job_id).checkpoint_key == checkpoint_key(job_id, 10)
+    assert "could not delete checkpoint" in caplog.text
+
+
+def test_a_checkpoint_replaced_during_an_outage_goes_once_the_row_moves_on(
+    world, sessions, store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    callbacks, job_id = _leased_callbacks(world, sessions, store)
     callbacks.on_checkpoint(5, _checkpoint_file(tmp_path, 5))
     assert _stored(store, job_id) == [checkpoint_key(job_id, 5)]
 
