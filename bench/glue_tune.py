@@ -7,6 +7,8 @@ Every method gets a grid of the same size: the same four learning rates times tw
 spanning the same 4x range of scaling alpha/r (LoRA r=8: 2 and 8; AdaLoRA init_r=12: 2.67 and
 10.7). Each cell trains on the fixed training sample and is scored on held-out rows of the same
 training file. The winner per method is the best mean held-out metric over the tuning tasks.
+`--learning-rates` and `--alphas` run an extension grid (one method's, or AdaLoRA at another
+`--init-r`); give every method as many extra cells, so the tuning effort stays equal.
 """
 
 from __future__ import annotations
