@@ -107,11 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     results = finished(args.out)
     print("| method | task | init_r | lr | alpha | held-out metric (%) |")
     print("|---|---|---|---|---|---|")
-    for method in args.methods:
-        setting, score, lines = best(results, method)
+    bests = {method: best(results, method) for method in args.methods}
+    for _, _, lines in bests.values():
         print(lines)
-    for method in args.methods:
-        setting, score, _ = best(results, method)
+    for method, (setting, score, _) in bests.items():
         rank = f", init_r {setting.init_r}" if setting.init_r else ""
         print(
             f"\nbest {method}: lr {setting.lr:g}, alpha {setting.alpha:g}{rank}"

@@ -342,7 +342,7 @@ class JobRunner:
             owned.progress = {**(owned.progress or {}), "step": result.steps}
             transition(owned, JobStatus.SUCCEEDED, adapter_id=adapter_id)
             session.commit()
-        self._drop_checkpoints(job.id)
+        self._drop_checkpoints()
         log.info("job %s: succeeded, adapter %s", job.id, adapter_id)
         return Outcome("succeeded", adapter_id)
 
@@ -355,7 +355,7 @@ class JobRunner:
                 transition(job, JobStatus.CANCELLING)
             transition(job, JobStatus.CANCELLED)
             session.commit()
-        self._drop_checkpoints(job.id)
+        self._drop_checkpoints()
         log.info("job %s: cancelled", self.job_id)
         return Outcome("cancelled")
 
@@ -374,7 +374,7 @@ class JobRunner:
                 transition(job, JobStatus.FAILED, code=code)
                 status = "failed"
             session.commit()
-        self._drop_checkpoints(self.job_id)  # a failed job is not resumed
+        self._drop_checkpoints()  # a failed job is not resumed
         return Outcome(status)
 
     def _discard(self, formats: dict[str, dict[str, Any]]) -> None:
@@ -385,12 +385,12 @@ class JobRunner:
             except StoreError:
                 log.warning("could not delete orphaned artifact %s", info["storage_key"])
 
-    def _drop_checkpoints(self, job_id: str) -> None:
+    def _drop_checkpoints(self) -> None:
         """A finished job never resumes, so its checkpoints only take space. The whole prefix
         goes, not just the recorded key: a run killed between uploading a checkpoint and
         recording it leaves one that no row names."""
-        prefix = checkpoint_prefix(job_id)
+        prefix = checkpoint_prefix(self.job_id)
         try:
             self.store.delete_prefix(prefix)
         except StoreError:
-            log.warning("job %s: could not delete checkpoints under %s", job_id, prefix)
+            log.warning("job %s: could not delete checkpoints under %s", self.job_id, prefix)
