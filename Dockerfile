@@ -4,6 +4,7 @@ WORKDIR /app
 ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1
 COPY pyproject.toml constraints.txt README.md alembic.ini ./
 COPY adalora_core ./adalora_core
+COPY application ./application
 COPY service ./service
 COPY api ./api
 COPY worker ./worker

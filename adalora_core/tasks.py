@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from adalora_core import metrics
+from adalora_core import scoring
 from adalora_core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -409,12 +409,12 @@ class EvalAccumulator:
         if self.task.kind == CLASSIFICATION:
             ints = [int(x) for x in self.predictions]
             refs = [int(x) for x in self.references]
-            scores = metrics.classification_metrics(ints, refs, self.task.num_labels)
+            scores = scoring.classification_metrics(ints, refs, self.task.num_labels)
             # How many labels the adapter gave at all: 1 means it answers every row the same,
             # the usual sign of a learning rate too high for the data (docs/results.md).
             scores["predicted_classes"] = float(len(set(ints)))
         elif self.task.kind == REGRESSION:
-            scores = metrics.regression_metrics(self.predictions, self.references)
+            scores = scoring.regression_metrics(self.predictions, self.references)
         else:
-            scores = {"perplexity": metrics.perplexity(eval_loss)}
+            scores = {"perplexity": scoring.perplexity(eval_loss)}
         return {"eval_loss": eval_loss, **scores}

@@ -253,7 +253,7 @@ def _adapt(
 ) -> Adaptation:
     if adapt is not None:
         return adapt(model, heads, total)
-    from adalora_core.model import inject_adalora, inject_lora
+    from adalora_core.adalora_model import inject_adalora, inject_lora
 
     if method == "lora":
         rank = lora_r if lora_r is not None else adalora.target_r

@@ -14,14 +14,14 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from adalora_core.serving.engine import InferenceEngine
-from api.errors import ApiError
 from api.lookup_cache import TtlCache
 from api.ratelimit import RateLimiter, retry_after_header
+from application.errors import RequestError
 from service import tenants
-from service.models import Tenant
 from service.queue import TaskProducer
 from service.settings import Settings
 from service.store import ArtifactStore
+from service.tables import Tenant
 from service.vocabulary import KeyScope, scope_allows
 
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}  # RFC 6750: every 401 names the scheme
@@ -51,7 +51,7 @@ async def get_producer(request: Request) -> TaskProducer:
 async def get_engine(request: Request) -> InferenceEngine:
     engine = getattr(request.app.state, "engine", None)
     if engine is None:
-        raise ApiError(503, "engine_unavailable", "inference engine not available")
+        raise RequestError(503, "engine_unavailable", "inference engine not available")
     return engine
 
 
@@ -85,7 +85,7 @@ async def get_caller(
     reads SQL, in a worker thread. Every authenticated request passes here, and each hand-off to
     a thread costs the event loop as much as the lookup it saves (docs/benchmarks.md)."""
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise ApiError(
+        raise RequestError(
             401,
             "unauthorized",
             "missing API key (Authorization: Bearer <key>)",
@@ -117,26 +117,28 @@ def _authenticate(request: Request, secret: str) -> Caller:
     limiter: RateLimiter = request.app.state.rate_limits["auth_failures"]
     wait = limiter.acquire(request.client.host if request.client else "unknown")
     if wait > 0:
-        raise ApiError(
+        raise RequestError(
             429,
             "rate_limited",
             f"too many failed authentications from this address; retry in {wait:.0f}s",
             None,
             retry_after_header(wait),
         )
-    raise ApiError(401, "unauthorized", "invalid or revoked API key", None, _UNAUTHORIZED)
+    raise RequestError(401, "unauthorized", "invalid or revoked API key", None, _UNAUTHORIZED)
 
 
 def _scoped(needed: KeyScope, *, operator: bool = False):
     async def check(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
         if not scope_allows(caller.scope, needed):
-            raise ApiError(
+            raise RequestError(
                 403,
                 "forbidden",
                 f"this key's scope is {caller.scope.value!r}; this needs {needed.value!r}",
             )
         if operator and not caller.operator:
-            raise ApiError(403, "forbidden", "only the operator tenant's admin keys manage tenants")
+            raise RequestError(
+                403, "forbidden", "only the operator tenant's admin keys manage tenants"
+            )
         return caller
 
     return check
@@ -161,7 +163,7 @@ def _limit(name: str, needed: KeyScope):
         else:
             wait = buckets.acquire(caller.key_id)
         if wait > 0:
-            raise ApiError(
+            raise RequestError(
                 429,
                 "rate_limited",
                 f"too many {name} requests for this key; retry in {wait:.1f}s",
@@ -194,6 +196,6 @@ async def reject_unknown_query(request: Request) -> None:
     for name in request.query_params:
         if name not in known:
             expected = ", ".join(sorted(known)) or "none"
-            raise ApiError(
+            raise RequestError(
                 422, "validation_error", f"unknown query parameter (expected: {expected})", name
             )

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from adalora_core.errors import ConfigError
+from application.errors import RequestError
 
 log = logging.getLogger("adalora.api")
 
@@ -38,29 +39,6 @@ _STATUS_CODES = {
     429: "rate_limited",
     503: "unavailable",
 }
-
-
-class ApiError(Exception):
-    """Raise from routes and dependencies; becomes the error body with this status."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        field: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-        self.headers = headers
-
-
-def not_found(what: str, ident: str) -> ApiError:
-    return ApiError(404, "not_found", f"{what} {ident!r} not found")
 
 
 OPENAI_PREFIX = "/v1/"
@@ -103,7 +81,7 @@ def dotted_location(loc: Sequence[Any]) -> str | None:
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
+    assert isinstance(exc, RequestError)
     return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers, request)
 
 
@@ -184,7 +162,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ConfigError, _config_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

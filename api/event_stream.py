@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.schemas import EventOut
 from service import jobs as job_rows
-from service.models import Job
+from service.tables import Job
 from service.vocabulary import TERMINAL
 
 MEDIA_TYPE = "text/event-stream"

@@ -15,7 +15,7 @@ from fastapi import Response
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.errors import ApiError
+from application.errors import RequestError
 
 
 class KeyedRow(Protocol):
@@ -28,7 +28,7 @@ Row = TypeVar("Row", bound=KeyedRow)
 def replay(existing: Row, digest: str, response: Response, what: str) -> Row:
     """The row an earlier request with this key created, if ``digest`` says it is the same."""
     if existing.request_hash != digest:
-        raise ApiError(
+        raise RequestError(
             409,
             "idempotency_conflict",
             f"this Idempotency-Key was used for a different {what}",

@@ -19,9 +19,9 @@ from adalora_core.serving.cache import (
     AdapterTooLarge,
     AdapterUnavailable,
 )
-from api.errors import ApiError, not_found
 from api.lookup_cache import TtlCache
 from api.serving import AdapterRowFacts, StoreAdapterSource
+from application.errors import RequestError, not_found
 from service import adapters as adapter_rows
 
 T = TypeVar("T")
@@ -60,11 +60,11 @@ def with_tenant_adapter(
             session.commit()
         raise corrupt(adapter_id, exc.reason) from exc
     except AdapterIncompatible as exc:
-        raise ApiError(409, "adapter_incompatible", str(exc)) from exc
+        raise RequestError(409, "adapter_incompatible", str(exc)) from exc
     except AdapterTooLarge as exc:
-        raise ApiError(503, "adapter_too_large", str(exc)) from exc
+        raise RequestError(503, "adapter_too_large", str(exc)) from exc
     except AdapterUnavailable as exc:
-        raise ApiError(503, "adapter_unavailable", f"{exc}; retry shortly") from exc
+        raise RequestError(503, "adapter_unavailable", f"{exc}; retry shortly") from exc
 
 
 def resident_tenant_adapter(
@@ -82,9 +82,9 @@ def _row_cache(request: Request) -> TtlCache[tuple[str, str], tuple[str, Adapter
     return request.app.state.adapter_row_cache
 
 
-def corrupt(adapter_id: str, reason: str = "") -> ApiError:
+def corrupt(adapter_id: str, reason: str = "") -> RequestError:
     detail = f" ({reason})" if reason else ""
-    return ApiError(
+    return RequestError(
         409,
         "adapter_corrupt",
         f"adapter {adapter_id!r} failed its integrity check and cannot be served{detail}; "

@@ -18,9 +18,9 @@ from api.console_files import CONSOLE_PATH, console_app
 from api.deps import reject_unknown_query
 from api.errors import install_error_handlers
 from api.lookup_cache import TtlCache
-from api.metrics import ApiMetrics, MetricsMiddleware
+from api.prometheus import ApiMetrics, MetricsMiddleware
 from api.ratelimit import make_limiter
-from api.routes import adapters, datasets, health, infer, jobs, keys, models, openai
+from api.routes import adapters, base_models, datasets, health, infer, jobs, keys, openai
 from api.routes import tenants as tenant_routes
 from service import tenants
 from service.db import get_engine, make_sessionmaker
@@ -75,7 +75,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.key_cache = TtlCache(settings.lookup_cache_ttl_s)
     app.state.adapter_row_cache = TtlCache(settings.lookup_cache_ttl_s)
     install_error_handlers(app)
-    for module in (health, models, keys, tenant_routes, datasets, jobs, adapters, infer, openai):
+    for module in (
+        health,
+        base_models,
+        keys,
+        tenant_routes,
+        datasets,
+        jobs,
+        adapters,
+        infer,
+        openai,
+    ):
         app.include_router(module.router)
     app.mount(CONSOLE_PATH, console_app(), name="console")
     app.add_middleware(

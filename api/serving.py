@@ -24,9 +24,9 @@ from adalora_core.serving.cache import AdapterCorrupt, AdapterNotFound, AdapterU
 from adalora_core.serving.engine import EngineSettings, InferenceEngine
 from adalora_core.serving.loading import AdapterBlob
 from service.base_models import LocalModelDirs
-from service.models import Adapter
 from service.settings import Settings
 from service.store import ArtifactStore, ChecksumMismatch, NotFound
+from service.tables import Adapter
 from service.vocabulary import ArtifactFormat
 
 

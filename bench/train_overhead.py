@@ -33,9 +33,9 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from adalora_core.adalora_model import inject_adalora, inject_lora
 from adalora_core.config import AdaLoraConfig
 from adalora_core.inject import DEFAULT_TARGETS
-from adalora_core.model import inject_adalora, inject_lora
 
 INIT_R, TARGET_R, ALPHA, DROPOUT, DELTA_T, LR = 12, 8, 32.0, 0.1, 10, 1e-4
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from service.db import get_engine, session_scope
-from service.models import ApiKey
 from service.settings import Settings
+from service.tables import ApiKey
 from service.tenants import create_api_key, create_tenant, ensure_api_key, find_tenant_by_name
 
 DEFAULT_TENANT = "default"

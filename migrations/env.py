@@ -7,8 +7,8 @@ from logging.config import fileConfig
 from alembic import context
 
 from service.db import DbLimits, make_engine
-from service.models import Base
 from service.settings import get_settings
+from service.tables import Base
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging_config"):

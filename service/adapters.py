@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.models import Adapter, Job, utcnow
 from service.pagination import Page, paginate
+from service.tables import Adapter, Job, utcnow
 from service.vocabulary import ArtifactFormat
 
 

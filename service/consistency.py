@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.models import Adapter, Dataset, Job
 from service.store.base import ArtifactStore, StoredObject
+from service.tables import Adapter, Dataset, Job
 from service.vocabulary import TERMINAL
 
 # A worker uploads its adapter zips, then commits the row; a checkpoint is uploaded, then its

@@ -9,8 +9,8 @@ from sqlalchemy.orm import Session
 
 from service.datasets_io import DatasetSummary
 from service.lifecycle import ACTIVE
-from service.models import Dataset, Job, utcnow
 from service.pagination import Page, paginate
+from service.tables import Dataset, Job, utcnow
 
 
 def create_dataset(

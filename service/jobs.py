@@ -12,10 +12,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from adalora_core.state_machine import IllegalTransition
 from service.ids import new_id
-from service.lifecycle import IllegalTransition, JobStatus, guarded_transition
-from service.models import Job, JobEvent, utcnow
+from service.lifecycle import JobStatus, guarded_transition
 from service.pagination import Page, paginate
+from service.tables import Job, JobEvent, utcnow
 from service.vocabulary import EventKind
 
 
@@ -146,9 +147,8 @@ def request_cancel(session: Session, job: Job) -> Job:
         if job.status == JobStatus.CANCELLING.value:
             return job
         if job.status not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
-            raise IllegalTransition(job.status, JobStatus.CANCELLING.value)
-    raise IllegalTransition(job.status, JobStatus.CANCELLING.value)
-    raise IllegalTransition(job.status, JobStatus.CANCELLING.value)
+            raise IllegalTransition("job", job.status, JobStatus.CANCELLING)
+    raise IllegalTransition("job", job.status, JobStatus.CANCELLING)
 
 
 def count_by_status(session: Session) -> dict[str, int]:

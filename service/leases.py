@@ -17,7 +17,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from service.lifecycle import JobStatus, guarded_transition
-from service.models import Job, JobEvent, utcnow
+from service.tables import Job, JobEvent, utcnow
 
 # Statuses in which the lease holder is doing work and keeps renewing its lease.
 LEASED_STATUSES = (JobStatus.RUNNING.value, JobStatus.UPLOADING.value, JobStatus.CANCELLING.value)

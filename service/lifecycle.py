@@ -21,7 +21,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, object_session
 
-from service.models import Job, JobEvent, utcnow
+from adalora_core.state_machine import IllegalTransition, check_transition
+from service.tables import Job, JobEvent, utcnow
 from service.vocabulary import ACTIVE, TERMINAL, EventKind, JobStatus
 
 __all__ = [
@@ -29,7 +30,6 @@ __all__ = [
     "ALLOWED",
     "TAKEOVER",
     "TERMINAL",
-    "IllegalTransition",
     "JobStatus",
     "guarded_transition",
     "transition",
@@ -53,13 +53,6 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
 TAKEOVER = (JobStatus.RUNNING, JobStatus.RUNNING)
 
 
-class IllegalTransition(ValueError):
-    def __init__(self, current: str, new: str) -> None:
-        super().__init__(f"job cannot move from {current!r} to {new!r}")
-        self.current = current
-        self.new = new
-
-
 def can_transition(current: str, new: str) -> bool:
     return JobStatus(new) in ALLOWED[JobStatus(current)]
 
@@ -72,8 +65,7 @@ def transition(job: Job, new_status: JobStatus | str, **event_data: Any) -> JobE
     """
     new = JobStatus(new_status)
     current = JobStatus(job.status)
-    if new not in ALLOWED[current]:
-        raise IllegalTransition(current, new)
+    check_transition("job", ALLOWED, current, new)
     now = utcnow()
     job.status = new.value
     job.updated_at = now
@@ -107,7 +99,7 @@ def guarded_transition(
     froms = [JobStatus(s) for s in expected]
     for current in froms:
         if new not in ALLOWED[current] and (current, new) != TAKEOVER:
-            raise IllegalTransition(current, new)
+            raise IllegalTransition("job", current, new)
     now = utcnow()
     columns: dict[str, Any] = {"status": new.value, "updated_at": now, **(values or {})}
     if new in TERMINAL or new is JobStatus.QUEUED:

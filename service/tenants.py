@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.ids import new_id
-from service.models import ApiKey, Tenant, utcnow
+from service.tables import ApiKey, Tenant, utcnow
 from service.vocabulary import KeyScope
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # avoids a write on every request

@@ -48,8 +48,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import make_engine, make_sessionmaker, upgrade_to_head
-from service.models import Base
 from service.settings import Settings
+from service.tables import Base
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_URL = os.environ.get("ADALORA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -25,7 +25,7 @@ def is_sql_broker(broker_url: str) -> bool:
 
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    app = Celery("adalora", broker=settings.broker_url, include=["worker.tasks"])
+    app = Celery("adalora", broker=settings.broker_url, include=["worker.consumer"])
     sql_broker = is_sql_broker(settings.broker_url)
     app.conf.update(
         task_default_queue=TRAINING_QUEUE,

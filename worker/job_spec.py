@@ -14,7 +14,7 @@ from typing import Any
 from adalora_core.config import AdaLoraConfig
 from adalora_core.tasks import TaskSpec
 from adalora_core.training_config import TrainingConfig
-from service.models import Job
+from service.tables import Job
 from service.vocabulary import OutputMode
 
 

@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.leases import lost_lease_ids, stale_queued_ids
 from service.lifecycle import JobStatus, transition
-from service.models import Job, utcnow
 from service.settings import Settings
+from service.tables import Job, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """One delivery of a training job: lease it, train it, publish its adapter (Celery-free; the
-task in ``worker.tasks`` calls :func:`run_job`).
+task in ``worker.consumer`` calls :func:`run_job`).
 
 Order of effects (so a crash at any point leaves a state the reconciler can repair):
 lease (running) → train (progress, checkpoints) → uploading → artifacts in the store →
@@ -30,10 +30,10 @@ from service.leases import (
     write_progress,
 )
 from service.lifecycle import JobStatus, transition
-from service.models import Dataset, Job
 from service.settings import Settings, get_settings
 from service.store import adapter_key, checkpoint_prefix, get_store
 from service.store.base import ArtifactStore, ChecksumMismatch, StoreError
+from service.tables import Dataset, Job
 from service.vocabulary import ArtifactFormat
 from worker.callbacks import JobCallbacks, eval_metrics, restore_checkpoint
 from worker.heartbeat import Heartbeat

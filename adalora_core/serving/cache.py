@@ -22,6 +22,8 @@ from typing import Generic, Protocol, TypeVar
 
 import torch
 
+from adalora_core.state_machine import check_transition
+
 
 class AdapterState(enum.Enum):
     ABSENT = "absent"
@@ -44,14 +46,9 @@ _TRANSITIONS: dict[AdapterState, frozenset[AdapterState]] = {
 }
 
 
-class IllegalTransition(RuntimeError):
-    """A cache bug: the code tried a state change the state machine does not allow."""
-
-
-def check_transition(old: AdapterState, new: AdapterState) -> None:
-    """The one place that decides which state changes are legal."""
-    if new not in _TRANSITIONS[old]:
-        raise IllegalTransition(f"adapter cache: {old.value} → {new.value} is not allowed")
+def check_adapter_transition(old: AdapterState, new: AdapterState) -> None:
+    """A move outside the table is a cache bug (IllegalTransition)."""
+    check_transition("adapter cache", _TRANSITIONS, old, new)
 
 
 class AdapterNotFound(LookupError):
@@ -97,7 +94,7 @@ class _Entry(Generic[V]):
     reason: str = ""
 
     def move(self, new: AdapterState) -> None:
-        check_transition(self.state, new)
+        check_adapter_transition(self.state, new)
         self.state = new
 
 

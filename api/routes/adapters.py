@@ -12,12 +12,13 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from api.deps import CallerDep, PageCursor, PageLimit, SessionDep, StoreDep, TrainCaller
-from api.errors import ApiError, not_found, responses
+from api.errors import responses
 from api.heatmap import draw_rank_heatmap
 from api.schemas import AdapterList, AdapterOut, RanksOut
+from application.errors import RequestError, not_found
 from service import adapters as adapter_rows
-from service.models import Adapter
 from service.store import ChecksumMismatch, NotFound
+from service.tables import Adapter
 from service.vocabulary import ArtifactFormat
 
 log = logging.getLogger("adalora.api.adapters")
@@ -147,7 +148,9 @@ def download_adapter(
     adapter = _adapter(session, caller.tenant_id, adapter_id)
     stored = adapter.formats.get(format)
     if stored is None:
-        raise ApiError(404, "not_found", f"adapter {adapter_id!r} has no {format!r} format stored")
+        raise RequestError(
+            404, "not_found", f"adapter {adapter_id!r} has no {format!r} format stored"
+        )
     sessions = request.app.state.sessions
 
     def confirm_corrupt() -> None:
@@ -168,7 +171,7 @@ def download_adapter(
         chunks = store.iter_read(stored["storage_key"], expected_sha256=stored["sha256"])
     except NotFound as exc:
         # Possibly a restore or replication in progress: say so, but do not condemn the adapter.
-        raise ApiError(
+        raise RequestError(
             503,
             "artifact_missing",
             f"the stored {format!r} file of {adapter_id!r} is missing right now; retry shortly",

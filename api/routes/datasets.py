@@ -16,9 +16,10 @@ from starlette.datastructures import UploadFile
 from starlette.types import Message
 
 from api.deps import PageCursor, PageLimit, SessionDep, SettingsDep, StoreDep, TrainCaller
-from api.errors import ApiError, not_found, responses
+from api.errors import responses
 from api.idempotency import create_once, replay
 from api.schemas import DatasetList, DatasetOut
+from application.errors import RequestError, not_found
 from service import datasets as dataset_rows
 from service.datasets_io import (
     DatasetError,
@@ -29,8 +30,8 @@ from service.datasets_io import (
     scan,
 )
 from service.ids import new_id
-from service.models import Dataset
 from service.store import dataset_key
+from service.tables import Dataset
 
 log = logging.getLogger("adalora.api.datasets")
 router = APIRouter(tags=["datasets"])
@@ -77,8 +78,10 @@ def dataset_out(dataset: Dataset) -> DatasetOut:
     )
 
 
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "payload_too_large", f"upload exceeds max_upload_bytes ({limit} bytes)")
+def _too_large(limit: int) -> RequestError:
+    return RequestError(
+        413, "payload_too_large", f"upload exceeds max_upload_bytes ({limit} bytes)"
+    )
 
 
 def _size_limited(request: Request, limit: int) -> Request:
@@ -99,17 +102,17 @@ def _size_limited(request: Request, limit: int) -> Request:
     return Request(request.scope, limited_receive)
 
 
-def _bad_file(exc: DatasetError) -> ApiError:
-    return ApiError(422, "invalid_dataset", str(exc), "file")
+def _bad_file(exc: DatasetError) -> RequestError:
+    return RequestError(422, "invalid_dataset", str(exc), "file")
 
 
 def _check_name(name: object, filename: str) -> str:
     if name is None or name == "":
         return filename
     if not isinstance(name, str):
-        raise ApiError(422, "validation_error", "name must be a text field", "name")
+        raise RequestError(422, "validation_error", "name must be a text field", "name")
     if len(name) > 255 or "/" in name or "\\" in name or ".." in name or "\x00" in name:
-        raise ApiError(
+        raise RequestError(
             422, "validation_error", "name: at most 255 characters, no paths or '..'", "name"
         )
     return name
@@ -142,10 +145,10 @@ def _check_header(value: object, fmt: str) -> bool:
         return True
     text = str(value).strip().lower()
     if text not in ("true", "false", "1", "0"):
-        raise ApiError(422, "validation_error", "must be true or false", "header")
+        raise RequestError(422, "validation_error", "must be true or false", "header")
     header = text in ("true", "1")
     if not header and fmt == "jsonl":
-        raise ApiError(422, "validation_error", "applies to .csv and .tsv files only", "header")
+        raise RequestError(422, "validation_error", "applies to .csv and .tsv files only", "header")
     return header
 
 
@@ -199,7 +202,7 @@ async def upload_dataset(
 ) -> DatasetOut:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
-        raise ApiError(
+        raise RequestError(
             415, "unsupported_media_type", "upload the file as multipart/form-data (field 'file')"
         )
     limit = settings.max_upload_bytes
@@ -212,13 +215,13 @@ async def upload_dataset(
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             message = "a file is required (form field 'file')"
-            raise ApiError(422, "validation_error", message, "file")
+            raise RequestError(422, "validation_error", message, "file")
         filename = upload.filename or ""
         try:
             fmt = check_filename(filename)
         except DatasetError as exc:
             status = 415 if isinstance(exc, UnsupportedFormat) else 422
-            raise ApiError(status, "invalid_dataset", str(exc), "file") from exc
+            raise RequestError(status, "invalid_dataset", str(exc), "file") from exc
         name = _check_name(form.get("name"), filename)
         header = _check_header(form.get("header"), fmt)
 
@@ -312,7 +315,7 @@ def delete_dataset(
         raise not_found("dataset", dataset_id)
     active = dataset_rows.active_jobs_using(session, dataset_id)
     if active:
-        raise ApiError(
+        raise RequestError(
             409, "conflict", f"dataset {dataset_id!r} is used by {active} unfinished job(s)"
         )
     key = dataset_rows.delete_dataset(session, dataset)

@@ -13,8 +13,9 @@ from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from api.errors import ApiError, error_response, responses
+from api.errors import error_response, responses
 from api.schemas import Health, Readiness
+from application.errors import RequestError
 
 router = APIRouter(tags=["health"])
 
@@ -26,11 +27,13 @@ def _check_metrics_access(request: Request) -> None:
     if token:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            raise ApiError(401, "unauthorized", "metrics need the metrics token as a bearer token")
+            raise RequestError(
+                401, "unauthorized", "metrics need the metrics token as a bearer token"
+            )
         return
     client = request.client.host if request.client else ""
     if client not in LOOPBACK:
-        raise ApiError(
+        raise RequestError(
             403,
             "forbidden",
             "metrics are served to loopback clients only; set ADALORA_METRICS_TOKEN to scrape "

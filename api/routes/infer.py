@@ -20,10 +20,11 @@ from adalora_core.serving.engine import InferenceEngine
 from adalora_core.serving.forward_process import ForwardProcessDied
 from adalora_core.serving.requests import Prepared
 from api.deps import EngineDep, InferLimitedCaller
-from api.errors import ApiError, responses
+from api.errors import responses
 from api.inference import resident_tenant_adapter, with_tenant_adapter
 from api.schemas import InferRequest, InferResponse
 from api.serving import default_base_model
+from application.errors import RequestError
 
 router = APIRouter(tags=["inference"])
 
@@ -85,14 +86,14 @@ async def infer(
         if prepared is None:
             prepared = await asyncio.to_thread(_prepare, request, engine, caller.tenant_id, body)
     except BaseModelUnavailable as exc:
-        raise ApiError(503, "base_model_unavailable", str(exc)) from exc
+        raise RequestError(503, "base_model_unavailable", str(exc)) from exc
     if prepared.base.kind == "causal-lm":
         outputs = await generate_texts(engine, prepared)
     else:
         try:
             outputs = await request.app.state.batcher.submit(prepared)
         except ForwardProcessDied as exc:
-            raise ApiError(503, "engine_unavailable", f"{exc}; retry shortly") from exc
+            raise RequestError(503, "engine_unavailable", f"{exc}; retry shortly") from exc
     return InferResponse(adapter_id=body.adapter_id, outputs=outputs)
 
 

@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from adalora_core.config import BudgetSchedule
+from adalora_core.state_machine import IllegalTransition
 from api import event_stream
 from api.deps import (
     JobsLimitedCaller,
@@ -20,7 +21,7 @@ from api.deps import (
     SettingsDep,
     TrainCaller,
 )
-from api.errors import ApiError, not_found, responses
+from api.errors import responses
 from api.idempotency import create_once, replay
 from api.schemas import (
     EventList,
@@ -32,11 +33,11 @@ from api.schemas import (
     SchedulePoint,
 )
 from api.submission import invalid, request_hash, resolve_hyperparameters
+from application.errors import RequestError, not_found
 from service import datasets as dataset_rows
 from service import jobs as job_rows
-from service.lifecycle import IllegalTransition
-from service.models import Job
 from service.queue import TaskProducer
+from service.tables import Job
 from service.vocabulary import EventKind, JobStatus
 
 log = logging.getLogger("adalora.api.jobs")
@@ -259,7 +260,7 @@ def cancel_job(job_id: str, caller: TrainCaller, session: SessionDep) -> JobOut:
         job_rows.request_cancel(session, job)
     except IllegalTransition as exc:
         session.rollback()
-        raise ApiError(
+        raise RequestError(
             409, "conflict", f"job {job_id!r} is {exc.current} and can no longer be cancelled"
         ) from exc
     session.commit()

@@ -9,10 +9,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Body, Request, Response
 
 from api.deps import AdminCaller, SessionDep
-from api.errors import ApiError, not_found, responses
+from api.errors import responses
 from api.schemas import KeyCreate, KeyCreated, KeyList, KeyOut
+from application.errors import RequestError, not_found
 from service import tenants
-from service.models import ApiKey
+from service.tables import ApiKey
 from service.vocabulary import KeyScope, scope_allows
 
 router = APIRouter(tags=["keys"])
@@ -29,8 +30,8 @@ def key_out(key: ApiKey) -> KeyOut:
     )
 
 
-def _beyond(caller_scope: KeyScope, scope: str) -> ApiError:
-    return ApiError(
+def _beyond(caller_scope: KeyScope, scope: str) -> RequestError:
+    return RequestError(
         403,
         "forbidden",
         f"a {caller_scope.value!r} key cannot manage a {scope!r} key",

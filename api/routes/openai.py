@@ -27,7 +27,6 @@ from adalora_core.serving.generation import GenerationParams
 from adalora_core.serving.requests import MAX_CHARS_PER_TOKEN, Prepared
 from adalora_core.tasks import chat_prompt_ids
 from api.deps import CallerDep, EngineDep, InferLimitedCaller, SessionDep, SettingsDep
-from api.errors import ApiError
 from api.inference import with_tenant_adapter
 from api.openai_schemas import (
     MAX_STOPS,
@@ -45,6 +44,7 @@ from api.openai_schemas import (
     Usage,
     openai_errors,
 )
+from application.errors import RequestError
 from service import adapters as adapter_rows
 from service.base_models import is_causal_lm
 
@@ -83,12 +83,12 @@ async def completions(
 ) -> Any:
     _neutral_only(body, echo=False, logprobs=None, suffix=None)
     if body.best_of not in (None, 1, body.n):
-        raise ApiError(400, "unsupported_parameter", "best_of is not supported", "best_of")
+        raise RequestError(400, "unsupported_parameter", "best_of is not supported", "best_of")
     prompt = body.prompt
     one = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], int))
     prompts: list[Any] = [prompt] if one else list(prompt)
     if not prompts or not all(prompts):
-        raise ApiError(400, "invalid_value", "needs at least one non-empty prompt", "prompt")
+        raise RequestError(400, "invalid_value", "needs at least one non-empty prompt", "prompt")
 
     def rows(base: SharedBase) -> list[list[int]]:
         return [
@@ -124,7 +124,7 @@ async def chat_completions(
 ) -> Any:
     _neutral_only(body, logprobs=None, top_logprobs=None, tools=None, tool_choice=None)
     if body.response_format not in (None, {"type": "text"}):
-        raise ApiError(
+        raise RequestError(
             400, "unsupported_parameter", "only text responses are supported", "response_format"
         )
     chat = [_chat_turn(m, i) for i, m in enumerate(body.messages)]
@@ -202,7 +202,7 @@ async def _start(
             _prepare, request, engine, tenant_id, body, max_tokens, rows, field
         )
     except BaseModelUnavailable as exc:
-        raise ApiError(503, "base_model_unavailable", str(exc)) from exc
+        raise RequestError(503, "base_model_unavailable", str(exc)) from exc
     prefix = "cmpl" if isinstance(body, CompletionRequest) else "chatcmpl"
     return Run(
         id=f"{prefix}-{secrets.token_hex(12)}",
@@ -259,10 +259,10 @@ def _prepare(
             body.model,
             lambda: prepare(body.model, engine.adapter(body.model).base),
         )
-    except ApiError as exc:
+    except RequestError as exc:
         if exc.status != 404:
             raise
-        raise ApiError(
+        raise RequestError(
             404,
             "model_not_found",
             f"model {body.model!r} is neither a base model here nor one of your adapters",
@@ -310,10 +310,10 @@ def _neutral_only(body: Sampling, **neutral: Any) -> None:
     for name, allowed in shared.items():
         value = getattr(body, name)
         if value not in allowed and value != {}:
-            raise ApiError(400, "unsupported_parameter", f"{name} is not supported", name)
+            raise RequestError(400, "unsupported_parameter", f"{name} is not supported", name)
     for name, value in neutral.items():
         if getattr(body, name) not in (value, [], False):
-            raise ApiError(400, "unsupported_parameter", f"{name} is not supported", name)
+            raise RequestError(400, "unsupported_parameter", f"{name} is not supported", name)
 
 
 def _reason(finish: str) -> str:

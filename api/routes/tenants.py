@@ -9,10 +9,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from api.deps import OperatorCaller, SessionDep
-from api.errors import ApiError, not_found, responses
+from api.errors import responses
 from api.schemas import TenantCreate, TenantCreated, TenantList, TenantOut
+from application.errors import RequestError, not_found
 from service import tenants
-from service.models import Tenant
+from service.tables import Tenant
 from service.vocabulary import KeyScope
 
 router = APIRouter(tags=["tenants"])
@@ -55,7 +56,7 @@ def disable_tenant(
     if tenant is None:
         raise not_found("tenant", tenant_id)
     if tenant.operator:
-        raise ApiError(409, "conflict", "the operator tenant cannot be disabled")
+        raise RequestError(409, "conflict", "the operator tenant cannot be disabled")
     tenants.disable_tenant(session, tenant_id)
     session.commit()
     request.app.state.key_cache.clear()

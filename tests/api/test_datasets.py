@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.main import create_app
-from service.models import Dataset
 from service.settings import Settings
+from service.tables import Dataset
 from tests.api.conftest import SST_ROWS, job_body, jsonl
 from tests.conftest import TenantKey, data_lines, glue_file
 

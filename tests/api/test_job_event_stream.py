@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from cli.client import iter_sse
 from service import leases
 from service.lifecycle import JobStatus, transition
-from service.models import Job
 from service.settings import Settings
+from service.tables import Job
 from tests.api.conftest import job_body
 from tests.conftest import LiveServer, TenantKey
 

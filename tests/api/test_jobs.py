@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.main import create_app
 from service import jobs as job_rows
 from service import leases
-from service.models import Job
 from service.settings import Settings
+from service.tables import Job
 from service.vocabulary import TRAIN_TASK
 from tests.api.conftest import SST_ROWS, job_body, jsonl
 from tests.conftest import TEST_BASE_MODEL, LiveServer, TenantKey

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.models import Dataset
+from service.tables import Dataset
 from tests.api.conftest import SST_ROWS, job_body, jsonl
 from tests.conftest import TenantKey
 

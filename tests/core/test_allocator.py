@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from adalora_core.adalora_model import AdaLoraModel, inject_adalora
 from adalora_core.allocator import FlatAdapterStore, RankAllocator
 from adalora_core.config import AdaLoraConfig, BudgetSchedule
 from adalora_core.layers import SVDLinear
-from adalora_core.model import AdaLoraModel, inject_adalora
 
 BETA1, BETA2 = 0.8, 0.7
 # final mask at 15; reducing phase 3..14, masking at 3, 6, 9, 12

@@ -14,6 +14,7 @@ import pytest
 import torch
 from tiny_trainer_model import save_tiny_bert, save_tiny_gpt2
 
+from adalora_core.adalora_model import AdaLoraModel, inject_adalora
 from adalora_core.config import AdaLoraConfig
 from adalora_core.formats.bundle import (
     META_FILE,
@@ -25,7 +26,6 @@ from adalora_core.formats.bundle import (
 from adalora_core.formats.lora import export_lora
 from adalora_core.formats.merged import save_merged
 from adalora_core.formats.peft import apply_adapter, import_peft_adapter, save_adapter
-from adalora_core.model import AdaLoraModel, inject_adalora
 from adalora_core.tasks import TaskSpec, head_modules, load_model, load_tokenizer
 
 SEQ_TASK = TaskSpec("classification", "text", label_column="label", labels=("neg", "pos"))

@@ -9,11 +9,11 @@ import torch
 import transformers
 from torch import nn
 
+from adalora_core.adalora_model import inject_adalora, inject_lora
 from adalora_core.config import AdaLoraConfig
 from adalora_core.errors import ConfigError
 from adalora_core.inject import candidate_names, find_targets, module_layer_and_kind
 from adalora_core.layers import SVDLinear
-from adalora_core.model import inject_adalora, inject_lora
 
 SMALL = {"vocab_size": 64, "max_position_embeddings": 32}
 ENCODER = {

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from adalora_core.adalora_model import inject_adalora
 from adalora_core.config import AdaLoraConfig
 from adalora_core.layers import DropoutCache, LoRALinear, SVDLinear
-from adalora_core.model import inject_adalora
 
 
 def _base(kind: str, d_in: int = 5, d_out: int = 7) -> nn.Module:

@@ -17,8 +17,8 @@ import torch
 from peft import AdaLoraConfig as PeftAdaLoraConfig
 from peft import get_peft_model
 
+from adalora_core.adalora_model import inject_adalora
 from adalora_core.config import AdaLoraConfig
-from adalora_core.model import inject_adalora
 
 TOTAL_STEPS = 120
 HYPER = {

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from adalora_core.adalora_model import inject_adalora
 from adalora_core.config import AdaLoraConfig
 from adalora_core.layers import SVDLinear
-from adalora_core.model import inject_adalora
 from adalora_core.regularizer import OrthogonalityRegularizer
 
 

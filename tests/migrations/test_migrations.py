@@ -13,7 +13,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from service.db import downgrade_to_base, make_engine, upgrade_to_head
-from service.models import Base
+from service.tables import Base
 
 REPO = Path(__file__).resolve().parents[2]
 TABLES = {"tenants", "api_keys", "datasets", "jobs", "job_events", "adapters"}

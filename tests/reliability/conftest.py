@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.models import Base
 from service.settings import Settings
+from service.tables import Base
 from tests.api.conftest import dataset, make_adapter, store_bundle, upload  # noqa: F401  (fixtures)
 from tests.api.test_infer import stored_adapter, tiny_base  # noqa: F401  (fixtures)
 from tests.reliability.proxied_db import proxied_db  # noqa: F401  (fixture)

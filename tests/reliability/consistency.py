@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from service.db import make_engine, make_sessionmaker
-from service.models import Adapter, Dataset, Job
+from service.tables import Adapter, Dataset, Job
 
 
 def assert_store_matches_rows(database_url: str, store_dir: Path) -> None:

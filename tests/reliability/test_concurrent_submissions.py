@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.models import Job, JobEvent
+from service.tables import Job, JobEvent
 from tests.api.conftest import job_body
 from tests.conftest import LiveServer, TenantKey
 

@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 
 from api.main import create_app
 from service import tenants
-from service.models import Dataset, Job
 from service.settings import Settings
+from service.tables import Dataset, Job
 from tests.api.conftest import SST_ROWS, job_body, jsonl
 from tests.conftest import TEST_BASE_MODEL
 from tests.reliability.conftest import stored_state

@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import tenants
-from service.models import Adapter
 from service.settings import Settings
 from service.store import LocalStore
+from service.tables import Adapter
 from tests.conftest import TenantKey
 from tests.reliability.jobs import queued_job
 from tests.worker.service_fixtures import save_tiny_bert

@@ -14,9 +14,9 @@ import torch
 from sqlalchemy import select
 
 from service.db import make_engine, make_sessionmaker
-from service.models import Job, JobEvent
 from service.settings import Settings
 from service.store import LocalStore
+from service.tables import Job, JobEvent
 from tests.reliability.jobs import queued_job
 from tests.reliability.proxied_db import ProxiedDatabase
 from tests.worker.service_fixtures import save_tiny_bert

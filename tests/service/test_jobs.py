@@ -7,9 +7,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from adalora_core.state_machine import IllegalTransition
 from service import jobs, leases, tenants
-from service.lifecycle import IllegalTransition, guarded_transition, transition
-from service.models import Job, utcnow
+from service.lifecycle import guarded_transition, transition
+from service.tables import Job, utcnow
 
 
 def make_job(session: Session, tenant_id: str | None = None) -> Job:

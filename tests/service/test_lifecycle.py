@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.orm import Session
 
+from adalora_core.state_machine import IllegalTransition
 from service import jobs, tenants
-from service.lifecycle import ALLOWED, TERMINAL, IllegalTransition, JobStatus, transition
-from service.models import Job
+from service.lifecycle import ALLOWED, TERMINAL, JobStatus, transition
+from service.tables import Job
 
 EXPECTED = {
     ("queued", "running"),

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service import tenants
-from service.models import ApiKey
+from service.tables import ApiKey
 
 
 def test_keys_are_stored_hashed_and_authenticate(db_session: Session) -> None:

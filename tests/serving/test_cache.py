@@ -13,9 +13,9 @@ from adalora_core.serving.cache import (
     AdapterCorrupt,
     AdapterNotFound,
     AdapterState,
-    IllegalTransition,
-    check_transition,
+    check_adapter_transition,
 )
+from adalora_core.state_machine import IllegalTransition
 from tests.serving.tiny_serving import MemorySource, bert_layer_paths, make_adapter
 
 
@@ -152,12 +152,12 @@ def test_evicted_adapter_is_reloaded(make_engine, source, tmp_path) -> None:
 
 
 def test_state_machine_rejects_skipped_steps() -> None:
-    check_transition(AdapterState.ABSENT, AdapterState.LOADING)
-    check_transition(AdapterState.READY_HOST, AdapterState.READY_DEVICE)
+    check_adapter_transition(AdapterState.ABSENT, AdapterState.LOADING)
+    check_adapter_transition(AdapterState.READY_HOST, AdapterState.READY_DEVICE)
     with pytest.raises(IllegalTransition):
-        check_transition(AdapterState.ABSENT, AdapterState.READY_DEVICE)
+        check_adapter_transition(AdapterState.ABSENT, AdapterState.READY_DEVICE)
     with pytest.raises(IllegalTransition):
-        check_transition(AdapterState.CORRUPT, AdapterState.READY_DEVICE)
+        check_adapter_transition(AdapterState.CORRUPT, AdapterState.READY_DEVICE)
 
 
 def test_adapter_for_modules_the_base_lacks_is_incompatible_not_corrupt(

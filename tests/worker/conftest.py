@@ -9,9 +9,9 @@ from service_fixtures import save_tiny_bert, store_sentiment_dataset, submit_job
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import make_engine, make_sessionmaker, upgrade_to_head
-from service.models import Dataset, Job
 from service.settings import Settings
 from service.store import LocalStore
+from service.tables import Dataset, Job
 
 
 @pytest.fixture(scope="session")

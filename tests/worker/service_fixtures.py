@@ -15,9 +15,9 @@ from service.datasets import create_dataset
 from service.datasets_io import scan
 from service.ids import new_id
 from service.jobs import create_job
-from service.models import Dataset
 from service.settings import Settings
 from service.store.base import ArtifactStore
+from service.tables import Dataset
 from service.tenants import create_tenant
 from tests.core.tiny_trainer_model import FILLER, NEGATIVE, POSITIVE
 from tests.core.tiny_trainer_model import save_tiny_bert as _save_tiny_bert

@@ -13,9 +13,9 @@ from sqlalchemy import select
 from adalora_core.formats.bundle import read_adapter
 from service.jobs import request_cancel
 from service.leases import lease_job
-from service.models import Adapter, Job, JobEvent, utcnow
 from service.settings import Settings
 from service.store import LocalStore
+from service.tables import Adapter, Job, JobEvent, utcnow
 from worker.reconciler import reconcile_once
 from worker.runner import run_job
 
