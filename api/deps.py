@@ -1,5 +1,5 @@
 """Request dependencies as ``Annotated`` aliases: settings, DB session, store, queue producer,
-inference engine, caller, limits."""
+the serving side (engine, batcher, admission), caller, limits."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from adalora_core.serving.engine import InferenceEngine
-from api.lookup_cache import TtlCache
 from api.ratelimit import RateLimiter, retry_after_header
+from application.engine_factory import Serving
 from application.errors import RequestError
+from application.ttl_cache import TtlCache
 from service import tenants
 from service.queue import TaskProducer
 from service.settings import Settings
@@ -48,18 +48,18 @@ async def get_producer(request: Request) -> TaskProducer:
     return request.app.state.producer
 
 
-async def get_engine(request: Request) -> InferenceEngine:
-    engine = getattr(request.app.state, "engine", None)
-    if engine is None:
+async def get_serving(request: Request) -> Serving:
+    serving = getattr(request.app.state, "serving", None)
+    if serving is None:
         raise RequestError(503, "engine_unavailable", "inference engine not available")
-    return engine
+    return serving
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 ProducerDep = Annotated[TaskProducer, Depends(get_producer)]
-EngineDep = Annotated[InferenceEngine, Depends(get_engine)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
 
 # One page of a cursor-paginated list, the same bounds on every list route.
 PageLimit = Annotated[int, Query(ge=1, le=200)]

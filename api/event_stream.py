@@ -10,7 +10,6 @@ Once the job has ended and every event is out, an ``end`` event closes the strea
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,11 +19,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api.schemas import EventOut
+from api.sse import MEDIA_TYPE, sse_message
 from service import jobs as job_rows
 from service.tables import Job
 from service.vocabulary import TERMINAL
 
-MEDIA_TYPE = "text/event-stream"
 # Events read per poll; a full page is followed at once by the next, without waiting.
 PAGE = 500
 # Tells EventSource how long to wait before reconnecting after a dropped connection.
@@ -32,6 +31,7 @@ RETRY_MS = 2000
 
 
 def wants_event_stream(accept: str | None) -> bool:
+    """The client asked for the stream rather than a page of JSON."""
     return MEDIA_TYPE in (accept or "")
 
 
@@ -40,12 +40,6 @@ class StreamTiming:
     poll_s: float
     keepalive_s: float
     max_s: float
-
-
-def format_event(event_id: int | None, kind: str, data: dict[str, Any]) -> str:
-    """One SSE message; the payload is a single JSON line, so no data line needs splitting."""
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
 def _read(
@@ -73,12 +67,12 @@ async def job_events(
         status, events = await run_in_threadpool(_read, sessions, job_id, after)
         for event in events:
             after = event["id"]
-            yield format_event(event["id"], event["kind"], event)
+            yield sse_message(event, event=event["kind"], event_id=event["id"])
         now = time.monotonic()
         if events:
             last_sent = now
         if status is None or (status in TERMINAL and len(events) < PAGE):
-            yield format_event(None, "end", {"status": status})
+            yield sse_message({"status": status}, event="end")
             return
         if len(events) == PAGE:
             continue

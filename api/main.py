@@ -1,8 +1,8 @@
 """The app factory. ``create_app(settings)`` wires settings, DB sessions, the artifact store, the
 queue producer, rate limits, metrics and every router; ``uvicorn --factory api.main:create_app``.
 
-Inference wiring: if ``api.serving`` defines ``startup(app)`` / ``shutdown(app)`` (sync or
-async), the lifespan calls them (e.g. to put the engine on ``app.state.engine``).
+The lifespan starts the serving side (`application.engine_factory.start_serving`: engine,
+batcher, adapter directory, admission) on ``app.state.serving`` and closes it at shutdown.
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from api import serving
 from api.bodylimit import BodySizeLimitMiddleware
 from api.console_files import CONSOLE_PATH, console_app
 from api.deps import reject_unknown_query
 from api.errors import install_error_handlers
-from api.lookup_cache import TtlCache
 from api.prometheus import ApiMetrics, MetricsMiddleware
 from api.ratelimit import make_limiter
 from api.routes import adapters, base_models, datasets, health, infer, jobs, keys, openai
 from api.routes import tenants as tenant_routes
+from application.engine_factory import start_serving
+from application.ttl_cache import TtlCache
 from service import tenants
 from service.db import get_engine, make_sessionmaker
 from service.queue import TaskProducer
@@ -36,11 +36,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with app.state.sessions() as session:
             tenants.ensure_api_key(session, settings.api_key)
             session.commit()
-    serving.startup(app)
+    app.state.serving = start_serving(settings, app.state.sessions, app.state.store)
     try:
         yield
     finally:
-        serving.shutdown(app)
+        app.state.serving.close()
         app.state.producer.close()
 
 
@@ -67,13 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         name: make_limiter(name, rate, burst, settings.rate_limit_store)
         for name, (rate, burst) in limits.items()
     }
-    app.state.metrics = ApiMetrics(
-        app.state.sessions,
-        lambda: getattr(app.state, "engine", None),
-        lambda: getattr(app.state, "batcher", None),
-    )
+    app.state.metrics = ApiMetrics(app.state.sessions, lambda: getattr(app.state, "serving", None))
     app.state.key_cache = TtlCache(settings.lookup_cache_ttl_s)
-    app.state.adapter_row_cache = TtlCache(settings.lookup_cache_ttl_s)
     install_error_handlers(app)
     for module in (
         health,

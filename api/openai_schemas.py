@@ -15,7 +15,6 @@ from api.schemas import Text
 
 # The most choices one request may ask for (``n``): each is a decoding row.
 MAX_CHOICES = 8
-MAX_STOPS = 4  # as OpenAI
 
 
 class Strict(BaseModel):
@@ -26,7 +25,7 @@ class StreamOptions(Strict):
     include_usage: bool = False
 
 
-class Sampling(Strict):
+class SamplingFields(Strict):
     """What completions and chat completions share."""
 
     model: str = Field(..., min_length=1, description="An adapter id, or a base model's name.")
@@ -44,7 +43,7 @@ class Sampling(Strict):
     logit_bias: dict[str, float] | None = None
 
 
-class CompletionRequest(Sampling):
+class CompletionRequest(SamplingFields):
     prompt: Text | list[Text] | list[int] | list[list[int]] = Field(
         ..., description="One prompt or several, as text or as token ids."
     )
@@ -66,7 +65,7 @@ class ChatMessage(Strict):
     name: str | None = None
 
 
-class ChatCompletionRequest(Sampling):
+class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_tokens: int | None = Field(None, ge=1, description="Default: as many as fit.")
     max_completion_tokens: int | None = Field(None, ge=1)

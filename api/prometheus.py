@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -16,6 +16,9 @@ from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import jobs
+
+if TYPE_CHECKING:  # the engine's module imports torch; scraping needs none of it
+    from application.engine_factory import Serving
 
 
 class JobsCollector(Collector):
@@ -95,8 +98,7 @@ class ApiMetrics:
     def __init__(
         self,
         sessions: Callable[[], Session],
-        engine: Callable[[], Any],
-        batcher: Callable[[], Any],
+        serving: Callable[[], Serving | None],
     ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -112,8 +114,13 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.registry.register(JobsCollector(sessions))
-        self.registry.register(DecodeCollector(engine))
-        self.registry.register(BatcherCollector(batcher))
+        self.registry.register(DecodeCollector(lambda: _part(serving(), "engine")))
+        self.registry.register(BatcherCollector(lambda: _part(serving(), "batcher")))
+
+
+def _part(serving: Serving | None, name: str) -> Any:
+    """The serving part a collector reads, or None before startup (or after shutdown)."""
+    return None if serving is None else getattr(serving, name)
 
 
 def _route_template(scope: Scope) -> str:

@@ -42,7 +42,7 @@ from adalora_core.formats.bundle import (
 )
 from adalora_core.serving.engine import EngineSettings, InferenceEngine
 from adalora_core.serving.generation import GenerationParams
-from adalora_core.serving.loading import AdapterBlob
+from adalora_core.serving.sources import AdapterBlob, AdapterRef
 from bench.infer import random_modules
 
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -88,8 +88,8 @@ class Bundles:
     def __init__(self, blobs: dict[str, bytes]) -> None:
         self.blobs = blobs
 
-    def read(self, adapter_id: str) -> AdapterBlob:
-        data = self.blobs[adapter_id]
+    def read(self, ref: AdapterRef) -> AdapterBlob:
+        data = self.blobs[ref.adapter_id]
         return AdapterBlob(data, hashlib.sha256(data).hexdigest())
 
 

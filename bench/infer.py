@@ -42,7 +42,8 @@ from adalora_core.formats.bundle import (  # noqa: E402
 )
 from adalora_core.serving.engine import EngineSettings, InferenceEngine  # noqa: E402
 from adalora_core.serving.grouped import Routing, RowGroup, Strategy, routed  # noqa: E402
-from adalora_core.serving.loading import AdapterBlob, LoadedAdapter  # noqa: E402
+from adalora_core.serving.loading import LoadedAdapter  # noqa: E402
+from adalora_core.serving.sources import AdapterBlob, AdapterRef  # noqa: E402
 
 ROWS, TOKENS, ADAPTERS, INIT_R = 32, 128, 8, 16
 KINDS = ("attention.self.query", "attention.self.key", "attention.self.value")
@@ -110,8 +111,8 @@ class FileSource:
         self.files = files
         self.sha = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in set(files.values())}
 
-    def read(self, adapter_id: str) -> AdapterBlob:
-        path = self.files[adapter_id]
+    def read(self, ref: AdapterRef) -> AdapterBlob:
+        path = self.files[ref.adapter_id]
         return AdapterBlob(path.read_bytes(), self.sha[path])
 
 

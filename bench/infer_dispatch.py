@@ -1,7 +1,7 @@
 """/infer's serving policies at 1 and 32 clients, next to the bare model's forward: lingering
 `max_wait_ms` for more rows against dispatching at once (rows that arrive during a forward form
 the next batch) and no batching; and the key / adapter-row lookups read from SQL on every request
-against cached (api/lookup_cache.py). Run by hand:
+against cached (application/ttl_cache.py). Run by hand:
 
     .venv/bin/python -m bench.infer_dispatch --rounds 2 --seconds 15 [--client raw] \
         [--variants "no lookup cache" "dispatch at once" "no batching"]

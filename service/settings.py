@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # replica counts against one limit; otherwise each process counts alone.
     rate_limit_redis_url: str | None = None
 
-    # How long this process trusts an API key and an adapter row it read (api/lookup_cache.py);
+    # How long this process trusts an API key and an adapter row it read (application/ttl_cache.py);
     # a revocation, tenant disable, adapter delete or corruption made through another API
     # process takes effect here within this many seconds. 0: read them on every request.
     lookup_cache_ttl_s: float = 5.0

@@ -3,8 +3,10 @@
 States: ``absent → loading → ready_device ⇄ ready_host → evicted`` (and back to loading on the
 next request), or ``loading → corrupt`` when the artifact fails its checksum or does not parse.
 A corrupt adapter stays corrupt (requests fail fast) until it is evicted by id, e.g. when the
-adapter is deleted or re-uploaded. Loads run outside the lock; concurrent requests for the same
-cold adapter wait on the first caller's future, so the artifact is read and parsed once.
+adapter is deleted or re-uploaded. Entries are keyed by the adapter's immutable id and the digest
+of its artifact (`AdapterRef.cache_key`), never by a name. Loads run outside the lock;
+concurrent requests for the same cold adapter wait on the first caller's future, so the artifact
+is read and parsed once.
 
 Budgets count the bytes of the adapters' tensors. An adapter still used by an in-flight batch
 may outlive its eviction by that batch's duration (the batch holds a reference).
@@ -22,6 +24,7 @@ from typing import Generic, Protocol, TypeVar
 
 import torch
 
+from adalora_core.serving.sources import AdapterCorrupt, AdapterRef, AdapterTooLarge
 from adalora_core.state_machine import check_transition
 
 
@@ -49,32 +52,6 @@ _TRANSITIONS: dict[AdapterState, frozenset[AdapterState]] = {
 def check_adapter_transition(old: AdapterState, new: AdapterState) -> None:
     """A move outside the table is a cache bug (IllegalTransition)."""
     check_transition("adapter cache", _TRANSITIONS, old, new)
-
-
-class AdapterNotFound(LookupError):
-    """The source has no such adapter (or not for this caller)."""
-
-
-class AdapterCorrupt(RuntimeError):
-    """The artifact failed its sha256 check or does not parse; the adapter is marked corrupt."""
-
-    def __init__(self, adapter_id: str, reason: str) -> None:
-        super().__init__(f"adapter {adapter_id} is corrupt: {reason}")
-        self.adapter_id = adapter_id
-        self.reason = reason
-
-
-class AdapterUnavailable(RuntimeError):
-    """The artifact cannot be read right now (missing from the store); the adapter is not
-    condemned: the entry goes back to absent and the next request tries again."""
-
-
-class AdapterIncompatible(RuntimeError):
-    """A well-formed adapter this engine cannot serve on its base (unknown module or head)."""
-
-
-class AdapterTooLarge(RuntimeError):
-    """One adapter alone exceeds the device budget, so it can never be resident."""
 
 
 class Cacheable(Protocol):
@@ -109,11 +86,14 @@ class CacheStats:
     peak_host_bytes: int = 0
 
 
+Key = tuple[str, str | None]  # (adapter id, artifact sha256)
+
+
 @dataclass
 class AdapterCache(Generic[V]):
-    """Adapters by id: `get` returns one resident on `device`, loading it at most once."""
+    """Adapters by ref: `get` returns one resident on `device`, loading it at most once."""
 
-    load: Callable[[str], V]
+    load: Callable[[AdapterRef], V]
     device_budget: int
     host_budget: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -122,15 +102,16 @@ class AdapterCache(Generic[V]):
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[str, _Entry[V]] = {}
-        self._device_lru: OrderedDict[str, int] = OrderedDict()
-        self._host_lru: OrderedDict[str, int] = OrderedDict()
+        self._entries: dict[Key, _Entry[V]] = {}
+        self._device_lru: OrderedDict[Key, int] = OrderedDict()
+        self._host_lru: OrderedDict[Key, int] = OrderedDict()
 
     # ---- queries -------------------------------------------------------------------------
     def state(self, adapter_id: str) -> AdapterState:
+        """The state of the adapter's entry (of any digest), absent when it has none."""
         with self._lock:
-            entry = self._entries.get(adapter_id)
-            return entry.state if entry is not None else AdapterState.ABSENT
+            found = [e.state for k, e in self._entries.items() if k[0] == adapter_id]
+            return found[0] if found else AdapterState.ABSENT
 
     @property
     def device_bytes(self) -> int:
@@ -141,37 +122,40 @@ class AdapterCache(Generic[V]):
         return sum(self._host_lru.values())
 
     def resident(self) -> list[str]:
+        """Ids of the adapters held in either tier."""
         with self._lock:
-            return list(self._device_lru) + list(self._host_lru)
+            return [key[0] for key in (*self._device_lru, *self._host_lru)]
 
-    def get_resident(self, adapter_id: str) -> V | None:
+    def get_resident(self, ref: AdapterRef) -> V | None:
         """The adapter if it is ready on the device, else None; never loads or promotes, so an
         event loop may call it."""
+        key = ref.cache_key
         with self._lock:
-            entry = self._entries.get(adapter_id)
+            entry = self._entries.get(key)
             if entry is None or entry.state is not AdapterState.READY_DEVICE:
                 return None
-            self._device_lru.move_to_end(adapter_id)
+            self._device_lru.move_to_end(key)
             self.stats.hits += 1
             assert entry.value is not None
             return entry.value
 
     # ---- the one entry point -------------------------------------------------------------
-    def get(self, adapter_id: str) -> V:
+    def get(self, ref: AdapterRef) -> V:
+        key = ref.cache_key
         with self._lock:
-            entry = self._entries.get(adapter_id)
+            entry = self._entries.get(key)
             if entry is None:
-                entry = self._entries[adapter_id] = _Entry(AdapterState.ABSENT)
+                entry = self._entries[key] = _Entry(AdapterState.ABSENT)
             if entry.state is AdapterState.READY_DEVICE:
-                self._device_lru.move_to_end(adapter_id)
+                self._device_lru.move_to_end(key)
                 self.stats.hits += 1
                 assert entry.value is not None
                 return entry.value
             if entry.state is AdapterState.READY_HOST:
                 self.stats.hits += 1
-                return self._promote(adapter_id, entry)
+                return self._promote(key, entry)
             if entry.state is AdapterState.CORRUPT:
-                raise AdapterCorrupt(adapter_id, entry.reason)
+                raise AdapterCorrupt(ref.adapter_id, entry.reason)
             if entry.state is AdapterState.LOADING:
                 assert entry.future is not None
                 waiting, leader = entry.future, False
@@ -181,15 +165,16 @@ class AdapterCache(Generic[V]):
                 waiting.set_running_or_notify_cancel()
                 leader = True
         if leader:
-            return self._load(adapter_id, entry, waiting)
+            return self._load(ref, entry, waiting)
         return waiting.result()
 
-    def _load(self, adapter_id: str, entry: _Entry[V], future: Future[V]) -> V:
+    def _load(self, ref: AdapterRef, entry: _Entry[V], future: Future[V]) -> V:
+        key = ref.cache_key
         try:
-            value = self.load(adapter_id)
+            value = self.load(ref)
             if value.nbytes > self.device_budget:
                 raise AdapterTooLarge(
-                    f"adapter {adapter_id} needs {value.nbytes} bytes, more than the device "
+                    f"adapter {ref.adapter_id} needs {value.nbytes} bytes, more than the device "
                     f"cache budget of {self.device_budget}"
                 )
         except AdapterCorrupt as exc:
@@ -208,22 +193,22 @@ class AdapterCache(Generic[V]):
             self.stats.loads += 1
             entry.move(AdapterState.READY_DEVICE)
             entry.value, entry.future = value, None
-            self._device_lru[adapter_id] = value.nbytes
-            self._shrink(keep=adapter_id)
+            self._device_lru[key] = value.nbytes
+            self._shrink(keep=key)
         future.set_result(value)
         return value
 
     # ---- tiers (called with the lock held) -----------------------------------------------
-    def _promote(self, adapter_id: str, entry: _Entry[V]) -> V:
+    def _promote(self, key: Key, entry: _Entry[V]) -> V:
         assert entry.value is not None
         entry.move(AdapterState.READY_DEVICE)
         entry.value = entry.value.to(self.device)  # type: ignore[assignment]
-        self._device_lru[adapter_id] = self._host_lru.pop(adapter_id)
+        self._device_lru[key] = self._host_lru.pop(key)
         self.stats.promotions += 1
-        self._shrink(keep=adapter_id)
+        self._shrink(keep=key)
         return entry.value  # type: ignore[return-value]
 
-    def _shrink(self, keep: str) -> None:
+    def _shrink(self, keep: Key) -> None:
         for victim in self._victims(self._device_lru, self.device_budget, keep):
             entry = self._entries[victim]
             assert entry.value is not None
@@ -236,36 +221,36 @@ class AdapterCache(Generic[V]):
         self.stats.peak_device_bytes = max(self.stats.peak_device_bytes, self.device_bytes)
         self.stats.peak_host_bytes = max(self.stats.peak_host_bytes, self.host_bytes)
 
-    def _victims(self, lru: OrderedDict[str, int], budget: int, keep: str) -> Iterable[str]:
+    def _victims(self, lru: OrderedDict[Key, int], budget: int, keep: Key) -> Iterable[Key]:
         used = sum(lru.values())
-        chosen: list[str] = []
-        for adapter_id, size in lru.items():
+        chosen: list[Key] = []
+        for key, size in lru.items():
             if used <= budget:
                 break
-            if adapter_id == keep or adapter_id in self.pinned:
+            if key == keep or key[0] in self.pinned:
                 continue
-            chosen.append(adapter_id)
+            chosen.append(key)
             used -= size
         return chosen
 
-    def _drop(self, adapter_id: str) -> None:
-        entry = self._entries[adapter_id]
+    def _drop(self, key: Key) -> None:
+        entry = self._entries[key]
         entry.move(AdapterState.EVICTED)
         entry.value = None
-        self._device_lru.pop(adapter_id, None)
-        self._host_lru.pop(adapter_id, None)
+        self._device_lru.pop(key, None)
+        self._host_lru.pop(key, None)
         self.stats.evictions += 1
 
     # ---- explicit removal ----------------------------------------------------------------
     def evict(self, adapter_id: str) -> None:
-        """Forget an adapter (deleted, replaced, corrupt to retry); a load in flight finishes."""
+        """Forget an adapter, every digest of it (deleted, replaced, corrupt to retry); a load
+        in flight finishes."""
         with self._lock:
-            entry = self._entries.get(adapter_id)
-            if entry is None:
-                return
-            if entry.state in (AdapterState.READY_DEVICE, AdapterState.READY_HOST):
-                self._drop(adapter_id)
-            elif entry.state is AdapterState.CORRUPT:
-                entry.move(AdapterState.ABSENT)
-            if entry.state is not AdapterState.LOADING:
-                del self._entries[adapter_id]
+            for key in [k for k in self._entries if k[0] == adapter_id]:
+                entry = self._entries[key]
+                if entry.state in (AdapterState.READY_DEVICE, AdapterState.READY_HOST):
+                    self._drop(key)
+                elif entry.state is AdapterState.CORRUPT:
+                    entry.move(AdapterState.ABSENT)
+                if entry.state is not AdapterState.LOADING:
+                    del self._entries[key]

@@ -13,11 +13,10 @@ alone (greedy, fp32: tests/serving/test_decoding.py).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,9 +24,25 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from adalora_core.serving.bases import SharedBase
-from adalora_core.serving.generation import GenerationParams
-from adalora_core.serving.grouped import Routing, RowGroup, Strategy, routed
+from adalora_core.serving.grouped import (
+    Heads,
+    Layers,
+    Routing,
+    RowGroup,
+    Strategy,
+    group_rows,
+    routed,
+)
+from adalora_core.serving.handles import (
+    FINISH_CANCELLED,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    Generation,
+    TextEvent,
+)
 from adalora_core.serving.loading import LoadedAdapter
+from adalora_core.serving.sampling import row_generator, sample_token
+from adalora_core.serving.text_stream import StreamedText
 
 log = logging.getLogger("adalora.serving.decoding")
 
@@ -38,106 +53,16 @@ log = logging.getLogger("adalora.serving.decoding")
 DecodeStrategy = Literal["auto", "grouped", "concat"]
 CONCAT_ROWS_PER_GROUP = 2
 
-FINISH_STOP = "stop"  # an end-of-sequence token or a stop string
-FINISH_LENGTH = "length"  # max_new_tokens reached
-FINISH_CANCELLED = "cancelled"
-
-
-@dataclass(frozen=True)
-class TextEvent:
-    """What a row produced since its last event; `finish` is set on its last one."""
-
-    delta: str
-    tokens: int  # tokens generated so far
-    finish: str | None = None
-    error: BaseException | None = None
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish: str
-
-
-class Generation:
-    """The caller's handle on one row: its events, in order, from the decode thread.
-
-    Created inside an event loop it feeds an asyncio queue (`events()`); otherwise a blocking one
-    (`wait()`). `cancel()` makes the row leave the batch at the next step.
-    """
-
-    def __init__(
-        self, prompt_ids: Sequence[int], adapter: LoadedAdapter | None, sampling: GenerationParams
-    ):
-        self.prompt_ids = list(prompt_ids)
-        self.adapter = adapter
-        self.sampling = sampling
-        self.cancelled = threading.Event()
-        try:
-            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            self._loop = None
-        self._async: asyncio.Queue[TextEvent] = asyncio.Queue()
-        self._blocking: queue.SimpleQueue[TextEvent] = queue.SimpleQueue()
-
-    @property
-    def adapter_key(self) -> str:
-        return "" if self.adapter is None else self.adapter.adapter_id
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-    def publish(self, event: TextEvent) -> None:
-        if self._loop is None:
-            self._blocking.put(event)
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._async.put_nowait, event)
-        except RuntimeError:  # the caller's loop has closed: nobody is listening
-            self.cancelled.set()
-
-    async def events(self) -> AsyncIterator[TextEvent]:
-        while True:
-            event = await self._async.get()
-            if event.error is not None:
-                raise event.error
-            yield event
-            if event.finish is not None:
-                return
-
-    async def complete(self) -> Completion:
-        return self._completion([e async for e in self.events()])
-
-    def next_event(self, timeout: float | None = None) -> TextEvent:
-        """The next event, blocking (a handle made outside an event loop)."""
-        event = self._blocking.get(timeout=timeout)
-        if event.error is not None:
-            raise event.error
-        return event
-
-    def wait(self, timeout: float | None = None) -> Completion:
-        seen: list[TextEvent] = []
-        while not seen or seen[-1].finish is None:
-            seen.append(self.next_event(timeout))
-        return self._completion(seen)
-
-    def _completion(self, events: list[TextEvent]) -> Completion:
-        last = events[-1]
-        text = "".join(e.delta for e in events)
-        return Completion(text, len(self.prompt_ids), last.tokens, last.finish or FINISH_STOP)
-
 
 @dataclass
 class _Row:
-    """A running row: its handle, what it generated and how far its text has been published."""
+    """A running row: its handle, what it generated and what of its text was published."""
 
     generation: Generation
     generator: torch.Generator | None
     length: int  # real tokens in the cache (prompt + generated, less the pending last token)
+    text: StreamedText
     tokens: list[int] = field(default_factory=list)
-    published: int = 0  # characters of the decoded text already sent
     finish: str | None = None
 
 
@@ -257,7 +182,12 @@ class ContinuousDecoder:
             device=self.device,
         )
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        rows = [_Row(g, _generator(g.sampling.seed), length=len(g.prompt_ids)) for g in joining]
+        rows = [
+            _Row(
+                g, row_generator(g.sampling.seed), len(g.prompt_ids), StreamedText(g.sampling.stop)
+            )
+            for g in joining
+        ]
         try:
             with routed(self._build_routing([g.adapter for g in joining])):
                 out = self.base.model(
@@ -302,7 +232,7 @@ class ContinuousDecoder:
         for i, row in enumerate(rows):
             sampling = row.generation.sampling
             if sampling.temperature > 0:
-                chosen[i] = _sample(logits[i], sampling, row.generator)
+                chosen[i] = sample_token(logits[i], sampling, row.generator)
         picked = chosen.tolist()
         for row, token in zip(rows, picked, strict=True):
             self._record(row, token)
@@ -319,16 +249,10 @@ class ContinuousDecoder:
                 row.finish = FINISH_LENGTH
         with self.base.tokenizer_lock:
             text = self.base.tokenizer.decode(row.tokens, skip_special_tokens=True)
-        end = len(text)
-        for stop in sampling.stop:
-            at = text.find(stop, max(0, row.published - len(stop) + 1))
-            if at != -1 and at < end:
-                end, row.finish = at, FINISH_STOP
-        if row.finish is None:
-            end = _publishable(text, sampling.stop)
-        if end > row.published or row.finish is not None:
-            delta = text[row.published : max(end, row.published)]
-            row.published = max(end, row.published)
+        delta, stopped = row.text.advance(text, row.finish is not None)
+        if stopped:
+            row.finish = FINISH_STOP
+        if delta or row.finish is not None:
             row.generation.publish(TextEvent(delta, len(row.tokens), row.finish))
 
     def _retire(self) -> None:
@@ -387,19 +311,10 @@ class ContinuousDecoder:
         return self._routing_cached
 
     def _build_routing(self, adapters: Sequence[LoadedAdapter | None]) -> Routing:
-        groups: list[RowGroup] = []
-        for i, adapter in enumerate(adapters):
-            if groups and groups[-1].adapter is adapter:
-                last = groups[-1]
-                groups[-1] = RowGroup(last.start, i + 1, last.layers, None, adapter)
-            else:
-                layers = None if adapter is None else adapter.layers
-                groups.append(RowGroup(i, i + 1, layers, None, adapter))
-        return Routing.build(
-            len(adapters), tuple(groups), len(self.base.layer_index), self._op(groups)
-        )
+        groups = group_rows(adapters, _layers_only)
+        return Routing.build(len(adapters), groups, len(self.base.layer_index), self._op(groups))
 
-    def _op(self, groups: list[RowGroup]) -> Strategy:
+    def _op(self, groups: Sequence[RowGroup]) -> Strategy:
         if self.strategy != "auto":
             return self.strategy
         adapted = [g for g in groups if g.layers is not None]
@@ -419,6 +334,21 @@ class ContinuousDecoder:
             self._waiting = []
 
 
+def _new_row(generation: Generation) -> _Row:
+    sampling = generation.sampling
+    return _Row(
+        generation,
+        row_generator(sampling.seed),
+        len(generation.prompt_ids),
+        StreamedText(sampling.stop),
+    )
+
+
+def _layers_only(adapter: LoadedAdapter | None) -> tuple[Layers, Heads]:
+    """Causal-LM rows have no heads: only the adapter's routed layers."""
+    return (None if adapter is None else adapter.layers), None
+
+
 def _cost(generation: Generation) -> int:
     """The cache positions a row may come to hold."""
     return len(generation.prompt_ids) + generation.sampling.max_new_tokens
@@ -431,45 +361,6 @@ def _left_pad(tensor: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
     shape = list(tensor.shape)
     shape[dim] = missing
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
-
-
-def _publishable(text: str, stops: Sequence[str]) -> int:
-    """How much of an unfinished row's text is final: hold back a trailing partial character
-    and any tail that may still grow into a stop string."""
-    end = len(text)
-    while end and text[end - 1] == "\ufffd":
-        end -= 1
-    held = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, end), 0, -1):
-            if text[:end].endswith(stop[:size]):
-                held = max(held, size)
-                break
-    return end - held
-
-
-def _generator(seed: int | None) -> torch.Generator:
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    return generator
-
-
-def _sample(
-    logits: torch.Tensor, sampling: GenerationParams, generator: torch.Generator | None
-) -> int:
-    """Temperature, then nucleus (top-p) sampling, on the CPU with the row's own generator so a
-    seeded row draws the same tokens whatever else is in the batch."""
-    probs = torch.softmax(logits.cpu() / sampling.temperature, dim=-1)
-    if sampling.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        cumulative = sorted_probs.cumsum(-1)
-        drop = cumulative - sorted_probs > sampling.top_p  # keep the smallest set reaching top_p
-        sorted_probs[drop] = 0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def _eos_ids(base: SharedBase) -> frozenset[int]:

@@ -1,11 +1,12 @@
 """The multi-adapter inference engine: shared bases, cached adapters, one routed forward per batch.
 
-The parts, one job each: `bases.py` loads and wraps each base once; `loading.py` turns an
-adapter's bytes into folded tensors on its base; `cache.py` keeps loaded adapters in two tiers;
-`requests.py` checks and tokenizes a request; `forward.py` runs a batch of requests of many
-adapters as one routed forward (or one seq2seq generate); `decoding.py` decodes causal-LM rows
-with continuous batching; `outputs.py` shapes each row's answer. This class wires them together
-and is what the API and the batcher talk to.
+The parts, one job each: `bases.py` loads and wraps each base once; `sources.py` is where an
+adapter's bytes come from; `loading.py` turns them into folded tensors on its base; `cache.py`
+keeps loaded adapters in two tiers; `requests.py` tokenizes a request; `forward.py` runs a batch
+of requests of many adapters as one routed forward (or one seq2seq generate); `decoding.py`
+decodes causal-LM rows with continuous batching, each caller holding a handle (`handles.py`);
+`outputs.py` shapes each row's answer. This class wires them together and is what the service's
+admission step (`application.admission`) and the batcher talk to.
 
 Output schema per row: classification → {"label", "score", "scores": {label: prob}};
 regression → {"value"}; causal-lm / seq2seq → {"text"}; a base row (adapter null) of a
@@ -27,26 +28,24 @@ from adalora_core.errors import ConfigError
 from adalora_core.placement import EncoderPlacement
 from adalora_core.serving.bases import BaseFactory, BaseModels, SharedBase, default_base_factory
 from adalora_core.serving.cache import AdapterCache, AdapterState
-from adalora_core.serving.decoding import Decoders, DecodeStrategy, Generation
+from adalora_core.serving.decoding import Decoders, DecodeStrategy
 from adalora_core.serving.forward import run_batch
 from adalora_core.serving.forward_process import ForwardProcess, uses_process
-from adalora_core.serving.generation import GenerationParams, parse_generation
+from adalora_core.serving.generation import GenerationParams
 from adalora_core.serving.grouped import Strategy
-from adalora_core.serving.loading import (
-    AdapterLoader,
-    AdapterSource,
-    LoadedAdapter,
-    Parser,
-    default_parser,
-)
+from adalora_core.serving.handles import Generation
+from adalora_core.serving.loading import AdapterLoader, LoadedAdapter, Parser, default_parser
 from adalora_core.serving.malloc import tune_glibc_malloc
-from adalora_core.serving.requests import Prepared, encode_input
+from adalora_core.serving.requests import Prepared, prepare_texts, prepare_token_rows
+from adalora_core.serving.sources import AdapterRef, AdapterSource
 from adalora_core.tasks import ModelKind
 
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """Serving limits; the app builds these from `service.settings.Settings`."""
+    """How the engine batches, caches and runs; the service builds these from its settings
+    (`application.engine_factory`). What requests it accepts is the service's admission step's
+    business, not the engine's."""
 
     max_batch_size: int = 32
     # 0: dispatch as soon as the forward thread is free; rows that arrive during a forward form
@@ -57,10 +56,7 @@ class EngineSettings:
     device_cache_bytes: int = 512 * 1024 * 1024
     host_cache_bytes: int = 2 * 1024 * 1024 * 1024
     pinned_adapters: tuple[str, ...] = ()
-    max_inputs: int = 256
-    max_new_tokens: int = 256
-    default_max_new_tokens: int = 32
-    max_length: int = 512
+    max_length: int = 512  # the longest context any base is served with
     strategy: Strategy = "grouped"
     decode_strategy: DecodeStrategy = "auto"  # the continuous decoder's op (decoding.py)
     tune_malloc: bool = True  # glibc mallopt at engine start (see malloc.py, docs/benchmarks.md)
@@ -119,9 +115,15 @@ class InferenceEngine:
         """The shared base for (name, kind), loaded and wrapped on first use only."""
         return self.bases.get(name, kind)
 
-    def adapter(self, adapter_id: str) -> LoadedAdapter:
-        """The cached adapter (loads once; raises AdapterNotFound / AdapterCorrupt)."""
-        return self.cache.get(adapter_id)
+    def adapter(self, adapter: AdapterRef | str) -> LoadedAdapter:
+        """The cached adapter (loads once; raises AdapterNotFound / AdapterCorrupt). A bare id
+        is a ref with no digest: the source's own record decides."""
+        return self.cache.get(adapter if isinstance(adapter, AdapterRef) else AdapterRef(adapter))
+
+    def resident(self, ref: AdapterRef) -> LoadedAdapter | None:
+        """The adapter if it is in device memory now, else None: no read and no load, so an
+        event loop may ask."""
+        return self.cache.get_resident(ref)
 
     def evict(self, adapter_id: str) -> None:
         """Drop an adapter from every tier (deleted / replaced / corrupt to be retried)."""
@@ -130,145 +132,54 @@ class InferenceEngine:
     def state(self, adapter_id: str) -> AdapterState:
         return self.cache.state(adapter_id)
 
-    # ---- requests --------------------------------------------------------------------------
+    # ---- requests ----------------------------------------------------------------------------
     def prepare(
         self,
-        adapter_id: str | None,
+        adapter: AdapterRef | str | None,
         inputs: Sequence[str | Sequence[str]],
-        parameters: Mapping[str, Any] | None = None,
+        generation: GenerationParams | None = None,
         *,
+        truncate: bool = True,
         base_model: str | None = None,
         base_kind: ModelKind = "sequence-classification",
     ) -> Prepared:
-        """Resolve the adapter (cold-loading it), check and tokenize the inputs.
-
-        Errors name their field: ``inputs``, ``inputs[i]``, ``parameters.<name>``.
-        """
-        truncate = self._check_request(inputs, parameters)  # before any load
-        if adapter_id is None:
-            if base_model is None:
-                raise ConfigError("base_model", "is required when adapter_id is null")
-            base = self.base(base_model, base_kind)
-            return self._encode(base, None, inputs, parameters, truncate)
-        adapter = self.adapter(adapter_id)
-        return self._encode(adapter.base, adapter, inputs, parameters, truncate)
-
-    def prepare_resident(
-        self,
-        adapter_id: str,
-        inputs: Sequence[str | Sequence[str]],
-        parameters: Mapping[str, Any] | None = None,
-    ) -> Prepared | None:
-        """`prepare` for an adapter already in device memory, else None: no store read and no
-        load, so the API can call it on its event loop and skip a worker-thread hand-off."""
-        adapter = self.cache.get_resident(adapter_id)
+        """Tokenize ``inputs`` for an adapter (cold-loading it) or, with ``adapter`` None, for
+        the plain ``base_model``. The library's convenience: it applies no service limits."""
         if adapter is None:
-            return None  # the caller's `prepare` checks the request
-        truncate = self._check_request(inputs, parameters)
-        return self._encode(adapter.base, adapter, inputs, parameters, truncate)
-
-    def _check_request(
-        self, inputs: Sequence[str | Sequence[str]], parameters: Mapping[str, Any] | None
-    ) -> bool:
-        """The checks that need no model; returns ``parameters.truncate``."""
-        if not inputs:
-            raise ConfigError("inputs", "needs at least one input")
-        if len(inputs) > self.settings.max_inputs:
-            raise ConfigError(
-                "inputs",
-                f"at most {self.settings.max_inputs} inputs per request, got {len(inputs)}",
+            if base_model is None:
+                raise ConfigError("base_model", "is required without an adapter")
+            return prepare_texts(
+                self.base(base_model, base_kind), None, inputs, generation, truncate
             )
-        truncate = (parameters or {}).get("truncate", True)
-        if not isinstance(truncate, bool):
-            raise ConfigError("parameters.truncate", "must be true or false")
-        return truncate
-
-    def _encode(
-        self,
-        base: SharedBase,
-        adapter: LoadedAdapter | None,
-        inputs: Sequence[str | Sequence[str]],
-        parameters: Mapping[str, Any] | None,
-        truncate: bool,
-    ) -> Prepared:
-        parameters = parameters or {}
-        # Checked for every request, so a bad value is an error even where it is not used.
-        generation: GenerationParams | None = parse_generation(
-            parameters,
-            default_max_new_tokens=min(
-                self.settings.default_max_new_tokens, self.settings.max_new_tokens
-            ),
-            cap=self.settings.max_new_tokens,
-        )
-        if base.kind == "sequence-classification":
-            generation = None
-        max_length = adapter.max_length if adapter is not None else base.max_length
-        encodings = [
-            encode_input(base, row, i, max_length, truncate, generation is not None)
-            for i, row in enumerate(inputs)
-        ]
-        if base.kind == "causal-lm" and generation is not None:
-            for i, encoding in enumerate(encodings):
-                _check_context(base, len(encoding["input_ids"]), generation, f"inputs[{i}]")
-        prepared = Prepared(base, adapter, encodings, generation)
-        single_cost = prepared.longest + (generation.max_new_tokens if generation else 0)
-        if single_cost > self.settings.max_batch_tokens:
-            raise ConfigError(
-                "inputs",
-                f"one input needs {single_cost} tokens, above the batch limit of "
-                f"{self.settings.max_batch_tokens}",
-            )
-        return prepared
+        loaded = self.adapter(adapter)
+        return prepare_texts(loaded.base, loaded, inputs, generation, truncate)
 
     def prepare_tokens(
         self,
-        adapter_id: str | None,
+        adapter: AdapterRef | str | None,
         rows: Sequence[Sequence[int]],
         generation: GenerationParams,
         *,
         base_model: str | None = None,
-        field: str = "prompt",
     ) -> Prepared:
-        """Token rows (already rendered, e.g. by a chat template) for causal-LM decoding; a row
-        that leaves no room for ``max_new_tokens`` in the base's context is an error on
-        ``field``."""
-        if adapter_id is None:
+        """Token rows (rendered by a chat template, or given as ids) for causal-LM decoding; no
+        service limits."""
+        if adapter is None:
             if base_model is None:
-                raise ConfigError("model", "names no adapter and no base model")
-            base, adapter = self.base(base_model, "causal-lm"), None
-        else:
-            adapter = self.adapter(adapter_id)
-            base = adapter.base
-        if base.kind != "causal-lm":
-            raise ConfigError("model", f"{adapter_id or base_model!r} does not generate text")
-        if generation.max_new_tokens > self.settings.max_new_tokens:
-            raise ConfigError(
-                "max_tokens",
-                f"at most {self.settings.max_new_tokens}, got {generation.max_new_tokens}",
-            )
-        for i, row in enumerate(rows):
-            where = field if len(rows) == 1 else f"{field}.{i}"
-            if not row:
-                raise ConfigError(where, "is empty")
-            _check_context(base, len(row), generation, where)
-            if len(row) + generation.max_new_tokens > self.settings.max_batch_tokens:
-                raise ConfigError(
-                    where,
-                    f"needs {len(row) + generation.max_new_tokens} tokens of cache, above the "
-                    f"limit of {self.settings.max_batch_tokens}",
-                )
-        encodings = [{"input_ids": list(r), "attention_mask": [1] * len(r)} for r in rows]
-        return Prepared(base, adapter, encodings, generation)
+                raise ConfigError("base_model", "is required without an adapter")
+            return prepare_token_rows(self.base(base_model, "causal-lm"), None, rows, generation)
+        loaded = self.adapter(adapter)
+        return prepare_token_rows(loaded.base, loaded, rows, generation)
 
     def infer(
         self,
-        adapter_id: str | None,
+        adapter: AdapterRef | str | None,
         inputs: Sequence[str | Sequence[str]],
-        parameters: Mapping[str, Any] | None = None,
+        generation: GenerationParams | None = None,
         **base: Any,
     ) -> list[dict[str, Any]]:
         """Prepare and run one request (no batcher; causal-LM rows join the running decode)."""
-        prepared = self.prepare(adapter_id, inputs, parameters, **base)
+        prepared = self.prepare(adapter, inputs, generation, **base)
         if prepared.base.kind == "causal-lm":
             return [{"text": g.wait().text} for g in self.generate(prepared)]
         return self.run([prepared])[0]
@@ -299,13 +210,3 @@ class InferenceEngine:
         self.decoders.close()
         if self.encoder is not None:
             self.encoder.close()
-
-
-def _check_context(base: SharedBase, tokens: int, generation: GenerationParams, where: str) -> None:
-    """A prompt must leave room for the tokens it asks for in the model's context."""
-    if tokens + generation.max_new_tokens > base.max_length:
-        raise ConfigError(
-            where,
-            f"is {tokens} tokens; with {generation.max_new_tokens} new tokens that is above this "
-            f"model's context of {base.max_length} tokens",
-        )

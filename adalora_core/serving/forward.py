@@ -14,7 +14,16 @@ import torch
 
 from adalora_core.serving.bases import SharedBase
 from adalora_core.serving.generation import generate_rows
-from adalora_core.serving.grouped import Routing, RowGroup, Strategy, routed
+from adalora_core.serving.grouped import (
+    Heads,
+    Layers,
+    Routing,
+    RowGroup,
+    Strategy,
+    group_rows,
+    routed,
+)
+from adalora_core.serving.loading import LoadedAdapter
 from adalora_core.serving.outputs import embeddings, head_outputs
 from adalora_core.serving.requests import Prepared
 
@@ -61,41 +70,33 @@ def run_batch(
         range(len(batch)),
         key=lambda i: "" if batch[i].adapter is None else batch[i].adapter.adapter_id,
     )
-    groups: list[RowGroup] = []
     encodings: list[dict[str, list[int]]] = []
+    owners: list[LoadedAdapter | None] = []
     spans: dict[int, tuple[int, int]] = {}
     for i in order:
         item = batch[i]
         start = len(encodings)
         encodings.extend(item.encodings)
+        owners.extend([item.adapter] * item.rows)
         spans[i] = (start, len(encodings))
-        adapter = item.adapter
-        if groups and groups[-1].adapter is adapter:
-            last = groups[-1]
-            groups[-1] = RowGroup(last.start, len(encodings), last.layers, last.heads, adapter)
-        else:
-            groups.append(
-                RowGroup(
-                    start,
-                    len(encodings),
-                    None if adapter is None else adapter.layers,
-                    None if adapter is None else adapter.heads,
-                    adapter,
-                )
-            )
+    groups = group_rows(owners, _layers_and_heads)
     if base.kind == "sequence-classification":
         rows = _classify(base, encodings, groups, device, encoder or forward_here(strategy))
     else:
-        routing = Routing.build(len(encodings), tuple(groups), len(base.layer_index), strategy)
+        routing = Routing.build(len(encodings), groups, len(base.layer_index), strategy)
         with base.lock, torch.inference_mode(), routed(routing):
             rows = _generate(base, batch, order, encodings, device)
     return [rows[spans[i][0] : spans[i][1]] for i in range(len(batch))]
 
 
+def _layers_and_heads(adapter: LoadedAdapter | None) -> tuple[Layers, Heads]:
+    return (None, None) if adapter is None else (adapter.layers, adapter.heads)
+
+
 def _classify(
     base: SharedBase,
     encodings: list[dict[str, list[int]]],
-    groups: list[RowGroup],
+    groups: Sequence[RowGroup],
     device: torch.device,
     encoder: EncoderForward,
 ) -> list[dict[str, Any]]:

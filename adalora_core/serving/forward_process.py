@@ -12,6 +12,7 @@ the final hidden states, for base rows) back as plain arrays.
 from __future__ import annotations
 
 import itertools
+import operator
 import threading
 import weakref
 from collections import deque
@@ -28,7 +29,14 @@ from adalora_core.errors import ConfigError
 from adalora_core.placement import EncoderPlacement
 from adalora_core.serving.bases import SharedBase, wrap_base
 from adalora_core.serving.forward import forward_here
-from adalora_core.serving.grouped import LowRankDelta, RowGroup, Strategy
+from adalora_core.serving.grouped import (
+    Heads,
+    Layers,
+    LowRankDelta,
+    RowGroup,
+    Strategy,
+    group_rows,
+)
 from adalora_core.serving.loading import LoadedAdapter
 from adalora_core.serving.malloc import tune_glibc_malloc
 
@@ -70,11 +78,15 @@ class ForwardProcess:
             conn = self._connection(base)
             try:
                 base_key = self._send_base(conn, base)
-                spans = [(g.start, g.stop, self._send_adapter(conn, g.adapter)) for g in groups]
+                owners = [
+                    key
+                    for g in groups
+                    for key in [self._send_adapter(conn, g.adapter)] * (g.stop - g.start)
+                ]
                 while self._dropped:  # popleft: a finalizer may append meanwhile
                     conn.send(("drop", self._dropped.popleft()))
                 arrays = {name: tensor.cpu().numpy() for name, tensor in padded.items()}
-                conn.send(("forward", base_key, arrays, spans))
+                conn.send(("forward", base_key, arrays, owners))
                 reply = conn.recv()
             except (EOFError, OSError) as exc:
                 self._stop()
@@ -183,9 +195,9 @@ def _serve(conn: Connection, threads: int, tune_malloc: bool, strategy: Strategy
         elif kind == "drop":
             adapters.pop(message[1], None)
         else:
-            _, base_key, arrays, spans = message
+            _, base_key, arrays, owners = message
             try:
-                reply = ("ok", *_forward(bases[base_key], adapters, arrays, spans, strategy))
+                reply = ("ok", *_forward(bases[base_key], adapters, arrays, owners, strategy))
             except Exception as exc:  # the parent fails this batch's requests, not the process
                 reply = ("error", f"{type(exc).__name__}: {exc}")
             conn.send(reply)
@@ -206,19 +218,18 @@ def _forward(
     base: SharedBase,
     adapters: Mapping[int, tuple[tuple[LowRankDelta | None, ...], dict[str, Any] | None]],
     arrays: Mapping[str, np.ndarray],
-    spans: Sequence[tuple[int, int, int | None]],
+    owners: Sequence[int | None],
     strategy: Strategy,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    groups = []
-    for start, stop, key in spans:
+    def parts(key: int | None) -> tuple[Layers, Heads]:
         if key is None:
-            groups.append(RowGroup(start, stop, None))
-            continue
+            return None, None
         layers, heads = adapters[key]
-        own = None
-        if heads is not None:
-            own = {n: base.head_templates[n] if m is None else m for n, m in heads.items()}
-        groups.append(RowGroup(start, stop, layers, own))
+        if heads is None:
+            return layers, None
+        return layers, {n: base.head_templates[n] if m is None else m for n, m in heads.items()}
+
+    groups = group_rows(owners, parts, same=operator.eq)
     padded = {name: torch.from_numpy(array) for name, array in arrays.items()}
     logits, hidden = forward_here(strategy)(base, padded, groups)
     return logits.numpy(), None if hidden is None else hidden.float().numpy()

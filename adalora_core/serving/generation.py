@@ -16,8 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from adalora_core.errors import ConfigError
-
 
 @dataclass(frozen=True)
 class GenerationParams:
@@ -31,30 +29,6 @@ class GenerationParams:
     def sampling_key(self) -> tuple[float, float]:
         """What must be equal for rows to share one generate() call."""
         return (self.temperature, self.top_p)
-
-
-def parse_generation(
-    parameters: Mapping[str, Any] | None, *, default_max_new_tokens: int, cap: int
-) -> GenerationParams:
-    """Check the request's generation fields; each error names its field."""
-    parameters = parameters or {}
-    max_new = parameters.get("max_new_tokens")
-    max_new = default_max_new_tokens if max_new is None else max_new
-    if isinstance(max_new, bool) or not isinstance(max_new, int) or not 1 <= max_new <= cap:
-        raise ConfigError(
-            "parameters.max_new_tokens", f"must be an integer from 1 to {cap}, got {max_new!r}"
-        )
-    temperature = parameters.get("temperature")
-    temperature = 0.0 if temperature is None else temperature
-    if not isinstance(temperature, int | float) or not 0.0 <= float(temperature) <= 100.0:
-        raise ConfigError(
-            "parameters.temperature", f"must be a number from 0 to 100, got {temperature!r}"
-        )
-    top_p = parameters.get("top_p")
-    top_p = 1.0 if top_p is None else top_p
-    if not isinstance(top_p, int | float) or not 0.0 < float(top_p) <= 1.0:
-        raise ConfigError("parameters.top_p", f"must be in (0, 1], got {top_p!r}")
-    return GenerationParams(int(max_new), float(temperature), float(top_p))
 
 
 def generate_rows(

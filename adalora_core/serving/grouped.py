@@ -10,10 +10,11 @@ and rank-0 modules cost nothing beyond the base matmul. Nothing is merged, copie
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import operator
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -73,6 +74,31 @@ class RowGroup:
     layers: tuple[LowRankDelta | None, ...] | None
     heads: dict[str, nn.Module] | None = None
     adapter: Any = None
+
+
+Owner = TypeVar("Owner")
+Layers = tuple[LowRankDelta | None, ...] | None
+Heads = dict[str, nn.Module] | None
+
+
+def group_rows(
+    owners: Sequence[Owner],
+    parts: Callable[[Owner], tuple[Layers, Heads]],
+    same: Callable[[Owner, Owner], bool] = operator.is_,
+) -> tuple[RowGroup, ...]:
+    """The row groups of a batch sorted by adapter: each run of rows with the same owner (an
+    adapter, a key naming one, or None for base rows) becomes one group carrying the owner's
+    layers and heads (``parts``)."""
+    groups: list[RowGroup] = []
+    start = 0
+    for row in range(1, len(owners) + 1):
+        if row < len(owners) and same(owners[row], owners[start]):
+            continue
+        owner = owners[start]
+        layers, heads = parts(owner)
+        groups.append(RowGroup(start, row, layers, heads, owner))
+        start = row
+    return tuple(groups)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Adapters: where their bytes come from, and how they become folded tensors on a shared base.
+"""Adapters: how their bytes become folded tensors on a shared base.
 
 Loading an adapter only builds small folded tensors (`LowRankDelta`) indexed like the base's
 routed layers, plus its task head; the cache in `cache.py` decides when this runs.
@@ -10,40 +10,24 @@ import copy
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
 from adalora_core.errors import ConfigError
 from adalora_core.serving.bases import BaseModels, SharedBase
-from adalora_core.serving.cache import AdapterCorrupt, AdapterIncompatible
 from adalora_core.serving.grouped import LowRankDelta, fold_delta
 from adalora_core.serving.heads import build_heads
+from adalora_core.serving.sources import (
+    AdapterCorrupt,
+    AdapterIncompatible,
+    AdapterRef,
+    AdapterSource,
+)
 from adalora_core.tasks import MODEL_KIND
 
 Parser = Callable[[bytes], Any]
-
-
-@dataclass(frozen=True)
-class AdapterBlob:
-    """An artifact as stored: the zip bytes and the sha256 recorded when it was written.
-
-    ``verified`` says the source already checked the bytes against ``sha256`` while reading
-    them (the artifact store does), so the loader does not hash them a second time."""
-
-    data: bytes
-    sha256: str
-    verified: bool = False
-    # The base's name as the serving side knows it; when set it wins over the bundle's own
-    # record (which may be the training machine's path to the same base).
-    base_model: str | None = None
-
-
-class AdapterSource(Protocol):
-    """Where adapters come from; raises `AdapterNotFound` for unknown ids."""
-
-    def read(self, adapter_id: str) -> AdapterBlob: ...
 
 
 @dataclass
@@ -141,9 +125,13 @@ class AdapterLoader:
         self.device = device
         self.dtype = dtype
 
-    def __call__(self, adapter_id: str) -> LoadedAdapter:
-        blob = self.source.read(adapter_id)
-        if not blob.verified and hashlib.sha256(blob.data).hexdigest() != blob.sha256:
+    def __call__(self, ref: AdapterRef) -> LoadedAdapter:
+        adapter_id = ref.adapter_id
+        blob = self.source.read(ref)
+        expected = ref.sha256 or blob.sha256
+        if blob.sha256 != expected or (
+            not blob.verified and hashlib.sha256(blob.data).hexdigest() != expected
+        ):
             raise AdapterCorrupt(adapter_id, "sha256 of the stored artifact does not match")
         try:
             weights = self.parser(blob.data)
@@ -153,7 +141,7 @@ class AdapterLoader:
             kind = task_kind(weights.meta)
         except ConfigError as exc:
             raise AdapterIncompatible(f"adapter {adapter_id}: {exc}") from exc
-        base = self.bases.get(blob.base_model or weights.meta.base_model, MODEL_KIND[kind])
+        base = self.bases.get(ref.base_model or weights.meta.base_model, MODEL_KIND[kind])
         layers: list[LowRankDelta | None] = [None] * len(base.layer_index)
         for path, delta in weights.modules.items():
             index = base.layer_index.get(path.removeprefix("base_model.model."))

@@ -1,4 +1,9 @@
-"""A request ready for a batch: its inputs checked and tokenized for one adapter's base."""
+"""A request ready for a batch: its rows tokenized for one adapter's base.
+
+The mechanism only: how texts, pairs and token rows become encodings, and what a prompt needs of
+the model's context. Which requests the service accepts (how many rows, which parameters, which
+model for which protocol) is decided above the core, by the service's admission step.
+"""
 
 from __future__ import annotations
 
@@ -94,3 +99,41 @@ def encode_input(
         with base.tokenizer_lock:
             full = base.tokenizer(first, second, truncation=strategy, max_length=max_length)
     return {key: list(values) for key, values in full.items()}
+
+
+def prepare_texts(
+    base: SharedBase,
+    adapter: LoadedAdapter | None,
+    inputs: Sequence[str | Sequence[str]],
+    generation: GenerationParams | None,
+    truncate: bool = True,
+) -> Prepared:
+    """Texts (or pairs, for sequence classification) tokenized for ``adapter`` on ``base``; rows
+    longer than the adapter's max_length are cut, or refused with truncate false."""
+    max_length = adapter.max_length if adapter is not None else base.max_length
+    generative = base.kind != "sequence-classification"
+    encodings = [
+        encode_input(base, row, i, max_length, truncate, generative) for i, row in enumerate(inputs)
+    ]
+    return Prepared(base, adapter, encodings, generation if generative else None)
+
+
+def prepare_token_rows(
+    base: SharedBase,
+    adapter: LoadedAdapter | None,
+    rows: Sequence[Sequence[int]],
+    generation: GenerationParams,
+) -> Prepared:
+    """Rows already tokenized (rendered by a chat template, or given as ids) for decoding."""
+    encodings = [{"input_ids": list(r), "attention_mask": [1] * len(r)} for r in rows]
+    return Prepared(base, adapter, encodings, generation)
+
+
+def check_context(base: SharedBase, tokens: int, generation: GenerationParams, where: str) -> None:
+    """A prompt must leave room for the tokens it asks for in the model's context."""
+    if tokens + generation.max_new_tokens > base.max_length:
+        raise ConfigError(
+            where,
+            f"is {tokens} tokens; with {generation.max_new_tokens} new tokens that is above this "
+            f"model's context of {base.max_length} tokens",
+        )

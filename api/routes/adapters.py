@@ -6,12 +6,20 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from api.deps import CallerDep, PageCursor, PageLimit, SessionDep, StoreDep, TrainCaller
+from api.deps import (
+    CallerDep,
+    PageCursor,
+    PageLimit,
+    ServingDep,
+    SessionDep,
+    StoreDep,
+    TrainCaller,
+)
 from api.errors import responses
 from api.heatmap import draw_rank_heatmap
 from api.schemas import AdapterList, AdapterOut, RanksOut
@@ -139,7 +147,7 @@ def _checked_stream(chunks: Iterator[bytes], on_mismatch: Callable[[], None]) ->
 )
 def download_adapter(
     adapter_id: str,
-    request: Request,
+    serving: ServingDep,
     caller: TrainCaller,
     session: SessionDep,
     store: StoreDep,
@@ -151,7 +159,6 @@ def download_adapter(
         raise RequestError(
             404, "not_found", f"adapter {adapter_id!r} has no {format!r} format stored"
         )
-    sessions = request.app.state.sessions
 
     def confirm_corrupt() -> None:
         """A failed checksum condemns the adapter only if a second, whole read fails too."""
@@ -162,10 +169,7 @@ def download_adapter(
             pass
         except NotFound:
             return  # missing is not corrupt: it may come back
-        with sessions() as other:
-            adapter_rows.mark_corrupt(other, adapter_id)
-            other.commit()
-        request.app.state.adapter_row_cache.pop((caller.tenant_id, adapter_id))
+        serving.directory.condemn(caller.tenant_id, adapter_id, "its download failed its checksum")
 
     try:
         chunks = store.iter_read(stored["storage_key"], expected_sha256=stored["sha256"])
@@ -188,18 +192,12 @@ def download_adapter(
 
 @router.delete("/adapters/{adapter_id}", status_code=204, responses=responses(401, 404))
 def delete_adapter(
-    adapter_id: str, request: Request, caller: TrainCaller, session: SessionDep, store: StoreDep
+    adapter_id: str, caller: TrainCaller, session: SessionDep, store: StoreDep, serving: ServingDep
 ) -> Response:
     adapter = _adapter(session, caller.tenant_id, adapter_id)
     keys = adapter_rows.delete_adapter(session, adapter)
     session.commit()
-    request.app.state.adapter_row_cache.pop((caller.tenant_id, adapter_id))
-    engine = getattr(request.app.state, "engine", None)
-    if engine is not None:
-        try:
-            engine.evict(adapter_id)
-        except Exception:
-            log.warning("engine could not evict %s", adapter_id, exc_info=True)
+    serving.forget_adapter(caller.tenant_id, adapter_id)
     for key in keys:
         try:
             store.delete(key)

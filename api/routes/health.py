@@ -70,7 +70,8 @@ async def readyz(request: Request) -> Readiness | Response:
         "broker": await run_in_threadpool(_check_broker, request),
     }
     if all(value == "ok" for value in checks.values()):
-        engine = getattr(request.app.state, "engine", None)
+        serving = getattr(request.app.state, "serving", None)
+        engine = None if serving is None else serving.engine
         return Readiness(
             status="ready",
             checks=checks,

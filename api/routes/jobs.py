@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from adalora_core.config import BudgetSchedule
 from adalora_core.state_machine import IllegalTransition
-from api import event_stream
+from api import event_stream, sse
 from api.deps import (
     JobsLimitedCaller,
     PageCursor,
@@ -32,6 +32,7 @@ from api.schemas import (
     ScheduleOut,
     SchedulePoint,
 )
+from api.sse import sse_response
 from api.submission import invalid, request_hash, resolve_hyperparameters
 from application.errors import RequestError, not_found
 from service import datasets as dataset_rows
@@ -180,7 +181,7 @@ def get_job(job_id: str, caller: TrainCaller, session: SessionDep) -> JobOut:
     responses={
         **responses(401, 404, 422),
         200: {
-            "content": {event_stream.MEDIA_TYPE: {}},
+            "content": {sse.MEDIA_TYPE: {}},
             "description": "A page of events as JSON, or, when the request accepts "
             "text/event-stream, every event as it happens until the job ends.",
         },
@@ -211,11 +212,7 @@ def list_events(
             last_event_id if last_event_id is not None else after,
             timing,
         )
-        return StreamingResponse(
-            stream,
-            media_type=event_stream.MEDIA_TYPE,
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return sse_response(stream)
     events = job_rows.list_events(session, job, after, limit)
     return EventList(
         items=[EventOut.model_validate(e, from_attributes=True) for e in events],

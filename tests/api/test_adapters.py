@@ -149,7 +149,7 @@ def test_delete_removes_row_files_and_cache_entry(
     sessions: sessionmaker[Session],
 ) -> None:
     engine = RecordingEngine()
-    app.state.engine = engine
+    app.state.serving.engine = engine
     adapter = make_adapter(tenant)
     folder = Path(settings.store_dir or "") / f"adapters/{tenant.id}/{adapter['id']}"
     assert len(list(folder.iterdir())) == 2

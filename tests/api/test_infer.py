@@ -252,7 +252,7 @@ def test_deleted_adapter_leaves_the_engine_cache(client, tenant, stored_adapter)
     adapter_id, _ = stored_adapter(tenant, seed=7)
     body = {"adapter_id": adapter_id, "inputs": ["w1 w2"]}
     assert client.post("/infer", headers=tenant.headers, json=body).status_code == 200
-    engine = client.app.state.engine
+    engine = client.app.state.serving.engine
     assert engine.state(adapter_id) is AdapterState.READY_DEVICE
     assert client.delete(f"/adapters/{adapter_id}", headers=tenant.headers).status_code == 204
     assert engine.state(adapter_id) is AdapterState.ABSENT
@@ -331,15 +331,16 @@ def test_an_adapter_whose_bundle_names_a_path_shares_the_base_loaded_by_name(
     ]
     for body in both:
         assert client.post("/infer", headers=tenant.headers, json=body).status_code == 200
-    engine = app.state.engine
+    engine = app.state.serving.engine
     assert [name for name, _ in engine.bases.loaded()] == [TEST_BASE_MODEL]
-    with_adapter = engine.prepare(adapter_id, ["w1 w2"])
+    ref = app.state.serving.directory.find(tenant.id, adapter_id).ref  # as admission reads it
+    with_adapter = engine.prepare(ref, ["w1 w2"])
     base_only = engine.prepare(None, ["w1"], base_model=TEST_BASE_MODEL)
     assert with_adapter.base is base_only.base
     assert with_adapter.batch_key == base_only.batch_key  # the batcher may join them
     joined = engine.run([with_adapter, base_only])  # one routed forward for both kinds
     assert set(joined[0][0]) == {"label", "score", "scores"} and "embedding" in joined[1][0]
-    scores = engine.infer(adapter_id, ["w1 w2"])[0]["scores"]
+    scores = engine.infer(ref, ["w1 w2"])[0]["scores"]
     by_name = dataclasses.replace(
         weights, meta=dataclasses.replace(weights.meta, base_model=TEST_BASE_MODEL)
     )
@@ -367,14 +368,14 @@ def test_fifty_cold_adapters_at_once_do_not_drain_the_pool(
     leave the others waiting past the pool timeout."""
     import httpx
 
-    from api.serving import StoreAdapterSource
+    from application.adapter_source import StoreAdapterSource
 
     adapter_ids = [stored_adapter(tenant, seed=i)[0] for i in range(50)]
     real_read = StoreAdapterSource.read
 
-    def slow_read(self: Any, adapter_id: str) -> Any:
+    def slow_read(self: Any, ref: Any) -> Any:
         time.sleep(2.0)
-        return real_read(self, adapter_id)
+        return real_read(self, ref)
 
     monkeypatch.setattr(StoreAdapterSource, "read", slow_read)
     start = threading.Barrier(50)
@@ -393,19 +394,19 @@ def test_fifty_cold_adapters_at_once_do_not_drain_the_pool(
 def test_a_warm_short_request_is_prepared_on_the_event_loop(
     client, tenant, stored_adapter, monkeypatch
 ) -> None:
-    from api.routes import infer as infer_route
+    from application import admission
 
     adapter_id, weights = stored_adapter(tenant, seed=5)
     threaded: list[str] = []
-    prepare_in_thread = infer_route._prepare
+    admit_in_thread = admission.Admission.infer
 
-    def counted(*args: Any) -> Any:
-        threaded.append(args[-1].inputs[0][:10])
-        return prepare_in_thread(*args)
+    def counted(self: Any, *args: Any) -> Any:
+        threaded.append(args[3].rows[0][:10])
+        return admit_in_thread(self, *args)
 
-    monkeypatch.setattr(infer_route, "_prepare", counted)
+    monkeypatch.setattr(admission.Admission, "infer", counted)
     body = {"adapter_id": adapter_id, "inputs": ["w1 w2 w3"]}
-    long_text = " ".join(["w4"] * (infer_route.INLINE_PREPARE_CHARS // 3 + 1))
+    long_text = " ".join(["w4"] * (admission.INLINE_PREPARE_CHARS // 3 + 1))
     for inputs in (["w1 w2 w3"], ["w1 w2 w3"], [long_text]):
         response = client.post("/infer", headers=tenant.headers, json={**body, "inputs": inputs})
         assert response.status_code == 200, response.text
@@ -426,7 +427,7 @@ def test_a_dead_forward_process_is_503_and_the_next_request_serves(
     adapter_id, weights = stored_adapter(tenant, seed=6)
     body = {"adapter_id": adapter_id, "inputs": ["w1 w2 w3"]}
     assert client.post("/infer", headers=tenant.headers, json=body).status_code == 200
-    encoder = client.app.state.engine.encoder
+    encoder = client.app.state.serving.engine.encoder
     assert encoder is not None  # "auto" on a CPU: encoder forwards run in their own process
     os.kill(encoder._child.pid, signal.SIGKILL)
     encoder._child.join()
@@ -436,6 +437,31 @@ def test_a_dead_forward_process_is_503_and_the_next_request_serves(
     again = client.post("/infer", headers=tenant.headers, json=body)
     assert again.status_code == 200, again.text
     scores = again.json()["outputs"][0]["scores"]
+    assert [scores["neg"], scores["pos"]] == pytest.approx(
+        expected_scores(weights, "w1 w2 w3"), abs=1e-5
+    )
+
+
+def test_the_thread_placement_setting_serves_without_a_forward_process(
+    settings, tenant, stored_adapter, monkeypatch
+) -> None:
+    """ADALORA_INFER_ENCODER_FORWARD=thread reaches the engine (it used to be dropped on the way,
+    so every engine ran "auto": a forward process on the CPU)."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from service.settings import Settings
+
+    monkeypatch.setenv("ADALORA_INFER_ENCODER_FORWARD", "thread")
+    from_env = Settings(**settings.model_dump(exclude={"infer_encoder_forward"}))
+    assert from_env.infer_encoder_forward == "thread"
+    adapter_id, weights = stored_adapter(tenant, seed=6)
+    with TestClient(create_app(from_env)) as thread_client:
+        body = {"adapter_id": adapter_id, "inputs": ["w1 w2 w3"]}
+        response = thread_client.post("/infer", headers=tenant.headers, json=body)
+        assert response.status_code == 200, response.text
+        assert thread_client.app.state.serving.engine.encoder is None
+    scores = response.json()["outputs"][0]["scores"]
     assert [scores["neg"], scores["pos"]] == pytest.approx(
         expected_scores(weights, "w1 w2 w3"), abs=1e-5
     )

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import event
 
-from api.lookup_cache import TtlCache
+from application.ttl_cache import TtlCache
 from service import tenants
 from tests.conftest import TenantKey
 

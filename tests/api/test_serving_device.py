@@ -10,7 +10,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from api.serving import serving_device, serving_dtype
+from application.engine_factory import serving_device, serving_dtype
 
 GPU = torch.cuda.is_available()
 

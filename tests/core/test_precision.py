@@ -21,7 +21,7 @@ from adalora_core.precision import MixedPrecision, native_bf16, training_precisi
 from adalora_core.tasks import TaskSpec
 from adalora_core.trainer import train
 from adalora_core.training_config import TrainingConfig
-from api.serving import serving_dtype
+from application.engine_factory import serving_dtype
 
 CUDA = torch.device("cuda:0")
 CPU = torch.device("cpu")

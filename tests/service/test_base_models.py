@@ -113,7 +113,8 @@ def test_adalora_trains_on_every_llama_projection_of_smollm2_and_the_adapter_gen
     from adalora_core.config import AdaLoraConfig
     from adalora_core.formats.bundle import zip_bundle
     from adalora_core.serving.engine import EngineSettings, InferenceEngine
-    from adalora_core.serving.loading import AdapterBlob
+    from adalora_core.serving.generation import GenerationParams
+    from adalora_core.serving.sources import AdapterBlob, AdapterRef
     from adalora_core.tasks import TaskSpec
     from adalora_core.trainer import train
     from adalora_core.training_config import TrainingConfig
@@ -142,7 +143,7 @@ def test_adalora_trains_on_every_llama_projection_of_smollm2_and_the_adapter_gen
     assert isinstance(data, bytes)
 
     class OneAdapter:
-        def read(self, adapter_id: str) -> AdapterBlob:
+        def read(self, ref: AdapterRef) -> AdapterBlob:
             return AdapterBlob(data, hashlib.sha256(data).hexdigest())
 
     engine = InferenceEngine(
@@ -150,11 +151,10 @@ def test_adalora_trains_on_every_llama_projection_of_smollm2_and_the_adapter_gen
     )
     # Two requests decoded together, one on the adapter and one on the plain base.
     prompt = "Product code 3 is"
-    adapted = engine.generate(engine.prepare("ad_smol", [prompt], {"max_new_tokens": 6}))
+    six = GenerationParams(6)
+    adapted = engine.generate(engine.prepare("ad_smol", [prompt], six))
     plain = engine.generate(
-        engine.prepare(
-            None, [prompt], {"max_new_tokens": 6}, base_model=SMOLLM2_NAME, base_kind="causal-lm"
-        )
+        engine.prepare(None, [prompt], six, base_model=SMOLLM2_NAME, base_kind="causal-lm")
     )
     adapted_text, plain_text = adapted[0].wait(timeout=300).text, plain[0].wait(timeout=300).text
     engine.close()

@@ -9,12 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from adalora_core.serving.cache import (
-    AdapterCorrupt,
-    AdapterNotFound,
-    AdapterState,
-    check_adapter_transition,
-)
+from adalora_core.serving.cache import AdapterState, check_adapter_transition
+from adalora_core.serving.sources import AdapterCorrupt, AdapterNotFound
 from adalora_core.state_machine import IllegalTransition
 from tests.serving.tiny_serving import MemorySource, bert_layer_paths, make_adapter
 
@@ -106,7 +102,7 @@ def test_unparseable_artifact_with_matching_checksum_is_corrupt(
 ) -> None:
     import hashlib
 
-    from adalora_core.serving.loading import AdapterBlob
+    from adalora_core.serving.sources import AdapterBlob
 
     source.blobs["junk"] = AdapterBlob(b"not a zip", hashlib.sha256(b"not a zip").hexdigest())
     with pytest.raises(AdapterCorrupt, match="zip"):
@@ -163,7 +159,7 @@ def test_state_machine_rejects_skipped_steps() -> None:
 def test_adapter_for_modules_the_base_lacks_is_incompatible_not_corrupt(
     make_engine, source, tmp_path
 ) -> None:
-    from adalora_core.serving.cache import AdapterIncompatible
+    from adalora_core.serving.sources import AdapterIncompatible
 
     weights = make_adapter("tiny-bert", "regression", {bert_layer_paths(0)["q"]: 2}, seed=9)
     weights.modules["bert.encoder.layer.7.attention.self.query"] = weights.modules.pop(
@@ -202,7 +198,7 @@ def test_huge_inputs_are_cut_before_the_tokenizer_sees_them(make_engine, source,
         assert len(prepared.encodings[0]["input_ids"]) == adapter.max_length
         assert seen and max(seen) <= adapter.max_length * MAX_CHARS_PER_TOKEN
         with pytest.raises(ConfigError, match="characters") as raised:
-            engine.prepare(adapter_id, [huge], {"truncate": False})
+            engine.prepare(adapter_id, [huge], truncate=False)
         assert raised.value.field == "inputs[0]"
     finally:
         adapter.base.tokenizer = tokenizer

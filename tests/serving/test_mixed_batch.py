@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from adalora_core.errors import ConfigError
 from adalora_core.formats.bundle import AdapterWeights
 from tests.serving.tiny_serving import (
     WORDS,
@@ -116,37 +115,3 @@ def test_adapter_rows_differ_from_base_rows(make_engine, source, tmp_path) -> No
     plain = adapters["c-rank0"]
     plain_head_only = AdapterWeights(plain.meta, plain.peft_config, {}, plain.head)
     assert abs(got - reference_row(plain_head_only, text)["value"]) > 1e-3
-
-
-def test_request_errors_name_their_field(make_engine, source, tmp_path) -> None:
-    source.add("a", three_adapters()["a-qv"], tmp_path)
-    engine = make_engine(max_inputs=3, max_length=8)
-    with pytest.raises(ConfigError) as info:
-        engine.prepare("a", ["w1"] * 4)
-    assert info.value.field == "inputs"
-    with pytest.raises(ConfigError) as info:
-        engine.prepare("a", ["w1", " ".join(["w2"] * 20)], {"truncate": False})
-    assert info.value.field == "inputs[1]"
-    truncated = engine.prepare("a", ["w1", " ".join(["w2"] * 20)])
-    assert truncated.longest == 8
-    with pytest.raises(ConfigError) as info:
-        engine.prepare("a", [["w1", "w2", "w3"]])
-    assert info.value.field == "inputs[0]"
-
-
-def test_prepare_resident_answers_only_for_an_adapter_in_memory(
-    make_engine, source, tmp_path
-) -> None:
-    source.add("a", three_adapters()["a-qv"], tmp_path)
-    engine = make_engine(max_inputs=2)
-    assert engine.prepare_resident("a", ["w1 w2"]) is None  # not loaded: the caller loads it
-    assert source.reads.get("a", 0) == 0  # and nothing was read to find that out
-    loaded = engine.prepare("a", ["w1 w2"])
-    resident = engine.prepare_resident("a", ["w1 w2"])
-    assert resident is not None and resident.encodings == loaded.encodings
-    assert engine.run([resident]) == engine.run([loaded])
-    with pytest.raises(ConfigError) as info:  # request checks come first either way
-        engine.prepare_resident("a", ["w1"] * 3)
-    assert info.value.field == "inputs"
-    engine.evict("a")
-    assert engine.prepare_resident("a", ["w1 w2"]) is None

@@ -13,7 +13,7 @@ from adalora_core.config import AdaLoraConfig
 from adalora_core.formats.bundle import read_adapter, zip_bundle
 from adalora_core.formats.merged import save_merged
 from adalora_core.serving.engine import InferenceEngine
-from adalora_core.serving.loading import AdapterBlob
+from adalora_core.serving.sources import AdapterBlob
 from adalora_core.tasks import TaskSpec
 from adalora_core.trainer import train
 from adalora_core.training_config import TrainingConfig

@@ -32,8 +32,7 @@ from adalora_core.formats.bundle import (
     write_bundle,
     zip_bundle,
 )
-from adalora_core.serving.cache import AdapterNotFound
-from adalora_core.serving.loading import AdapterBlob
+from adalora_core.serving.sources import AdapterBlob, AdapterNotFound, AdapterRef
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "</s>"] + [f"w{i}" for i in range(59)]
 WORDS = VOCAB[5:]
@@ -251,7 +250,8 @@ class MemorySource:
         blob = self.blobs[adapter_id]
         self.blobs[adapter_id] = AdapterBlob(blob.data[:-7] + b"garbage", blob.sha256)
 
-    def read(self, adapter_id: str) -> AdapterBlob:
+    def read(self, ref: AdapterRef) -> AdapterBlob:
+        adapter_id = ref.adapter_id
         self.reads[adapter_id] = self.reads.get(adapter_id, 0) + 1
         if self.delay is not None:
             self.delay()

@@ -1,0 +1,138 @@
+"""A generation request's choices as OpenAI's clients expect them: waited for whole, or streamed
+as server-sent chunks of token deltas ending in ``data: [DONE]``.
+
+Completions and chat completions differ only in the shape of a chunk's choice (``text`` against
+``delta``), so one `Run` and one stream serve both; `ChunkShape` says which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+
+from adalora_core.serving.handles import Completion, Generation, TextEvent, complete_all
+from api.openai_schemas import StreamOptions, Usage
+from api.sse import sse_message, sse_response
+
+
+@dataclass(frozen=True)
+class ChunkShape:
+    """How a protocol's streamed chunk looks: its object name, the id prefix, and whether a
+    choice carries a chat ``delta`` (with an opening chunk naming the role) or plain ``text``."""
+
+    object: str
+    id_prefix: str
+    chat: bool
+
+
+COMPLETION_CHUNKS = ChunkShape("text_completion", "cmpl", chat=False)
+CHAT_CHUNKS = ChunkShape("chat.completion.chunk", "chatcmpl", chat=True)
+
+
+@dataclass
+class Run:
+    """One request's choices in the decoder: prompt i's k-th choice is index i·n + k."""
+
+    model: str
+    shape: ChunkShape
+    prompt_tokens: int
+    handles: list[Generation]
+    id: str = ""
+    created: int = 0
+
+    def __post_init__(self) -> None:
+        self.id = self.id or f"{self.shape.id_prefix}-{secrets.token_hex(12)}"
+        self.created = self.created or int(time.time())
+
+    def usage(self, completion_tokens: Sequence[int]) -> Usage:
+        generated = sum(completion_tokens)
+        return Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=generated,
+            total_tokens=self.prompt_tokens + generated,
+        )
+
+    async def complete(self) -> list[Completion]:
+        return await complete_all(self.handles)
+
+    def cancel(self) -> None:
+        for handle in self.handles:
+            handle.cancel()
+
+    def stream(self, options: StreamOptions | None) -> StreamingResponse:
+        return sse_response(_events(self, options is not None and options.include_usage))
+
+    # ---- chunks ---------------------------------------------------------------------------------
+    def chunk(self, index: int, event: TextEvent | None) -> dict[str, Any]:
+        """A choice's chunk; ``event`` None is a chat choice's opening chunk (the role)."""
+        finish = None if event is None or event.finish is None else finish_reason(event.finish)
+        choice: dict[str, Any] = {"index": index, "logprobs": None, "finish_reason": finish}
+        if not self.shape.chat:
+            choice["text"] = "" if event is None else event.delta
+        elif event is None:
+            choice["delta"] = {"role": "assistant", "content": ""}
+        else:
+            choice["delta"] = {"content": event.delta} if event.delta else {}
+        return self.envelope([choice])
+
+    def envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": self.shape.object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+
+
+def finish_reason(finish: str) -> str:
+    return "length" if finish == "length" else "stop"
+
+
+async def _events(run: Run, include_usage: bool) -> AsyncIterator[str]:
+    generated = [0] * len(run.handles)
+    try:
+        if run.shape.chat:
+            for index in range(len(run.handles)):
+                yield sse_message(run.chunk(index, None))
+        async for index, event in _merged(run.handles):
+            generated[index] = event.tokens
+            if event.delta or event.finish is not None:
+                yield sse_message(run.chunk(index, event))
+        if include_usage:
+            usage = run.usage(generated).model_dump()
+            yield sse_message({**run.envelope([]), "usage": usage})
+        yield sse_message("[DONE]")
+    except Exception as exc:  # a failure after the headers went out: say so in the stream
+        message = str(exc) or "generation failed"
+        error = {"message": message, "type": "server_error", "param": None, "code": None}
+        yield sse_message({"error": error})
+    finally:
+        run.cancel()
+
+
+async def _merged(handles: Sequence[Generation]) -> AsyncIterator[tuple[int, TextEvent]]:
+    """Every choice's events as they come, tagged with the choice's index."""
+    streams = {i: h.events().__aiter__() for i, h in enumerate(handles)}
+    pending = {asyncio.ensure_future(anext(s)): i for i, s in streams.items()}
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                index = pending.pop(task)
+                try:
+                    event = task.result()
+                except StopAsyncIteration:
+                    continue
+                yield index, event
+                if event.finish is None:
+                    pending[asyncio.ensure_future(anext(streams[index]))] = index
+    finally:
+        for task in pending:
+            task.cancel()

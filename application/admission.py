@@ -1,0 +1,418 @@
+"""The one admission step for every inference protocol: /infer, /v1/completions and
+/v1/chat/completions go in as (tenant, model or adapter, inputs, sampling); one request the
+engine can run, or an error naming the field, comes out.
+
+Every refusal is decided here, once: an unknown or another tenant's adapter, a model of the
+wrong kind for the protocol, too many rows, inputs too long for the context or the batch, bad
+generation parameters. The routes only translate their protocol to these types and the answer
+back; the engine keeps the mechanism (cache, batching, forward, decoding).
+
+Runs in a worker thread (a cold adapter loads from the store) except `infer_resident`, which
+answers on the event loop when the adapter's record and weights are both in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from adalora_core.errors import ConfigError
+from adalora_core.serving.bases import BaseModelUnavailable, SharedBase
+from adalora_core.serving.engine import InferenceEngine
+from adalora_core.serving.generation import GenerationParams
+from adalora_core.serving.loading import LoadedAdapter
+from adalora_core.serving.requests import (
+    MAX_CHARS_PER_TOKEN,
+    Prepared,
+    check_context,
+    prepare_texts,
+    prepare_token_rows,
+)
+from adalora_core.serving.sources import (
+    AdapterCorrupt,
+    AdapterIncompatible,
+    AdapterNotFound,
+    AdapterTooLarge,
+    AdapterUnavailable,
+)
+from adalora_core.tasks import ModelKind, chat_prompt_ids
+from application.adapter_directory import AdapterDirectory, AdapterRecord
+from application.errors import RequestError, not_found
+from service.base_models import is_causal_lm
+from service.settings import DEFAULT_MINILM_NAME
+
+# /infer: tokens generated when parameters.max_new_tokens is unset.
+DEFAULT_MAX_NEW_TOKENS = 32
+MAX_STOPS = 4  # as OpenAI
+# /infer: a request up to this many characters is tokenized on the event loop when its adapter
+# is in memory; a longer one would hold the loop (and every other request) while it tokenizes.
+INLINE_PREPARE_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    """The service's bounds on one request (Settings ``infer_*`` and ``max_batch_tokens``)."""
+
+    max_rows: int
+    max_new_tokens: int
+    max_batch_tokens: int
+
+
+# ---- what a protocol hands in ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextRows:
+    """/infer's inputs: texts, or [text, pair] rows for pair classification."""
+
+    rows: Sequence[str | Sequence[str]]
+    truncate: bool = True
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """/v1/completions' prompts: texts or rows of token ids; ``single`` when one was given, so
+    errors name ``prompt`` rather than ``prompt.0``."""
+
+    prompts: Sequence[str | Sequence[int]]
+    single: bool = False
+
+    def where(self, index: int) -> str:
+        return "prompt" if self.single else f"prompt.{index}"
+
+
+@dataclass(frozen=True)
+class Chat:
+    """/v1/chat/completions' conversation, roles already mapped to the chat template's."""
+
+    messages: Sequence[Mapping[str, str]]
+
+
+Inputs = TextRows | Prompts | Chat
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Generation parameters as the protocol gave them; ``max_new_tokens`` None means as many
+    as fit in the context (the chat protocol's default)."""
+
+    max_new_tokens: int | None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: Sequence[str] | str | None = None
+    n: int = 1
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A request the engine can run: its tokenized rows, and how many choices each gets."""
+
+    prepared: Prepared
+    copies: int = 1
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(e["input_ids"]) for e in self.prepared.encodings)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What a request resolved to: a base, the kind its model runs as, and an adapter or none."""
+
+    name: str
+    base_model: str
+    kind: ModelKind
+    record: AdapterRecord | None = None
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """How a protocol names things: the field of its model, whether it only generates, the
+    field of its new-token count and of its inputs."""
+
+    model_field: str
+    generative: bool
+    max_new_tokens_field: str
+    inputs_field: str
+
+
+INFER = _Rules("adapter_id", False, "parameters.max_new_tokens", "inputs")
+COMPLETIONS = _Rules("model", True, "max_tokens", "prompt")
+CHAT = _Rules("model", True, "max_tokens", "messages")
+
+
+class Admission:
+    """Thread-safe; shared by every request of the API process."""
+
+    def __init__(
+        self,
+        engine: InferenceEngine,
+        directory: AdapterDirectory,
+        base_models: Mapping[str, str],
+        limits: AdmissionLimits,
+    ) -> None:
+        self.engine = engine
+        self.directory = directory
+        self.base_models = base_models
+        self.limits = limits
+
+    # ---- the protocols' entry points ----------------------------------------------------------
+    def infer(
+        self,
+        tenant_id: str,
+        adapter_id: str | None,
+        base_model: str | None,
+        inputs: TextRows,
+        parameters: Mapping[str, object],
+    ) -> Admitted:
+        """POST /infer: an adapter of the tenant's, or the plain base (``adapter_id`` None)."""
+        target = self._infer_target(tenant_id, adapter_id, base_model)
+        return self._admit(tenant_id, target, INFER, inputs, _infer_sampling(parameters))
+
+    def infer_resident(
+        self,
+        tenant_id: str,
+        adapter_id: str | None,
+        base_model: str | None,
+        inputs: TextRows,
+        parameters: Mapping[str, object],
+    ) -> Admitted | None:
+        """`infer` on the event loop, for a short request whose adapter record and weights are
+        both in memory; None sends the caller to `infer` in a worker thread."""
+        if (
+            adapter_id is None
+            or base_model is not None
+            or _characters(inputs) > INLINE_PREPARE_CHARS
+        ):
+            return None
+        record = self.directory.find_cached(tenant_id, adapter_id)
+        if record is None or self.engine.resident(record.ref) is None:
+            return None
+        target = _Target(adapter_id, record.ref.base_model or "", record.kind, record)
+        return self._admit(tenant_id, target, INFER, inputs, _infer_sampling(parameters))
+
+    def generation(
+        self, tenant_id: str, model: str, inputs: Prompts | Chat, sampling: Sampling
+    ) -> Admitted:
+        """/v1/completions and /v1/chat/completions: ``model`` is a base's name or one of the
+        tenant's adapters."""
+        rules = CHAT if isinstance(inputs, Chat) else COMPLETIONS
+        return self._admit(tenant_id, self._model_target(tenant_id, model), rules, inputs, sampling)
+
+    # ---- resolving what the request names -----------------------------------------------------
+    def _infer_target(
+        self, tenant_id: str, adapter_id: str | None, base_model: str | None
+    ) -> _Target:
+        if adapter_id is not None:
+            if base_model is not None:
+                raise ConfigError("base_model", "only allowed with adapter_id null")
+            record = self.directory.find(tenant_id, adapter_id)
+            return _Target(adapter_id, record.ref.base_model or "", record.kind, record)
+        name = base_model or self.default_base_model()
+        if name is None or name not in self.base_models:
+            known = sorted(self.base_models)
+            raise ConfigError("base_model", f"unknown base model {name!r}; known: {known}")
+        return _Target(name, name, "sequence-classification")
+
+    def _model_target(self, tenant_id: str, model: str) -> _Target:
+        if model in self.base_models:
+            kind: ModelKind = (
+                "causal-lm" if is_causal_lm(self.base_models[model]) else "sequence-classification"
+            )
+            return _Target(model, model, kind)
+        try:
+            record = self.directory.find(tenant_id, model)
+        except RequestError as exc:
+            if exc.status != 404:
+                raise
+            raise RequestError(
+                404,
+                "model_not_found",
+                f"model {model!r} is neither a base model here nor one of your adapters",
+                "model",
+            ) from None
+        return _Target(model, record.ref.base_model or "", record.kind, record)
+
+    def default_base_model(self) -> str | None:
+        """The base a request with adapter_id null runs on when it names none."""
+        if DEFAULT_MINILM_NAME in self.base_models:
+            return DEFAULT_MINILM_NAME
+        return next(iter(self.base_models), None)
+
+    # ---- the one step -------------------------------------------------------------------------
+    def _admit(
+        self, tenant_id: str, target: _Target, rules: _Rules, inputs: Inputs, sampling: Sampling
+    ) -> Admitted:
+        if rules.generative and target.kind != "causal-lm":
+            raise ConfigError(
+                rules.model_field, f"{target.name!r} does not generate text; use /infer"
+            )
+        if isinstance(inputs, TextRows):
+            _check_rows(inputs, self.limits.max_rows)
+        wanted = self._wanted_tokens(rules, sampling)
+        base, adapter = self._load(tenant_id, target)
+        if isinstance(inputs, TextRows):
+            generation = None
+            if target.kind != "sequence-classification":
+                generation = _params(sampling, wanted or self._default_new_tokens())
+            prepared = prepare_texts(base, adapter, inputs.rows, generation, inputs.truncate)
+        else:
+            rows = (
+                _chat_rows(base, inputs) if isinstance(inputs, Chat) else _prompt_rows(base, inputs)
+            )
+            if wanted is None:  # as many as fit
+                wanted = min(self.limits.max_new_tokens, base.max_length - max(map(len, rows)))
+                if wanted <= 0:
+                    raise ConfigError(
+                        rules.inputs_field,
+                        f"leaves no room in this model's {base.max_length} tokens",
+                    )
+            prepared = prepare_token_rows(base, adapter, rows, _params(sampling, wanted))
+        self._check_lengths(prepared, inputs)
+        return Admitted(prepared, sampling.n)
+
+    def _wanted_tokens(self, rules: _Rules, sampling: Sampling) -> int | None:
+        """The new tokens asked for, within the service's cap (checked for every request, so a
+        bad value is an error even where a model does not generate)."""
+        cap = self.limits.max_new_tokens
+        wanted = sampling.max_new_tokens
+        if wanted is not None and not 1 <= wanted <= cap:
+            message = f"must be an integer from 1 to {cap}, got {wanted!r}"
+            if rules.generative:
+                message = f"at most {cap}, got {wanted}"
+            raise ConfigError(rules.max_new_tokens_field, message)
+        return wanted
+
+    def _default_new_tokens(self) -> int:
+        return min(DEFAULT_MAX_NEW_TOKENS, self.limits.max_new_tokens)
+
+    def _load(self, tenant_id: str, target: _Target) -> tuple[SharedBase, LoadedAdapter | None]:
+        """The base and the adapter, loading either on first use; engine failures become the
+        caller's errors here, once."""
+        try:
+            if target.record is None:
+                return self.engine.base(target.base_model, target.kind), None
+            adapter = self._adapter(tenant_id, target.record)
+            return adapter.base, adapter
+        except BaseModelUnavailable as exc:
+            raise RequestError(503, "base_model_unavailable", str(exc)) from exc
+
+    def _adapter(self, tenant_id: str, record: AdapterRecord) -> LoadedAdapter:
+        adapter_id = record.ref.adapter_id
+        try:
+            return self.engine.adapter(record.ref)
+        except AdapterNotFound:
+            raise not_found("adapter", adapter_id) from None
+        except AdapterCorrupt as exc:
+            raise self.directory.condemn(tenant_id, adapter_id, exc.reason) from exc
+        except AdapterIncompatible as exc:
+            raise RequestError(409, "adapter_incompatible", str(exc)) from exc
+        except AdapterTooLarge as exc:
+            raise RequestError(503, "adapter_too_large", str(exc)) from exc
+        except AdapterUnavailable as exc:
+            raise RequestError(503, "adapter_unavailable", f"{exc}; retry shortly") from exc
+
+    def _check_lengths(self, prepared: Prepared, inputs: Inputs) -> None:
+        """Every row fits the model's context with its new tokens, and one batch's memory."""
+        generation = prepared.generation
+        new_tokens = generation.max_new_tokens if generation is not None else 0
+        limit = self.limits.max_batch_tokens
+        for i, encoding in enumerate(prepared.encodings):
+            tokens = len(encoding["input_ids"])
+            if isinstance(inputs, TextRows):
+                where, batch_where = f"inputs[{i}]", "inputs"
+            else:
+                where = batch_where = inputs.where(i) if isinstance(inputs, Prompts) else "messages"
+                if tokens == 0:
+                    raise ConfigError(where, "is empty")
+            if generation is not None and prepared.base.kind == "causal-lm":
+                check_context(prepared.base, tokens, generation, where)
+            if tokens + new_tokens > limit:
+                raise ConfigError(
+                    batch_where,
+                    f"needs {tokens + new_tokens} tokens, above the batch limit of {limit}",
+                )
+
+
+# ---- protocol vocabulary, checked once ----------------------------------------------------
+
+
+def _infer_sampling(parameters: Mapping[str, object]) -> Sampling:
+    """/infer's ``parameters``: greedy unless a temperature is given."""
+    temperature = parameters.get("temperature")
+    temperature = 0.0 if temperature is None else temperature
+    if not isinstance(temperature, int | float) or not 0.0 <= float(temperature) <= 100.0:
+        raise ConfigError(
+            "parameters.temperature", f"must be a number from 0 to 100, got {temperature!r}"
+        )
+    top_p = parameters.get("top_p")
+    top_p = 1.0 if top_p is None else top_p
+    if not isinstance(top_p, int | float) or not 0.0 < float(top_p) <= 1.0:
+        raise ConfigError("parameters.top_p", f"must be in (0, 1], got {top_p!r}")
+    max_new = parameters.get("max_new_tokens")
+    if max_new is not None and (isinstance(max_new, bool) or not isinstance(max_new, int)):
+        raise ConfigError("parameters.max_new_tokens", f"must be an integer, got {max_new!r}")
+    return Sampling(max_new, float(temperature), float(top_p))
+
+
+def _check_rows(inputs: TextRows, max_rows: int) -> None:
+    if not inputs.rows:
+        raise ConfigError("inputs", "needs at least one input")
+    if len(inputs.rows) > max_rows:
+        raise ConfigError(
+            "inputs", f"at most {max_rows} inputs per request, got {len(inputs.rows)}"
+        )
+
+
+def _stops(stop: Sequence[str] | str | None) -> tuple[str, ...]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > MAX_STOPS:
+        raise ConfigError("stop", f"at most {MAX_STOPS} sequences, got {len(stops)}")
+    for i, s in enumerate(stops):
+        if not s:
+            raise ConfigError("stop" if isinstance(stop, str) else f"stop.{i}", "is empty")
+    return tuple(stops)
+
+
+def _params(sampling: Sampling, max_new_tokens: int) -> GenerationParams:
+    return GenerationParams(
+        max_new_tokens=max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        seed=sampling.seed,
+        stop=_stops(sampling.stop),
+    )
+
+
+def _characters(inputs: TextRows) -> int:
+    return sum(len(t) for row in inputs.rows for t in ([row] if isinstance(row, str) else row))
+
+
+def _guard_characters(base: SharedBase, characters: int, where: str) -> None:
+    """Tokenizing holds the base's tokenizer lock: refuse a text far above the context by its
+    characters first, so one request cannot hold the lock while it tokenizes megabytes."""
+    if characters > base.max_length * MAX_CHARS_PER_TOKEN:
+        raise ConfigError(where, f"is far above this model's {base.max_length} tokens")
+
+
+def _chat_rows(base: SharedBase, chat: Chat) -> list[list[int]]:
+    _guard_characters(base, sum(len(m["content"]) for m in chat.messages), "messages")
+    with base.tokenizer_lock:
+        return [chat_prompt_ids(base.tokenizer, chat.messages, "messages")]
+
+
+def _prompt_rows(base: SharedBase, prompts: Prompts) -> list[list[int]]:
+    return [_prompt_ids(base, p, prompts.where(i)) for i, p in enumerate(prompts.prompts)]
+
+
+def _prompt_ids(base: SharedBase, prompt: str | Sequence[int], where: str) -> list[int]:
+    if isinstance(prompt, str):
+        _guard_characters(base, len(prompt), where)
+        with base.tokenizer_lock:
+            return list(base.tokenizer(prompt)["input_ids"])
+    vocabulary = base.model.get_input_embeddings().num_embeddings
+    for i, token in enumerate(prompt):
+        if not 0 <= token < vocabulary:
+            raise ConfigError(f"{where}.{i}", f"token id {token} is outside 0..{vocabulary - 1}")
+    return list(prompt)
