@@ -22,7 +22,7 @@ from typing import NamedTuple
 from bench.cells import finished, run_cells
 
 # 4e-3 was added for both methods after AdaLoRA's best setting came out at 2e-3, the edge of the
-# first grid (docs/results.md).
+# first grid (docs/lab-notebook.md).
 LEARNING_RATES = (5e-4, 1e-3, 2e-3, 4e-3)
 ALPHAS = {"adalora": (32.0, 128.0), "lora": (16.0, 64.0)}
 TUNING_SEED = 100  # apart from the protocol's seeds 0..N

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,16 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cli.client import (
-    DEFAULT_URL,
-    ApiClient,
-    JsonOption,
-    KeyOption,
-    LimitOption,
-    UrlOption,
-    fail,
-    items,
-)
+from cli.client import DEFAULT_URL, ApiClient, JsonOption, KeyOption, UrlOption, fail
+from cli.commands import Item, Listing, list_command, print_json
 from service.vocabulary import ArtifactFormat
 
 app = typer.Typer(
@@ -28,32 +19,25 @@ app = typer.Typer(
 )
 
 
-@app.command("list")
-def list_(
-    limit: LimitOption = 1000,
-    url: UrlOption = DEFAULT_URL,
-    key: KeyOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """List this tenant's adapters."""
-    with ApiClient(url, key) as api:
-        payload = api.list_all("/adapters", limit=limit)
-    if as_json:
-        typer.echo(json.dumps(payload, indent=2))
-        return
-    table = Table("id", "name", "base model", "task", "total rank", "params", "formats", "created")
-    for ad in items(payload):
-        table.add_row(
-            ad["id"],
-            ad.get("name") or "",
-            ad.get("base_model") or "",
-            ad.get("task") or "",
-            str(ad.get("total_rank", "")),
-            str(ad.get("trainable_params", "")),
-            ", ".join(sorted(ad.get("formats") or {})),
-            str(ad.get("created_at") or ""),
-        )
-    Console().print(table)
+def _adapter_row(ad: Item) -> list[str]:
+    return [
+        ad["id"],
+        ad.get("name") or "",
+        ad.get("base_model") or "",
+        ad.get("task") or "",
+        str(ad.get("total_rank", "")),
+        str(ad.get("trainable_params", "")),
+        ", ".join(sorted(ad.get("formats") or {})),
+        str(ad.get("created_at") or ""),
+    ]
+
+
+ADAPTERS = Listing(
+    "/adapters",
+    ("id", "name", "base model", "task", "total rank", "params", "formats", "created"),
+    _adapter_row,
+)
+app.command("list")(list_command(ADAPTERS, "List this tenant's adapters."))
 
 
 @app.command("ranks")
@@ -67,7 +51,7 @@ def ranks(
     with ApiClient(url, key) as api:
         info = api.json("GET", f"/adapters/{adapter_id}/ranks")
     if as_json:
-        typer.echo(json.dumps(info, indent=2))
+        print_json(info)
         return
     console = Console()
     modules = info.get("modules") or []

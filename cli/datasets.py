@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from cli.client import DEFAULT_URL, ApiClient, JsonOption, KeyOption, LimitOption, UrlOption, items
+from cli.client import DEFAULT_URL, ApiClient, JsonOption, KeyOption, UrlOption
+from cli.commands import Item, Listing, list_command, print_created
 
 app = typer.Typer(
     help="Upload and list training data sets (.jsonl, .csv, .tsv).", no_args_is_help=True
@@ -39,36 +37,25 @@ def upload(
         if not header:
             data["header"] = "false"
         dataset = api.json("POST", "/datasets", files={"file": (path.name, handle)}, data=data)
-    if as_json:
-        typer.echo(json.dumps(dataset, indent=2))
-        return
-    typer.echo(dataset["id"])
-    Console(stderr=True).print(
-        f"{dataset.get('num_rows')} rows, columns {', '.join(dataset.get('columns') or [])}"
-    )
+    print_created(dataset, as_json, "id", _upload_note)
 
 
-@app.command("list")
-def list_(
-    limit: LimitOption = 1000,
-    url: UrlOption = DEFAULT_URL,
-    key: KeyOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """List this tenant's data sets."""
-    with ApiClient(url, key) as api:
-        payload = api.list_all("/datasets", limit=limit)
-    if as_json:
-        typer.echo(json.dumps(payload, indent=2))
-        return
-    table = Table("id", "name", "format", "rows", "columns", "created")
-    for ds in items(payload):
-        table.add_row(
-            ds["id"],
-            ds.get("name") or "",
-            ds.get("format") or "",
-            str(ds.get("num_rows", "")),
-            ", ".join(ds.get("columns") or []),
-            str(ds.get("created_at", "")),
-        )
-    Console().print(table)
+def _upload_note(dataset: Item) -> str:
+    return f"{dataset.get('num_rows')} rows, columns {', '.join(dataset.get('columns') or [])}"
+
+
+def _dataset_row(ds: Item) -> list[str]:
+    return [
+        ds["id"],
+        ds.get("name") or "",
+        ds.get("format") or "",
+        str(ds.get("num_rows", "")),
+        ", ".join(ds.get("columns") or []),
+        str(ds.get("created_at", "")),
+    ]
+
+
+DATASETS = Listing(
+    "/datasets", ("id", "name", "format", "rows", "columns", "created"), _dataset_row
+)
+app.command("list")(list_command(DATASETS, "List this tenant's data sets."))

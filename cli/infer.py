@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated
 
 import typer
 
 from cli.client import DEFAULT_URL, ApiClient, KeyOption, UrlOption
+from cli.commands import print_json
 
 
 def infer(
@@ -36,4 +36,4 @@ def infer(
     )
     body: dict[str, object] = {"adapter_id": adapter_id, "inputs": rows}
     with ApiClient(url, key) as api:
-        typer.echo(json.dumps(api.json("POST", "/infer", json=body), indent=2))
+        print_json(api.json("POST", "/infer", json=body))

@@ -11,7 +11,6 @@ import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from cli.client import (
     DEFAULT_URL,
@@ -26,6 +25,7 @@ from cli.client import (
     items,
     iter_sse,
 )
+from cli.commands import Item, Listing, print_created, print_json
 from service.vocabulary import TERMINAL, OutputMode
 
 app = typer.Typer(help="Submit, watch and cancel training jobs.", no_args_is_help=True)
@@ -117,10 +117,7 @@ def submit(
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     with ApiClient(url, key) as api:
         job = api.json("POST", "/jobs", json=body, headers=headers)
-    if as_json:
-        typer.echo(json.dumps(job, indent=2))
-        return
-    typer.echo(job["id"])
+    print_created(job, as_json, "id")
 
 
 @app.command("list")
@@ -132,23 +129,24 @@ def list_(
     as_json: JsonOption = False,
 ) -> None:
     """List jobs, newest first."""
-    with ApiClient(url, key) as api:
-        payload = api.list_all("/jobs", {"status": status} if status else None, limit)
-    if as_json:
-        typer.echo(json.dumps(payload, indent=2))
-        return
-    table = Table("id", "name", "status", "base model", "progress", "adapter", "created")
-    for job in items(payload):
-        table.add_row(
-            job["id"],
-            job.get("name") or "",
-            job["status"],
-            job.get("base_model") or "",
-            _progress_text(job),
-            job.get("adapter_id") or "",
-            str(job.get("created_at") or ""),
-        )
-    Console().print(table)
+    JOBS.show(url, key, as_json, limit, {"status": status} if status else None)
+
+
+def _job_row(job: Item) -> list[str]:
+    return [
+        job["id"],
+        job.get("name") or "",
+        job["status"],
+        job.get("base_model") or "",
+        _progress_text(job),
+        job.get("adapter_id") or "",
+        str(job.get("created_at") or ""),
+    ]
+
+
+JOBS = Listing(
+    "/jobs", ("id", "name", "status", "base model", "progress", "adapter", "created"), _job_row
+)
 
 
 @app.command("show")
@@ -169,7 +167,7 @@ def show(
     `chosen_by_service` names the ones the service chose."""
     with ApiClient(url, key) as api:
         job = api.json("GET", f"/jobs/{job_id}")
-    typer.echo(json.dumps(repeatable_request(job) if request else job, indent=2))
+    print_json(repeatable_request(job) if request else job)
 
 
 def repeatable_request(job: dict[str, Any]) -> dict[str, Any]:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from cli.client import DEFAULT_URL, ApiClient, JsonOption, KeyOption, UrlOption, items
+from cli.client import DEFAULT_URL, ApiClient, JsonOption, KeyOption, UrlOption
+from cli.commands import Item, Listing, list_command, print_created, request_then_say
 
 app = typer.Typer(help="Create, revoke and list API keys.", no_args_is_help=True)
 
@@ -28,13 +26,11 @@ def create(
     with ApiClient(url, key) as api:
         body = {"scope": scope, **({"name": name} if name else {})}
         created = api.json("POST", "/keys", json=body)
-    if as_json:
-        typer.echo(json.dumps(created, indent=2))
-        return
-    typer.echo(created["key"])
-    Console(stderr=True).print(
-        f"key id {created['id']} ({created['scope']}); the secret above is not shown again"
-    )
+    print_created(created, as_json, "key", _secret_note)
+
+
+def _secret_note(created: Item) -> str:
+    return f"key id {created['id']} ({created['scope']}); the secret above is not shown again"
 
 
 @app.command("revoke")
@@ -44,27 +40,21 @@ def revoke(
     key: KeyOption = None,
 ) -> None:
     """Revoke a key at once."""
-    with ApiClient(url, key) as api:
-        api.request("DELETE", f"/keys/{key_id}")
-    typer.echo(f"revoked {key_id}")
+    request_then_say(url, key, "DELETE", f"/keys/{key_id}", f"revoked {key_id}")
 
 
-@app.command("list")
-def list_(url: UrlOption = DEFAULT_URL, key: KeyOption = None, as_json: JsonOption = False) -> None:
-    """List keys by their public ids (secrets are never stored)."""
-    with ApiClient(url, key) as api:
-        payload = api.json("GET", "/keys")
-    if as_json:
-        typer.echo(json.dumps(payload, indent=2))
-        return
-    table = Table("id", "scope", "name", "created", "last used", "revoked")
-    for k in items(payload):
-        table.add_row(
-            k["id"],
-            k.get("scope") or "",
-            k.get("name") or "",
-            str(k.get("created_at") or ""),
-            str(k.get("last_used_at") or ""),
-            str(k.get("revoked_at") or ""),
-        )
-    Console().print(table)
+def _key_row(k: Item) -> list[str]:
+    return [
+        k["id"],
+        k.get("scope") or "",
+        k.get("name") or "",
+        str(k.get("created_at") or ""),
+        str(k.get("last_used_at") or ""),
+        str(k.get("revoked_at") or ""),
+    ]
+
+
+KEYS = Listing(
+    "/keys", ("id", "scope", "name", "created", "last used", "revoked"), _key_row, paged=False
+)
+app.command("list")(list_command(KEYS, "List keys by their public ids (secrets are never stored)."))

@@ -22,8 +22,9 @@ from api.deps import (
 )
 from api.errors import responses
 from api.heatmap import draw_rank_heatmap
+from api.rows import page_body, tenant_row
 from api.schemas import AdapterList, AdapterOut, RanksOut
-from application.errors import RequestError, not_found
+from application.errors import RequestError
 from service import adapters as adapter_rows
 from service.store import ChecksumMismatch, NotFound
 from service.tables import Adapter
@@ -59,10 +60,7 @@ def adapter_out(adapter: Adapter) -> AdapterOut:
 
 
 def _adapter(session: Session, tenant_id: str, adapter_id: str) -> Adapter:
-    adapter = adapter_rows.get_adapter(session, tenant_id, adapter_id)
-    if adapter is None:
-        raise not_found("adapter", adapter_id)
-    return adapter
+    return tenant_row(adapter_rows.get_adapter, "adapter", session, tenant_id, adapter_id)
 
 
 @router.get("/adapters", response_model=AdapterList, responses=responses(401, 422))
@@ -73,7 +71,7 @@ def list_adapters(
     cursor: PageCursor = None,
 ) -> AdapterList:
     page = adapter_rows.list_adapters(session, caller.tenant_id, limit, cursor)
-    return AdapterList(items=[adapter_out(a) for a in page.items], next_cursor=page.next_cursor)
+    return page_body(AdapterList, page, adapter_out)
 
 
 @router.get("/adapters/{adapter_id}", response_model=AdapterOut, responses=responses(401, 404))

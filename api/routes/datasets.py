@@ -18,8 +18,9 @@ from starlette.types import Message
 from api.deps import PageCursor, PageLimit, SessionDep, SettingsDep, StoreDep, TrainCaller
 from api.errors import responses
 from api.idempotency import create_once, replay
+from api.rows import page_body, tenant_row
 from api.schemas import DatasetList, DatasetOut
-from application.errors import RequestError, not_found
+from application.errors import RequestError
 from service import datasets as dataset_rows
 from service.datasets_io import (
     DatasetError,
@@ -295,14 +296,12 @@ def list_datasets(
     cursor: PageCursor = None,
 ) -> DatasetList:
     page = dataset_rows.list_datasets(session, caller.tenant_id, limit, cursor)
-    return DatasetList(items=[dataset_out(d) for d in page.items], next_cursor=page.next_cursor)
+    return page_body(DatasetList, page, dataset_out)
 
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetOut, responses=responses(401, 404))
 def get_dataset(dataset_id: str, caller: TrainCaller, session: SessionDep) -> DatasetOut:
-    dataset = dataset_rows.get_dataset(session, caller.tenant_id, dataset_id)
-    if dataset is None:
-        raise not_found("dataset", dataset_id)
+    dataset = tenant_row(dataset_rows.get_dataset, "dataset", session, caller.tenant_id, dataset_id)
     return dataset_out(dataset)
 
 
@@ -310,9 +309,9 @@ def get_dataset(dataset_id: str, caller: TrainCaller, session: SessionDep) -> Da
 def delete_dataset(
     dataset_id: str, caller: TrainCaller, session: SessionDep, store: StoreDep
 ) -> Response:
-    dataset = dataset_rows.get_dataset(session, caller.tenant_id, dataset_id, lock="update")
-    if dataset is None:
-        raise not_found("dataset", dataset_id)
+    dataset = tenant_row(
+        dataset_rows.get_dataset, "dataset", session, caller.tenant_id, dataset_id, lock="update"
+    )
     active = dataset_rows.active_jobs_using(session, dataset_id)
     if active:
         raise RequestError(

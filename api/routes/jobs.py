@@ -23,6 +23,7 @@ from api.deps import (
 )
 from api.errors import responses
 from api.idempotency import create_once, replay
+from api.rows import page_body, tenant_row
 from api.schemas import (
     EventList,
     EventOut,
@@ -34,7 +35,7 @@ from api.schemas import (
 )
 from api.sse import sse_response
 from api.submission import invalid, request_hash, resolve_hyperparameters
-from application.errors import RequestError, not_found
+from application.errors import RequestError
 from service import datasets as dataset_rows
 from service import jobs as job_rows
 from service.queue import TaskProducer
@@ -160,14 +161,11 @@ def list_jobs(
     cursor: PageCursor = None,
 ) -> JobList:
     page = job_rows.list_jobs(session, caller.tenant_id, status, limit, cursor)
-    return JobList(items=[job_out(j) for j in page.items], next_cursor=page.next_cursor)
+    return page_body(JobList, page, job_out)
 
 
 def _job(session: Session, tenant_id: str, job_id: str) -> Job:
-    job = job_rows.get_job(session, tenant_id, job_id)
-    if job is None:
-        raise not_found("job", job_id)
-    return job
+    return tenant_row(job_rows.get_job, "job", session, tenant_id, job_id)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=responses(401, 404))

@@ -8,13 +8,11 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
+from tests.tiny_models import bert_config, seeded
+
 
 def tiny_bert_config(**overrides: object) -> BertConfig:
     settings: dict[str, object] = {
-        "vocab_size": 64,
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
         "intermediate_size": 48,
         "max_position_embeddings": 32,
         "num_labels": 2,
@@ -22,7 +20,7 @@ def tiny_bert_config(**overrides: object) -> BertConfig:
         "attention_probs_dropout_prob": 0.0,
     }
     settings.update(overrides)
-    return BertConfig(**settings)
+    return bert_config(**{"vocab_size": 64, **settings})
 
 
 @pytest.fixture(scope="session")
@@ -30,16 +28,14 @@ def make_tiny_bert() -> Callable[..., BertForSequenceClassification]:
     """Seeded factory: the same call gives the same weights."""
 
     def make(seed: int = 0, **overrides: object) -> BertForSequenceClassification:
-        torch.manual_seed(seed)
-        return BertForSequenceClassification(tiny_bert_config(**overrides)).eval()
+        return seeded(BertForSequenceClassification, tiny_bert_config(**overrides), seed).eval()
 
     return make
 
 
 @pytest.fixture
 def tiny_bert() -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    return BertForSequenceClassification(tiny_bert_config()).eval()
+    return seeded(BertForSequenceClassification, tiny_bert_config(), 0).eval()
 
 
 @pytest.fixture

@@ -6,10 +6,15 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import torch
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+from transformers import (
+    BertForSequenceClassification,
+    BertTokenizer,
+    GPT2LMHeadModel,
+    T5ForConditionalGeneration,
+)
 
 from adalora_core.trainer import ProgressEvent, TrainCallbacks
+from tests.tiny_models import bert_config, gpt2_config, seeded, t5_config, word_level_tokenizer
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "fun"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "weak"]
@@ -25,11 +30,8 @@ def save_tiny_bert(
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(VOCAB)})
     tokenizer.save_pretrained(directory)
-    config = BertConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+    config = bert_config(
+        len(VOCAB),
         intermediate_size=48,
         max_position_embeddings=128,
         hidden_dropout_prob=dropout,
@@ -37,8 +39,7 @@ def save_tiny_bert(
         pad_token_id=0,
         initializer_range=initializer_range,
     )
-    torch.manual_seed(seed)
-    BertForSequenceClassification(config).save_pretrained(directory)
+    seeded(BertForSequenceClassification, config, seed).save_pretrained(directory)
     return directory
 
 
@@ -54,56 +55,35 @@ def sentiment_rows(count: int, seed: int = 0) -> list[dict[str, object]]:
     return rows
 
 
+GENERATIVE_VOCAB = ["<unk>", "<eos>", *POSITIVE, *NEGATIVE, *FILLER]
+
+
 def save_tiny_gpt2(directory: Path, seed: int = 0) -> Path:
     """Random-init GPT-2 (Conv1D projections) with a word-level tokenizer, saved like a hub
     model."""
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
     directory.mkdir(parents=True, exist_ok=True)
-    words = ["<unk>", "<eos>", *POSITIVE, *NEGATIVE, *FILLER]
-    backend = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>", bos_token="<eos>"
+    tokenizer = word_level_tokenizer(
+        GENERATIVE_VOCAB, "<unk>", eos_token="<eos>", bos_token="<eos>"
     )
     tokenizer.save_pretrained(directory)
-    config = GPT2Config(
-        vocab_size=len(words),
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        n_positions=64,
-        bos_token_id=1,
-        eos_token_id=1,
-        initializer_range=0.3,
+    config = gpt2_config(
+        len(GENERATIVE_VOCAB), bos_token_id=1, eos_token_id=1, initializer_range=0.3
     )
-    torch.manual_seed(seed)
-    GPT2LMHeadModel(config).save_pretrained(directory)
+    seeded(GPT2LMHeadModel, config, seed).save_pretrained(directory)
     return directory
 
 
 def save_tiny_t5(directory: Path, seed: int = 0) -> Path:
     """Random-init T5 encoder-decoder sharing the word-level vocabulary of the GPT-2 helper."""
-    from transformers import T5Config, T5ForConditionalGeneration
-
     save_tiny_gpt2(directory, seed)  # writes the tokenizer (and a GPT-2 we overwrite)
-    tokenizer_vocab = len(["<unk>", "<eos>", *POSITIVE, *NEGATIVE, *FILLER])
-    config = T5Config(
-        vocab_size=tokenizer_vocab,
-        d_model=32,
-        d_kv=16,
+    config = t5_config(
+        len(GENERATIVE_VOCAB),
         d_ff=48,
-        num_layers=2,
-        num_heads=2,
         pad_token_id=1,
         eos_token_id=1,
         decoder_start_token_id=1,
     )
-    torch.manual_seed(seed)
-    T5ForConditionalGeneration(config).save_pretrained(directory)
+    seeded(T5ForConditionalGeneration, config, seed).save_pretrained(directory)
     return directory
 
 

@@ -10,17 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import processors
 from torch import nn
 from transformers import (
-    BertConfig,
     BertForSequenceClassification,
-    GPT2Config,
     GPT2LMHeadModel,
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
-    T5Config,
     T5ForConditionalGeneration,
 )
 from transformers.pytorch_utils import Conv1D
@@ -33,28 +29,35 @@ from adalora_core.formats.bundle import (
     zip_bundle,
 )
 from adalora_core.serving.sources import AdapterBlob, AdapterNotFound, AdapterRef
+from tests.tiny_models import (
+    bert_config,
+    gpt2_config,
+    llama_config,
+    seeded,
+    t5_config,
+    word_level_tokenizer,
+)
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "</s>"] + [f"w{i}" for i in range(59)]
 WORDS = VOCAB[5:]
+MODEL_SEED = 1234
 
 
 def make_tokenizer(with_cls: bool) -> PreTrainedTokenizerFast:
-    ids = {w: i for i, w in enumerate(VOCAB)}
-    tok = Tokenizer(models.WordLevel(ids, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    post_processor = None
+    names = ["input_ids", "attention_mask"]
     if with_cls:
-        tok.post_processor = processors.TemplateProcessing(
+        post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]",
             pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
         )
         names = ["input_ids", "token_type_ids", "attention_mask"]
-    else:
-        names = ["input_ids", "attention_mask"]
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+    return word_level_tokenizer(
+        VOCAB,
+        "[UNK]",
+        post_processor,
         pad_token="[PAD]",
-        unk_token="[UNK]",
         eos_token="</s>",
         model_input_names=names,
         model_max_length=64,
@@ -62,57 +65,28 @@ def make_tokenizer(with_cls: bool) -> PreTrainedTokenizerFast:
 
 
 def make_model(kind: str) -> nn.Module:
-    """Same weights every call (fixed seed), so a test can rebuild the engine's base."""
-    torch.manual_seed(1234)
+    """Same weights every call (fixed seed), so a test can rebuild the engine's base; any kind
+    but bert, gpt2 and llama is the T5."""
+    size, ends = len(VOCAB), {"eos_token_id": 4, "pad_token_id": 0}
     if kind == "bert":
-        config = BertConfig(
-            vocab_size=len(VOCAB),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            num_labels=2,
-        )
-        return BertForSequenceClassification(config).eval()
+        config = bert_config(size, intermediate_size=64, max_position_embeddings=64, num_labels=2)
+        return seeded(BertForSequenceClassification, config, MODEL_SEED).eval()
     if kind == "gpt2":
-        config = GPT2Config(
-            vocab_size=len(VOCAB),
-            n_embd=32,
-            n_layer=2,
-            n_head=2,
-            n_positions=64,
-            bos_token_id=4,
-            eos_token_id=4,
-            pad_token_id=0,
-        )
-        return GPT2LMHeadModel(config).eval()
+        config = gpt2_config(size, bos_token_id=4, **ends)
+        return seeded(GPT2LMHeadModel, config, MODEL_SEED).eval()
     if kind == "llama":
-        config = LlamaConfig(
-            vocab_size=len(VOCAB),
-            hidden_size=32,
+        config = llama_config(
+            size,
             intermediate_size=64,
-            num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
             max_position_embeddings=64,
             bos_token_id=4,
-            eos_token_id=4,
-            pad_token_id=0,
+            **ends,
         )
-        return LlamaForCausalLM(config).eval()
-    config = T5Config(
-        vocab_size=len(VOCAB),
-        d_model=32,
-        d_kv=16,
-        d_ff=64,
-        num_layers=2,
-        num_heads=2,
-        pad_token_id=0,
-        eos_token_id=4,
-        decoder_start_token_id=0,
-    )
-    return T5ForConditionalGeneration(config).eval()
+        return seeded(LlamaForCausalLM, config, MODEL_SEED).eval()
+    config = t5_config(size, d_ff=64, decoder_start_token_id=0, **ends)
+    return seeded(T5ForConditionalGeneration, config, MODEL_SEED).eval()
 
 
 BASES = {
