@@ -13,9 +13,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.ratelimit import RateLimiter, retry_after_header
+from api.ratelimit import RateLimiter
 from application.engine_factory import Serving
-from application.errors import RequestError
+from application.errors import RequestError, retry_after
 from application.ttl_cache import TtlCache
 from service import tenants
 from service.queue import TaskProducer
@@ -122,7 +122,7 @@ def _authenticate(request: Request, secret: str) -> Caller:
             "rate_limited",
             f"too many failed authentications from this address; retry in {wait:.0f}s",
             None,
-            retry_after_header(wait),
+            retry_after(wait),
         )
     raise RequestError(401, "unauthorized", "invalid or revoked API key", None, _UNAUTHORIZED)
 
@@ -151,25 +151,30 @@ AdminCaller = Annotated[Caller, Depends(_scoped(KeyScope.ADMIN))]
 OperatorCaller = Annotated[Caller, Depends(_scoped(KeyScope.ADMIN, operator=True))]
 
 
+async def take_budget(request: Request, name: str, key: str, cost: float, what: str) -> None:
+    """Take ``cost`` from the named token bucket of ``key``, or refuse with 429 Retry-After."""
+    buckets: RateLimiter = request.app.state.rate_limits[name]
+    if buckets.blocking:
+        wait = await run_in_threadpool(buckets.acquire, key, cost)
+    else:
+        wait = buckets.acquire(key, cost)
+    if wait > 0:
+        raise RequestError(
+            429,
+            "rate_limited",
+            f"too many {what} for this key; retry in {wait:.1f}s",
+            None,
+            retry_after(wait),
+        )
+
+
 def _limit(name: str, needed: KeyScope):
     scoped = _scoped(needed)
 
     # A default-value Depends: an annotation naming the local ``scoped`` could not be resolved
     # by FastAPI (this module's annotations are strings).
     async def check(request: Request, caller: Caller = Depends(scoped)) -> Caller:
-        buckets: RateLimiter = request.app.state.rate_limits[name]
-        if buckets.blocking:
-            wait = await run_in_threadpool(buckets.acquire, caller.key_id)
-        else:
-            wait = buckets.acquire(caller.key_id)
-        if wait > 0:
-            raise RequestError(
-                429,
-                "rate_limited",
-                f"too many {name} requests for this key; retry in {wait:.1f}s",
-                None,
-                retry_after_header(wait),
-            )
+        await take_budget(request, name, caller.key_id, 1, f"{name} requests")
         return caller
 
     return check
@@ -178,6 +183,29 @@ def _limit(name: str, needed: KeyScope):
 # Use these instead of CallerDep on rate-limited routes (they authenticate too).
 JobsLimitedCaller = Annotated[Caller, Depends(_limit("jobs", KeyScope.TRAIN))]
 InferLimitedCaller = Annotated[Caller, Depends(_limit("infer", KeyScope.INFER))]
+
+
+@dataclass(frozen=True)
+class Metered:
+    """An inference caller past the request-rate limit, and the row budget its request is
+    charged against once admitted: a request of 300 prompts × n=8 costs 2,400 rows, not one."""
+
+    caller: Caller
+    request: Request
+
+    @property
+    def tenant_id(self) -> str:
+        return self.caller.tenant_id
+
+    async def charge_rows(self, rows: int) -> None:
+        await take_budget(self.request, "infer_rows", self.caller.key_id, rows, "rows")
+
+
+async def get_metered(request: Request, caller: InferLimitedCaller) -> Metered:
+    return Metered(caller, request)
+
+
+MeteredCaller = Annotated[Metered, Depends(get_metered)]
 
 
 def _query_names(dependant: Dependant) -> set[str]:

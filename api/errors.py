@@ -8,18 +8,20 @@ Under /v1 (the OpenAI-compatible routes) the same errors take OpenAI's shape,
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from adalora_core.errors import ConfigError
+from api.disconnect import ClientGone
 from application.errors import RequestError
 
 log = logging.getLogger("adalora.api")
@@ -72,12 +74,20 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+# Names pydantic gives the members of a union in an error's location ("constrained-str",
+# "list[TextPart]", "function-after[...]", a model's class name): not fields of the request.
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|bytes|none|[A-Z]\w*)$|[\[\-]")
+
+
 def dotted_location(loc: Sequence[Any]) -> str | None:
-    """("body", "adalora", "init_r") -> "adalora.init_r"; list indexes stay as numbers."""
+    """("body", "adalora", "init_r") -> "adalora.init_r"; list indexes stay as numbers, and
+    the union members pydantic names along the way are left out, so the field is the one the
+    caller sent (``messages.0.content``, not ``messages.0.content.constrained-str``)."""
     parts = [str(p) for p in loc]
     if parts and parts[0] in _LOCATION_ROOTS:
         parts = parts[1:]
-    return ".".join(parts) or None
+    kept = parts[:1] + [p for p in parts[1:] if not _TYPE_TAG.search(p)]
+    return ".".join(kept) or None
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
@@ -156,6 +166,11 @@ async def _data_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_value", message, None, None, request)
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # Nobody is left to read an answer; the code nginx logs for this case.
+    return Response(status_code=499)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", "internal server error", None, None, request)
@@ -169,6 +184,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(PoolTimeoutError, _database_busy)
     app.add_exception_handler(DataError, _data_error)
+    app.add_exception_handler(ClientGone, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
 
 

@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi.responses import RedirectResponse
 
 from api.bodylimit import BodySizeLimitMiddleware
 from api.console_files import CONSOLE_PATH, console_app
 from api.deps import reject_unknown_query
 from api.errors import install_error_handlers
+from api.headers import NoSniffMiddleware
 from api.prometheus import ApiMetrics, MetricsMiddleware
 from api.ratelimit import make_limiter
 from api.routes import adapters, base_models, datasets, health, infer, jobs, keys, openai
@@ -61,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limits = {
         "jobs": (settings.jobs_rate_per_s, settings.jobs_burst),
         "infer": (settings.infer_rate_per_s, settings.infer_burst),
+        "infer_rows": (settings.infer_rows_per_s, settings.infer_rows_burst),
         "auth_failures": (settings.auth_failures_per_s, settings.auth_failures_burst),
     }
     app.state.rate_limits = {
@@ -82,6 +85,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openai,
     ):
         app.include_router(module.router)
+    # /ui → /ui/ by path alone: a redirect built from the Host header would send a client
+    # wherever a forged header says.
+    app.add_route(
+        CONSOLE_PATH, lambda _: RedirectResponse(f"{CONSOLE_PATH}/"), include_in_schema=False
+    )
     app.mount(CONSOLE_PATH, console_app(), name="console")
     app.add_middleware(
         BodySizeLimitMiddleware,
@@ -89,4 +97,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         exempt_paths=frozenset({"/datasets"}),
     )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(NoSniffMiddleware)
     return app

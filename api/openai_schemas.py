@@ -7,7 +7,7 @@ field, never a silent no-op. Fields OpenAI does not define are rejected the same
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -59,10 +59,22 @@ class TextPart(Strict):
     text: Text
 
 
+class UnreadablePart(BaseModel):
+    """A part OpenAI's models may read and ours cannot (they read text): accepted by the
+    schema so that the route can say so plainly."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["image_url", "input_audio", "file", "refusal"]
+
+
+ContentPart = Annotated[TextPart | UnreadablePart, Field(discriminator="type")]
+
+
 class ChatMessage(Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: Text | list[TextPart]
-    name: str | None = None
+    content: Text | list[ContentPart]
+    # Passed to the chat template, which may render it; OpenAI's own bound.
+    name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
 
 
 class ChatCompletionRequest(SamplingFields):

@@ -61,13 +61,51 @@ class DecodeCollector(Collector):
         tokens = CounterMetricFamily(
             "adalora_generated_tokens", "Tokens generated.", labels=["base"]
         )
+        preempted = CounterMetricFamily(
+            "adalora_decode_preempted_rows",
+            "Rows taken out of the batch to give another tenant its place.",
+            labels=["base"],
+        )
+        refused = CounterMetricFamily(
+            "adalora_decode_refused_rows",
+            "Rows refused with 429 because the generation queue was full.",
+            labels=["base"],
+        )
         for decoder in decoders:
             name = [decoder.base.name]
             running.add_metric(name, decoder.running)
             waiting.add_metric(name, decoder.waiting)
             steps.add_metric(name, decoder.steps)
             tokens.add_metric(name, decoder.generated)
-        yield from (running, waiting, steps, tokens)
+            preempted.add_metric(name, decoder.preempted)
+            refused.add_metric(name, decoder.refused)
+        yield from (running, waiting, steps, tokens, preempted, refused)
+
+
+class ForwardProcessCollector(Collector):
+    """The encoder forward process: children started, and batches lost by how it failed."""
+
+    def __init__(self, engine: Callable[[], Any]) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        engine = self._engine()
+        encoder = None if engine is None else engine.encoder
+        if encoder is None:
+            return
+        yield CounterMetricFamily(
+            "adalora_forward_process_starts",
+            "Encoder forward processes started (the first, and each replacement).",
+            value=encoder.stats.starts,
+        )
+        failures = CounterMetricFamily(
+            "adalora_forward_process_failures",
+            "Batches lost to a forward process that exited or missed its deadline.",
+            labels=["reason"],
+        )
+        for reason in ("exited", "timeout"):
+            failures.add_metric([reason], encoder.stats.failures.get(reason, 0))
+        yield failures
 
 
 class BatcherCollector(Collector):
@@ -115,6 +153,7 @@ class ApiMetrics:
         )
         self.registry.register(JobsCollector(sessions))
         self.registry.register(DecodeCollector(lambda: _part(serving(), "engine")))
+        self.registry.register(ForwardProcessCollector(lambda: _part(serving(), "engine")))
         self.registry.register(BatcherCollector(lambda: _part(serving(), "batcher")))
 
 

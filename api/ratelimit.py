@@ -9,7 +9,6 @@ buckets for that call (a limit is a guard, not a reason to refuse service).
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -23,8 +22,9 @@ class RateLimiter(Protocol):
     # True where acquire waits on the network: callers take it off the event loop.
     blocking: bool
 
-    def acquire(self, key: str) -> float:
-        """Take one token for ``key``; 0 on success, else seconds until one is free."""
+    def acquire(self, key: str, cost: float = 1.0) -> float:
+        """Take ``cost`` tokens for ``key`` (at most a full bucket, so any request can pass
+        once the bucket is full); 0 on success, else seconds until they are there."""
 
 
 @dataclass
@@ -46,9 +46,10 @@ class TokenBuckets:
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
 
-    def acquire(self, key: str) -> float:
+    def acquire(self, key: str, cost: float = 1.0) -> float:
         if self.rate <= 0:
             return 0.0
+        cost = min(float(cost), float(self.burst))
         now = self._clock()
         with self._lock:
             bucket = self._buckets.get(key)
@@ -56,23 +57,23 @@ class TokenBuckets:
                 bucket = self._buckets[key] = _Bucket(float(self.burst), now)
             bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
             bucket.updated = now
-            if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
+            if bucket.tokens >= cost:
+                bucket.tokens -= cost
                 return 0.0
-            return (1.0 - bucket.tokens) / self.rate
+            return (cost - bucket.tokens) / self.rate
 
 
-# KEYS[1] the bucket; ARGV: rate, burst. Returns the wait in microseconds (0: a token taken).
+# KEYS[1] the bucket; ARGV: rate, burst, cost. Returns the wait in microseconds (0: taken).
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rate, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
 local tokens = tonumber(state[1]) or burst
 local updated = tonumber(state[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - updated) * rate)
 local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+if tokens >= cost then tokens = tokens - cost else wait = (cost - tokens) / rate end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 60)
 return math.floor(wait * 1e6)
@@ -90,14 +91,15 @@ class RedisTokenBuckets:
         self._take = client.register_script(_TAKE)
         self._fallback = TokenBuckets(rate, burst)
 
-    def acquire(self, key: str) -> float:
+    def acquire(self, key: str, cost: float = 1.0) -> float:
         if self.rate <= 0:
             return 0.0
+        cost = min(float(cost), float(self.burst))
         try:
-            micros = self._take(keys=[self._prefix + key], args=[self.rate, self.burst])
+            micros = self._take(keys=[self._prefix + key], args=[self.rate, self.burst, cost])
         except Exception as exc:  # Redis down: limit this process on its own meanwhile
             log.warning("rate limit store unreachable (%s); using in-process buckets", exc)
-            return self._fallback.acquire(key)
+            return self._fallback.acquire(key, cost)
         return int(micros) / 1e6
 
 
@@ -108,7 +110,3 @@ def make_limiter(name: str, rate: float, burst: int, redis_url: str | None) -> R
         client = redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
         return RedisTokenBuckets(client, name, rate, burst)
     return TokenBuckets(rate, burst)
-
-
-def retry_after_header(wait_s: float) -> dict[str, str]:
-    return {"Retry-After": str(max(1, math.ceil(wait_s)))}

@@ -20,6 +20,7 @@ from adalora_core.errors import ConfigError
 from adalora_core.serving.bases import BaseModelUnavailable, SharedBase
 from adalora_core.serving.engine import InferenceEngine
 from adalora_core.serving.generation import GenerationParams
+from adalora_core.serving.handles import Generation
 from adalora_core.serving.loading import LoadedAdapter
 from adalora_core.serving.requests import (
     MAX_CHARS_PER_TOKEN,
@@ -28,6 +29,7 @@ from adalora_core.serving.requests import (
     prepare_texts,
     prepare_token_rows,
 )
+from adalora_core.serving.scheduling import DecoderBusy
 from adalora_core.serving.sources import (
     AdapterCorrupt,
     AdapterIncompatible,
@@ -37,7 +39,7 @@ from adalora_core.serving.sources import (
 )
 from adalora_core.tasks import ModelKind, chat_prompt_ids
 from application.adapter_directory import AdapterDirectory, AdapterRecord
-from application.errors import RequestError, not_found
+from application.errors import RequestError, not_found, retry_after
 from service.base_models import is_causal_lm
 from service.settings import DEFAULT_MINILM_NAME
 
@@ -115,6 +117,11 @@ class Admitted:
     def prompt_tokens(self) -> int:
         return sum(len(e["input_ids"]) for e in self.prepared.encodings)
 
+    @property
+    def rows(self) -> int:
+        """Rows the engine will run: each prompt once per choice."""
+        return self.prepared.rows * self.copies
+
 
 @dataclass(frozen=True)
 class _Target:
@@ -156,6 +163,7 @@ class Admission:
         self.directory = directory
         self.base_models = base_models
         self.limits = limits
+        self._base_kinds: dict[str, ModelKind] = {}
 
     # ---- the protocols' entry points ----------------------------------------------------------
     def infer(
@@ -200,6 +208,16 @@ class Admission:
         rules = CHAT if isinstance(inputs, Chat) else COMPLETIONS
         return self._admit(tenant_id, self._model_target(tenant_id, model), rules, inputs, sampling)
 
+    def generate(self, tenant_id: str, admitted: Admitted) -> list[Generation]:
+        """Start the rows in their base's decoder, taking the tenant's turn; a full queue is
+        a 429 to retry, not a wait without bound."""
+        try:
+            return self.engine.generate(admitted.prepared, admitted.copies, tenant_id)
+        except DecoderBusy as exc:
+            raise RequestError(
+                429, "overloaded", str(exc), None, retry_after(exc.retry_after_s)
+            ) from exc
+
     # ---- resolving what the request names -----------------------------------------------------
     def _infer_target(
         self, tenant_id: str, adapter_id: str | None, base_model: str | None
@@ -213,14 +231,20 @@ class Admission:
         if name is None or name not in self.base_models:
             known = sorted(self.base_models)
             raise ConfigError("base_model", f"unknown base model {name!r}; known: {known}")
-        return _Target(name, name, "sequence-classification")
+        return _Target(name, name, self._base_kind(name))
+
+    def _base_kind(self, name: str) -> ModelKind:
+        """A plain base runs as what it is: a causal LM generates, any other gives embeddings
+        (read from its config once)."""
+        kind = self._base_kinds.get(name)
+        if kind is None:
+            generates = is_causal_lm(self.base_models[name])
+            kind = self._base_kinds[name] = "causal-lm" if generates else "sequence-classification"
+        return kind
 
     def _model_target(self, tenant_id: str, model: str) -> _Target:
         if model in self.base_models:
-            kind: ModelKind = (
-                "causal-lm" if is_causal_lm(self.base_models[model]) else "sequence-classification"
-            )
-            return _Target(model, model, kind)
+            return _Target(model, model, self._base_kind(model))
         try:
             record = self.directory.find(tenant_id, model)
         except RequestError as exc:
@@ -248,8 +272,7 @@ class Admission:
             raise ConfigError(
                 rules.model_field, f"{target.name!r} does not generate text; use /infer"
             )
-        if isinstance(inputs, TextRows):
-            _check_rows(inputs, self.limits.max_rows)
+        _check_rows(rules, inputs, sampling.n, self.limits.max_rows)
         wanted = self._wanted_tokens(rules, sampling)
         base, adapter = self._load(tenant_id, target)
         if isinstance(inputs, TextRows):
@@ -356,13 +379,20 @@ def _infer_sampling(parameters: Mapping[str, object]) -> Sampling:
     return Sampling(max_new, float(temperature), float(top_p))
 
 
-def _check_rows(inputs: TextRows, max_rows: int) -> None:
-    if not inputs.rows:
-        raise ConfigError("inputs", "needs at least one input")
-    if len(inputs.rows) > max_rows:
+def _check_rows(rules: _Rules, inputs: Inputs, n: int, max_rows: int) -> None:
+    """One bound on the rows of a request, whatever its protocol: prompts × choices."""
+    count = len(inputs.rows if isinstance(inputs, TextRows) else _prompts_of(inputs))
+    if not count:
+        raise ConfigError(rules.inputs_field, "needs at least one input")
+    if count * n > max_rows:
+        what = f"{count} prompts × n={n}" if n > 1 else f"{count}"
         raise ConfigError(
-            "inputs", f"at most {max_rows} inputs per request, got {len(inputs.rows)}"
+            rules.inputs_field, f"at most {max_rows} rows per request (prompts × n), got {what}"
         )
+
+
+def _prompts_of(inputs: Prompts | Chat) -> Sequence[object]:
+    return inputs.prompts if isinstance(inputs, Prompts) else [inputs.messages]
 
 
 def _stops(stop: Sequence[str] | str | None) -> tuple[str, ...]:

@@ -39,12 +39,17 @@ SERVING_SETTINGS: dict[str, str] = {
     "infer_batching": "engine.batching",
     "infer_max_length": "engine.max_length",
     "infer_encoder_forward": "engine.encoder_forward",
+    "infer_forward_deadline_s": "engine.forward_deadline_s",
+    "infer_max_queued_rows": "engine.max_queued_rows",
+    "infer_max_queued_rows_per_tenant": "engine.max_queued_rows_per_tenant",
     "infer_max_inputs": "admission.max_rows",
     "infer_max_new_tokens": "admission.max_new_tokens",
     "infer_device": "device",  # serving_device
     "infer_dtype": "dtype",  # serving_dtype
     "infer_rate_per_s": "rate_limit",  # api.main's token buckets
     "infer_burst": "rate_limit",
+    "infer_rows_per_s": "rate_limit",
+    "infer_rows_burst": "rate_limit",
 }
 
 

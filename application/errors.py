@@ -6,6 +6,8 @@ Raised by the application layer and by the routes; `api.errors` renders it in ou
 
 from __future__ import annotations
 
+import math
+
 
 class RequestError(Exception):
     """The status, a stable code, a message for people, and the request field at fault."""
@@ -24,6 +26,11 @@ class RequestError(Exception):
         self.message = message
         self.field = field
         self.headers = headers
+
+
+def retry_after(wait_s: float) -> dict[str, str]:
+    """The header that tells a client how long to wait before it tries again (whole seconds)."""
+    return {"Retry-After": str(max(1, math.ceil(wait_s)))}
 
 
 def not_found(what: str, ident: str) -> RequestError:

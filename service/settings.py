@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     # Token-bucket rate limits per API key; rate 0 disables the limit.
     infer_rate_per_s: float = 50.0
     infer_burst: int = 100
+    # Rows per key (prompts × choices): a request's rows are charged once it is admitted, so a
+    # many-row request costs what it asks of the engine. The burst takes two of the largest
+    # requests (infer_max_inputs); a request larger than the burst waits for a full bucket.
+    infer_rows_per_s: float = 100.0
+    infer_rows_burst: int = 512
     jobs_rate_per_s: float = 1.0
     jobs_burst: int = 20
     # Wrong API keys per client address: a guess costs a token; out of tokens is 429.
@@ -102,7 +107,12 @@ class Settings(BaseSettings):
     max_wait_ms: float = 0.0  # see EngineSettings.max_wait_ms
     max_batch_tokens: int = 16384
     infer_batching: bool = True
+    # The most rows one request may ask for, on /infer and /v1 alike (prompts × n).
     infer_max_inputs: int = 256
+    # Generation rows that may wait beyond a decoder's batch, in all and per tenant; past them a
+    # request gets 429 overloaded with Retry-After (adalora_core/serving/scheduling.py).
+    infer_max_queued_rows: int = 64
+    infer_max_queued_rows_per_tenant: int = 8
     infer_max_new_tokens: int = 256
     infer_max_length: int = 512
     # Where /infer runs: "auto" (the first GPU if there is one), "cpu", "cuda" or "cuda:N"; a
@@ -114,6 +124,9 @@ class Settings(BaseSettings):
     # their own on CPU, so they never wait for the event loop's GIL, and the batcher's thread
     # on a GPU; "process" / "thread" force one (see adalora_core/serving/forward_process.py).
     infer_encoder_forward: EncoderPlacement = "auto"
+    # The forward process's floor deadline per batch (seconds; more per token): a child that
+    # hangs fails its batch with 503 and Retry-After and is replaced.
+    infer_forward_deadline_s: float = 10.0
 
     # Adapter cache budgets.
     device_cache_bytes: int = 512 * 1024 * 1024

@@ -225,6 +225,8 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
         jobs_burst=1000,
         infer_rate_per_s=1000.0,
         infer_burst=1000,
+        infer_rows_per_s=100_000.0,
+        infer_rows_burst=100_000,
     )
 
 

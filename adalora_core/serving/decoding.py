@@ -14,8 +14,8 @@ alone (greedy, fp32: tests/serving/test_decoding.py).
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -42,6 +42,7 @@ from adalora_core.serving.handles import (
 )
 from adalora_core.serving.loading import LoadedAdapter
 from adalora_core.serving.sampling import row_generator, sample_token
+from adalora_core.serving.scheduling import DecoderBusy, FairQueue, QueueLimits
 from adalora_core.serving.text_stream import StreamedText
 
 log = logging.getLogger("adalora.serving.decoding")
@@ -56,18 +57,47 @@ CONCAT_ROWS_PER_GROUP = 2
 
 @dataclass
 class _Row:
-    """A running row: its handle, what it generated and what of its text was published."""
+    """A row: its handle, what it generated, and what of its text was published. It waits in
+    the queue, runs in the batch, and may wait again if another tenant needs its place."""
 
     generation: Generation
     generator: torch.Generator | None
-    length: int  # real tokens in the cache (prompt + generated, less the pending last token)
     text: StreamedText
+    length: int = 0  # tokens in the cache (prompt + generated, less the pending last token)
     tokens: list[int] = field(default_factory=list)
     finish: str | None = None
+    joined_at: int = 0  # the decode step at which it (last) joined the batch
+
+    @classmethod
+    def of(cls, generation: Generation) -> _Row:
+        sampling = generation.sampling
+        return cls(generation, row_generator(sampling.seed), StreamedText(sampling.stop))
+
+    @property
+    def tenant(self) -> str:
+        return self.generation.tenant
+
+    @property
+    def context(self) -> list[int]:
+        """What a prefill reads: the prompt and, for a row taken out and back in, its tokens."""
+        return self.generation.prompt_ids + self.tokens
+
+    @property
+    def cost(self) -> int:
+        """The cache positions the row may come to hold."""
+        return len(self.generation.prompt_ids) + self.generation.sampling.max_new_tokens
 
 
 class ContinuousDecoder:
-    """The decode loop of one causal-LM base. Thread-safe `submit`; `close` ends the thread."""
+    """The decode loop of one causal-LM base. Thread-safe `submit`; `close` ends the thread.
+
+    Waiting rows join between steps, round-robin across tenants (scheduling.py). When a
+    tenant with no running row waits and the batch is full, the newest row of the tenant that
+    holds the most places beyond its fair share is taken out (its cache dropped, its tokens
+    kept) and waits first in its tenant's line; when it joins again its prompt and tokens are
+    prefilled and it goes on where it stopped. So one tenant's backlog delays another tenant's
+    first token by one step, not by the length of its generations (vLLM preempts the same way).
+    """
 
     def __init__(
         self,
@@ -76,6 +106,7 @@ class ContinuousDecoder:
         max_rows: int,
         strategy: DecodeStrategy = "auto",
         max_tokens: int | None = None,
+        queue_limits: QueueLimits | None = None,
     ) -> None:
         if base.kind != "causal-lm":
             raise ValueError(f"continuous decoding serves causal-lm bases, not {base.kind}")
@@ -91,26 +122,35 @@ class ContinuousDecoder:
         self._routing_cached: Routing | None = None
         self.steps = 0  # decode steps run (for tests and metrics)
         self.largest_batch = 0
+        self.preempted = 0  # rows taken out of the batch for another tenant
+        self.refused = 0  # rows refused because the queue was full
         self.eos_ids = _eos_ids(base)
-        self._incoming: queue.SimpleQueue[Generation | None] = queue.SimpleQueue()
-        self._waiting: list[Generation] = []
+        self._queue: FairQueue[_Row] = FairQueue(queue_limits)
         self._rows: list[_Row] = []
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # rows × cached positions, 0 on left padding
         self._last: torch.Tensor | None = None  # rows × 1: each row's newest token
-        self._closed = False
         self._thread = threading.Thread(target=self._loop, name="adalora-decoder", daemon=True)
         self._thread.start()
 
     def submit(self, generation: Generation) -> Generation:
-        if self._closed:
-            raise RuntimeError("the decoder is closed")
-        self._incoming.put(generation)
+        self.submit_all([generation])
         return generation
 
+    def submit_all(self, generations: Sequence[Generation]) -> None:
+        """Queue one request's rows together, all or none: `DecoderBusy` when the queue is
+        full for the decoder or for their tenant."""
+        if not generations:
+            return
+        try:
+            room = max(0, self.max_rows - len(self._rows))  # read without the loop's lock: a bound
+            self._queue.put(generations[0].tenant, [_Row.of(g) for g in generations], room)
+        except DecoderBusy:
+            self.refused += len(generations)
+            raise
+
     def close(self) -> None:
-        self._closed = True
-        self._incoming.put(None)
+        self._queue.close()
         self._thread.join(timeout=30)
 
     @property
@@ -119,12 +159,12 @@ class ContinuousDecoder:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting) + self._incoming.qsize()
+        return len(self._queue)
 
     # ---- the loop --------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            if not self._take_incoming(block=not self._rows and not self._waiting):
+            if self._queue.closed or (not self._rows and not self._queue.wait()):
                 self._fail_all(RuntimeError("the decoder closed"))
                 return
             try:
@@ -137,59 +177,70 @@ class ContinuousDecoder:
                 self._fail_all(exc, waiting=False)
             self._retire()
 
-    def _take_incoming(self, block: bool) -> bool:
-        try:
-            item = self._incoming.get() if block else self._incoming.get_nowait()
-            while True:
-                if item is None:
-                    return False
-                self._waiting.append(item)
-                item = self._incoming.get_nowait()
-        except queue.Empty:
-            return True
-
     def _admit(self) -> None:
-        """Prefill what waits (as many as fit) and merge it into the running batch."""
-        waiting = [g for g in self._waiting if not g.cancelled.is_set()]
-        for g in self._waiting:
-            if g.cancelled.is_set():
-                g.publish(TextEvent("", 0, FINISH_CANCELLED))
-        used = sum(_cost(r.generation) for r in self._rows)
-        admitted = 0
-        for g in waiting:  # first come, first served: a big request is not overtaken
-            if len(self._rows) + admitted >= self.max_rows:
-                break
-            if (
-                self.max_tokens is not None
-                and used + _cost(g) > self.max_tokens
-                and (self._rows or admitted)
-            ):
-                break
-            used += _cost(g)
-            admitted += 1
-        joining, self._waiting = waiting[:admitted], waiting[admitted:]
-        if not joining:
-            return
-        joining.sort(key=lambda g: g.adapter_key)
-        width = max(len(g.prompt_ids) for g in joining)
-        pad = self.base.tokenizer.pad_token_id or 0
-        ids = torch.tensor(
-            [[pad] * (width - len(g.prompt_ids)) + g.prompt_ids for g in joining],
-            device=self.device,
+        """Prefill the rows whose turn it is (as many as fit) and merge them into the batch."""
+        for row in self._queue.remove_if(lambda r: r.generation.cancelled.is_set()):
+            row.generation.publish(TextEvent("", len(row.tokens), FINISH_CANCELLED))
+        running = Counter(r.tenant for r in self._rows)
+        used = sum(r.cost for r in self._rows)
+        joining: list[_Row] = []
+        while (head := self._queue.peek()) is not None:
+            tenant, row = head
+            rows = len(self._rows) + len(joining)
+            fits_rows = rows < self.max_rows
+            fits_cache = self.max_tokens is None or used + row.cost <= self.max_tokens or not rows
+            if not (fits_rows and fits_cache):
+                freed = self._preempt_for(tenant, running)
+                if freed is None:
+                    break  # first come, first served within a turn: a big row is not overtaken
+                used -= freed
+                continue
+            self._queue.take(tenant)
+            joining.append(row)
+            running[tenant] += 1
+            used += row.cost
+        if joining:
+            self._prefill(joining)
+
+    def _preempt_for(self, tenant: str, running: Counter[str]) -> int | None:
+        """Free a place for ``tenant`` while it runs fewer rows than its fair share: take out
+        the newest row of the tenant furthest above its share. Returns the cache positions
+        freed, or None when no tenant is above its share."""
+        active = set(running) | set(self._queue.tenants()) | {tenant}
+        share = max(1, self.max_rows // len(active))
+        if running[tenant] >= share:
+            return None
+        holders = [t for t, n in running.items() if n > share and t != tenant]
+        candidates = [i for i, r in enumerate(self._rows) if r.tenant in holders]
+        if not candidates:
+            return None  # the holders' places are rows joining now, not yet in the batch
+        victim_tenant = max(holders, key=lambda t: running[t])
+        index = max(
+            (i for i in candidates if self._rows[i].tenant == victim_tenant),
+            key=lambda i: self._rows[i].joined_at,
+            default=max(candidates, key=lambda i: self._rows[i].joined_at),
         )
+        victim = self._rows[index]
+        self._keep([i for i in range(len(self._rows)) if i != index])
+        running[victim.tenant] -= 1
+        self._queue.put_front(victim.tenant, victim)
+        self.preempted += 1
+        return victim.cost
+
+    def _prefill(self, joining: list[_Row]) -> None:
+        joining.sort(key=lambda r: r.generation.adapter_key)
+        contexts = [r.context for r in joining]
+        width = max(len(c) for c in contexts)
+        pad = self.base.tokenizer.pad_token_id or 0
+        ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts], device=self.device)
         mask = torch.tensor(
-            [[0] * (width - len(g.prompt_ids)) + [1] * len(g.prompt_ids) for g in joining],
-            device=self.device,
+            [[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=self.device
         )
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        rows = [
-            _Row(
-                g, row_generator(g.sampling.seed), len(g.prompt_ids), StreamedText(g.sampling.stop)
-            )
-            for g in joining
-        ]
+        for row, context in zip(joining, contexts, strict=True):
+            row.length, row.joined_at = len(context), self.steps
         try:
-            with routed(self._build_routing([g.adapter for g in joining])):
+            with routed(self._build_routing([r.generation.adapter for r in joining])):
                 out = self.base.model(
                     input_ids=ids,
                     attention_mask=mask,
@@ -199,11 +250,11 @@ class ContinuousDecoder:
                 )
         except Exception as exc:  # the prompts that failed fail; the running rows go on
             log.exception("prefill failed")
-            for g in joining:
-                g.publish(TextEvent("", 0, FINISH_STOP, error=exc))
+            for row in joining:
+                row.generation.publish(TextEvent("", len(row.tokens), FINISH_STOP, error=exc))
             return
-        first = self._pick(out.logits[:, -1, :], rows)
-        self._merge(rows, out.past_key_values, mask, first)
+        first = self._pick(out.logits[:, -1, :], joining)
+        self._merge(joining, out.past_key_values, mask, first)
 
     def _step(self) -> None:
         assert self._cache is not None and self._mask is not None and self._last is not None
@@ -262,8 +313,11 @@ class ContinuousDecoder:
                 row.finish = FINISH_CANCELLED
                 row.generation.publish(TextEvent("", len(row.tokens), FINISH_CANCELLED))
         keep = [i for i, r in enumerate(self._rows) if r.finish is None]
-        if len(keep) == len(self._rows):
-            return
+        if len(keep) != len(self._rows):
+            self._keep(keep)
+
+    def _keep(self, keep: list[int]) -> None:
+        """Only these rows stay in the batch, their cache, mask and last token with them."""
         if not keep:
             self._rows, self._cache, self._mask, self._last = [], None, None, None
             return
@@ -329,29 +383,13 @@ class ContinuousDecoder:
                 row.generation.publish(TextEvent("", len(row.tokens), FINISH_STOP, error=exc))
         self._rows, self._cache, self._mask, self._last = [], None, None, None
         if waiting:
-            for g in self._waiting:
-                g.publish(TextEvent("", 0, FINISH_STOP, error=exc))
-            self._waiting = []
-
-
-def _new_row(generation: Generation) -> _Row:
-    sampling = generation.sampling
-    return _Row(
-        generation,
-        row_generator(sampling.seed),
-        len(generation.prompt_ids),
-        StreamedText(sampling.stop),
-    )
+            for row in self._queue.drain():
+                row.generation.publish(TextEvent("", len(row.tokens), FINISH_STOP, error=exc))
 
 
 def _layers_only(adapter: LoadedAdapter | None) -> tuple[Layers, Heads]:
     """Causal-LM rows have no heads: only the adapter's routed layers."""
     return (None if adapter is None else adapter.layers), None
-
-
-def _cost(generation: Generation) -> int:
-    """The cache positions a row may come to hold."""
-    return len(generation.prompt_ids) + generation.sampling.max_new_tokens
 
 
 def _left_pad(tensor: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
@@ -386,11 +424,13 @@ class Decoders:
         max_rows: int,
         strategy: DecodeStrategy = "auto",
         max_tokens: int | None = None,
+        queue_limits: QueueLimits | None = None,
     ) -> None:
         self.device = device
         self.max_rows = max_rows
         self.strategy = strategy
         self.max_tokens = max_tokens
+        self.queue_limits = queue_limits
         self._by_base: dict[int, ContinuousDecoder] = {}
         self._lock = threading.Lock()
 
@@ -399,7 +439,12 @@ class Decoders:
             found = self._by_base.get(id(base))
             if found is None:
                 found = self._by_base[id(base)] = ContinuousDecoder(
-                    base, self.device, self.max_rows, self.strategy, self.max_tokens
+                    base,
+                    self.device,
+                    self.max_rows,
+                    self.strategy,
+                    self.max_tokens,
+                    self.queue_limits,
                 )
             return found
 

@@ -30,13 +30,14 @@ from adalora_core.serving.bases import BaseFactory, BaseModels, SharedBase, defa
 from adalora_core.serving.cache import AdapterCache, AdapterState
 from adalora_core.serving.decoding import Decoders, DecodeStrategy
 from adalora_core.serving.forward import run_batch
-from adalora_core.serving.forward_process import ForwardProcess, uses_process
+from adalora_core.serving.forward_process import ForwardDeadline, ForwardProcess, uses_process
 from adalora_core.serving.generation import GenerationParams
 from adalora_core.serving.grouped import Strategy
 from adalora_core.serving.handles import Generation
 from adalora_core.serving.loading import AdapterLoader, LoadedAdapter, Parser, default_parser
 from adalora_core.serving.malloc import tune_glibc_malloc
 from adalora_core.serving.requests import Prepared, prepare_texts, prepare_token_rows
+from adalora_core.serving.scheduling import QueueLimits
 from adalora_core.serving.sources import AdapterRef, AdapterSource
 from adalora_core.tasks import ModelKind
 
@@ -57,12 +58,21 @@ class EngineSettings:
     host_cache_bytes: int = 2 * 1024 * 1024 * 1024
     pinned_adapters: tuple[str, ...] = ()
     max_length: int = 512  # the longest context any base is served with
+    # Generation rows that may wait beyond a decoder's running batch, in all and per tenant;
+    # past them a request is refused with DecoderBusy (None: no bound). On 2 CPU cores a row
+    # queued behind a full batch waits seconds per token already; a tenant's 8 waiting rows
+    # are a quarter of the batch (docs/reliability.md has the flood test).
+    max_queued_rows: int | None = 64
+    max_queued_rows_per_tenant: int | None = 8
     strategy: Strategy = "grouped"
     decode_strategy: DecodeStrategy = "auto"  # the continuous decoder's op (decoding.py)
     tune_malloc: bool = True  # glibc mallopt at engine start (see malloc.py, docs/benchmarks.md)
     # Where sequence-classification forwards run: "auto" is a process of their own on CPU
     # (forward_process.py), the calling thread on a GPU.
     encoder_forward: EncoderPlacement = "auto"
+    # The least time a forward process batch may take before the child is replaced and the
+    # batch fails with 503 (more for large batches: forward_process.ForwardDeadline).
+    forward_deadline_s: float = 10.0
 
 
 class InferenceEngine:
@@ -102,13 +112,17 @@ class InferenceEngine:
         self.encoder: ForwardProcess | None = None
         if uses_process(self.settings.encoder_forward, self.device):
             self.encoder = ForwardProcess(
-                torch.get_num_threads(), self.settings.tune_malloc, self.settings.strategy
+                torch.get_num_threads(),
+                self.settings.tune_malloc,
+                self.settings.strategy,
+                ForwardDeadline(floor_s=self.settings.forward_deadline_s),
             )
         self.decoders = Decoders(
             self.device,
             self.settings.max_batch_size,
             self.settings.decode_strategy,
             self.settings.max_batch_tokens,
+            QueueLimits(self.settings.max_queued_rows, self.settings.max_queued_rows_per_tenant),
         )
 
     def base(self, name: str, kind: ModelKind) -> SharedBase:
@@ -188,21 +202,25 @@ class InferenceEngine:
         """One routed forward for prepared requests of one base; answers in request order."""
         return run_batch(batch, self.device, self.settings.strategy, self.encoder)
 
-    def generate(self, prepared: Prepared, copies: int = 1) -> list[Generation]:
+    def generate(self, prepared: Prepared, copies: int = 1, tenant: str = "") -> list[Generation]:
         """Causal-LM rows into the base's continuous decoder: ``copies`` per input row, the
-        k-th copy of a seeded row drawing from seed + k (OpenAI's ``n``)."""
+        k-th copy of a seeded row drawing from seed + k (OpenAI's ``n``). The rows queue
+        together or not at all (`DecoderBusy` when the queue is full); ``tenant`` is whose
+        turn they take."""
         params = prepared.generation
         if prepared.base.kind != "causal-lm" or params is None:
             raise ValueError("only causal-LM rows are decoded continuously")
-        decoder = self.decoders.get(prepared.base)
-        handles = []
-        for encoding in prepared.encodings:
-            for k in range(copies):
-                seed = None if params.seed is None else params.seed + k
-                row_params = dataclasses.replace(params, seed=seed)
-                handles.append(
-                    decoder.submit(Generation(encoding["input_ids"], prepared.adapter, row_params))
-                )
+        handles = [
+            Generation(
+                encoding["input_ids"],
+                prepared.adapter,
+                dataclasses.replace(params, seed=None if params.seed is None else params.seed + k),
+                tenant,
+            )
+            for encoding in prepared.encodings
+            for k in range(copies)
+        ]
+        self.decoders.get(prepared.base).submit_all(handles)
         return handles
 
     def close(self) -> None:

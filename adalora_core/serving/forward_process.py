@@ -12,11 +12,13 @@ the final hidden states, for base rows) back as plain arrays.
 from __future__ import annotations
 
 import itertools
+import logging
 import operator
 import threading
 import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -40,9 +42,34 @@ from adalora_core.serving.grouped import (
 from adalora_core.serving.loading import LoadedAdapter
 from adalora_core.serving.malloc import tune_glibc_malloc
 
+log = logging.getLogger("adalora.serving.forward_process")
+
 
 class ForwardProcessDied(RuntimeError):
-    """The forward process exited (killed, out of memory); the next batch starts a new one."""
+    """The forward process exited (killed, out of memory) or hung past its deadline; its batch
+    fails and the next batch starts a new one."""
+
+
+@dataclass(frozen=True)
+class ForwardDeadline:
+    """How long a batch may take in the child before the parent gives up on it and replaces
+    the child: a floor, plus time per padded token (a 32 × 128 batch takes about 0.2 s on two
+    cores, docs/benchmarks.md), plus the child's rebuild of a base it has not seen yet."""
+
+    floor_s: float = 10.0
+    per_token_s: float = 0.002
+    new_base_s: float = 60.0
+
+    def seconds(self, tokens: int, new_base: bool) -> float:
+        return self.floor_s + tokens * self.per_token_s + (self.new_base_s if new_base else 0.0)
+
+
+@dataclass
+class ForwardProcessStats:
+    """For /metrics: children started, and batches lost by how the child failed."""
+
+    starts: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
 
 
 def uses_process(placement: EncoderPlacement, device: torch.device) -> bool:
@@ -59,10 +86,18 @@ class ForwardProcess:
     Thread-safe: batches of different bases take turns, as they would for the one CPU.
     """
 
-    def __init__(self, threads: int, tune_malloc: bool, strategy: Strategy) -> None:
+    def __init__(
+        self,
+        threads: int,
+        tune_malloc: bool,
+        strategy: Strategy,
+        deadline: ForwardDeadline | None = None,
+    ) -> None:
         self.threads = threads
         self.tune_malloc = tune_malloc
         self.strategy = strategy
+        self.deadline = deadline or ForwardDeadline()
+        self.stats = ForwardProcessStats()
         self._lock = threading.Lock()
         self._keys = itertools.count()
         self._conn: Connection | None = None
@@ -77,6 +112,7 @@ class ForwardProcess:
         with self._lock:
             conn = self._connection(base)
             try:
+                new_base = id(base) not in self._bases
                 base_key = self._send_base(conn, base)
                 owners = [
                     key
@@ -87,9 +123,15 @@ class ForwardProcess:
                     conn.send(("drop", self._dropped.popleft()))
                 arrays = {name: tensor.cpu().numpy() for name, tensor in padded.items()}
                 conn.send(("forward", base_key, arrays, owners))
+                limit = self.deadline.seconds(padded["input_ids"].numel(), new_base)
+                if not conn.poll(limit):
+                    self._replace(f"did not answer within {limit:.0f} s", "timeout")
+                    raise ForwardProcessDied(
+                        f"the encoder forward process did not answer within {limit:.0f} s"
+                    )
                 reply = conn.recv()
             except (EOFError, OSError) as exc:
-                self._stop()
+                self._replace("exited", "exited")
                 raise ForwardProcessDied("the encoder forward process exited") from exc
         if reply[0] == "error":
             raise RuntimeError(f"encoder forward failed in the forward process: {reply[1]}")
@@ -118,7 +160,18 @@ class ForwardProcess:
             process.start()
             child.close()
             self._conn, self._child = parent, process
+            self.stats.starts += 1
+            log.info("encoder forward process %d started", process.pid)
         return self._conn
+
+    def _replace(self, what: str, reason: str) -> None:
+        """The child failed its batch: log it, count it, stop it; the next batch starts anew."""
+        pid = None if self._child is None else self._child.pid
+        log.error("encoder forward process %s %s; the next batch starts a new one", pid, what)
+        self.stats.failures[reason] = self.stats.failures.get(reason, 0) + 1
+        if self._child is not None and self._child.is_alive():
+            self._child.kill()  # a hung child would not read the close
+        self._stop()
 
     def _stop(self) -> None:
         if self._conn is not None:

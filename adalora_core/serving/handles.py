@@ -48,11 +48,16 @@ class Generation:
     """
 
     def __init__(
-        self, prompt_ids: Sequence[int], adapter: LoadedAdapter | None, sampling: GenerationParams
+        self,
+        prompt_ids: Sequence[int],
+        adapter: LoadedAdapter | None,
+        sampling: GenerationParams,
+        tenant: str = "",
     ):
         self.prompt_ids = list(prompt_ids)
         self.adapter = adapter
         self.sampling = sampling
+        self.tenant = tenant  # whose turn it is when the decoder admits rows fairly
         self.cancelled = threading.Event()
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()

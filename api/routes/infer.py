@@ -12,16 +12,19 @@ Every refusal comes from the admission step (`application.admission`).
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from adalora_core.serving.forward_process import ForwardProcessDied
 from adalora_core.serving.handles import complete_all
-from api.deps import InferLimitedCaller, ServingDep
+from api.deps import MeteredCaller, ServingDep
+from api.disconnect import unless_disconnected
 from api.errors import responses
 from api.schemas import InferRequest, InferResponse
-from application.admission import TextRows
-from application.errors import RequestError
+from application.admission import Admitted, TextRows
+from application.engine_factory import Serving
+from application.errors import RequestError, retry_after
 
 router = APIRouter(tags=["inference"])
 
@@ -32,23 +35,29 @@ router = APIRouter(tags=["inference"])
     responses=responses(401, 404, 409, 422, 429, 503),
 )
 async def infer(
-    body: InferRequest, caller: InferLimitedCaller, serving: ServingDep
+    body: InferRequest, request: Request, metered: MeteredCaller, serving: ServingDep
 ) -> InferResponse:
     parameters = body.parameters.model_dump(exclude_none=True, exclude={"truncate"})
     inputs = TextRows(body.inputs, body.parameters.truncate)
-    call = (caller.tenant_id, body.adapter_id, body.base_model, inputs, parameters)
+    call = (metered.tenant_id, body.adapter_id, body.base_model, inputs, parameters)
     # A short request whose adapter is in memory is prepared here: tokenizing it costs less than
     # the hand-off to a worker thread (docs/benchmarks.md).
     admitted = serving.admission.infer_resident(*call)
     if admitted is None:
         admitted = await asyncio.to_thread(serving.admission.infer, *call)
+    await metered.charge_rows(admitted.rows)
+    outputs = await unless_disconnected(request, _run(serving, metered.tenant_id, admitted))
+    return InferResponse(adapter_id=body.adapter_id, outputs=outputs)
+
+
+async def _run(serving: Serving, tenant_id: str, admitted: Admitted) -> list[dict[str, Any]]:
     prepared = admitted.prepared
     if prepared.base.kind == "causal-lm":
-        done = await complete_all(serving.engine.generate(prepared))
-        outputs = [{"text": d.text} for d in done]
-    else:
-        try:
-            outputs = await serving.batcher.submit(prepared)
-        except ForwardProcessDied as exc:
-            raise RequestError(503, "engine_unavailable", f"{exc}; retry shortly") from exc
-    return InferResponse(adapter_id=body.adapter_id, outputs=outputs)
+        done = await complete_all(serving.admission.generate(tenant_id, admitted))
+        return [{"text": d.text} for d in done]
+    try:
+        return await serving.batcher.submit(prepared)
+    except ForwardProcessDied as exc:
+        raise RequestError(
+            503, "engine_unavailable", f"{exc}; retry shortly", None, retry_after(1)
+        ) from exc

@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from adalora_core.errors import ConfigError
 from adalora_core.serving.handles import Completion as Finished
-from api.deps import CallerDep, InferLimitedCaller, ServingDep, SessionDep, SettingsDep
+from api.deps import CallerDep, Metered, MeteredCaller, ServingDep, SessionDep, SettingsDep
+from api.disconnect import unless_disconnected
 from api.openai_schemas import (
     AssistantMessage,
     ChatChoice,
@@ -32,6 +33,7 @@ from api.openai_schemas import (
     ModelCard,
     ModelCards,
     SamplingFields,
+    UnreadablePart,
     openai_errors,
 )
 from api.openai_stream import CHAT_CHUNKS, COMPLETION_CHUNKS, ChunkShape, Run, finish_reason
@@ -68,7 +70,7 @@ def list_models(caller: CallerDep, session: SessionDep, settings: SettingsDep) -
 
 @router.post("/completions", response_model=Completion, responses=GENERATION_ERRORS)
 async def completions(
-    body: CompletionRequest, caller: InferLimitedCaller, serving: ServingDep
+    body: CompletionRequest, request: Request, metered: MeteredCaller, serving: ServingDep
 ) -> Any:
     _neutral_only(body, echo=False, logprobs=None, suffix=None)
     if body.best_of not in (None, 1, body.n):
@@ -79,13 +81,13 @@ async def completions(
     if not prompts or not all(prompts):
         raise RequestError(400, "invalid_value", "needs at least one non-empty prompt", "prompt")
     inputs = Prompts(prompts, single)
-    run = await _start(serving, caller.tenant_id, body, inputs, body.max_tokens, COMPLETION_CHUNKS)
-    return await _answer(run, body, Completion, _completion_choice)
+    run = await _start(serving, metered, body, inputs, body.max_tokens, COMPLETION_CHUNKS)
+    return await _answer(request, run, body, Completion, _completion_choice)
 
 
 @router.post("/chat/completions", response_model=ChatCompletion, responses=GENERATION_ERRORS)
 async def chat_completions(
-    body: ChatCompletionRequest, caller: InferLimitedCaller, serving: ServingDep
+    body: ChatCompletionRequest, request: Request, metered: MeteredCaller, serving: ServingDep
 ) -> Any:
     _neutral_only(body, logprobs=None, top_logprobs=None, tools=None, tool_choice=None)
     if body.response_format not in (None, {"type": "text"}):
@@ -94,8 +96,8 @@ async def chat_completions(
         )
     inputs = Chat([_chat_turn(m, i) for i, m in enumerate(body.messages)])
     max_tokens = body.max_completion_tokens or body.max_tokens
-    run = await _start(serving, caller.tenant_id, body, inputs, max_tokens, CHAT_CHUNKS)
-    return await _answer(run, body, ChatCompletion, _chat_choice)
+    run = await _start(serving, metered, body, inputs, max_tokens, CHAT_CHUNKS)
+    return await _answer(request, run, body, ChatCompletion, _chat_choice)
 
 
 def _completion_choice(index: int, done: Finished) -> CompletionChoice:
@@ -108,12 +110,17 @@ def _chat_choice(index: int, done: Finished) -> ChatChoice:
 
 
 async def _answer(
-    run: Run, body: SamplingFields, response: type[Any], choice: Callable[[int, Finished], Any]
+    request: Request,
+    run: Run,
+    body: SamplingFields,
+    response: type[Any],
+    choice: Callable[[int, Finished], Any],
 ) -> Any:
-    """The stream, or every choice waited for and shaped as the protocol's response."""
+    """The stream, or every choice waited for (and cancelled if the client goes first) and
+    shaped as the protocol's response."""
     if body.stream:
         return run.stream(body.stream_options)
-    done = await run.complete()
+    done = await unless_disconnected(request, run.complete())
     return response(
         id=run.id,
         created=run.created,
@@ -125,7 +132,7 @@ async def _answer(
 
 async def _start(
     serving: Serving,
-    tenant_id: str,
+    metered: Metered,
     body: SamplingFields,
     inputs: Prompts | Chat,
     max_tokens: int | None,
@@ -140,19 +147,36 @@ async def _start(
         n=body.n,
     )
     admitted = await asyncio.to_thread(
-        serving.admission.generation, tenant_id, body.model, inputs, sampling
+        serving.admission.generation, metered.tenant_id, body.model, inputs, sampling
     )
-    handles = serving.engine.generate(admitted.prepared, copies=admitted.copies)
+    await metered.charge_rows(admitted.rows)
+    handles = serving.admission.generate(metered.tenant_id, admitted)
     return Run(body.model, shape, admitted.prompt_tokens, handles)
+
+
+UNREADABLE = {
+    "image_url": "image inputs are not supported: this service's models read text",
+    "input_audio": "audio inputs are not supported: this service's models read text",
+    "file": "file inputs are not supported: send the file's text as a text part",
+    "refusal": "refusal parts are not supported in a request",
+}
 
 
 def _chat_turn(message: ChatMessage, index: int) -> dict[str, str]:
     content = message.content
+    if not isinstance(content, str):
+        for j, part in enumerate(content):
+            if isinstance(part, UnreadablePart):
+                where = f"messages.{index}.content.{j}"
+                raise RequestError(400, "unsupported_content", UNREADABLE[part.type], where)
     text = content if isinstance(content, str) else "".join(p.text for p in content)
     if not text.strip() and message.role != "assistant":
         raise ConfigError(f"messages.{index}.content", "is empty")
     role = "system" if message.role == "developer" else message.role
-    return {"role": role, "content": text}
+    turn = {"role": role, "content": text}
+    if message.name is not None:
+        turn["name"] = message.name
+    return turn
 
 
 def _neutral_only(body: SamplingFields, **neutral: Any) -> None:

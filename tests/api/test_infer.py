@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -419,7 +421,7 @@ def test_a_warm_short_request_is_prepared_on_the_event_loop(
 
 
 def test_a_dead_forward_process_is_503_and_the_next_request_serves(
-    client, tenant, stored_adapter
+    client, tenant, stored_adapter, caplog
 ) -> None:
     import os
     import signal
@@ -431,9 +433,12 @@ def test_a_dead_forward_process_is_503_and_the_next_request_serves(
     assert encoder is not None  # "auto" on a CPU: encoder forwards run in their own process
     os.kill(encoder._child.pid, signal.SIGKILL)
     encoder._child.join()
-    response = client.post("/infer", headers=tenant.headers, json=body)
+    with caplog.at_level(logging.ERROR, logger="adalora.serving.forward_process"):
+        response = client.post("/infer", headers=tenant.headers, json=body)
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "engine_unavailable"
+    assert int(response.headers["retry-after"]) >= 1
+    assert any("exited" in r.getMessage() for r in caplog.records), "its death left no log line"
     again = client.post("/infer", headers=tenant.headers, json=body)
     assert again.status_code == 200, again.text
     scores = again.json()["outputs"][0]["scores"]
@@ -462,6 +467,47 @@ def test_the_thread_placement_setting_serves_without_a_forward_process(
         assert response.status_code == 200, response.text
         assert thread_client.app.state.serving.engine.encoder is None
     scores = response.json()["outputs"][0]["scores"]
+    assert [scores["neg"], scores["pos"]] == pytest.approx(
+        expected_scores(weights, "w1 w2 w3"), abs=1e-5
+    )
+
+
+def test_a_hung_forward_process_is_replaced_after_its_deadline(
+    settings, tenant, stored_adapter
+) -> None:
+    """A forward process that stops answering used to hang every encoder request with it; now
+    its batch fails with 503 and Retry-After once its deadline passes, the child is replaced,
+    and /metrics counts it."""
+    import os
+    import signal
+
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    quick = settings.model_copy(update={"infer_forward_deadline_s": 1.0, "metrics_token": "scrape"})
+    adapter_id, weights = stored_adapter(tenant, seed=6)
+    body = {"adapter_id": adapter_id, "inputs": ["w1 w2 w3"]}
+    with TestClient(create_app(quick), raise_server_exceptions=False) as http:
+        assert http.post("/infer", headers=tenant.headers, json=body).status_code == 200
+        encoder = http.app.state.serving.engine.encoder
+        stopped = encoder._child.pid
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            response = http.post("/infer", headers=tenant.headers, json=body)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped, signal.SIGCONT)
+        assert response.status_code == 503, response.text
+        assert "did not answer" in response.json()["error"]["message"]
+        assert int(response.headers["retry-after"]) >= 1
+        again = http.post("/infer", headers=tenant.headers, json=body)
+        assert again.status_code == 200, again.text
+        assert encoder._child.pid != stopped
+        metrics = http.get("/metrics", headers={"Authorization": "Bearer scrape"}).text
+    assert 'adalora_forward_process_failures_total{reason="timeout"} 1.0' in metrics
+    assert "adalora_forward_process_starts_total 2.0" in metrics
+    scores = again.json()["outputs"][0]["scores"]
     assert [scores["neg"], scores["pos"]] == pytest.approx(
         expected_scores(weights, "w1 w2 w3"), abs=1e-5
     )
