@@ -184,16 +184,24 @@ class ContinuousDecoder:
         running = Counter(r.tenant for r in self._rows)
         used = sum(r.cost for r in self._rows)
         joining: list[_Row] = []
-        while (head := self._queue.peek()) is not None:
-            tenant, row = head
+        passed: set[str] = set()  # tenants whose next row does not fit this time
+
+        def fits(row: _Row) -> bool:
             rows = len(self._rows) + len(joining)
-            fits_rows = rows < self.max_rows
-            fits_cache = self.max_tokens is None or used + row.cost <= self.max_tokens or not rows
-            if not (fits_rows and fits_cache):
-                freed = self._preempt_for(tenant, running)
-                if freed is None:
-                    break  # first come, first served within a turn: a big row is not overtaken
-                used -= freed
+            if rows >= self.max_rows:
+                return False
+            return self.max_tokens is None or used + row.cost <= self.max_tokens or not rows
+
+        while (head := self._queue.peek(passed)) is not None:
+            tenant, row = head
+            while not fits(row):
+                victim = self._preempt_for(tenant, running)
+                if victim is None:
+                    break
+                used -= victim.cost
+                passed.add(victim.tenant)  # it gave its place up: no place back this round
+            if not fits(row):
+                passed.add(tenant)  # its rows keep their order; another tenant's may fit
                 continue
             self._queue.take(tenant)
             joining.append(row)
@@ -202,10 +210,10 @@ class ContinuousDecoder:
         if joining:
             self._prefill(joining)
 
-    def _preempt_for(self, tenant: str, running: Counter[str]) -> int | None:
+    def _preempt_for(self, tenant: str, running: Counter[str]) -> _Row | None:
         """Free a place for ``tenant`` while it runs fewer rows than its fair share: take out
-        the newest row of the tenant furthest above its share. Returns the cache positions
-        freed, or None when no tenant is above its share."""
+        the newest row of the tenant furthest above its share and return it; None when no
+        tenant is above its share."""
         active = set(running) | set(self._queue.tenants()) | {tenant}
         share = max(1, self.max_rows // len(active))
         if running[tenant] >= share:
@@ -225,7 +233,7 @@ class ContinuousDecoder:
         running[victim.tenant] -= 1
         self._queue.put_front(victim.tenant, victim)
         self.preempted += 1
-        return victim.cost
+        return victim
 
     def _prefill(self, joining: list[_Row]) -> None:
         joining.sort(key=lambda r: r.generation.adapter_key)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -91,11 +91,12 @@ class FairQueue(Generic[T]):
             self._size += 1
             self._changed.notify()
 
-    def peek(self) -> tuple[str, T] | None:
-        """The row whose turn it is: the first of the tenant longest without one."""
+    def peek(self, passed: Collection[str] = ()) -> tuple[str, T] | None:
+        """The row whose turn it is: the first of the tenant longest without one, leaving out
+        the tenants ``passed`` over in this round (their next row did not fit)."""
         with self._changed:
             for tenant, items in self._by_tenant.items():
-                if items:
+                if items and tenant not in passed:
                     return tenant, items[0]
             return None
 
