@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     # request gets 429 overloaded with Retry-After (adalora_core/serving/scheduling.py).
     infer_max_queued_rows: int = 64
     infer_max_queued_rows_per_tenant: int = 8
+    # The most rows one tenant runs in a decode batch of max_batch_size; 0 lets one tenant fill it
+    # (a single-tenant deployment that wants every place for itself).
+    infer_max_running_rows_per_tenant: int = 16
     infer_max_new_tokens: int = 256
     infer_max_length: int = 512
     # Where /infer runs: "auto" (the first GPU if there is one), "cpu", "cuda" or "cuda:N"; a

@@ -107,12 +107,16 @@ class ContinuousDecoder:
         strategy: DecodeStrategy = "auto",
         max_tokens: int | None = None,
         queue_limits: QueueLimits | None = None,
+        max_rows_per_tenant: int | None = None,
     ) -> None:
         if base.kind != "causal-lm":
             raise ValueError(f"continuous decoding serves causal-lm bases, not {base.kind}")
         self.base = base
         self.device = device
         self.max_rows = max_rows
+        # The most places one tenant holds in the batch, so another tenant's row always finds
+        # one and runs beside fewer rows (None: a lone tenant may fill the batch).
+        self.max_rows_per_tenant = max_rows_per_tenant or None
         # The KV cache's bound: the running rows' prompt + max_new_tokens, summed.
         self.max_tokens = max_tokens
         self.strategy = strategy
@@ -190,11 +194,16 @@ class ContinuousDecoder:
             rows = len(self._rows) + len(joining)
             if rows >= self.max_rows:
                 return False
+            if (
+                self.max_rows_per_tenant is not None
+                and running[row.tenant] >= self.max_rows_per_tenant
+            ):
+                return False
             return self.max_tokens is None or used + row.cost <= self.max_tokens or not rows
 
         while (head := self._queue.peek(passed)) is not None:
             tenant, row = head
-            while not fits(row):
+            while not fits(row) and not self._at_tenant_cap(tenant, running):
                 victim = self._preempt_for(tenant, running)
                 if victim is None:
                     break
@@ -209,6 +218,10 @@ class ContinuousDecoder:
             used += row.cost
         if joining:
             self._prefill(joining)
+
+    def _at_tenant_cap(self, tenant: str, running: Counter[str]) -> bool:
+        cap = self.max_rows_per_tenant
+        return cap is not None and running[tenant] >= cap
 
     def _preempt_for(self, tenant: str, running: Counter[str]) -> _Row | None:
         """Free a place for ``tenant`` while it runs fewer rows than its fair share: take out
@@ -433,12 +446,14 @@ class Decoders:
         strategy: DecodeStrategy = "auto",
         max_tokens: int | None = None,
         queue_limits: QueueLimits | None = None,
+        max_rows_per_tenant: int | None = None,
     ) -> None:
         self.device = device
         self.max_rows = max_rows
         self.strategy = strategy
         self.max_tokens = max_tokens
         self.queue_limits = queue_limits
+        self.max_rows_per_tenant = max_rows_per_tenant or None
         self._by_base: dict[int, ContinuousDecoder] = {}
         self._lock = threading.Lock()
 
@@ -453,6 +468,7 @@ class Decoders:
                     self.strategy,
                     self.max_tokens,
                     self.queue_limits,
+                    self.max_rows_per_tenant,
                 )
             return found
 

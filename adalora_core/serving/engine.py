@@ -64,6 +64,10 @@ class EngineSettings:
     # are a quarter of the batch (docs/reliability.md has the flood test).
     max_queued_rows: int | None = 64
     max_queued_rows_per_tenant: int | None = 8
+    # The most places one tenant holds in a decode batch: another tenant's row always finds a
+    # place and decodes beside fewer rows (a step of 33 rows takes about 4× one of 1 on two
+    # cores, docs/reliability.md). None lets a lone tenant fill the batch.
+    max_running_rows_per_tenant: int | None = 16
     strategy: Strategy = "grouped"
     decode_strategy: DecodeStrategy = "auto"  # the continuous decoder's op (decoding.py)
     tune_malloc: bool = True  # glibc mallopt at engine start (see malloc.py, docs/benchmarks.md)
@@ -123,6 +127,7 @@ class InferenceEngine:
             self.settings.decode_strategy,
             self.settings.max_batch_tokens,
             QueueLimits(self.settings.max_queued_rows, self.settings.max_queued_rows_per_tenant),
+            self.settings.max_running_rows_per_tenant,
         )
 
     def base(self, name: str, kind: ModelKind) -> SharedBase:
