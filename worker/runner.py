@@ -167,7 +167,7 @@ class JobRunner:
                 checkpoint=resumed,
             )
             # torch loads only in the worker; one device is the same call as the plain trainer.
-            from adalora_core.distributed import train_data_parallel
+            from adalora_core.launcher import train_data_parallel
 
             result = train_data_parallel(
                 spec.devices,

@@ -20,17 +20,10 @@ import torch.multiprocessing as mp
 from tiny_trainer_model import StopAfter, save_tiny_bert, sentiment_rows
 
 from adalora_core.config import AdaLoraConfig
-from adalora_core.distributed import (
-    Replica,
-    ReplicaMismatch,
-    ReplicaSync,
-    assert_same_allocation,
-    check_devices,
-    shard,
-    train_data_parallel,
-)
+from adalora_core.distributed import Replica, ReplicaMismatch, ReplicaSync, shard
 from adalora_core.errors import ConfigError
 from adalora_core.formats.bundle import read_adapter
+from adalora_core.launcher import assert_same_allocation, check_devices, train_data_parallel
 from adalora_core.tasks import TaskSpec
 from adalora_core.trainer import TrainResult, train
 from adalora_core.training_config import TrainingConfig
