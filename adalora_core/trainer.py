@@ -26,20 +26,15 @@ from torch import nn
 from adalora_core import checkpoint as ckpt
 from adalora_core.config import AdaLoraConfig
 from adalora_core.distributed import Replica, ReplicaSync, current_replica, shard
+from adalora_core.encoding import encode_rows, make_collator
 from adalora_core.errors import ConfigError
 from adalora_core.formats.bundle import AdapterMeta
+from adalora_core.hf_loading import head_modules, load_model, load_tokenizer
 from adalora_core.inject import module_layer_and_kind
 from adalora_core.ordering import epoch_order, length_grouped_order
 from adalora_core.precision import MixedPrecision, training_precision
-from adalora_core.tasks import (
-    EvalAccumulator,
-    TaskSpec,
-    encode_rows,
-    head_modules,
-    load_model,
-    load_tokenizer,
-    make_collator,
-)
+from adalora_core.tasks import TaskSpec
+from adalora_core.training.evaluation import EvalAccumulator
 from adalora_core.training_config import TrainingConfig, micro_batches_per_epoch, total_updates
 
 METHODS = ("adalora", "lora")

@@ -24,16 +24,10 @@ import torch
 
 from adalora_core.adalora_model import inject_adalora
 from adalora_core.config import AdaLoraConfig
+from adalora_core.encoding import encode_rows, make_collator
+from adalora_core.hf_loading import head_modules, load_model, load_tokenizer
 from adalora_core.ordering import epoch_order, length_grouped_order
-from adalora_core.tasks import (
-    CLASSIFICATION,
-    TaskSpec,
-    encode_rows,
-    head_modules,
-    load_model,
-    load_tokenizer,
-    make_collator,
-)
+from adalora_core.tasks import CLASSIFICATION, TaskSpec
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sst2_train.csv"
 BATCH = 16

@@ -19,13 +19,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from adalora_core.chat_template import chat_prompt_ids
 from adalora_core.errors import ConfigError
 from adalora_core.serving.bases import BaseModelUnavailable, SharedBase
 from adalora_core.serving.decoding import Generation, TextEvent
 from adalora_core.serving.engine import InferenceEngine
 from adalora_core.serving.generation import GenerationParams
 from adalora_core.serving.requests import MAX_CHARS_PER_TOKEN, Prepared
-from adalora_core.tasks import chat_prompt_ids
 from api.deps import CallerDep, EngineDep, InferLimitedCaller, SessionDep, SettingsDep
 from api.inference import with_tenant_adapter
 from api.openai_schemas import (

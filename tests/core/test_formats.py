@@ -26,7 +26,8 @@ from adalora_core.formats.bundle import (
 from adalora_core.formats.lora import export_lora
 from adalora_core.formats.merged import save_merged
 from adalora_core.formats.peft import apply_adapter, import_peft_adapter, save_adapter
-from adalora_core.tasks import TaskSpec, head_modules, load_model, load_tokenizer
+from adalora_core.hf_loading import head_modules, load_model, load_tokenizer
+from adalora_core.tasks import TaskSpec
 
 SEQ_TASK = TaskSpec("classification", "text", label_column="label", labels=("neg", "pos"))
 LM_TASK = TaskSpec("causal-lm", "text")

@@ -12,7 +12,8 @@ from adalora_core.config import AdaLoraConfig
 from adalora_core.formats.bundle import read_adapter, zip_bundle
 from adalora_core.formats.merged import save_merged
 from adalora_core.formats.peft import apply_adapter
-from adalora_core.tasks import TaskSpec, load_model, load_tokenizer
+from adalora_core.hf_loading import load_model, load_tokenizer
+from adalora_core.tasks import TaskSpec
 from adalora_core.trainer import train
 from adalora_core.training_config import TrainingConfig
 

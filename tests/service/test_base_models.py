@@ -208,7 +208,8 @@ def test_a_chat_row_is_learned_on_the_assistant_turns_only(smollm2_dir: Path) ->
     assistant answers (each with the end-of-turn marker), nothing of the system or user."""
     from transformers import AutoTokenizer
 
-    from adalora_core.tasks import IGNORE_INDEX, TaskSpec, encode_rows
+    from adalora_core.encoding import IGNORE_INDEX, encode_rows
+    from adalora_core.tasks import TaskSpec
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     chat = [
@@ -236,8 +237,9 @@ def test_a_row_cut_before_its_answer_is_named_not_trained_on(smollm2_dir: Path) 
     """All its labels would be ignored; a batch of such rows gives a NaN loss."""
     from transformers import AutoTokenizer
 
+    from adalora_core.encoding import encode_rows
     from adalora_core.errors import ConfigError
-    from adalora_core.tasks import TaskSpec, encode_rows
+    from adalora_core.tasks import TaskSpec
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     long_question = [
