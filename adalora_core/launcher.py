@@ -28,9 +28,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from adalora_core import trainer
 from adalora_core.distributed import ReplicaMismatch
 from adalora_core.errors import ConfigError
-from adalora_core.trainer import TrainResult, train
+from adalora_core.trainer import TrainResult
 
 # Rendezvous and collective timeout: a rank that never arrives (or dies without closing its
 # connections) fails the job after this long instead of hanging it.
@@ -92,7 +93,7 @@ def train_data_parallel(devices: int, *, callbacks: Any = None, **train_kwargs: 
     device = str(train_kwargs.pop("device", "auto"))
     check_devices(devices, device)
     if devices == 1:
-        return train(callbacks=callbacks, device=device, **train_kwargs)
+        return trainer.train(callbacks=callbacks, device=device, **train_kwargs)
     for name in ("loss_fn", "adapt"):
         if train_kwargs.get(name) is not None:
             raise ConfigError(name, "is not supported in a multi-process run")
@@ -125,7 +126,9 @@ def train_data_parallel(devices: int, *, callbacks: Any = None, **train_kwargs: 
                 timeout=GROUP_TIMEOUT,
             )
             try:
-                result = train(callbacks=callbacks, device=rank_device(0, device), **train_kwargs)
+                result = trainer.train(
+                    callbacks=callbacks, device=rank_device(0, device), **train_kwargs
+                )
             finally:
                 dist.destroy_process_group()
             _wait_for(children, tmp)
@@ -198,7 +201,9 @@ def _child_main(spec_path: str, rank: int) -> None:
         timeout=GROUP_TIMEOUT,
     )
     try:
-        result = train(callbacks=None, device=rank_device(rank, spec.device), **spec.train_kwargs)
+        result = trainer.train(
+            callbacks=None, device=rank_device(rank, spec.device), **spec.train_kwargs
+        )
     finally:
         dist.destroy_process_group()
     report = Path(spec.report_dir) / REPORT_FILE.format(rank=rank)

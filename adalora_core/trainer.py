@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from adalora_core import checkpoint as ckpt
-from adalora_core.config import AdaLoraConfig
 from adalora_core.distributed import Replica, ReplicaSync, current_replica, shard
 from adalora_core.encoding import encode_rows, make_collator
 from adalora_core.errors import ConfigError
@@ -33,11 +32,11 @@ from adalora_core.hf_loading import head_modules, load_model, load_tokenizer
 from adalora_core.inject import module_layer_and_kind
 from adalora_core.ordering import epoch_order, length_grouped_order
 from adalora_core.precision import MixedPrecision, training_precision
+from adalora_core.run_plan import RunPlan
 from adalora_core.tasks import TaskSpec
 from adalora_core.training.evaluation import EvalAccumulator
-from adalora_core.training_config import TrainingConfig, micro_batches_per_epoch, total_updates
+from adalora_core.training_config import TrainingConfig, micro_batches_per_epoch
 
-METHODS = ("adalora", "lora")
 EVAL_BATCH_FACTOR = 2
 LossFn = Callable[[Any, Mapping[str, torch.Tensor]], torch.Tensor]
 
@@ -91,7 +90,7 @@ class Adaptation(Protocol):
     def update_and_allocate(self, step: int) -> None: ...
 
 
-AdaptFn = Callable[[nn.Module, tuple[str, ...], int], Adaptation]
+AdaptFn = Callable[[nn.Module, tuple[str, ...], RunPlan], Adaptation]
 
 
 @dataclass
@@ -114,26 +113,24 @@ def train(
     task: TaskSpec,
     train_rows: Sequence[Mapping[str, Any]],
     eval_rows: Sequence[Mapping[str, Any]] | None,
-    adalora: AdaLoraConfig,
-    training: TrainingConfig,
+    plan: RunPlan,
     output_dir: Path,
     callbacks: TrainCallbacks | None = None,
     checkpoint_dir: Path | None = None,
-    method: str = "adalora",
     device: str = "auto",
     loss_fn: LossFn | None = None,
-    lora_r: int | None = None,
     adapt: AdaptFn | None = None,
     base_model_name: str | None = None,
     precision: str = "auto",
 ) -> TrainResult:
-    """Fine-tune ``base_model`` and write the adapter bundle to ``output_dir``.
+    """Fine-tune ``base_model`` as ``plan`` says and write the adapter bundle to ``output_dir``.
 
-    The bundle records ``base_model_name`` as its base (the name the base is registered under,
+    The plan (``adalora_core.run_plan.plan_run``) is the run: its settings, update count,
+    schedule and method, checked when it was made; ``train_rows`` must be the rows it was
+    planned for. The bundle records ``base_model_name`` as its base (the name the base is registered under,
     so the adapter does not carry this machine's path); without one, ``base_model`` as given.
 
-    ``method="lora"`` trains plain LoRA of rank ``lora_r`` (default ``adalora.target_r``);
-    ``adapt`` replaces the built-in adapters (used for external baselines) and then nothing is
+    A plan for ``method="lora"`` trains plain LoRA of rank ``plan.lora_r``; ``adapt`` replaces the built-in adapters (used for external baselines) and then nothing is
     saved. A run finding a checkpoint in ``checkpoint_dir`` resumes from the newest one.
 
     ``precision`` is one of ``adalora_core.precision.PRECISIONS``: "auto" is fp32 on the CPU,
@@ -144,13 +141,11 @@ def train(
     micro-batch; only rank 0 evaluates, checkpoints and writes the adapter.
     """
     task.validate()
-    adalora.validate()
-    training.validate()
-    if method not in METHODS:
-        raise ConfigError("method", f"must be one of {list(METHODS)}, got {method!r}")
-    total = total_updates(len(train_rows), training)
-    if method == "adalora":
-        adalora.schedule(total)
+    if len(train_rows) != plan.num_rows:
+        raise ConfigError(
+            "train_rows", f"has {len(train_rows)} rows; the run was planned for {plan.num_rows}"
+        )
+    training = plan.training
     callbacks = callbacks or TrainCallbacks()
     run_device = resolve_device(device)
     try:
@@ -170,21 +165,15 @@ def train(
 
     seed_everything(training.seed)
     model = load_model(base_model, task, tokenizer).to(run_device)
-    positions = getattr(model.config, "max_position_embeddings", None)
-    if positions is not None and training.max_length > positions:
-        raise ConfigError(
-            "training.max_length",
-            f"{training.max_length} exceeds the model's {positions} positions",
-        )
     heads = head_modules(task, model)
-    adapted = _adapt(model, heads, total, method, adalora, lora_r, adapt)
+    adapted = _adapt(model, heads, plan, adapt)
     loop = _Loop(
         adapted=adapted,
         replica=replica,
         mixed=mixed,
         task=task,
         training=training,
-        total=total,
+        total=plan.total_steps,
         train_data=train_data,
         eval_data=eval_data,
         collate=collate,
@@ -210,15 +199,7 @@ def train(
     )
     if finished and adapt is None and replica.is_main:
         result.adapter_dir = _save(
-            adapted,
-            method,
-            base_model_name or str(base_model),
-            task,
-            adalora,
-            training,
-            result,
-            output_dir,
-            lora_r,
+            adapted, plan, base_model_name or str(base_model), task, result, output_dir
         )
     return result
 
@@ -238,31 +219,23 @@ def seed_everything(seed: int) -> None:
 
 
 def _adapt(
-    model: nn.Module,
-    heads: tuple[str, ...],
-    total: int,
-    method: str,
-    adalora: AdaLoraConfig,
-    lora_r: int | None,
-    adapt: AdaptFn | None,
+    model: nn.Module, heads: tuple[str, ...], plan: RunPlan, adapt: AdaptFn | None
 ) -> Adaptation:
     if adapt is not None:
-        return adapt(model, heads, total)
+        return adapt(model, heads, plan)
     from adalora_core.adalora_model import inject_adalora, inject_lora
 
-    if method == "lora":
-        rank = lora_r if lora_r is not None else adalora.target_r
-        if rank < 1:
-            raise ConfigError("lora_r", f"must be >= 1, got {rank}")
+    adalora = plan.adalora
+    if plan.schedule is None:
         return inject_lora(
             model,
-            r=rank,
+            r=plan.init_r,
             lora_alpha=adalora.lora_alpha,
             lora_dropout=adalora.lora_dropout,
             target_modules=adalora.target_modules,
             head_modules=heads,
         )
-    return inject_adalora(model, adalora, total_steps=total, head_modules=heads)
+    return inject_adalora(model, adalora, schedule=plan.schedule, head_modules=heads)
 
 
 class _Loop:
@@ -548,19 +521,15 @@ def _ranks(adapted: Adaptation) -> dict[str, int]:
 
 def _save(
     adapted: Adaptation,
-    method: str,
+    plan: RunPlan,
     base_model: str,
     task: TaskSpec,
-    adalora: AdaLoraConfig,
-    training: TrainingConfig,
     result: TrainResult,
     output_dir: Path,
-    lora_r: int | None,
 ) -> Path:
     from adalora_core.formats.peft import save_adapter
 
-    init_r = adalora.init_r if method == "adalora" else (lora_r or adalora.target_r)
-    target_r = adalora.target_r if method == "adalora" else init_r
+    adalora, init_r, target_r = plan.adalora, plan.init_r, plan.target_r
     modules = [
         {"name": name, "layer": layer, "kind": kind, "rank": rank}
         for name, rank in result.ranks.items()
@@ -583,10 +552,10 @@ def _save(
         history=result.history,
         metrics=result.metrics,
         trainable_params=result.trainable_params,
-        max_length=training.max_length,
-        method=method,
+        max_length=plan.training.max_length,
+        method=plan.method,
         final_params=result.final_params,
         adalora=adalora.to_dict(),
-        training=asdict(training),
+        training=asdict(plan.training),
     )
     return save_adapter(adapted, Path(output_dir), meta)

@@ -51,8 +51,9 @@ def main() -> None:
     lengths = [len(row["input_ids"]) for row in data]
     model = load_model(base, task, tokenizer)
     total = args.rounds * 2 * args.steps + 10
+    config = AdaLoraConfig()
     adapted = inject_adalora(
-        model, AdaLoraConfig(), total_steps=total, head_modules=head_modules(task, model)
+        model, config, schedule=config.schedule(total), head_modules=head_modules(task, model)
     )
     adapted.train()
     optimizer = torch.optim.AdamW([p for p in adapted.parameters() if p.requires_grad], lr=1e-3)

@@ -149,8 +149,8 @@ class JobRunner:
 
     # -- stages ----------------------------------------------------------------------------
     def _run_leased(self, job: Job, heartbeat: Heartbeat) -> Outcome:
-        spec = job_spec(job)
         base_model = self._base_model_path(job.base_model)
+        spec = job_spec(job, base_model)
         with tempfile.TemporaryDirectory(prefix=f"adalora-{job.id}-") as tmp_name:
             tmp = Path(tmp_name)
             train_rows, eval_rows = self._read_datasets(job, tmp)
@@ -176,8 +176,7 @@ class JobRunner:
                 task=spec.task,
                 train_rows=train_rows,
                 eval_rows=eval_rows,
-                adalora=spec.adalora,
-                training=spec.training,
+                plan=spec.plan,
                 output_dir=tmp / "adapter",
                 callbacks=callbacks,
                 checkpoint_dir=checkpoint_dir,

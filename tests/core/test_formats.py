@@ -51,7 +51,9 @@ def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _trained_like(base: Path, task: TaskSpec, prune: dict[str, int]) -> AdaLoraModel:
     """An AdaLoraModel with random nonzero triplets and head, pruned as `prune` says."""
     model = load_model(base, task, load_tokenizer(base))
-    adapted = inject_adalora(model, CONFIG, total_steps=10, head_modules=head_modules(task, model))
+    adapted = inject_adalora(
+        model, CONFIG, schedule=CONFIG.schedule(10), head_modules=head_modules(task, model)
+    )
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for param in adapted.adapter_parameters() + adapted.head_parameters():

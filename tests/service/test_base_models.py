@@ -112,6 +112,7 @@ def test_adalora_trains_on_every_llama_projection_of_smollm2_and_the_adapter_gen
 
     from adalora_core.config import AdaLoraConfig
     from adalora_core.formats.bundle import zip_bundle
+    from adalora_core.run_plan import plan_run
     from adalora_core.serving.engine import EngineSettings, InferenceEngine
     from adalora_core.serving.loading import AdapterBlob
     from adalora_core.tasks import TaskSpec
@@ -125,10 +126,13 @@ def test_adalora_trains_on_every_llama_projection_of_smollm2_and_the_adapter_gen
         task=TaskSpec("causal-lm", "text"),
         train_rows=rows,
         eval_rows=rows[:2],
-        adalora=AdaLoraConfig(init_r=2, target_r=1, t_init=1, t_final=1, delta_t=1),
-        # A large step, so three updates leave an adapter that visibly changes the logits.
-        training=TrainingConfig(
-            epochs=None, max_steps=3, batch_size=4, max_length=24, learning_rate=5e-2
+        plan=plan_run(
+            len(rows),
+            # A large step, so three updates leave an adapter that visibly changes the logits.
+            TrainingConfig(
+                epochs=None, max_steps=3, batch_size=4, max_length=24, learning_rate=5e-2
+            ),
+            AdaLoraConfig(init_r=2, target_r=1, t_init=1, t_final=1, delta_t=1),
         ),
         output_dir=tmp_path / "adapter",
         device="cpu",
