@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 # The label PyTorch's cross-entropy skips by default.
 IGNORE_INDEX = -100
+# Encoded rows -> one padded batch of tensors.
+Collate = Callable[[Sequence[Mapping[str, Any]]], "dict[str, torch.Tensor]"]
 
 
 def encode_rows(
@@ -121,9 +123,7 @@ def _require_supervision(
         )
 
 
-def make_collator(
-    task: TaskSpec, tokenizer: PreTrainedTokenizerBase
-) -> Callable[[Sequence[Mapping[str, Any]]], dict[str, torch.Tensor]]:
+def make_collator(task: TaskSpec, tokenizer: PreTrainedTokenizerBase) -> Collate:
     import torch
 
     def collate(examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
@@ -141,3 +141,11 @@ def make_collator(
         return batch
 
     return collate
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A collated batch on the training device."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    # An asynchronous copy needs a pinned source; from pageable memory it would block anyway.
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}

@@ -1,5 +1,6 @@
-"""Scoring on the validation rows: predictions collected batch by batch, turned into the task's
-metric set (``adalora_core.scoring``)."""
+"""Scoring on the validation rows: a pass over them in batches (:class:`Evaluator`), the
+predictions collected batch by batch and turned into the task's metric set
+(:class:`EvalAccumulator`, with ``adalora_core.scoring``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,49 @@ import torch
 import torch.nn.functional as F
 
 from adalora_core import scoring
-from adalora_core.encoding import IGNORE_INDEX
+from adalora_core.encoding import IGNORE_INDEX, Collate, to_device
+from adalora_core.precision import MixedPrecision
 from adalora_core.tasks import CAUSAL_LM, CLASSIFICATION, REGRESSION, TaskSpec
+from adalora_core.training.adaptation import Adaptation
+
+# Evaluation keeps no gradients, so its batches can be this many times the training batch.
+EVAL_BATCH_FACTOR = 2
+
+
+class Evaluator:
+    """Scores an adapted model on the encoded validation rows."""
+
+    def __init__(
+        self,
+        task: TaskSpec,
+        eval_data: list[dict[str, Any]],
+        collate: Collate,
+        batch_size: int,
+        mixed: MixedPrecision,
+        device: torch.device,
+    ) -> None:
+        self.task = task
+        self.eval_data = eval_data
+        self.collate = collate
+        self.batch_size = batch_size * EVAL_BATCH_FACTOR
+        self.mixed = mixed
+        self.device = device
+        # Metrics do not depend on row order, so evaluate in length order: least padding.
+        self.order = sorted(range(len(eval_data)), key=lambda i: len(eval_data[i]["input_ids"]))
+
+    @torch.no_grad()
+    def evaluate(self, adapted: Adaptation) -> dict[str, float]:
+        """The metrics; the model is left in training mode."""
+        adapted.eval()
+        accumulator = EvalAccumulator(self.task)
+        for start in range(0, len(self.order), self.batch_size):
+            rows = [self.eval_data[i] for i in self.order[start : start + self.batch_size]]
+            batch = to_device(self.collate(rows), self.device)
+            with self.mixed.autocast():
+                outputs = adapted(**batch)
+            accumulator.add(outputs, batch)
+        adapted.train()
+        return accumulator.result()
 
 
 class EvalAccumulator:

@@ -15,13 +15,8 @@ from adalora_core.errors import ConfigError
 from adalora_core.formats.bundle import read_adapter
 from adalora_core.run_plan import plan_run
 from adalora_core.tasks import TaskSpec
-from adalora_core.trainer import (
-    ProgressEvent,
-    TrainCallbacks,
-    build_scheduler,
-    resolve_device,
-    train,
-)
+from adalora_core.trainer import ProgressEvent, TrainCallbacks, resolve_device, train
+from adalora_core.training.optimizer import build_scheduler
 from adalora_core.training_config import TrainingConfig
 
 TASK = TaskSpec("classification", "text", label_column="label", labels=("negative", "positive"))
