@@ -17,9 +17,10 @@ from starlette.types import Message
 
 from api.deps import PageCursor, PageLimit, SessionDep, SettingsDep, StoreDep, TrainCaller
 from api.errors import responses
-from api.idempotency import create_once, replay
+from api.idempotency import replay
 from api.schemas import DatasetList, DatasetOut
 from application.errors import RequestError, not_found
+from application.idempotency import create_once
 from service import datasets as dataset_rows
 from service.datasets_io import (
     DatasetError,

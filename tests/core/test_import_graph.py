@@ -1,10 +1,13 @@
 """adalora_core has no import cycle: every module's imports (also those inside functions, which
-are cycles waiting for a refactor to hoist them) form a graph without loops."""
+are cycles waiting for a refactor to hoist them) form a graph without loops. And the layers'
+arrows point down: the core and the application layer import nothing above them."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 PACKAGE = "adalora_core"
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,3 +82,35 @@ def test_the_check_finds_a_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert find_cycle(graph) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+# What each layer must never import (module prefixes), from the developer guide's layering.
+FORBIDDEN = {
+    "adalora_core": ("api", "application", "service", "worker", "cli", "fastapi", "sqlalchemy"),
+    "application": ("api", "worker", "cli", "fastapi", "starlette"),
+}
+
+
+def imported_modules(package: str) -> dict[str, set[str]]:
+    """Every module a package's files import (top-level names and dotted paths)."""
+    found: dict[str, set[str]] = {}
+    for path in (ROOT / package).rglob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_a_layer_imports_nothing_above_it(package: str) -> None:
+    upward = [
+        f"{path} imports {name}"
+        for path, names in sorted(imported_modules(package).items())
+        for name in sorted(names)
+        if name.split(".")[0] in FORBIDDEN[package]
+    ]
+    assert upward == []

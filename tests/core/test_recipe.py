@@ -12,7 +12,8 @@ from adalora_core.config import PQ_INITS, AdaLoraConfig
 from adalora_core.errors import ConfigError
 from adalora_core.tasks import TASK_KINDS
 from adalora_core.training_config import TrainingConfig
-from api.schemas import AdaLoraParams, DatasetOut, TaskName, TrainingParams
+from api.schemas import DatasetOut
+from application.job_request import AdaLoraParams, TaskName, TrainingParams
 from service.datasets_io import FORMATS
 
 

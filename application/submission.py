@@ -11,8 +11,8 @@ from typing import Any
 from adalora_core import recipe
 from adalora_core.context_limit import context_limit
 from adalora_core.tasks import CAUSAL_LM
-from api.schemas import JobCreate, ResourcesParams
 from application.errors import RequestError
+from application.job_request import JobCreate, ResourcesParams
 from service.datasets_io import CHAT_TYPE, MESSAGES_COLUMN
 from service.settings import Settings
 from service.tables import Dataset
