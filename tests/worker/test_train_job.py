@@ -228,7 +228,7 @@ def test_a_failed_publish_leaves_no_orphaned_artifacts(
     def broken_insert(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr("worker.runner.create_adapter", broken_insert)
+    monkeypatch.setattr("service.adapters.create_adapter", broken_insert)
     job_id = world.submit(max_steps=6)
     assert run_job(job_id, settings, sessions, store).status == "failed"
     job = world.job(job_id)
