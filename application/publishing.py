@@ -14,11 +14,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from adalora_core.formats.bundle import AdapterWeights
 from adalora_core.tasks import TaskSpec
 from service import adapters as adapter_rows
 from service.ids import new_id
@@ -26,6 +25,9 @@ from service.store import adapter_key
 from service.store.base import ArtifactStore, StoreError
 from service.tables import Adapter
 from service.vocabulary import ArtifactFormat
+
+if TYPE_CHECKING:
+    from adalora_core.formats.bundle import AdapterWeights
 
 log = logging.getLogger(__name__)
 
