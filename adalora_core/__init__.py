@@ -15,6 +15,8 @@ _EXPORTS: dict[str, str] = {
     "BudgetSchedule": "adalora_core.config",
     "TrainingConfig": "adalora_core.training_config",
     "total_updates": "adalora_core.training_config",
+    "RunPlan": "adalora_core.run_plan",
+    "plan_run": "adalora_core.run_plan",
     "TaskSpec": "adalora_core.tasks",
     "train": "adalora_core.trainer",
     "TrainCallbacks": "adalora_core.trainer",

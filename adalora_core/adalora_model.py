@@ -230,12 +230,12 @@ def inject_adalora(
     model: nn.Module,
     config: AdaLoraConfig,
     *,
-    total_steps: int,
+    schedule: BudgetSchedule,
     head_modules: Sequence[str] = (),
 ) -> AdaLoraModel:
     """Replace the target linears of `model` (in place) by SVDLinear adapters at rank init_r,
-    freeze every base weight, make the named heads trainable. Call after `model.to(device)`."""
-    schedule = config.schedule(total_steps)
+    freeze every base weight, make the named heads trainable. Call after `model.to(device)`.
+    ``schedule`` is the run's (``RunPlan.schedule``, or ``config.schedule(total_steps)``)."""
     targets, head_paths = _prepare(model, config.target_modules, head_modules)
     adapted: dict[str, SVDLinear] = {}
     for path in targets:

@@ -1,23 +1,25 @@
 """Automatic settings: every training or AdaLoRA field a job leaves out, chosen from the data.
 
 Torch-free: the API resolves a job at submission and stores the result, so a user sees what
-ran and can repeat it exactly. The benchmark (``bench/glue.py``) builds its runs through the
-same function, so the GLUE protocol measures what the service does. The measured defaults
-(learning rate, alpha, clipping, update count) and the runs that chose them are in
-``docs/results.md``.
+ran and can repeat it exactly. ``resolve`` chooses; the run's facts that follow from the
+choices (update count, schedule) come from ``adalora_core.run_plan.plan_run``, which it calls.
+The benchmark (``bench/glue.py``) builds its runs through the same function, so the GLUE
+protocol measures what the service does. The measured defaults (learning rate, alpha,
+clipping, update count) and the runs that chose them are in ``docs/results.md``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from adalora_core.config import AdaLoraConfig, BudgetSchedule
 from adalora_core.errors import ConfigError
+from adalora_core.run_plan import ADALORA, RunPlan, plan_run
 from adalora_core.tasks import CAUSAL_LM, SEQ2SEQ, TASK_KINDS
-from adalora_core.training_config import TrainingConfig, total_updates, updates_per_epoch
+from adalora_core.training_config import TrainingConfig, updates_per_epoch
 
 GENERATIVE_KINDS = (CAUSAL_LM, SEQ2SEQ)
 
@@ -33,6 +35,10 @@ BATCH_SIZE = 16
 
 # AdaLoRA starts with this many times the ranks it keeps (the default 12 -> 8).
 INIT_TO_TARGET_RATIO = 1.5
+
+# A lost worker should cost at most a tenth of the run: jobs that choose no checkpoint interval
+# checkpoint about this many times.
+CHECKPOINTS_PER_RUN = 10
 
 # Below this many updates in the budget-reducing phase the allocator changes ranks too fast to
 # measure importance (the authors' advice); a job whose settings give less gets a warning.
@@ -85,10 +91,9 @@ class DataProfile:
 
 @dataclass(frozen=True)
 class Resolved:
-    training: TrainingConfig
-    adalora: AdaLoraConfig
-    total_steps: int
-    schedule: BudgetSchedule | None
+    """The planned run, the dotted fields the recipe chose, and why the run may disappoint."""
+
+    plan: RunPlan
     chosen: tuple[str, ...]
     warnings: tuple[str, ...]
 
@@ -98,10 +103,11 @@ def resolve(
     training: Mapping[str, Any] | None = None,
     adalora: Mapping[str, Any] | None = None,
     *,
-    method: str = "adalora",
+    method: str = ADALORA,
+    lora_r: int | None = None,
 ) -> Resolved:
-    """Fill every field the caller left out (None or absent); raise ConfigError naming a field
-    the caller set to an invalid value. ``chosen`` lists the dotted fields the recipe set."""
+    """Fill every field the caller left out (None or absent) and plan the run; raise
+    ConfigError naming a field the caller set to an invalid value."""
     if profile.task_kind not in TASK_KINDS:
         raise ConfigError("task", f"must be one of {list(TASK_KINDS)}, got {profile.task_kind!r}")
     if method not in ENCODER_DEFAULTS:
@@ -134,36 +140,46 @@ def resolve(
         training_config = TrainingConfig(**given_training).validate()
     except TypeError as exc:  # a field this version does not know
         raise ConfigError("training", str(exc)) from exc
-    steps = total_updates(profile.num_rows, training_config)
-    if training_config.eval_every is None and training_config.epochs is None:
-        # A max_steps run may never finish an epoch; evaluate four times along the way.
-        training_config = replace(training_config, eval_every=max(1, math.ceil(steps / 4)))
-        chosen.append("training.eval_every")
 
     pick(given_adalora, "adalora", "lora_alpha", defaults.lora_alpha)
     _pick_ranks(given_adalora, chosen)
-    unset_schedule = [n for n in ("t_init", "t_final", "delta_t") if n not in given_adalora]
-    adalora_config = AdaLoraConfig.from_dict(given_adalora)
-    schedule = None
-    warnings: list[str] = []
-    if method == "adalora":
-        schedule = adalora_config.schedule(steps)
-        adalora_config = replace(
-            adalora_config,
-            t_init=schedule.t_init,
-            t_final=schedule.t_final,
-            delta_t=schedule.delta_t,
-        )
-        chosen += [f"adalora.{name}" for name in unset_schedule]
-        warnings += schedule_warnings(schedule, adalora_config)
-    return Resolved(
-        training=training_config,
-        adalora=adalora_config,
-        total_steps=steps,
-        schedule=schedule,
-        chosen=tuple(chosen),
-        warnings=tuple(warnings),
+    plan = plan_run(
+        profile.num_rows,
+        training_config,
+        AdaLoraConfig.from_dict(given_adalora),
+        method=method,
+        lora_r=lora_r,
+        max_positions=profile.max_positions,
     )
+    plan = _pick_cadence(plan, chosen)
+    warnings: list[str] = []
+    if plan.schedule is not None:
+        chosen += [
+            f"adalora.{name}"
+            for name in ("t_init", "t_final", "delta_t")
+            if name not in given_adalora
+        ]
+        warnings += schedule_warnings(plan.schedule, plan.adalora)
+    return Resolved(plan=plan, chosen=tuple(chosen), warnings=tuple(warnings))
+
+
+def _pick_cadence(plan: RunPlan, chosen: list[str]) -> RunPlan:
+    """When the run evaluates and checkpoints, unless the job said."""
+    cadence: dict[str, int | None] = {}
+    if plan.eval_every is None and plan.training.epochs is None:
+        # A max_steps run may never finish an epoch; evaluate four times along the way.
+        cadence["eval_every"] = max(1, math.ceil(plan.total_steps / 4))
+    if plan.checkpoint_every is None:
+        cadence["checkpoint_every"] = default_checkpoint_every(plan.total_steps)
+    chosen += [f"training.{name}" for name, value in cadence.items() if value is not None]
+    return plan.with_training(**cadence) if cadence else plan
+
+
+def default_checkpoint_every(total_steps: int) -> int | None:
+    """About CHECKPOINTS_PER_RUN checkpoints a run; none for a run of a single update."""
+    if total_steps < 2:
+        return None
+    return max(1, math.ceil(total_steps / CHECKPOINTS_PER_RUN))
 
 
 def _pick_ranks(given: dict[str, Any], chosen: list[str]) -> None:

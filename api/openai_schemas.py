@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.schemas import Text
+from application.request_fields import Text
 
 # The most choices one request may ask for (``n``): each is a decoding row.
 MAX_CHOICES = 8

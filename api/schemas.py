@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, Field
 
-from service.vocabulary import ArtifactFormat, EventKind, JobStatus, KeyScope, OutputMode
-
-# Printable-ish text: no NUL or other C0 control characters (PostgreSQL rejects NUL).
-NO_CONTROL = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"
-Text = Annotated[str, StringConstraints(pattern=NO_CONTROL)]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=NO_CONTROL)]
-
-TaskName = Literal["classification", "regression", "causal-lm", "seq2seq"]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+from application.job_request import TaskName
+from application.request_fields import Name, Strict
+from service.vocabulary import ArtifactFormat, EventKind, JobStatus, KeyScope
 
 # --- errors -------------------------------------------------------------------------------
 
@@ -108,81 +98,7 @@ class DatasetList(BaseModel):
     next_cursor: str | None
 
 
-# --- jobs ---------------------------------------------------------------------------------
-
-
-class Columns(Strict):
-    text: Name
-    text_pair: Name | None = None
-    label: Name | None = None
-    target: Name | None = None
-
-
-class AdaLoraParams(Strict):
-    """Every field left out is chosen by the service (``adalora_core.recipe``); the job's
-    ``hyperparameters`` show the values that ran."""
-
-    init_r: int | None = None
-    target_r: int | None = None
-    t_init: int | None = None
-    t_final: int | None = None
-    delta_t: int | None = None
-    beta1: float | None = None
-    beta2: float | None = None
-    orth_reg_weight: float | None = None
-    lora_alpha: float | None = None
-    lora_dropout: float | None = None
-    target_modules: list[Text] | Text | None = None
-    pq_init: Literal["normal", "orthonormal"] | None = Field(
-        None, description="How P and Q start: the paper's N(0, 0.02), or orthonormal."
-    )
-
-
-class TrainingParams(Strict):
-    """Every field left out is chosen by the service from the data set's size and the task."""
-
-    epochs: float | None = Field(None, description="Passes over the data.")
-    max_steps: int | None = Field(None, description="Optimizer updates, instead of epochs.")
-    batch_size: int | None = None
-    grad_accum: int | None = None
-    learning_rate: float | None = None
-    warmup_ratio: float | None = None
-    weight_decay: float | None = None
-    max_grad_norm: float | None = Field(None, description="Gradient clipping; 0 turns it off.")
-    max_length: int | None = None
-    group_by_length: bool | None = Field(
-        None, description="Batch rows of similar length together: less padding, faster."
-    )
-    seed: int | None = None
-    eval_every: int | None = None
-    checkpoint_every: int | None = None
-
-
-class ResourcesParams(Strict):
-    devices: int = Field(
-        1,
-        ge=1,
-        description="Processes the job trains on: one GPU each on a GPU worker "
-        "(torch.distributed data parallel), CPU processes otherwise.",
-    )
-
-
-class JobCreate(Strict):
-    base_model: Name
-    task: TaskName
-    dataset_id: Name
-    validation_dataset_id: Name | None = None
-    columns: Columns | None = Field(
-        None,
-        description="Which columns hold what. A causal-lm job may leave it out when its data "
-        "set is a chat ('messages') or has 'prompt' and 'completion' columns.",
-    )
-    adalora: AdaLoraParams = Field(default_factory=AdaLoraParams)
-    training: TrainingParams = Field(default_factory=TrainingParams)
-    resources: ResourcesParams = Field(default_factory=ResourcesParams)
-    output: OutputMode = OutputMode.UNMERGED
-    name: Name | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+# --- jobs (the request body, JobCreate, is application.job_request's) ---------------------
 
 
 class Progress(BaseModel):

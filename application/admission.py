@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from adalora_core.chat_template import chat_prompt_ids
 from adalora_core.errors import ConfigError
 from adalora_core.serving.bases import BaseModelUnavailable, SharedBase
 from adalora_core.serving.engine import InferenceEngine
@@ -37,7 +38,7 @@ from adalora_core.serving.sources import (
     AdapterTooLarge,
     AdapterUnavailable,
 )
-from adalora_core.tasks import ModelKind, chat_prompt_ids
+from adalora_core.tasks import ModelKind
 from application.adapter_directory import AdapterDirectory, AdapterRecord
 from application.errors import RequestError, not_found, retry_after
 from service.base_models import is_causal_lm

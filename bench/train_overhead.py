@@ -97,7 +97,7 @@ def build_variants(total_steps: int, batch: dict[str, torch.Tensor]) -> list[Var
         lora_dropout=DROPOUT,
     )
     ours_adalora = inject_adalora(
-        _base(), adalora_config, total_steps=total_steps, head_modules=HEAD
+        _base(), adalora_config, schedule=adalora_config.schedule(total_steps), head_modules=HEAD
     ).train()
     variants.append(_ours("adalora", ours_adalora, batch))
 

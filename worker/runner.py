@@ -17,11 +17,15 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from adalora_core.errors import ConfigError
-from service.adapters import create_adapter
+from application.publishing import (
+    StoredArtifacts,
+    add_adapter_row,
+    discard_artifacts,
+    store_artifacts,
+)
 from service.base_models import local_model_dir
 from service.datasets_io import DatasetError, read_rows
 from service.db import get_engine, make_sessionmaker
-from service.ids import new_id
 from service.jobs import add_event
 from service.leases import (
     lease_job,
@@ -31,10 +35,9 @@ from service.leases import (
 )
 from service.lifecycle import JobStatus, transition
 from service.settings import Settings, get_settings
-from service.store import adapter_key, checkpoint_prefix, get_store
+from service.store import checkpoint_prefix, get_store
 from service.store.base import ArtifactStore, ChecksumMismatch, StoreError
 from service.tables import Dataset, Job
-from service.vocabulary import ArtifactFormat
 from worker.callbacks import JobCallbacks, eval_metrics, restore_checkpoint
 from worker.heartbeat import Heartbeat
 from worker.job_spec import JobSpec, job_spec
@@ -149,8 +152,8 @@ class JobRunner:
 
     # -- stages ----------------------------------------------------------------------------
     def _run_leased(self, job: Job, heartbeat: Heartbeat) -> Outcome:
-        spec = job_spec(job)
         base_model = self._base_model_path(job.base_model)
+        spec = job_spec(job, base_model)
         with tempfile.TemporaryDirectory(prefix=f"adalora-{job.id}-") as tmp_name:
             tmp = Path(tmp_name)
             train_rows, eval_rows = self._read_datasets(job, tmp)
@@ -167,7 +170,7 @@ class JobRunner:
                 checkpoint=resumed,
             )
             # torch loads only in the worker; one device is the same call as the plain trainer.
-            from adalora_core.distributed import train_data_parallel
+            from adalora_core.launcher import train_data_parallel
 
             result = train_data_parallel(
                 spec.devices,
@@ -176,8 +179,7 @@ class JobRunner:
                 task=spec.task,
                 train_rows=train_rows,
                 eval_rows=eval_rows,
-                adalora=spec.adalora,
-                training=spec.training,
+                plan=spec.plan,
                 output_dir=tmp / "adapter",
                 callbacks=callbacks,
                 checkpoint_dir=checkpoint_dir,
@@ -260,10 +262,6 @@ class JobRunner:
         return record
 
     def _publish(self, job: Job, spec: JobSpec, base_model: str, result: Any, tmp: Path) -> Outcome:
-        from adalora_core.formats.bundle import read_adapter, zip_bundle
-        from adalora_core.formats.lora import export_lora
-        from adalora_core.formats.merged import save_merged
-
         with self.sessions() as session:
             owned = load_owned_job(session, job.id, self.owner)
             if owned is None:
@@ -275,69 +273,41 @@ class JobRunner:
         if cancelled:  # asked after the trainer's last poll (final evaluation or save)
             return self._finish_cancelled()
 
-        adapter_id = new_id("ad")
-        bundle_dir = Path(result.adapter_dir)
-        weights = read_adapter(bundle_dir)
-        archives = {ArtifactFormat.PEFT: zip_bundle(bundle_dir, tmp / "peft.zip")}
-        lora_dir = export_lora(weights, tmp / "lora")
-        archives[ArtifactFormat.LORA] = zip_bundle(lora_dir, tmp / "lora.zip")
-        if spec.merged:
-            merged_dir = save_merged(base_model, weights, tmp / "merged", spec.task)
-            archives[ArtifactFormat.MERGED] = zip_bundle(merged_dir, tmp / "merged.zip")
-        formats: dict[str, dict[str, Any]] = {}
+        stored = store_artifacts(
+            self.store,
+            job.tenant_id,
+            Path(result.adapter_dir),
+            tmp,
+            merged_base=base_model if spec.merged else None,
+        )
         try:
-            for name, archive in archives.items():
-                key = adapter_key(job.tenant_id, adapter_id, name)
-                sha256, size = self.store.put_file(key, archive)
-                formats[name] = {"storage_key": key, "sha256": sha256, "size_bytes": size}
-            outcome = self._commit_adapter(job, spec, result, weights, adapter_id, formats)
+            outcome = self._commit_adapter(job, result, stored)
         except BaseException:
-            self._discard(formats)
+            discard_artifacts(self.store, stored.formats)
             raise
         if outcome.status != "succeeded":
-            self._discard(formats)
+            discard_artifacts(self.store, stored.formats)
         return outcome
 
-    def _commit_adapter(
-        self,
-        job: Job,
-        spec: JobSpec,
-        result: Any,
-        weights: Any,
-        adapter_id: str,
-        formats: dict[str, dict[str, Any]],
-    ) -> Outcome:
+    def _commit_adapter(self, job: Job, result: Any, stored: StoredArtifacts) -> Outcome:
         """The adapter row and the job's success, in one transaction, if we still hold it."""
-        meta = weights.meta
-        rank_info = {
-            "budget": dict(meta.budget),
-            "modules": [dict(m) for m in meta.modules],
-            "history": list(meta.history),
-        }
+        meta, adapter_id = stored.weights.meta, stored.adapter_id
         with self.sessions() as session:
             owned = load_owned_job(session, job.id, self.owner)
             if owned is None or owned.status != JobStatus.UPLOADING.value:
                 log.warning("job %s: lease lost while uploading; artifacts discarded", job.id)
                 return Outcome("lost")
-            create_adapter(
+            add_adapter_row(
                 session,
-                adapter_id=adapter_id,
+                stored,
                 tenant_id=owned.tenant_id,
+                base_model=owned.base_model,
                 job_id=owned.id,
                 name=owned.name,
-                base_model=owned.base_model,
-                task=spec.task.kind,
-                labels=list(meta.labels) if meta.labels else None,
-                init_r=meta.init_r,
-                target_r=meta.target_r,
-                total_rank=weights.total_rank,
-                trainable_params=meta.trainable_params,
-                formats=formats,
-                rank_info=rank_info,
-                metrics=dict(meta.metrics),
             )
             owned.adapter_id = adapter_id
-            owned.budget = {**(owned.budget or {}), **meta.budget, "current": weights.total_rank}
+            current = stored.weights.total_rank
+            owned.budget = {**(owned.budget or {}), **meta.budget, "current": current}
             owned.metrics = {**(owned.metrics or {}), **eval_metrics(meta.metrics)}
             owned.progress = {**(owned.progress or {}), "step": result.steps}
             transition(owned, JobStatus.SUCCEEDED, adapter_id=adapter_id)
@@ -376,14 +346,6 @@ class JobRunner:
             session.commit()
         self._drop_checkpoints()  # a failed job is not resumed
         return Outcome(status)
-
-    def _discard(self, formats: dict[str, dict[str, Any]]) -> None:
-        """Artifacts no adapter row will point at."""
-        for info in formats.values():
-            try:
-                self.store.delete(info["storage_key"])
-            except StoreError:
-                log.warning("could not delete orphaned artifact %s", info["storage_key"])
 
     def _drop_checkpoints(self) -> None:
         """A finished job never resumes, so its checkpoints only take space. The whole prefix

@@ -14,7 +14,8 @@ from transformers.pytorch_utils import Conv1D
 
 from adalora_core.atomic import atomic_directory
 from adalora_core.formats.bundle import AdapterWeights, BundleError, read_adapter
-from adalora_core.tasks import TaskSpec, load_model, load_tokenizer
+from adalora_core.hf_loading import load_model, load_tokenizer
+from adalora_core.tasks import TaskSpec
 
 
 def merge_into(model: torch.nn.Module, adapter: AdapterWeights) -> torch.nn.Module:

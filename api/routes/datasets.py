@@ -17,10 +17,11 @@ from starlette.types import Message
 
 from api.deps import PageCursor, PageLimit, SessionDep, SettingsDep, StoreDep, TrainCaller
 from api.errors import responses
-from api.idempotency import create_once, replay
+from api.idempotency import replay
 from api.rows import page_body, tenant_row
 from api.schemas import DatasetList, DatasetOut
 from application.errors import RequestError
+from application.idempotency import create_once
 from service import datasets as dataset_rows
 from service.datasets_io import (
     DatasetError,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
@@ -22,30 +21,25 @@ from api.deps import (
     TrainCaller,
 )
 from api.errors import responses
-from api.idempotency import create_once, replay
 from api.rows import page_body, tenant_row
 from api.schemas import (
     EventList,
     EventOut,
-    JobCreate,
     JobList,
     JobOut,
     ScheduleOut,
     SchedulePoint,
 )
 from api.sse import sse_response
-from api.submission import invalid, request_hash, resolve_hyperparameters
 from application.errors import RequestError
-from service import datasets as dataset_rows
+from application.job_request import JobCreate
+from application.jobs import enqueue_job
+from application.jobs import submit_job as submit
 from service import jobs as job_rows
-from service.queue import TaskProducer
 from service.tables import Job
-from service.vocabulary import EventKind, JobStatus
+from service.vocabulary import JobStatus
 
-log = logging.getLogger("adalora.api.jobs")
 router = APIRouter(tags=["jobs"])
-
-BODY = "request body"
 
 
 def job_out(job: Job) -> JobOut:
@@ -72,20 +66,6 @@ def job_out(job: Job) -> JobOut:
     )
 
 
-def _enqueue(producer: TaskProducer, job_id: str) -> None:
-    try:
-        producer.send_train_job(job_id)
-    except Exception:  # the job row stays queued; the reconciler re-sends it
-        log.warning("could not enqueue %s; the reconciler will retry", job_id, exc_info=True)
-
-
-def _load_dataset(session: Session, tenant_id: str, dataset_id: str, field: str):
-    dataset = dataset_rows.get_dataset(session, tenant_id, dataset_id, lock="share")
-    if dataset is None:
-        raise invalid(field, f"dataset {dataset_id!r} not found")
-    return dataset
-
-
 @router.post(
     "/jobs",
     status_code=202,
@@ -107,49 +87,17 @@ def submit_job(
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
     ] = None,
 ) -> JobOut:
-    digest = request_hash(body)
-    if idempotency_key is not None:
-        existing = job_rows.find_by_idempotency_key(session, caller.tenant_id, idempotency_key)
-        if existing is not None:
-            return job_out(replay(existing, digest, response, BODY))
-
-    train = _load_dataset(session, caller.tenant_id, body.dataset_id, "dataset_id")
-    validation = None
-    if body.validation_dataset_id is not None:
-        validation = _load_dataset(
-            session, caller.tenant_id, body.validation_dataset_id, "validation_dataset_id"
-        )
-    hyperparameters = resolve_hyperparameters(body, train, validation, settings)
-
-    def insert() -> Job:
-        job = job_rows.create_job(
-            session,
-            tenant_id=caller.tenant_id,
-            base_model=body.base_model,
-            task=body.task,
-            dataset_id=train.id,
-            validation_dataset_id=validation.id if validation is not None else None,
-            request=body.model_dump(mode="json"),
-            hyperparameters=hyperparameters,
-            request_hash=digest,
-            idempotency_key=idempotency_key,
-            name=body.name,
-            metadata=body.metadata,
-        )
-        for message in hyperparameters["warnings"]:
-            job_rows.add_event(session, job, EventKind.WARNING, {"message": message})
-        session.commit()
-        return job
-
-    def find() -> Job | None:
-        assert idempotency_key is not None
-        return job_rows.find_by_idempotency_key(session, caller.tenant_id, idempotency_key)
-
-    job, created = create_once(session, idempotency_key, insert, find)
-    if not created:
-        return job_out(replay(job, digest, response, BODY))
-    background.add_task(_enqueue, producer, job.id)
-    return job_out(job)
+    submitted = submit(
+        session,
+        settings,
+        caller.tenant_id,
+        body,
+        idempotency_key,
+        enqueue=lambda job_id: background.add_task(enqueue_job, producer, job_id),
+    )
+    if not submitted.created:
+        response.status_code = 200  # a replay of the job an identical request created
+    return job_out(submitted.job)
 
 
 @router.get("/jobs", response_model=JobList, responses=responses(401, 422))

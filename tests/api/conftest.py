@@ -40,33 +40,16 @@ def operator(sessions: sessionmaker[Session]) -> TenantKey:
 
 @pytest.fixture
 def store_bundle(sessions: sessionmaker[Session], store: Any, tmp_path: Any) -> Callable[..., str]:
-    """store_bundle(tenant, weights, base_model) stores a real PEFT zip of the adapter weights
-    and its row, as the worker does; returns the adapter id."""
-    from adalora_core.formats.bundle import write_bundle, zip_bundle
+    """store_bundle(tenant, weights, base_model) publishes the adapter weights as the worker
+    does (its artifacts in the store, then its row); returns the adapter id."""
+    from adalora_core.formats.bundle import write_bundle
+    from application.publishing import publish_adapter
 
     def store_one(tenant: TenantKey, weights: Any, base_model: str) -> str:
-        adapter_id = new_id("ad")
-        data = zip_bundle(write_bundle(weights, tmp_path / "bundles" / adapter_id))
-        key = adapter_key(tenant.id, adapter_id, "peft")
-        sha, size = store.put_stream(key, [data])
+        work = tmp_path / "bundles" / new_id("b")
+        bundle = write_bundle(weights, work / "bundle")
         with sessions() as session:
-            adapter_rows.create_adapter(
-                session,
-                adapter_id=adapter_id,
-                tenant_id=tenant.id,
-                job_id=None,
-                base_model=base_model,
-                task=weights.meta.task["kind"],
-                labels=weights.meta.labels,
-                init_r=weights.meta.init_r,
-                target_r=weights.meta.target_r,
-                total_rank=sum(m.rank for m in weights.modules.values()),
-                trainable_params=0,
-                formats={"peft": {"storage_key": key, "sha256": sha, "size_bytes": size}},
-                rank_info={},
-            )
-            session.commit()
-        return adapter_id
+            return publish_adapter(session, store, tenant.id, bundle, work, base_model=base_model)
 
     return store_one
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -170,6 +172,28 @@ def test_invalid_submissions_name_the_field(
     if fragment:
         assert fragment in error["message"]
     assert job_count(sessions) == 0
+
+
+def test_a_sequence_longer_than_the_base_takes_is_refused_at_submission(
+    client: TestClient,
+    tenant: TenantKey,
+    dataset: dict[str, Any],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+) -> None:
+    """The run is planned at submission against the base's config.json, so the job is a 422
+    now rather than a failed run later."""
+    base = Path(settings.base_models[TEST_BASE_MODEL])
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "config.json").write_text(json.dumps({"max_position_embeddings": 64}))
+    too_long = job_body(dataset["id"], training__max_length=65)
+    response = client.post("/jobs", json=too_long, headers=tenant.headers)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == "training.max_length" and "64 positions" in error["message"]
+    assert job_count(sessions) == 0
+    fits = job_body(dataset["id"], training__max_length=64)
+    assert client.post("/jobs", json=fits, headers=tenant.headers).status_code == 202
 
 
 @pytest.mark.parametrize(

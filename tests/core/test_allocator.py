@@ -175,10 +175,11 @@ def _train(model: AdaLoraModel, optimizer, batches, steps, zero_grad=None) -> No
 
 
 def _tiny_adalora(make_tiny_bert) -> tuple[AdaLoraModel, torch.optim.Optimizer]:
+    config = AdaLoraConfig(init_r=4, target_r=2, t_init=2, t_final=4, delta_t=2)
     model = inject_adalora(
         make_tiny_bert(),
-        AdaLoraConfig(init_r=4, target_r=2, t_init=2, t_final=4, delta_t=2),
-        total_steps=12,
+        config,
+        schedule=config.schedule(12),
         head_modules=["classifier"],
     ).train()
     optimizer = torch.optim.AdamW(model.adapter_parameters() + model.head_parameters(), lr=1e-2)

@@ -16,6 +16,7 @@ from tiny_trainer_model import StopAfter, save_tiny_bert, sentiment_rows
 from adalora_core.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from adalora_core.config import AdaLoraConfig
 from adalora_core.formats.bundle import read_adapter
+from adalora_core.run_plan import plan_run
 from adalora_core.tasks import TaskSpec
 from adalora_core.trainer import ProgressEvent, TrainCallbacks, TrainResult, train
 from adalora_core.training_config import TrainingConfig
@@ -45,13 +46,20 @@ def _training(checkpoint_every: int | None = None) -> TrainingConfig:
     )
 
 
-def _run(base: Path, out: Path, callbacks: TrainCallbacks | None = None, **kwargs) -> TrainResult:
+def _run(
+    base: Path,
+    out: Path,
+    callbacks: TrainCallbacks | None = None,
+    *,
+    training: TrainingConfig,
+    **kwargs,
+) -> TrainResult:
     return train(
         base_model=base,
         task=TASK,
         train_rows=TRAIN_ROWS,
         eval_rows=EVAL_ROWS,
-        adalora=ADALORA,
+        plan=plan_run(len(TRAIN_ROWS), training, ADALORA),
         output_dir=out,
         callbacks=callbacks,
         **kwargs,

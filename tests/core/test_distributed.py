@@ -10,7 +10,6 @@ shown to fail when ranks disagree.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,17 +19,11 @@ import torch.multiprocessing as mp
 from tiny_trainer_model import StopAfter, save_tiny_bert, sentiment_rows
 
 from adalora_core.config import AdaLoraConfig
-from adalora_core.distributed import (
-    Replica,
-    ReplicaMismatch,
-    ReplicaSync,
-    assert_same_allocation,
-    check_devices,
-    shard,
-    train_data_parallel,
-)
+from adalora_core.distributed import Replica, ReplicaMismatch, ReplicaSync, shard
 from adalora_core.errors import ConfigError
 from adalora_core.formats.bundle import read_adapter
+from adalora_core.launcher import assert_same_allocation, check_devices, train_data_parallel
+from adalora_core.run_plan import plan_run
 from adalora_core.tasks import TaskSpec
 from adalora_core.trainer import TrainResult, train
 from adalora_core.training_config import TrainingConfig
@@ -53,7 +46,8 @@ def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 TRAINING = TrainingConfig(
     epochs=None, max_steps=21, batch_size=8, grad_accum=2, learning_rate=1e-2, seed=3
 )
-CHECKPOINTING = replace(TRAINING, checkpoint_every=4)
+PLAN = plan_run(len(ROWS), TRAINING, ADALORA)
+CHECKPOINTING = PLAN.with_training(checkpoint_every=4)
 
 
 def _kwargs(base: Path, out: Path, **extra) -> dict:
@@ -62,7 +56,6 @@ def _kwargs(base: Path, out: Path, **extra) -> dict:
         "task": TASK,
         "train_rows": ROWS,
         "eval_rows": EVAL_ROWS,
-        "adalora": ADALORA,
         "output_dir": out,
         "device": "cpu",
         **extra,
@@ -86,13 +79,13 @@ def _max_difference(a: Path, b: Path) -> float:
 @pytest.fixture(scope="module")
 def two_process_run(base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     out = tmp_path_factory.mktemp("ddp") / "adapter"
-    return train_data_parallel(2, training=TRAINING, **_kwargs(base_dir, out))
+    return train_data_parallel(2, plan=PLAN, **_kwargs(base_dir, out))
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(
     base_dir: Path, tmp_path: Path, two_process_run: TrainResult
 ) -> None:
-    single = train(training=TRAINING, **_kwargs(base_dir, tmp_path / "single"))
+    single = train(plan=PLAN, **_kwargs(base_dir, tmp_path / "single"))
     assert two_process_run.steps == single.steps == 21
     assert not two_process_run.cancelled
     # Every masking step: the same budget and the same ranks per module.
@@ -111,7 +104,7 @@ def test_cancel_on_rank_0_stops_every_rank_and_the_resume_ends_as_uninterrupted(
     checkpoints = tmp_path / "checkpoints"
     stopped = train_data_parallel(
         2,
-        training=CHECKPOINTING,
+        plan=CHECKPOINTING,
         callbacks=StopAfter(9),
         checkpoint_dir=checkpoints,
         **_kwargs(base_dir, tmp_path / "stopped"),
@@ -122,7 +115,7 @@ def test_cancel_on_rank_0_stops_every_rank_and_the_resume_ends_as_uninterrupted(
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000004", "step-00000008"]
     resumed = train_data_parallel(
         2,
-        training=CHECKPOINTING,
+        plan=CHECKPOINTING,
         checkpoint_dir=checkpoints,
         **_kwargs(base_dir, tmp_path / "resumed"),
     )

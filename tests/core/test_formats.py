@@ -26,7 +26,8 @@ from adalora_core.formats.bundle import (
 from adalora_core.formats.lora import export_lora
 from adalora_core.formats.merged import save_merged
 from adalora_core.formats.peft import apply_adapter, import_peft_adapter, save_adapter
-from adalora_core.tasks import TaskSpec, head_modules, load_model, load_tokenizer
+from adalora_core.hf_loading import head_modules, load_model, load_tokenizer
+from adalora_core.tasks import TaskSpec
 
 SEQ_TASK = TaskSpec("classification", "text", label_column="label", labels=("neg", "pos"))
 LM_TASK = TaskSpec("causal-lm", "text")
@@ -50,7 +51,9 @@ def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _trained_like(base: Path, task: TaskSpec, prune: dict[str, int]) -> AdaLoraModel:
     """An AdaLoraModel with random nonzero triplets and head, pruned as `prune` says."""
     model = load_model(base, task, load_tokenizer(base))
-    adapted = inject_adalora(model, CONFIG, total_steps=10, head_modules=head_modules(task, model))
+    adapted = inject_adalora(
+        model, CONFIG, schedule=CONFIG.schedule(10), head_modules=head_modules(task, model)
+    )
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for param in adapted.adapter_parameters() + adapted.head_parameters():

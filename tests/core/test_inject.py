@@ -146,19 +146,19 @@ def test_injected_model_is_unchanged_at_step_zero(family: str) -> None:
     if family == "bart":  # BART's classification head needs one EOS per row
         ids[:, -1] = model.config.eos_token_id
     before = model(**inputs).logits
-    wrapped = inject_adalora(
-        model, AdaLoraConfig(init_r=4, target_r=2), total_steps=20, head_modules=heads
-    )
+    config = AdaLoraConfig(init_r=4, target_r=2)
+    wrapped = inject_adalora(model, config, schedule=config.schedule(20), head_modules=heads)
     # Not bitwise: MKL may pick alignment-dependent kernels for the (unchanged) attention math.
     torch.testing.assert_close(wrapped(**inputs).logits, before, rtol=1e-6, atol=1e-5)
     assert all(isinstance(layer, SVDLinear) for layer in wrapped.adapted.values())
 
 
 def test_only_adapters_and_head_train(make_tiny_bert) -> None:
+    config = AdaLoraConfig(init_r=4, target_r=2)
     model = inject_adalora(
         make_tiny_bert(),
-        AdaLoraConfig(init_r=4, target_r=2),
-        total_steps=20,
+        config,
+        schedule=config.schedule(20),
         head_modules=["classifier"],
     )
     trainable = {name for name, p in model.base_model.named_parameters() if p.requires_grad}

@@ -134,10 +134,11 @@ def test_eval_mode_and_zero_dropout_do_not_drop() -> None:
 
 
 def test_model_forward_shares_one_draw_per_input_and_clears_it(make_tiny_bert, batch) -> None:
+    config = AdaLoraConfig(init_r=4, target_r=2, lora_dropout=0.3)
     model = inject_adalora(
         make_tiny_bert(),
-        AdaLoraConfig(init_r=4, target_r=2, lora_dropout=0.3),
-        total_steps=10,
+        config,
+        schedule=config.schedule(10),
         head_modules=["classifier"],
     ).train()
     cache = model._dropout_cache

@@ -59,10 +59,11 @@ def runs(request: pytest.FixtureRequest, make_tiny_bert) -> dict[str, list]:
 def _run_both(variant: str, base) -> dict[str, list]:
     ours_base, peft_base = copy.deepcopy(base), copy.deepcopy(base)
 
+    config = AdaLoraConfig(**HYPER, lora_dropout=0.0, target_modules=TARGETS)
     ours = inject_adalora(
         ours_base,
-        AdaLoraConfig(**HYPER, lora_dropout=0.0, target_modules=TARGETS),
-        total_steps=TOTAL_STEPS,
+        config,
+        schedule=config.schedule(TOTAL_STEPS),
         head_modules=["classifier"],
     )
     peft_config = PeftAdaLoraConfig(

@@ -18,6 +18,7 @@ from adalora_core.config import AdaLoraConfig
 from adalora_core.errors import ConfigError
 from adalora_core.layers import SVDLinear
 from adalora_core.precision import MixedPrecision, native_bf16, training_precision
+from adalora_core.run_plan import plan_run
 from adalora_core.tasks import TaskSpec
 from adalora_core.trainer import train
 from adalora_core.training_config import TrainingConfig
@@ -78,14 +79,18 @@ def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train(base: Path, out: Path, precision: str, **kwargs):
+    rows = sentiment_rows(48, seed=1)
     return train(
         base_model=base,
         task=TASK,
-        train_rows=sentiment_rows(48, seed=1),
+        train_rows=rows,
         eval_rows=sentiment_rows(16, seed=2),
-        adalora=AdaLoraConfig(init_r=4, target_r=2, lora_alpha=8.0, t_init=2, t_final=4),
-        training=TrainingConfig(
-            epochs=3, batch_size=8, learning_rate=1e-2, checkpoint_every=6, max_grad_norm=1.0
+        plan=plan_run(
+            len(rows),
+            TrainingConfig(
+                epochs=3, batch_size=8, learning_rate=1e-2, checkpoint_every=6, max_grad_norm=1.0
+            ),
+            AdaLoraConfig(init_r=4, target_r=2, lora_alpha=8.0, t_init=2, t_final=4),
         ),
         output_dir=out,
         device="cpu",

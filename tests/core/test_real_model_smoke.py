@@ -12,7 +12,9 @@ from adalora_core.config import AdaLoraConfig
 from adalora_core.formats.bundle import read_adapter, zip_bundle
 from adalora_core.formats.merged import save_merged
 from adalora_core.formats.peft import apply_adapter
-from adalora_core.tasks import TaskSpec, load_model, load_tokenizer
+from adalora_core.hf_loading import load_model, load_tokenizer
+from adalora_core.run_plan import plan_run
+from adalora_core.tasks import TaskSpec
 from adalora_core.trainer import train
 from adalora_core.training_config import TrainingConfig
 
@@ -67,9 +69,12 @@ def test_minilm_train_save_reload(tmp_path: Path) -> None:
         task=TASK,
         train_rows=ROWS,
         eval_rows=ROWS[::4],
-        adalora=AdaLoraConfig(init_r=4, target_r=2, lora_alpha=16.0),
-        training=TrainingConfig(
-            epochs=None, max_steps=6, batch_size=8, learning_rate=1e-2, max_length=32
+        plan=plan_run(
+            len(ROWS),
+            TrainingConfig(
+                epochs=None, max_steps=6, batch_size=8, learning_rate=1e-2, max_length=32
+            ),
+            AdaLoraConfig(init_r=4, target_r=2, lora_alpha=16.0),
         ),
         output_dir=tmp_path / "adapter",
     )

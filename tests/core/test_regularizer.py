@@ -49,10 +49,11 @@ def test_orthonormal_factors_cost_nothing() -> None:
 
 
 def test_gradient_reaches_p_and_q_through_a_custom_loss(make_tiny_bert, batch) -> None:
+    config = AdaLoraConfig(init_r=4, target_r=2, orth_reg_weight=0.3)
     model = inject_adalora(
         make_tiny_bert(),
-        AdaLoraConfig(init_r=4, target_r=2, orth_reg_weight=0.3),
-        total_steps=10,
+        config,
+        schedule=config.schedule(10),
         head_modules=["classifier"],
     )
     logits = model(input_ids=batch["input_ids"]).logits
@@ -76,9 +77,8 @@ def test_gradient_reaches_p_and_q_through_a_custom_loss(make_tiny_bert, batch) -
 
 
 def test_zero_weight_gives_a_zero_loss(make_tiny_bert) -> None:
-    model = inject_adalora(
-        make_tiny_bert(), AdaLoraConfig(init_r=4, target_r=2, orth_reg_weight=0.0), total_steps=10
-    )
+    config = AdaLoraConfig(init_r=4, target_r=2, orth_reg_weight=0.0)
+    model = inject_adalora(make_tiny_bert(), config, schedule=config.schedule(10))
     assert model.regularization_loss().item() == 0.0
 
 

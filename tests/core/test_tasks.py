@@ -11,20 +11,14 @@ import torch
 from tiny_trainer_model import save_tiny_bert, save_tiny_gpt2, save_tiny_t5, sentiment_rows
 
 from adalora_core.config import AdaLoraConfig
+from adalora_core.encoding import IGNORE_INDEX, encode_rows, make_collator
 from adalora_core.errors import ConfigError
 from adalora_core.formats.bundle import read_adapter
-from adalora_core.tasks import (
-    IGNORE_INDEX,
-    EvalAccumulator,
-    TaskSpec,
-    encode_rows,
-    head_modules,
-    label_index,
-    load_model,
-    load_tokenizer,
-    make_collator,
-)
+from adalora_core.hf_loading import head_modules, load_model, load_tokenizer
+from adalora_core.run_plan import plan_run
+from adalora_core.tasks import TaskSpec, label_index
 from adalora_core.trainer import train
+from adalora_core.training.evaluation import EvalAccumulator
 from adalora_core.training_config import TrainingConfig
 
 CLS = TaskSpec("classification", "a", text_pair_column="b", label_column="y", labels=("x", "z"))
@@ -135,8 +129,11 @@ def _run(base: Path, task: TaskSpec, rows: list[dict], out: Path, **adalora: obj
         task=task,
         train_rows=rows,
         eval_rows=rows[:8],
-        adalora=AdaLoraConfig(init_r=3, target_r=2, lora_alpha=6.0, **adalora),
-        training=TrainingConfig(epochs=None, max_steps=4, batch_size=8, max_length=16),
+        plan=plan_run(
+            len(rows),
+            TrainingConfig(epochs=None, max_steps=4, batch_size=8, max_length=16),
+            AdaLoraConfig(init_r=3, target_r=2, lora_alpha=6.0, **adalora),
+        ),
         output_dir=out,
     )
 

@@ -10,16 +10,13 @@ from tiny_trainer_model import save_tiny_bert, sentiment_rows
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from adalora_core.config import AdaLoraConfig
+from adalora_core.context_limit import context_limit
 from adalora_core.errors import ConfigError
 from adalora_core.formats.bundle import read_adapter
+from adalora_core.run_plan import plan_run
 from adalora_core.tasks import TaskSpec
-from adalora_core.trainer import (
-    ProgressEvent,
-    TrainCallbacks,
-    build_scheduler,
-    resolve_device,
-    train,
-)
+from adalora_core.trainer import ProgressEvent, TrainCallbacks, resolve_device, train
+from adalora_core.training.optimizer import build_scheduler
 from adalora_core.training_config import TrainingConfig
 
 TASK = TaskSpec("classification", "text", label_column="label", labels=("negative", "positive"))
@@ -57,12 +54,26 @@ class Recorder(TrainCallbacks):
         return self.stop_after is not None and len(self.events) >= self.stop_after
 
 
-def _train(base: Path, out: Path, training: TrainingConfig, **kwargs):
-    kwargs.setdefault("adalora", ADALORA)
+def _train(
+    base: Path,
+    out: Path,
+    training: TrainingConfig,
+    *,
+    adalora: AdaLoraConfig = ADALORA,
+    method: str = "adalora",
+    lora_r: int | None = None,
+    **kwargs,
+):
     kwargs.setdefault("eval_rows", EVAL_ROWS)
-    return train(
-        base_model=base, task=TASK, train_rows=ROWS, training=training, output_dir=out, **kwargs
+    plan = plan_run(
+        len(ROWS),
+        training,
+        adalora,
+        method=method,
+        lora_r=lora_r,
+        max_positions=context_limit(base),
     )
+    return train(base_model=base, task=TASK, train_rows=ROWS, plan=plan, output_dir=out, **kwargs)
 
 
 def test_full_run_reports_progress_evals_and_writes_the_bundle(
@@ -212,18 +223,27 @@ def test_bad_rows_and_settings_name_the_field(base_dir: Path, tmp_path: Path) ->
             task=TASK,
             train_rows=rows,
             eval_rows=None,
-            adalora=ADALORA,
-            training=TrainingConfig(epochs=1),
+            plan=plan_run(len(rows), TrainingConfig(epochs=1), ADALORA),
             output_dir=tmp_path / "a",
         )
     assert info.value.field == "train_rows[3].label"
+    with pytest.raises(ConfigError) as info:  # rows the run was not planned for
+        train(
+            base_model=base_dir,
+            task=TASK,
+            train_rows=ROWS[:40],
+            eval_rows=None,
+            plan=plan_run(len(ROWS), TrainingConfig(epochs=1), ADALORA),
+            output_dir=tmp_path / "a",
+        )
+    assert info.value.field == "train_rows" and "planned for 48" in str(info.value)
     with pytest.raises(ConfigError) as info:
         _train(base_dir, tmp_path / "b", TrainingConfig(epochs=1), method="dora")
     assert info.value.field == "method"
     with pytest.raises(ConfigError) as info:
         _train(base_dir, tmp_path / "c", TrainingConfig(learning_rate=0))
     assert info.value.field == "training.learning_rate"
-    with pytest.raises(ConfigError) as info:  # the tiny BERT has 128 positions
+    with pytest.raises(ConfigError) as info:  # the tiny BERT's config.json has 128 positions
         _train(base_dir, tmp_path / "d", TrainingConfig(max_length=129))
     assert info.value.field == "training.max_length"
 

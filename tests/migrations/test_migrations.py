@@ -81,3 +81,57 @@ def test_alembic_command_line_uses_x_url(tmp_path: Path) -> None:
 @pytest.mark.parametrize("db_backend", ["sqlite", "postgres"])
 def test_fixture_databases_are_migrated(db_url: str) -> None:
     assert _tables(db_url) == TABLES
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "postgres"])
+def test_jobs_stored_without_a_checkpoint_interval_get_the_one_the_worker_chose(
+    make_pg_database: Callable[[], str], tmp_path: Path, db_backend: str
+) -> None:
+    """0005: the interval the worker used to choose at run time is filled into old jobs."""
+    from alembic import command
+    from sqlalchemy.orm import Session
+
+    from service.db import alembic_config
+    from service.jobs import create_job
+    from service.tables import Job
+    from service.tenants import create_tenant
+
+    url = make_pg_database() if db_backend == "postgres" else f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0004_dataset_header")
+    stored = {
+        "unset": {"total_steps": 60, "training": {"max_steps": 60, "checkpoint_every": None}},
+        "absent": {"total_steps": 25, "training": {"max_steps": 25}, "chosen_by_service": []},
+        "given": {"total_steps": 60, "training": {"max_steps": 60, "checkpoint_every": 7}},
+        "one_update": {"total_steps": 1, "training": {"max_steps": 1, "checkpoint_every": None}},
+        "no_training": {"total_steps": 30},
+    }
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session:
+            tenant = create_tenant(session, "old")
+            ids = {
+                name: create_job(
+                    session,
+                    tenant_id=tenant.id,
+                    base_model="tiny",
+                    task="classification",
+                    dataset_id=None,  # type: ignore[arg-type]
+                    validation_dataset_id=None,
+                    request={},
+                    hyperparameters=hyper,
+                    request_hash=name,
+                ).id
+                for name, hyper in stored.items()
+            }
+            session.commit()
+        upgrade_to_head(url)
+        with Session(engine) as session:
+            found = {name: session.get(Job, job_id).hyperparameters for name, job_id in ids.items()}
+    finally:
+        engine.dispose()
+    assert found["unset"]["training"]["checkpoint_every"] == 6
+    assert found["absent"]["training"] == {"max_steps": 25, "checkpoint_every": 3}
+    assert found["absent"]["chosen_by_service"] == ["training.checkpoint_every"]
+    assert found["given"] == stored["given"]
+    assert found["one_update"] == stored["one_update"]  # a run of one update never checkpointed
+    assert found["no_training"] == stored["no_training"]

@@ -104,6 +104,7 @@ def test_adalora_trains_on_every_llama_projection_of_smollm2_and_the_adapter_gen
 
     from adalora_core.config import AdaLoraConfig
     from adalora_core.formats.bundle import zip_bundle
+    from adalora_core.run_plan import plan_run
     from adalora_core.serving.engine import EngineSettings, InferenceEngine
     from adalora_core.serving.generation import GenerationParams
     from adalora_core.serving.sources import AdapterBlob, AdapterRef
@@ -118,10 +119,13 @@ def test_adalora_trains_on_every_llama_projection_of_smollm2_and_the_adapter_gen
         task=TaskSpec("causal-lm", "text"),
         train_rows=rows,
         eval_rows=rows[:2],
-        adalora=AdaLoraConfig(init_r=2, target_r=1, t_init=1, t_final=1, delta_t=1),
-        # A large step, so three updates leave an adapter that visibly changes the logits.
-        training=TrainingConfig(
-            epochs=None, max_steps=3, batch_size=4, max_length=24, learning_rate=5e-2
+        plan=plan_run(
+            len(rows),
+            # A large step, so three updates leave an adapter that visibly changes the logits.
+            TrainingConfig(
+                epochs=None, max_steps=3, batch_size=4, max_length=24, learning_rate=5e-2
+            ),
+            AdaLoraConfig(init_r=2, target_r=1, t_init=1, t_final=1, delta_t=1),
         ),
         output_dir=tmp_path / "adapter",
         device="cpu",
@@ -200,7 +204,8 @@ def test_a_chat_row_is_learned_on_the_assistant_turns_only(smollm2_dir: Path) ->
     assistant answers (each with the end-of-turn marker), nothing of the system or user."""
     from transformers import AutoTokenizer
 
-    from adalora_core.tasks import IGNORE_INDEX, TaskSpec, encode_rows
+    from adalora_core.encoding import IGNORE_INDEX, encode_rows
+    from adalora_core.tasks import TaskSpec
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     chat = [
@@ -228,8 +233,9 @@ def test_a_row_cut_before_its_answer_is_named_not_trained_on(smollm2_dir: Path) 
     """All its labels would be ignored; a batch of such rows gives a NaN loss."""
     from transformers import AutoTokenizer
 
+    from adalora_core.encoding import encode_rows
     from adalora_core.errors import ConfigError
-    from adalora_core.tasks import TaskSpec, encode_rows
+    from adalora_core.tasks import TaskSpec
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     long_question = [

@@ -12,6 +12,7 @@ from transformers import AutoModelForSequenceClassification
 from adalora_core.config import AdaLoraConfig
 from adalora_core.formats.bundle import read_adapter, zip_bundle
 from adalora_core.formats.merged import save_merged
+from adalora_core.run_plan import plan_run
 from adalora_core.serving.engine import InferenceEngine
 from adalora_core.serving.sources import AdapterBlob
 from adalora_core.tasks import TaskSpec
@@ -37,9 +38,12 @@ def test_engine_matches_merged_export_of_a_trained_adapter(tmp_path: Path) -> No
         task=task,
         train_rows=rows,
         eval_rows=None,
-        adalora=AdaLoraConfig(init_r=4, target_r=2, t_init=2, t_final=2, delta_t=1),
-        training=TrainingConfig(
-            epochs=None, max_steps=8, batch_size=8, learning_rate=5e-3, max_length=32
+        plan=plan_run(
+            len(rows),
+            TrainingConfig(
+                epochs=None, max_steps=8, batch_size=8, learning_rate=5e-3, max_length=32
+            ),
+            AdaLoraConfig(init_r=4, target_r=2, t_init=2, t_final=2, delta_t=1),
         ),
         output_dir=tmp_path / "out",
         device="cpu",

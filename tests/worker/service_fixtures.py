@@ -9,8 +9,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.schemas import JobCreate
-from api.submission import resolve_hyperparameters
+from application.job_request import JobCreate
+from application.submission import resolve_hyperparameters
 from service.datasets import create_dataset
 from service.datasets_io import scan
 from service.ids import new_id

@@ -7,7 +7,9 @@ import threading
 import time
 import zipfile
 from datetime import timedelta
+from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from adalora_core.formats.bundle import read_adapter
@@ -226,7 +228,7 @@ def test_a_failed_publish_leaves_no_orphaned_artifacts(
     def broken_insert(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr("worker.runner.create_adapter", broken_insert)
+    monkeypatch.setattr("service.adapters.create_adapter", broken_insert)
     job_id = world.submit(max_steps=6)
     assert run_job(job_id, settings, sessions, store).status == "failed"
     job = world.job(job_id)
@@ -239,13 +241,30 @@ def test_a_failed_publish_leaves_no_orphaned_artifacts(
     assert not adapters_dir.exists() or not any(p.is_file() for p in adapters_dir.rglob("*"))
 
 
-def test_jobs_checkpoint_about_ten_times_unless_they_choose(world) -> None:
-    from worker.job_spec import job_spec
+def test_jobs_checkpoint_about_ten_times_unless_they_choose(world, tiny_model: Path) -> None:
+    """Chosen at submission and stored with the job; the worker's plan only reads it."""
+    from worker.job_spec import job_plan
 
-    unchosen = job_spec(world.job(world.submit(max_steps=40)))
-    assert unchosen.training.checkpoint_every == 4
-    chosen = job_spec(world.job(world.submit(max_steps=40, checkpoint_every=7)))
-    assert chosen.training.checkpoint_every == 7
+    unchosen = world.job(world.submit(max_steps=40))
+    assert unchosen.hyperparameters["training"]["checkpoint_every"] == 4
+    assert "training.checkpoint_every" in unchosen.hyperparameters["chosen_by_service"]
+    assert job_plan(unchosen, str(tiny_model)).checkpoint_every == 4
+    chosen = world.job(world.submit(max_steps=40, checkpoint_every=7))
+    assert job_plan(chosen, str(tiny_model)).checkpoint_every == 7
+
+
+def test_a_job_the_worker_would_plan_differently_fails_instead_of_training(
+    world, tiny_model: Path
+) -> None:
+    """The worker derives nothing new: a stored run length its own plan disagrees with (code
+    that changed between submission and run) is an error, not a silently different run."""
+    from worker.job_spec import job_plan
+
+    job = world.job(world.submit(max_steps=40))
+    assert job_plan(job, str(tiny_model)).total_steps == 40
+    job.hyperparameters = {**job.hyperparameters, "total_steps": 41}
+    with pytest.raises(ValueError, match="was planned as"):
+        job_plan(job, str(tiny_model))
 
 
 def test_a_cancel_during_the_final_evaluation_or_save_ends_cancelled(

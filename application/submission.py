@@ -3,17 +3,16 @@ hyper-parameters (total_steps, the budget schedule, label names). Torch-free."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from adalora_core import recipe
+from adalora_core.context_limit import context_limit
 from adalora_core.tasks import CAUSAL_LM
-from api.schemas import JobCreate, ResourcesParams
 from application.errors import RequestError
+from application.job_request import JobCreate, ResourcesParams
 from service.datasets_io import CHAT_TYPE, MESSAGES_COLUMN
 from service.settings import Settings
 from service.tables import Dataset
@@ -29,12 +28,13 @@ def _check_limits(
     body: JobCreate, resolved: recipe.Resolved, train: Dataset, settings: Settings
 ) -> None:
     """The resources a job asks for, against the operator's limits."""
-    run_length = "training.epochs" if resolved.training.epochs is not None else "training.max_steps"
+    plan = resolved.plan
+    run_length = "training.epochs" if plan.training.epochs is not None else "training.max_steps"
     limits = (
-        ("adalora.init_r", resolved.adalora.init_r, settings.job_max_rank),
-        ("training.batch_size", resolved.training.batch_size, settings.job_max_batch_size),
-        ("training.max_length", resolved.training.max_length, settings.job_max_length),
-        (run_length, resolved.total_steps, settings.job_max_updates),
+        ("adalora.init_r", plan.adalora.init_r, settings.job_max_rank),
+        ("training.batch_size", plan.training.batch_size, settings.job_max_batch_size),
+        ("training.max_length", plan.training.max_length, settings.job_max_length),
+        (run_length, plan.total_steps, settings.job_max_updates),
         ("dataset_id", train.num_rows, settings.job_max_train_rows),
         ("resources.devices", body.resources.devices, settings.job_max_devices),
     )
@@ -193,18 +193,6 @@ def resolve_labels(
     return None
 
 
-@functools.lru_cache(maxsize=64)
-def _max_positions(model_path: str) -> int | None:
-    """The base model's position limit from its config.json (torch-free; read once per
-    registered model, not on every submission); None if unknown."""
-    try:
-        config = json.loads((Path(model_path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    value = config.get("max_position_embeddings") or config.get("n_positions")
-    return value if isinstance(value, int) and value > 0 else None
-
-
 def resolve_hyperparameters(
     body: JobCreate, train: Dataset, validation: Dataset | None, settings: Settings
 ) -> dict[str, Any]:
@@ -222,20 +210,21 @@ def resolve_hyperparameters(
         num_rows=train.num_rows,
         task_kind=body.task,
         paired="text_pair" in roles,
-        max_positions=_max_positions(settings.base_models[body.base_model]),
+        max_positions=context_limit(settings.base_models[body.base_model]),
     )
     resolved = recipe.resolve(
         profile,
         body.training.model_dump(exclude_none=True),
         body.adalora.model_dump(exclude_none=True),
     )
-    assert resolved.schedule is not None  # the service trains AdaLoRA
+    plan = resolved.plan
+    assert plan.schedule is not None  # the service trains AdaLoRA
     _check_limits(body, resolved, train, settings)
     return {
-        "adalora": resolved.adalora.to_dict(),
-        "training": asdict(resolved.training),
-        "total_steps": resolved.total_steps,
-        "schedule": resolved.schedule.to_dict(),
+        "adalora": plan.adalora.to_dict(),
+        "training": asdict(plan.training),
+        "total_steps": plan.total_steps,
+        "schedule": plan.schedule.to_dict(),
         "chosen_by_service": list(resolved.chosen),
         "warnings": list(resolved.warnings),
         "labels": labels,

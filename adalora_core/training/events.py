@@ -1,0 +1,44 @@
+"""What a caller of the trainer hears about a run, and how it stops one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    step: int
+    total_steps: int
+    epoch: float
+    # The update's mean loss, left where it was computed (a 0-d tensor on the training device):
+    # reading ``loss`` is the host sync, so it happens only for callers that look.
+    loss_value: torch.Tensor | float
+    budget: int | None
+    learning_rate: float
+    # The budget's start and end (triplets), so a watcher can draw the schedule it follows.
+    initial_budget: int | None = None
+    target_budget: int | None = None
+
+    @property
+    def loss(self) -> float:
+        return float(self.loss_value)
+
+
+class TrainCallbacks:
+    """Hooks the caller overrides; every default does nothing."""
+
+    def on_progress(self, event: ProgressEvent) -> None:
+        """After every optimizer update."""
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        """After each evaluation on the validation rows."""
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        """After a checkpoint directory is complete."""
+
+    def should_stop(self) -> bool:
+        """Polled before every micro-batch; True cancels the run without writing an adapter."""
+        return False

@@ -1,0 +1,88 @@
+"""The body of a job submission: what a job asks for. Every training or AdaLoRA field left out
+is chosen by the service (``adalora_core.recipe``) and the job's stored ``hyperparameters``
+show the values that ran."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from application.request_fields import Name, Strict, Text
+from service.vocabulary import OutputMode
+
+TaskName = Literal["classification", "regression", "causal-lm", "seq2seq"]
+
+
+class Columns(Strict):
+    text: Name
+    text_pair: Name | None = None
+    label: Name | None = None
+    target: Name | None = None
+
+
+class AdaLoraParams(Strict):
+    """Every field left out is chosen by the service (``adalora_core.recipe``); the job's
+    ``hyperparameters`` show the values that ran."""
+
+    init_r: int | None = None
+    target_r: int | None = None
+    t_init: int | None = None
+    t_final: int | None = None
+    delta_t: int | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    orth_reg_weight: float | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float | None = None
+    target_modules: list[Text] | Text | None = None
+    pq_init: Literal["normal", "orthonormal"] | None = Field(
+        None, description="How P and Q start: the paper's N(0, 0.02), or orthonormal."
+    )
+
+
+class TrainingParams(Strict):
+    """Every field left out is chosen by the service from the data set's size and the task."""
+
+    epochs: float | None = Field(None, description="Passes over the data.")
+    max_steps: int | None = Field(None, description="Optimizer updates, instead of epochs.")
+    batch_size: int | None = None
+    grad_accum: int | None = None
+    learning_rate: float | None = None
+    warmup_ratio: float | None = None
+    weight_decay: float | None = None
+    max_grad_norm: float | None = Field(None, description="Gradient clipping; 0 turns it off.")
+    max_length: int | None = None
+    group_by_length: bool | None = Field(
+        None, description="Batch rows of similar length together: less padding, faster."
+    )
+    seed: int | None = None
+    eval_every: int | None = None
+    checkpoint_every: int | None = None
+
+
+class ResourcesParams(Strict):
+    devices: int = Field(
+        1,
+        ge=1,
+        description="Processes the job trains on: one GPU each on a GPU worker "
+        "(torch.distributed data parallel), CPU processes otherwise.",
+    )
+
+
+class JobCreate(Strict):
+    base_model: Name
+    task: TaskName
+    dataset_id: Name
+    validation_dataset_id: Name | None = None
+    columns: Columns | None = Field(
+        None,
+        description="Which columns hold what. A causal-lm job may leave it out when its data "
+        "set is a chat ('messages') or has 'prompt' and 'completion' columns.",
+    )
+    adalora: AdaLoraParams = Field(default_factory=AdaLoraParams)
+    training: TrainingParams = Field(default_factory=TrainingParams)
+    resources: ResourcesParams = Field(default_factory=ResourcesParams)
+    output: OutputMode = OutputMode.UNMERGED
+    name: Name | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
