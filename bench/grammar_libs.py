@@ -22,7 +22,8 @@ Every library is configured alike: compact JSON (no free whitespace, "," and ":"
   row's allowed-token bitmask (``fill``), our ``mask_bias`` sets the forbidden logits of a
   vocabulary-sized row to -inf (``apply``, the same code for every library), the document's
   token must be allowed, and the library advances (``accept``); then end-of-sequence must be
-  allowed and the matcher must report a complete document. Per row-token microseconds, and per decode step of S rows milliseconds;
+  allowed and the matcher must report a complete document. Per row-token microseconds, and
+  milliseconds per decode step of S rows;
 - ``random_*``: S rows of greedy picks from random logits under the mask (a fixed seed per
   round, so every library sees the same logits) until end-of-sequence or 400 tokens; each
   document is parsed and validated against the schema with ``jsonschema``;
