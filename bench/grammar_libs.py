@@ -31,7 +31,12 @@ Every library is configured alike: compact JSON (no free whitespace, "," and ":"
   arbitrary objects nested two deep driven as above; ``deep_object`` whether a valid object
   nested six deep is accepted, ``rejects_array`` whether ``[`` is forbidden as the first token;
 - ``rejects_invalid``: whether a document breaking the schema (an enum value it lacks) is stopped
-  by the mask before it completes.
+  by the mask before it completes; ``rejects_control`` the same for a raw control character in a
+  string (not JSON);
+- ``plain_fill_us``: the library's ``fill`` for the same documents under the schema less its
+  ``maxLength``, ``minimum`` and ``maximum``;
+- ``apply``: our ``mask_bias`` (a byte-wise table lookup, then an add) against unpacking the bits
+  with shifts and a masked fill, on the first library's real bitmasks of round 1.
 The last line is one JSON object.
 """
 
@@ -104,6 +109,17 @@ def smollm2_tokenizer(home: Path) -> Any:
     from bench.decode import smollm2_dir
 
     return AutoTokenizer.from_pretrained(smollm2_dir(home))
+
+
+def without_bounds(schema: Any) -> Any:
+    """The schema less its string lengths and number bounds (what costs some libraries most)."""
+    if isinstance(schema, dict):
+        return {
+            k: without_bounds(v)
+            for k, v in schema.items()
+            if k not in ("maxLength", "minimum", "maximum")
+        }
+    return schema
 
 
 def compact(doc: Any) -> str:
@@ -281,6 +297,7 @@ class Rows:
 
     def __init__(self, lib: Library, compiled: Any, streams: int, vocab: int) -> None:
         self.lib = lib
+        self.seen: list[torch.Tensor] = []  # every bitmask filled, for compare_apply
         self.matchers = [lib.start(compiled) for _ in range(streams)]
         self.words = torch.zeros(streams, (vocab + 31) // 32, dtype=torch.int32)
         self.vocab = vocab
@@ -293,6 +310,7 @@ class Rows:
         logits.add_(mask_bias(self.words[i], self.vocab, logits))
         self.fill_s += middle - start
         self.apply_s += time.perf_counter() - middle
+        self.seen.append(self.words[i].clone())
 
     def accept(self, i: int, token: int) -> bool:
         start = time.perf_counter()
@@ -330,6 +348,7 @@ def drive_documents(
             tokens += 1
     spent = rows.fill_s + rows.apply_s + rows.accept_s
     return {
+        "masks": rows.seen,
         "accepted": sum(accepted),
         "tokens": tokens,
         "steps": steps,
@@ -385,9 +404,9 @@ def drive_random(
     }
 
 
-def accepts(lib: Library, compiled: Any, doc: Any, tokenizer: Any, eos: int) -> bool:
-    """Whether the mask lets ``doc`` (compact JSON) through to end-of-sequence."""
-    return drive_documents(lib, compiled, [compact(doc)], tokenizer, eos)["accepted"] == 1
+def accepts(lib: Library, compiled: Any, text: str, tokenizer: Any, eos: int) -> bool:
+    """Whether the mask lets ``text`` through to end-of-sequence."""
+    return drive_documents(lib, compiled, [text], tokenizer, eos)["accepted"] == 1
 
 
 def first_token_allowed(lib: Library, compiled: Any, token: int, vocab: int) -> bool:
@@ -395,6 +414,39 @@ def first_token_allowed(lib: Library, compiled: Any, token: int, vocab: int) -> 
     logits = torch.zeros(vocab)
     rows.mask(0, logits)
     return bool(logits[token] == 0)
+
+
+def shift_unpack(words: torch.Tensor, size: int, logits: torch.Tensor) -> None:
+    """The plain way to apply a bitmask, against which mask_bias was chosen: unpack every bit
+    with shifts, then a masked fill."""
+    shifts = torch.arange(32, dtype=torch.int32)
+    forbidden = ((words.unsqueeze(1) >> shifts) & 1).view(-1)[:size] == 0
+    logits.masked_fill_(forbidden, float("-inf"))
+
+
+def table_add(words: torch.Tensor, size: int, logits: torch.Tensor) -> None:
+    logits.add_(mask_bias(words, size, logits))
+
+
+def compare_apply(masks: list[torch.Tensor], vocab: int, rounds: int) -> dict[str, float]:
+    """Microseconds per row to apply the same real bitmasks both ways, alternating, medians."""
+    source = torch.randn(vocab, generator=torch.Generator().manual_seed(1))
+    ways = {"table_add": table_add, "shift_unpack": shift_unpack}
+    results: dict[str, list[float]] = {name: [] for name in ways}
+    for round_index in range(rounds):
+        for name in list(ways)[:: 1 if round_index % 2 == 0 else -1]:
+            rows = [source.clone() for _ in masks]
+            start = time.perf_counter()
+            for words, logits in zip(masks, rows, strict=True):
+                ways[name](words, vocab, logits)
+            results[name].append(1e6 * (time.perf_counter() - start) / len(masks))
+    first = [source.clone() for _ in masks[:50]]
+    second = [source.clone() for _ in masks[:50]]
+    for words, a, b in zip(masks, first, second, strict=False):
+        table_add(words, vocab, a)
+        shift_unpack(words, vocab, b)
+        assert torch.equal(a, b), "the two ways disagree"
+    return {f"{name}_us": statistics.median(times) for name, times in results.items()}
 
 
 def timed(function: Callable[[], Any]) -> tuple[Any, float]:
@@ -414,12 +466,16 @@ def measure(
     docs = [compact(nested_document(rng)) for _ in range(streams)]
     doc = drive_documents(lib, compiled, docs, tokenizer, eos)
     rand = drive_random(lib, compiled, streams, tokenizer, eos, seed=round_index)
-    invalid = {**nested_document(rng), "status": "deleted"}
+    invalid = compact({**nested_document(rng), "status": "deleted"})
+    # A raw control character in a string: not JSON (json.dumps would escape it).
+    control = compact({**nested_document(rng), "name": "a\x17b"}).replace("\\u0017", "\x17")
+    plain = drive_documents(lib, lib.compile(without_bounds(SCHEMA)), docs, tokenizer, eos)
     anything, object_s = timed(lambda: lib.compile(ANY_OBJECT))
     objects = [compact(any_object(rng)) for _ in range(streams)]
     obj = drive_documents(lib, anything, objects, tokenizer, eos)
     bracket = tokenizer.convert_tokens_to_ids("[")
     return {
+        "masks": doc["masks"],
         "prepare_s": prepare_s,
         "compile_ms": 1e3 * compile_s,
         "start_us": 1e6 * starts_s / STARTS,
@@ -433,12 +489,14 @@ def measure(
         "random_documents": rand["documents"],
         "random_per_token_us": rand["per_token_us"],
         "random_per_step_ms": rand["per_step_ms"],
+        "plain_fill_us": plain["fill_us"],
         "rejects_invalid": not accepts(lib, compiled, invalid, tokenizer, eos),
+        "rejects_control": not accepts(lib, compiled, control, tokenizer, eos),
         "object_compile_ms": 1e3 * object_s,
         "object_accepted": obj["accepted"],
         "object_per_token_us": obj["per_token_us"],
         "object_per_step_ms": obj["per_step_ms"],
-        "deep_object": accepts(lib, anything, DEEP_OBJECT, tokenizer, eos),
+        "deep_object": accepts(lib, anything, compact(DEEP_OBJECT), tokenizer, eos),
         "rejects_array": not first_token_allowed(lib, anything, bracket, len(tokenizer)),
     }
 
@@ -472,14 +530,20 @@ def main() -> None:
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     libs = {name: LIBRARIES[name]() for name in args.libs}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in libs}
+    masks: list[torch.Tensor] = []
     for round_index in range(args.rounds):
         shift = round_index % len(libs)
         order = list(libs)[shift:] + list(libs)[:shift]
         for name in order:
-            runs[name].append(measure(libs[name], tokenizer, eos, args.streams, round_index))
+            result = measure(libs[name], tokenizer, eos, args.streams, round_index)
+            if round_index == 0 and name == args.libs[0]:
+                masks = result["masks"]
+            del result["masks"]
+            runs[name].append(result)
         print(f"round {round_index + 1}/{args.rounds} done", flush=True)
 
     summary = {name: summarize(r) for name, r in runs.items()}
+    apply = compare_apply(masks, len(tokenizer), args.rounds)
     reference = args.libs[0]
     print(f"\n{args.streams} streams, SmolLM2 tokenizer ({len(tokenizer)} tokens), "
           f"medians of {args.rounds} rounds:")  # fmt: skip
@@ -492,10 +556,16 @@ def main() -> None:
             f" random {s['random_valid']}/{s['random_documents']} valid;"
             f" json_object {s['object_compile_ms']:.2f} ms,"
             f" {s['object_per_token_us']:.1f} us/token,"
-            f" deep {s['deep_object']}; rejects invalid {s['rejects_invalid']}"
+            f" deep {s['deep_object']}; rejects invalid {s['rejects_invalid']}, control"
+            f" {s['rejects_control']}; fill without bounds {s['plain_fill_us']:.1f} us/token"
         )
+    print(
+        f"applying {len(masks)} real bitmasks to a logits row: mask_bias (table, add)"
+        f" {apply['table_add_us']:.1f} us, shifts and masked fill {apply['shift_unpack_us']:.1f} us"
+    )
     timings = ("prepare_s", "compile_ms", "start_us", "doc_fill_us", "doc_per_token_us",
-               "random_per_token_us", "object_compile_ms", "object_per_token_us")  # fmt: skip
+               "doc_per_step_ms", "random_per_token_us", "object_compile_ms",
+               "object_per_token_us", "plain_fill_us")  # fmt: skip
     ratios = {
         name: {k: summary[name][k] / summary[reference][k] for k in timings}
         for name in summary
@@ -512,6 +582,7 @@ def main() -> None:
                 "streams": args.streams,
                 "rounds": args.rounds,
                 "results": summary,
+                "apply": apply,
                 f"ratio_to_{reference}": ratios,
             }
         )

@@ -7,6 +7,7 @@
 - `loading.py`: adapter sources and loading an adapter onto its base.
 - `cache.py`: the two-tier adapter cache and its state machine.
 - `requests.py`: a request checked and tokenized (`Prepared`).
+- `constraints.py`: JSON grammars (llguidance) that mask a decode row's logits.
 - `forward.py`: one routed forward (or generate) for a batch of many adapters.
 - `forward_process.py`: encoder forwards in a process of their own on CPU (no GIL contention).
 - `outputs.py`: each row's answer per task.

@@ -56,8 +56,8 @@ def _byte_bias(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 def mask_bias(words: torch.Tensor, size: int, like: torch.Tensor) -> torch.Tensor:
     """The additive bias (0 allowed, -inf forbidden) of the first ``size`` tokens of a bitmask
     (bit ``i % 32`` of int32 word ``i // 32`` set when token ``i`` is allowed), on the device and
-    in the dtype of ``like``. A byte-wise table lookup then an add: about 3x cheaper than
-    unpacking the bits with shifts and a masked fill (bench/grammar_libs.py)."""
+    in the dtype of ``like``. A byte-wise table lookup then an add: cheaper than unpacking the
+    bits with shifts and a masked fill (docs/benchmarks.md, constrained decoding)."""
     # The words' bytes in memory order are bits 0-7, 8-15, ... on a little-endian machine.
     index = words.view(torch.uint8).to(like.device, torch.int32, non_blocking=True)
     return _byte_bias(like.device, like.dtype).index_select(0, index).view(-1)[:size]
