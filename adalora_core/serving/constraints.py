@@ -59,7 +59,7 @@ def mask_bias(words: torch.Tensor, size: int, like: torch.Tensor) -> torch.Tenso
     in the dtype of ``like``. A byte-wise table lookup then an add: cheaper than unpacking the
     bits with shifts and a masked fill (docs/benchmarks.md, constrained decoding)."""
     # The words' bytes in memory order are bits 0-7, 8-15, ... on a little-endian machine.
-    index = words.view(torch.uint8).to(like.device, torch.int32, non_blocking=True)
+    index = words.view(torch.uint8).to(like.device, torch.int32)  # a copy: the row reuses words
     return _byte_bias(like.device, like.dtype).index_select(0, index).view(-1)[:size]
 
 
