@@ -8,6 +8,7 @@
 - `loading.py`: an adapter's bytes folded onto its base.
 - `cache.py`: the two-tier adapter cache and its state machine.
 - `requests.py`: a request's rows tokenized (`Prepared`).
+- `constraints.py`: JSON grammars (llguidance) that mask a decode row's logits.
 - `forward.py`: one routed forward (or generate) for a batch of many adapters.
 - `forward_process.py`: encoder forwards in a process of their own on CPU (no GIL contention).
 - `decoding.py`: continuous batched decoding of causal-LM rows.
