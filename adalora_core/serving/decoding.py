@@ -25,8 +25,6 @@ from transformers.cache_utils import DynamicCache
 
 from adalora_core.serving.bases import SharedBase
 from adalora_core.serving.grouped import (
-    Heads,
-    Layers,
     Routing,
     RowGroup,
     Strategy,
@@ -311,7 +309,7 @@ class ContinuousDecoder:
         return self._routing_cached
 
     def _build_routing(self, adapters: Sequence[LoadedAdapter | None]) -> Routing:
-        groups = group_rows(adapters, _layers_only)
+        groups = group_rows(adapters)  # causal-LM adapters carry no heads
         return Routing.build(len(adapters), groups, len(self.base.layer_index), self._op(groups))
 
     def _op(self, groups: Sequence[RowGroup]) -> Strategy:
@@ -342,11 +340,6 @@ def _new_row(generation: Generation) -> _Row:
         len(generation.prompt_ids),
         StreamedText(sampling.stop),
     )
-
-
-def _layers_only(adapter: LoadedAdapter | None) -> tuple[Layers, Heads]:
-    """Causal-LM rows have no heads: only the adapter's routed layers."""
-    return (None if adapter is None else adapter.layers), None
 
 
 def _cost(generation: Generation) -> int:

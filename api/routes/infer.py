@@ -20,7 +20,7 @@ from adalora_core.serving.handles import complete_all
 from api.deps import InferLimitedCaller, ServingDep
 from api.errors import responses
 from api.schemas import InferRequest, InferResponse
-from application.admission import TextRows
+from application.admission import InferCall, TextRows
 from application.errors import RequestError
 
 router = APIRouter(tags=["inference"])
@@ -36,12 +36,12 @@ async def infer(
 ) -> InferResponse:
     parameters = body.parameters.model_dump(exclude_none=True, exclude={"truncate"})
     inputs = TextRows(body.inputs, body.parameters.truncate)
-    call = (caller.tenant_id, body.adapter_id, body.base_model, inputs, parameters)
+    call = InferCall(caller.tenant_id, body.adapter_id, body.base_model, inputs, parameters)
     # A short request whose adapter is in memory is prepared here: tokenizing it costs less than
     # the hand-off to a worker thread (docs/benchmarks.md).
-    admitted = serving.admission.infer_resident(*call)
+    admitted = serving.admission.infer_resident(call)
     if admitted is None:
-        admitted = await asyncio.to_thread(serving.admission.infer, *call)
+        admitted = await asyncio.to_thread(serving.admission.infer, call)
     prepared = admitted.prepared
     if prepared.base.kind == "causal-lm":
         done = await complete_all(serving.engine.generate(prepared))
