@@ -95,6 +95,18 @@ Inputs = TextRows | Prompts | Chat
 
 
 @dataclass(frozen=True)
+class InferCall:
+    """A POST /infer request: an adapter of the tenant's, or the plain base (``adapter_id``
+    None, ``base_model`` or the default), its rows and its ``parameters``."""
+
+    tenant_id: str
+    adapter_id: str | None
+    base_model: str | None
+    inputs: TextRows
+    parameters: Mapping[str, object]
+
+
+@dataclass(frozen=True)
 class Sampling:
     """Generation parameters as the protocol gave them; ``max_new_tokens`` None means as many
     as fit in the context (the chat protocol's default)."""
@@ -167,39 +179,25 @@ class Admission:
         self._base_kinds: dict[str, ModelKind] = {}
 
     # ---- the protocols' entry points ----------------------------------------------------------
-    def infer(
-        self,
-        tenant_id: str,
-        adapter_id: str | None,
-        base_model: str | None,
-        inputs: TextRows,
-        parameters: Mapping[str, object],
-    ) -> Admitted:
+    def infer(self, call: InferCall) -> Admitted:
         """POST /infer: an adapter of the tenant's, or the plain base (``adapter_id`` None)."""
-        target = self._infer_target(tenant_id, adapter_id, base_model)
-        return self._admit(tenant_id, target, INFER, inputs, _infer_sampling(parameters))
+        target = self._infer_target(call.tenant_id, call.adapter_id, call.base_model)
+        return self._admit(call.tenant_id, target, INFER, call.inputs, _infer_sampling(call))
 
-    def infer_resident(
-        self,
-        tenant_id: str,
-        adapter_id: str | None,
-        base_model: str | None,
-        inputs: TextRows,
-        parameters: Mapping[str, object],
-    ) -> Admitted | None:
+    def infer_resident(self, call: InferCall) -> Admitted | None:
         """`infer` on the event loop, for a short request whose adapter record and weights are
         both in memory; None sends the caller to `infer` in a worker thread."""
         if (
-            adapter_id is None
-            or base_model is not None
-            or _characters(inputs) > INLINE_PREPARE_CHARS
+            call.adapter_id is None
+            or call.base_model is not None
+            or _characters(call.inputs) > INLINE_PREPARE_CHARS
         ):
             return None
-        record = self.directory.find_cached(tenant_id, adapter_id)
+        record = self.directory.find_cached(call.tenant_id, call.adapter_id)
         if record is None or self.engine.resident(record.ref) is None:
             return None
-        target = _Target(adapter_id, record.ref.base_model or "", record.kind, record)
-        return self._admit(tenant_id, target, INFER, inputs, _infer_sampling(parameters))
+        target = _Target(call.adapter_id, record.ref.base_model or "", record.kind, record)
+        return self._admit(call.tenant_id, target, INFER, call.inputs, _infer_sampling(call))
 
     def generation(
         self, tenant_id: str, model: str, inputs: Prompts | Chat, sampling: Sampling
@@ -362,8 +360,9 @@ class Admission:
 # ---- protocol vocabulary, checked once ----------------------------------------------------
 
 
-def _infer_sampling(parameters: Mapping[str, object]) -> Sampling:
+def _infer_sampling(call: InferCall) -> Sampling:
     """/infer's ``parameters``: greedy unless a temperature is given."""
+    parameters = call.parameters
     temperature = parameters.get("temperature")
     temperature = 0.0 if temperature is None else temperature
     if not isinstance(temperature, int | float) or not 0.0 <= float(temperature) <= 100.0:

@@ -25,8 +25,6 @@ from transformers.cache_utils import DynamicCache
 
 from adalora_core.serving.bases import SharedBase
 from adalora_core.serving.grouped import (
-    Heads,
-    Layers,
     Routing,
     RowGroup,
     Strategy,
@@ -386,7 +384,7 @@ class ContinuousDecoder:
         return self._routing_cached
 
     def _build_routing(self, adapters: Sequence[LoadedAdapter | None]) -> Routing:
-        groups = group_rows(adapters, _layers_only)
+        groups = group_rows(adapters)  # causal-LM adapters carry no heads
         return Routing.build(len(adapters), groups, len(self.base.layer_index), self._op(groups))
 
     def _op(self, groups: Sequence[RowGroup]) -> Strategy:
@@ -406,11 +404,6 @@ class ContinuousDecoder:
         if waiting:
             for row in self._queue.drain():
                 row.generation.publish(TextEvent("", len(row.tokens), FINISH_STOP, error=exc))
-
-
-def _layers_only(adapter: LoadedAdapter | None) -> tuple[Layers, Heads]:
-    """Causal-LM rows have no heads: only the adapter's routed layers."""
-    return (None if adapter is None else adapter.layers), None
 
 
 def _left_pad(tensor: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:

@@ -15,8 +15,6 @@ import torch
 from adalora_core.serving.bases import SharedBase
 from adalora_core.serving.generation import generate_rows
 from adalora_core.serving.grouped import (
-    Heads,
-    Layers,
     Routing,
     RowGroup,
     Strategy,
@@ -79,7 +77,7 @@ def run_batch(
         encodings.extend(item.encodings)
         owners.extend([item.adapter] * item.rows)
         spans[i] = (start, len(encodings))
-    groups = group_rows(owners, _layers_and_heads)
+    groups = group_rows(owners)
     if base.kind == "sequence-classification":
         rows = _classify(base, encodings, groups, device, encoder or forward_here(strategy))
     else:
@@ -87,10 +85,6 @@ def run_batch(
         with base.lock, torch.inference_mode(), routed(routing):
             rows = _generate(base, batch, order, encodings, device)
     return [rows[spans[i][0] : spans[i][1]] for i in range(len(batch))]
-
-
-def _layers_and_heads(adapter: LoadedAdapter | None) -> tuple[Layers, Heads]:
-    return (None, None) if adapter is None else (adapter.layers, adapter.heads)
 
 
 def _classify(

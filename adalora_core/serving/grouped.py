@@ -81,9 +81,14 @@ Layers = tuple[LowRankDelta | None, ...] | None
 Heads = dict[str, nn.Module] | None
 
 
+def adapter_parts(adapter: Any) -> tuple[Layers, Heads]:
+    """An engine adapter's routed layers and heads (None for base rows)."""
+    return (None, None) if adapter is None else (adapter.layers, adapter.heads)
+
+
 def group_rows(
     owners: Sequence[Owner],
-    parts: Callable[[Owner], tuple[Layers, Heads]],
+    parts: Callable[[Owner], tuple[Layers, Heads]] = adapter_parts,
     same: Callable[[Owner, Owner], bool] = operator.is_,
 ) -> tuple[RowGroup, ...]:
     """The row groups of a batch sorted by adapter: each run of rows with the same owner (an

@@ -22,7 +22,7 @@ from api.deps import MeteredCaller, ServingDep
 from api.disconnect import unless_disconnected
 from api.errors import responses
 from api.schemas import InferRequest, InferResponse
-from application.admission import Admitted, TextRows
+from application.admission import Admitted, InferCall, TextRows
 from application.engine_factory import Serving
 from application.errors import RequestError, retry_after
 
@@ -39,12 +39,12 @@ async def infer(
 ) -> InferResponse:
     parameters = body.parameters.model_dump(exclude_none=True, exclude={"truncate"})
     inputs = TextRows(body.inputs, body.parameters.truncate)
-    call = (metered.tenant_id, body.adapter_id, body.base_model, inputs, parameters)
+    call = InferCall(metered.tenant_id, body.adapter_id, body.base_model, inputs, parameters)
     # A short request whose adapter is in memory is prepared here: tokenizing it costs less than
     # the hand-off to a worker thread (docs/benchmarks.md).
-    admitted = serving.admission.infer_resident(*call)
+    admitted = serving.admission.infer_resident(call)
     if admitted is None:
-        admitted = await asyncio.to_thread(serving.admission.infer, *call)
+        admitted = await asyncio.to_thread(serving.admission.infer, call)
     await metered.charge_rows(admitted.rows)
     outputs = await unless_disconnected(request, _run(serving, metered.tenant_id, admitted))
     return InferResponse(adapter_id=body.adapter_id, outputs=outputs)

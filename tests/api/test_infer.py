@@ -403,7 +403,7 @@ def test_a_warm_short_request_is_prepared_on_the_event_loop(
     admit_in_thread = admission.Admission.infer
 
     def counted(self: Any, *args: Any) -> Any:
-        threaded.append(args[3].rows[0][:10])
+        threaded.append(args[0].inputs.rows[0][:10])
         return admit_in_thread(self, *args)
 
     monkeypatch.setattr(admission.Admission, "infer", counted)

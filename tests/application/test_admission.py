@@ -14,7 +14,15 @@ from adalora_core.errors import ConfigError
 from adalora_core.serving.engine import EngineSettings, InferenceEngine
 from adalora_core.serving.sources import AdapterRef
 from application.adapter_directory import AdapterRecord, corrupt
-from application.admission import Admission, AdmissionLimits, Chat, Prompts, Sampling, TextRows
+from application.admission import (
+    Admission,
+    AdmissionLimits,
+    Chat,
+    InferCall,
+    Prompts,
+    Sampling,
+    TextRows,
+)
 from application.errors import RequestError, not_found
 from tests.serving.test_decoding import LLAMA_RANKS
 from tests.serving.test_mixed_batch import three_adapters
@@ -95,7 +103,10 @@ def field_of(error: ConfigError | RequestError) -> str | None:
 
 def test_infer_refusals_name_their_field(admission_for) -> None:
     admission, _, _ = admission_for(max_rows=3, max_length=8)
-    infer = admission.infer
+
+    def infer(*args: object) -> object:
+        return admission.infer(InferCall(*args))  # type: ignore[arg-type]
+
     too_many = refusal(lambda: infer(TENANT, "a-qv", None, TextRows(["w1"] * 4), {}))
     assert field_of(too_many) == "inputs"
     long_row = TextRows(["w1", " ".join(["w2"] * 20)], truncate=False)
@@ -117,12 +128,18 @@ def test_generation_parameters_are_checked_even_where_unused(admission_for) -> N
     rows = TextRows(["w1"])
     for adapter_id in ("a1", "a-qv"):  # a generating adapter and a classifier
         huge = refusal(
-            lambda a=adapter_id: admission.infer(TENANT, a, None, rows, {"max_new_tokens": 10_000})
+            lambda a=adapter_id: admission.infer(
+                InferCall(TENANT, a, None, rows, {"max_new_tokens": 10_000})
+            )
         )
         assert field_of(huge) == "parameters.max_new_tokens"
-        flat = refusal(lambda a=adapter_id: admission.infer(TENANT, a, None, rows, {"top_p": 0}))
+        flat = refusal(
+            lambda a=adapter_id: admission.infer(InferCall(TENANT, a, None, rows, {"top_p": 0}))
+        )
         assert field_of(flat) == "parameters.top_p"
-    sampled = admission.infer(TENANT, "a1", None, rows, {"temperature": 0.7, "top_p": 0.9})
+    sampled = admission.infer(
+        InferCall(TENANT, "a1", None, rows, {"temperature": 0.7, "top_p": 0.9})
+    )
     generation = sampled.prepared.generation
     assert generation is not None and generation.max_new_tokens == 16  # the default, capped
     assert (generation.temperature, generation.top_p) == (0.7, 0.9)
@@ -131,11 +148,14 @@ def test_generation_parameters_are_checked_even_where_unused(admission_for) -> N
 def test_one_row_too_large_for_a_batch_is_refused(admission_for) -> None:
     admission, _, _ = admission_for(max_batch_tokens=40)
     huge = TextRows([" ".join(["w3"] * 50)])
-    assert field_of(refusal(lambda: admission.infer(TENANT, "a-qv", None, huge, {}))) == "inputs"
+    assert (
+        field_of(refusal(lambda: admission.infer(InferCall(TENANT, "a-qv", None, huge, {}))))
+        == "inputs"
+    )
     admission, _, _ = admission_for(max_batch_tokens=30)
     prompt = TextRows(["w1 w2 w3"])
     needs_cache = refusal(
-        lambda: admission.infer(TENANT, "a1", None, prompt, {"max_new_tokens": 28})
+        lambda: admission.infer(InferCall(TENANT, "a1", None, prompt, {"max_new_tokens": 28}))
     )
     assert field_of(needs_cache) == "inputs"
 
@@ -178,24 +198,24 @@ def test_chat_fills_the_context_when_max_tokens_is_unset(admission_for) -> None:
 def test_a_resident_request_is_admitted_on_the_loop_only_when_in_memory(admission_for) -> None:
     admission, source, _ = admission_for(max_rows=2)
     rows = TextRows(["w1 w2"])
-    assert admission.infer_resident(TENANT, "a-qv", None, rows, {}) is None
+    assert admission.infer_resident(InferCall(TENANT, "a-qv", None, rows, {})) is None
     assert source.reads.get("a-qv", 0) == 0  # and nothing was read to find that out
-    loaded = admission.infer(TENANT, "a-qv", None, rows, {})
-    resident = admission.infer_resident(TENANT, "a-qv", None, rows, {})
+    loaded = admission.infer(InferCall(TENANT, "a-qv", None, rows, {}))
+    resident = admission.infer_resident(InferCall(TENANT, "a-qv", None, rows, {}))
     assert resident is not None and resident.prepared.encodings == loaded.prepared.encodings
     engine = admission.engine
     assert engine.run([resident.prepared]) == engine.run([loaded.prepared])
     too_many = refusal(
-        lambda: admission.infer_resident(TENANT, "a-qv", None, TextRows(["w1"] * 3), {})
+        lambda: admission.infer_resident(InferCall(TENANT, "a-qv", None, TextRows(["w1"] * 3), {}))
     )
     assert field_of(too_many) == "inputs"  # the same checks either way
     engine.evict("a-qv")
-    assert admission.infer_resident(TENANT, "a-qv", None, rows, {}) is None
+    assert admission.infer_resident(InferCall(TENANT, "a-qv", None, rows, {})) is None
 
 
 def test_a_corrupt_artifact_condemns_the_adapter(admission_for) -> None:
     admission, source, directory = admission_for()
     source.corrupt("a-qv")
-    error = refusal(lambda: admission.infer(TENANT, "a-qv", None, TextRows(["w1"]), {}))
+    error = refusal(lambda: admission.infer(InferCall(TENANT, "a-qv", None, TextRows(["w1"]), {})))
     assert isinstance(error, RequestError) and error.code == "adapter_corrupt"
     assert directory.condemned == ["a-qv"]
