@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-# The training precisions a caller may ask for; "auto" applies the rule above.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from adalora_core.compute_choices import PRECISIONS
+
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 NATIVE_BF16_MAJOR = 8  # Ampere
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from adalora_core.compute_choices import Precision
 from application.request_fields import Name, Strict, Text
 from service.vocabulary import OutputMode
 
@@ -67,6 +68,12 @@ class ResourcesParams(Strict):
         ge=1,
         description="Processes the job trains on: one GPU each on a GPU worker "
         "(torch.distributed data parallel), CPU processes otherwise.",
+    )
+    precision: Precision = Field(
+        "auto",
+        description="The format training computes in: auto is fp32 on a CPU, bf16 on GPUs that "
+        "compute it natively, fp16 with loss scaling on older GPUs; fp32, bf16 or fp16 force one "
+        "(bf16 and fp16 run on a CPU too, through torch's CPU autocast).",
     )
 
 

@@ -32,8 +32,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from adalora_core.compute_choices import ENCODER_PLACEMENTS  # noqa: E402
 from adalora_core.formats.bundle import AdapterWeights  # noqa: E402
-from adalora_core.placement import ENCODER_PLACEMENTS  # noqa: E402
 from bench.infer import minilm_path, random_adapter  # noqa: E402
 from bench.server import log_tail, serving  # noqa: E402
 

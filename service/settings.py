@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from adalora_core.placement import EncoderPlacement
+from adalora_core.compute_choices import EncoderPlacement
 from service.base_models import SMOLLM2_NAME, bundled_smollm2
 from service.db import DbLimits
 

@@ -26,6 +26,7 @@ class JobSpec:
     plan: RunPlan
     merged: bool
     devices: int = 1  # data-parallel processes (resources.devices)
+    precision: str = "auto"  # resources.precision
 
 
 def _stored(job: Job, name: str) -> Any:
@@ -76,6 +77,7 @@ def job_spec(job: Job, base_model_dir: str) -> JobSpec:
         task=task,  # checked by the trainer, with the rows
         plan=job_plan(job, base_model_dir),
         merged=hyper.get("output") == OutputMode.MERGED,
-        # Jobs stored before resources existed ran on one device.
+        # Jobs stored before resources (or its precision) existed ran on one device, "auto".
         devices=int((hyper.get("resources") or {}).get("devices", 1)),
+        precision=str((hyper.get("resources") or {}).get("precision", "auto")),
     )

@@ -183,6 +183,7 @@ class JobRunner:
                 output_dir=tmp / "adapter",
                 callbacks=callbacks,
                 checkpoint_dir=checkpoint_dir,
+                precision=spec.precision,
             )
             if heartbeat.lost.is_set():
                 log.warning("job %s: lease lost during training; leaving it to its owner", job.id)

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
+from adalora_core.compute_choices import EncoderPlacement
 from adalora_core.errors import ConfigError
-from adalora_core.placement import EncoderPlacement
 from adalora_core.serving.bases import BaseFactory, BaseModels, SharedBase, default_base_factory
 from adalora_core.serving.cache import AdapterCache, AdapterState
 from adalora_core.serving.decoding import Decoders, DecodeStrategy

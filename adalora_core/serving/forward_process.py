@@ -27,8 +27,8 @@ import torch
 import torch.multiprocessing as torch_mp  # registers the shared-memory tensor pickling
 from torch import nn
 
+from adalora_core.compute_choices import EncoderPlacement
 from adalora_core.errors import ConfigError
-from adalora_core.placement import EncoderPlacement
 from adalora_core.serving.bases import SharedBase, wrap_base
 from adalora_core.serving.forward import forward_here
 from adalora_core.serving.grouped import (

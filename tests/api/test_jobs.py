@@ -127,6 +127,7 @@ def regression_and_text(upload: Callable[..., Any], tenant: TenantKey) -> dict[s
 INVALID = [
     ({"base_model": "gpt-17"}, "base_model", "unknown base model"),
     ({"task": "translation"}, "task", None),
+    ({"resources": {"precision": "int4"}}, "resources.precision", None),
     ({"columns__text": "nope"}, "columns.text", "not in dataset"),
     ({"columns__label": "nope"}, "columns.label", "not in dataset"),
     ({"columns__label": ...}, "columns.label", "needs a label"),

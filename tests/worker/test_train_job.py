@@ -303,7 +303,7 @@ def test_a_job_on_two_devices_trains_across_two_processes_and_publishes(
     """No GPU here: the two ranks are CPU processes on gloo, the path CI can run. Rank 0 alone
     reports progress and publishes; the launcher checked both ranks' allocations agree."""
     job_id = world.submit(resources={"devices": 2})
-    assert world.job(job_id).hyperparameters["resources"] == {"devices": 2}
+    assert world.job(job_id).hyperparameters["resources"] == {"devices": 2, "precision": "auto"}
     outcome = run_job(job_id, settings, sessions, store)
     assert outcome.status == "succeeded"
     job = world.job(job_id)
@@ -333,3 +333,16 @@ def test_an_adapter_that_answers_every_row_alike_gets_a_warning(
     assert world.job(learned).metrics["eval_predicted_classes"] == 2.0
     warnings = [e["message"] for e in events(world, learned, "warning")]
     assert not any("same label" in m for m in warnings), warnings
+
+
+def test_a_bf16_job_trains_on_the_cpu_close_to_fp32(world, settings, sessions, store) -> None:
+    """resources.precision reaches the trainer: the same job in bf16 (torch's CPU autocast)
+    succeeds with an evaluation loss within 0.02 of fp32's (tests/core/test_precision.py bounds
+    the adapter itself)."""
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        job_id = world.submit(resources={"precision": precision}, validate=True)
+        assert run_job(job_id, settings, sessions, store).status == "succeeded"
+        losses[precision] = world.job(job_id).metrics["eval_loss"]
+    assert losses["bf16"] != losses["fp32"]  # it did compute in another format
+    assert abs(losses["bf16"] - losses["fp32"]) < 0.02
