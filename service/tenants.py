@@ -12,6 +12,7 @@ import secrets
 from datetime import timedelta
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.ids import new_id
@@ -91,13 +92,23 @@ def ensure_api_key(
             f"{MIN_CONFIGURED_KEY_CHARS} random ones (e.g. python -c 'import secrets; "
             "print(secrets.token_urlsafe(32))')"
         )
-    existing = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_secret(secret))).first()
+    known = select(ApiKey).where(ApiKey.key_hash == hash_secret(secret))
+    existing = session.scalars(known).first()
     if existing is not None:
         return existing
-    tenant = find_tenant_by_name(session, tenant_name) or create_tenant(
-        session, tenant_name, operator=True
-    )
-    return _add_key(session, tenant.id, secret, name, KeyScope.ADMIN)
+    try:
+        with session.begin_nested():
+            tenant = find_tenant_by_name(session, tenant_name) or create_tenant(
+                session, tenant_name, operator=True
+            )
+            return _add_key(session, tenant.id, secret, name, KeyScope.ADMIN)
+    except IntegrityError:
+        # Replicas starting together race to register the same key: the loser takes the
+        # winner's (tests/reliability/test_two_replicas.py saw the loser's process exit).
+        winner = session.scalars(known).first()
+        if winner is None:
+            raise
+        return winner
 
 
 def revoke_api_key(session: Session, key_id: str, tenant_id: str | None = None) -> ApiKey | None:

@@ -71,3 +71,38 @@ def test_a_disabled_tenants_keys_stop_at_once_and_its_rows_stay(db_session: Sess
     assert tenants.authenticate(db_session, secret) is None
     assert [t.id for t in tenants.list_tenants(db_session)] == [tenant.id]
     assert len(tenants.list_api_keys(db_session, tenant.id)) == 1
+
+
+@pytest.mark.parametrize("db_backend", ["postgres"])  # replicas share a server database
+def test_replicas_registering_the_configured_key_at_once_both_start(sessions) -> None:
+    """Two API replicas starting together both register ADALORA_API_KEY: one inserts it, the
+    other finds it (before, the loser's unique-key violation stopped its process)."""
+    import threading
+
+    from sqlalchemy import select
+
+    from service.tables import ApiKey
+
+    secret = "k" * 40
+    start = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def register() -> None:
+        with sessions() as session:
+            session.scalars(select(ApiKey.id)).all()  # both look before either inserts
+            start.wait()
+            try:
+                outcomes.append(tenants.ensure_api_key(session, secret).id)
+                session.commit()
+            except Exception as exc:  # the failure the test is about
+                outcomes.append(exc)
+
+    threads = [threading.Thread(target=register) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert all(isinstance(o, str) for o in outcomes), outcomes
+    assert len(set(outcomes)) == 1
+    with sessions() as session:
+        assert len(session.scalars(select(ApiKey)).all()) == 1
