@@ -26,7 +26,7 @@ from adalora_core.hf_loading import head_modules, load_model, load_tokenizer
 from adalora_core.inject import module_layer_and_kind
 from adalora_core.precision import MixedPrecision, training_precision
 from adalora_core.run_plan import RunPlan
-from adalora_core.tasks import TaskSpec
+from adalora_core.tasks import CAUSAL_LM, TaskSpec
 from adalora_core.training.adaptation import (
     Adaptation,
     AdaptFn,
@@ -41,7 +41,7 @@ from adalora_core.training.events import ProgressEvent, TrainCallbacks
 from adalora_core.training.loop import UpdateLoop
 from adalora_core.training.optimizer import build_optimizer, build_scheduler
 from adalora_core.training.state import RunState
-from adalora_core.training.update import LossFn, UpdateStep
+from adalora_core.training.update import LossFn, TokenAccuracy, UpdateStep
 
 __all__ = ["ProgressEvent", "TrainCallbacks", "TrainResult", "train"]
 
@@ -114,13 +114,16 @@ def train(
     adapted = adapt_model(model, head_modules(task, model), plan, adapt)
 
     state = _initial_state(adapted, plan, mixed)
+    measured = TokenAccuracy(causal=task.kind == CAUSAL_LM) if task.is_language_modelling else None
     update = UpdateStep(
-        state, training, train_data, collate, replica, callbacks, run_device, loss_fn
+        state, training, train_data, collate, replica, callbacks, run_device, loss_fn, measured
     )
     evaluator = None
     if eval_rows:
         eval_data = encode_rows(task, eval_rows, tokenizer, training.max_length, "eval_rows")
-        evaluator = Evaluator(task, eval_data, collate, training.batch_size, mixed, run_device)
+        evaluator = Evaluator(
+            task, eval_data, collate, training.batch_size, mixed, run_device, tokenizer
+        )
     lengths = [len(row["input_ids"]) for row in train_data]
     loop = UpdateLoop(plan, state, update, evaluator, lengths, replica, callbacks, checkpoint_dir)
     finished = loop.run()

@@ -233,4 +233,26 @@ def resolve_hyperparameters(
         "resources": body.resources.model_dump(),
         "num_train_rows": train.num_rows,
         "num_validation_rows": validation.num_rows if validation is not None else None,
+        "validation": validation_note(body, validation),
     }
+
+
+NO_VALIDATION = (
+    "no validation data set: the job reports its training loss{tokens} only, and publishes its "
+    "last adapter; the service does not split rows off the training data. Give "
+    "validation_dataset_id to get {metrics} at each evaluation."
+)
+
+
+def validation_note(body: JobCreate, validation: Dataset | None) -> str:
+    """What the job will be scored on, said in its resolved settings."""
+    generative = body.task in recipe.GENERATIVE_KINDS
+    metrics = (
+        "the validation loss, mean token accuracy and the exact match of greedy answers"
+        if generative
+        else "the validation loss and the task's metrics"
+    )
+    if validation is None:
+        tokens = " and mean token accuracy" if generative else ""
+        return NO_VALIDATION.format(tokens=tokens, metrics=metrics)
+    return f"{validation.num_rows} rows of {validation.id}: {metrics}"

@@ -106,6 +106,9 @@ class JobCallbacks:
             "learning_rate": _finite(event.learning_rate),
         }
         self._metrics["train_loss"] = loss
+        accuracy = event.token_accuracy
+        if accuracy is not None:  # language-model tasks
+            data["token_accuracy"] = self._metrics["train_mean_token_accuracy"] = _finite(accuracy)
         values = {
             "progress": progress,
             "budget": dict(self._budget),

@@ -1,6 +1,8 @@
 """Scoring on the validation rows: a pass over them in batches (:class:`Evaluator`), the
 predictions collected batch by batch and turned into the task's metric set
-(:class:`EvalAccumulator`, with ``adalora_core.scoring``)."""
+(:class:`EvalAccumulator`, with ``adalora_core.scoring``). A language-model task also gets its
+mean token accuracy and, given the tokenizer, the exact match of greedy answers
+(``exact_match.py``)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from adalora_core.encoding import IGNORE_INDEX, Collate, to_device
 from adalora_core.precision import MixedPrecision
 from adalora_core.tasks import CAUSAL_LM, CLASSIFICATION, REGRESSION, TaskSpec
 from adalora_core.training.adaptation import Adaptation
+from adalora_core.training.exact_match import exact_match
+from adalora_core.training.token_accuracy import token_hits
 
 # Evaluation keeps no gradients, so its batches can be this many times the training batch.
 EVAL_BATCH_FACTOR = 2
@@ -31,8 +35,10 @@ class Evaluator:
         batch_size: int,
         mixed: MixedPrecision,
         device: torch.device,
+        tokenizer: Any = None,
     ) -> None:
         self.task = task
+        self.tokenizer = tokenizer  # for the exact match of a generative task's answers
         self.eval_data = eval_data
         self.collate = collate
         self.batch_size = batch_size * EVAL_BATCH_FACTOR
@@ -52,8 +58,21 @@ class Evaluator:
             with self.mixed.autocast():
                 outputs = adapted(**batch)
             accumulator.add(outputs, batch)
+        metrics = accumulator.result()
+        if self.task.is_language_modelling and self.tokenizer is not None:
+            causal = self.task.kind == CAUSAL_LM
+            score, scored = exact_match(
+                adapted,
+                self.tokenizer,
+                self.eval_data,
+                causal,
+                self.batch_size,
+                self.mixed,
+                self.device,
+            )
+            metrics.update(exact_match=score, exact_match_rows=float(scored))
         adapted.train()
-        return accumulator.result()
+        return metrics
 
 
 class EvalAccumulator:
@@ -65,6 +84,7 @@ class EvalAccumulator:
         self.references: list[float] = []
         self.loss_sum = 0.0
         self.loss_count = 0
+        self.tokens_right = 0
 
     def add(self, outputs: Any, batch: Mapping[str, torch.Tensor]) -> None:
         logits = outputs.logits.float()
@@ -81,6 +101,8 @@ class EvalAccumulator:
             self.predictions += values.tolist()
             self.references += labels.tolist()
         else:
+            right, _ = token_hits(logits, labels, causal=self.task.kind == CAUSAL_LM)
+            self.tokens_right += int(right)
             if self.task.kind == CAUSAL_LM:
                 logits, labels = logits[:, :-1, :], labels[:, 1:]
             flat_labels = labels.reshape(-1)
@@ -106,5 +128,8 @@ class EvalAccumulator:
         elif self.task.kind == REGRESSION:
             scores = scoring.regression_metrics(self.predictions, self.references)
         else:
-            scores = {"perplexity": scoring.perplexity(eval_loss)}
+            scores = {
+                "perplexity": scoring.perplexity(eval_loss),
+                "mean_token_accuracy": self.tokens_right / max(self.loss_count, 1),
+            }
         return {"eval_loss": eval_loss, **scores}

@@ -21,10 +21,18 @@ class ProgressEvent:
     # The budget's start and end (triplets), so a watcher can draw the schedule it follows.
     initial_budget: int | None = None
     target_budget: int | None = None
+    # Language-model tasks: the update's mean token accuracy on the learned tokens, left on
+    # the device like the loss.
+    token_accuracy_value: torch.Tensor | float | None = None
 
     @property
     def loss(self) -> float:
         return float(self.loss_value)
+
+    @property
+    def token_accuracy(self) -> float | None:
+        value = self.token_accuracy_value
+        return None if value is None else float(value)
 
 
 class TrainCallbacks:

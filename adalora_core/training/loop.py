@@ -7,6 +7,7 @@ run replays it; only rank 0 evaluates and checkpoints.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -65,6 +66,8 @@ class UpdateLoop:
                 event = _progress(
                     self.state, self.plan, self.batches_per_epoch, loss, learning_rate
                 )
+                if self.update.last_token_accuracy is not None:
+                    event = replace(event, token_accuracy_value=self.update.last_token_accuracy)
                 self.callbacks.on_progress(event)
                 self._after_update()
                 if position.step == total:

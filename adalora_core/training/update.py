@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,9 +21,17 @@ from adalora_core.encoding import Collate, to_device
 from adalora_core.training.adaptation import Adaptation, rank_history
 from adalora_core.training.events import TrainCallbacks
 from adalora_core.training.state import RunState
+from adalora_core.training.token_accuracy import token_hits
 from adalora_core.training_config import TrainingConfig
 
 LossFn = Callable[[Any, Mapping[str, torch.Tensor]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TokenAccuracy:
+    """Measure each update's mean token accuracy; ``causal``: labels are the next tokens."""
+
+    causal: bool
 
 
 class UpdateStep:
@@ -36,8 +45,13 @@ class UpdateStep:
         callbacks: TrainCallbacks,
         device: torch.device,
         loss_fn: LossFn | None,
+        token_accuracy: TokenAccuracy | None = None,
     ) -> None:
         self.state = state
+        # Language-model tasks: which tokens the loss reads, for the update's token accuracy.
+        self.token_accuracy = token_accuracy
+        # The last update's mean token accuracy (a 0-d tensor on the device), or None.
+        self.last_token_accuracy: torch.Tensor | None = None
         self.training = training
         self.train_data = train_data
         self.collate = collate
@@ -54,6 +68,7 @@ class UpdateStep:
             return None
         adapted, mixed, size = self.state.adapted, self.state.mixed, self.training.batch_size
         total_loss = torch.zeros((), device=self.device)
+        right = counted = torch.zeros((), device=self.device)
         for index in group:
             if self.sync is None and self.callbacks.should_stop():
                 return None
@@ -70,6 +85,14 @@ class UpdateStep:
                 loss = task_loss * weight + adapted.regularization_loss()
             mixed.backward(loss / len(group))
             total_loss += loss.detach() / len(group)
+            if self.token_accuracy is not None:
+                hits, tokens = token_hits(
+                    outputs.logits.detach(), batch["labels"], self.token_accuracy.causal
+                )
+                right, counted = right + hits, counted + tokens
+        if self.token_accuracy is not None:
+            accuracy = right / counted.clamp(min=1)
+            self.last_token_accuracy = accuracy if self.sync is None else self.sync.mean(accuracy)
         return total_loss if self.sync is None else self.sync.mean(total_loss)
 
     def apply(self) -> float:

@@ -394,7 +394,9 @@ function newJobForm(models, datasets) {
 async function jobPage(jobId) {
   let job = await api("GET", `/jobs/${jobId}`);
   let schedule = await api("GET", `/jobs/${jobId}/schedule`);
-  const curves = { loss: [], evalLoss: [], lr: [], budget: [], evals: {} };
+  // accuracy: a language-model job's token accuracy (training and validation) and the exact
+  // match of its greedy answers, all on one 0..1 scale.
+  const curves = { loss: [], evalLoss: [], lr: [], budget: [], evals: {}, accuracy: {} };
   const log = el("ul", { class: "log", id: "event-log" });
   const charts = el("div", { class: "grid2", id: "charts" });
   const header = el("section", { class: "card" });
@@ -424,18 +426,23 @@ async function jobPage(jobId) {
   const drawCharts = () => {
     const evalSeries = Object.entries(curves.evals).map(([name, points]) => ({ name, points }));
     const planned = (schedule.points || []).map((p) => [p.step, p.budget]);
-    charts.replaceChildren(
+    charts.replaceChildren(...present([
       lineChart("Training loss", [{ name: "training loss", points: curves.loss }, { name: "evaluation loss", points: curves.evalLoss, color: COLORS[2] }], { xMin: 0, legend: true }),
       lineChart("Evaluation", evalSeries, {
         xMin: 0,
         legend: true,
         empty: job.validation_dataset_id ? "no evaluation yet" : "no validation data set: the job is not evaluated",
       }),
+      Object.keys(curves.accuracy).length
+        ? lineChart("Token accuracy and exact match",
+          Object.entries(curves.accuracy).map(([name, points]) => ({ name, points })),
+          { xMin: 0, yMin: 0, legend: true })
+        : null,
       lineChart("Learning rate", [{ name: "learning rate", points: curves.lr }], { xMin: 0, yMin: 0 }),
       lineChart("Rank budget (triplets) against its cubic schedule",
         [{ name: "schedule", points: planned, planned: true, color: "#cdd7f8" }, { name: "budget", points: curves.budget, color: COLORS[0] }],
         { xMin: 0, xMax: schedule.total_steps, legend: true })
-    );
+    ]));
   };
 
   let redraw = null;
@@ -456,6 +463,7 @@ async function jobPage(jobId) {
       if (data.loss !== null && data.loss !== undefined) curves.loss.push([data.step, data.loss]);
       if (data.learning_rate !== null && data.learning_rate !== undefined) curves.lr.push([data.step, data.learning_rate]);
       if (data.budget !== null && data.budget !== undefined) curves.budget.push([data.step, data.budget]);
+      if (typeof data.token_accuracy === "number") (curves.accuracy["training token accuracy"] ||= []).push([data.step, data.token_accuracy]);
       job.progress = { ...(job.progress || {}), step: data.step, total_steps: data.total_steps };
       job.budget = { ...(job.budget || {}), current: data.budget };
       if (!(schedule.points || []).length && !controller.signal.aborted) {
@@ -464,8 +472,11 @@ async function jobPage(jobId) {
       }
     } else if (event.kind === "eval") {
       for (const [name, value] of Object.entries(data.metrics || {})) {
-        if (typeof value !== "number" || name === "predicted_classes") continue;
-        const series = name === "eval_loss" ? curves.evalLoss : (curves.evals[name] = curves.evals[name] || []);
+        if (typeof value !== "number" || name === "predicted_classes" || name === "exact_match_rows") continue;
+        const accuracy = { mean_token_accuracy: "validation token accuracy", exact_match: "exact match" }[name];
+        const series = name === "eval_loss" ? curves.evalLoss
+          : accuracy ? (curves.accuracy[accuracy] ||= [])
+          : (curves.evals[name] = curves.evals[name] || []);
         series.push([data.step, value]);
       }
     } else if (event.kind === "status") {

@@ -518,3 +518,17 @@ def test_a_causal_lm_job_reads_its_columns_from_the_row_shape(
     body = job_body(ids["chat"], columns={"text": "messages", "label": "messages"})
     wrong = client.post("/jobs", json=body, headers=tenant.headers)
     assert wrong.status_code == 422 and wrong.json()["error"]["field"] == "columns.text"
+
+
+def test_the_resolved_settings_say_what_the_job_is_scored_on(
+    client, tenant, dataset, upload
+) -> None:
+    alone = client.post("/jobs", json=job_body(dataset["id"]), headers=tenant.headers).json()
+    note = alone["hyperparameters"]["validation"]
+    assert note.startswith("no validation data set") and "does not split" in note
+    validated = client.post(
+        "/jobs",
+        json=job_body(dataset["id"], validation_dataset_id=dataset["id"]),
+        headers=tenant.headers,
+    ).json()
+    assert validated["hyperparameters"]["validation"].startswith(f"{dataset['num_rows']} rows")
