@@ -189,7 +189,6 @@ def serve_bf16(args: argparse.Namespace) -> dict[str, Any]:
     """A bf16 engine on ``--device`` against the float32 CPU engine and HF's float32 reference,
     with the bounds of tests/serving/test_bf16_cpu.py."""
     from adalora_core.serving.engine import EngineSettings, InferenceEngine
-    from adalora_core.serving.generation import GenerationParams
     from application.engine_factory import serving_dtype
     from tests.serving import test_bf16_cpu as bounds
     from tests.serving.test_decoding import GPT2_RANKS, LLAMA_RANKS, SEED
@@ -198,8 +197,6 @@ def serve_bf16(args: argparse.Namespace) -> dict[str, Any]:
         MemorySource,
         base_factory,
         make_adapter,
-        make_tokenizer,
-        merged_reference,
     )
 
     device = torch.device(args.device)
@@ -226,26 +223,14 @@ def serve_bf16(args: argparse.Namespace) -> dict[str, Any]:
         for want, got in zip(exact, rounded, strict=True):
             for label, p in want["scores"].items():
                 worst_probability = max(worst_probability, abs(got["scores"][label] - p))
-    tokenizer = make_tokenizer(with_cls=False)
     prompts = bounds.texts(8, 6, seed=1)
-    rows = agreeing = clear_divergences = 0
-    for adapter_id, (base, weights) in generators.items():
-        reference = merged_reference(weights)
-        params = GenerationParams(bounds.NEW_TOKENS)
-        prepared = half.prepare(adapter_id, prompts, params, base_model=base, base_kind=bounds.KIND)
-        for prompt, handle in zip(prompts, half.generate(prepared), strict=True):
-            steps = bounds.steps_of(handle, tokenizer)
-            step, taken, logits = bounds.divergence(
-                reference, tokenizer(prompt)["input_ids"], steps
-            )
-            rows += 1
-            if step < 0:
-                agreeing += 1
-                continue
-            best, second = logits.topk(2).values.tolist()
-            near = best - max(float(logits[t]) for t in taken)
-            if best - second > bounds.LOGIT_TIE or near > bounds.LOGIT_TIE:
-                clear_divergences += 1
+    walks = [
+        walk
+        for adapter_id, (base, weights) in generators.items()
+        for walk in bounds.walk_rows(half, adapter_id, base, weights, prompts)
+    ]
+    rows, agreeing = len(walks), sum(walk.step < 0 for walk in walks)
+    clear_divergences = sum(walk.clear for walk in walks)
     full.close()
     half.close()
     return {

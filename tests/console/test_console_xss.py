@@ -165,7 +165,8 @@ def test_no_payload_runs_on_any_page(live, browser, tmp_path: Path) -> None:
         str(nested)
     )
     browser.find_element(By.CSS_SELECTOR, "#upload button").click()
-    assert "(422)" in wait(browser, message, "the nested-value error")
+    # The message box keeps the last message until the next one: wait for this one's words.
+    wait(browser, lambda d: "(422)" in message(d), "the nested-value error")
     inert(browser, NESTED_COLUMN)
 
     browser.get(f"{live.url}/ui/#/datasets")
@@ -175,7 +176,7 @@ def test_no_payload_runs_on_any_page(live, browser, tmp_path: Path) -> None:
         str(odd)
     )
     browser.find_element(By.CSS_SELECTOR, "#upload button").click()
-    assert "(415)" in wait(browser, message, "the file type error")
+    wait(browser, lambda d: "(415)" in message(d), "the file type error")
     inert(browser, SUFFIX)
 
     browser.get(f"{live.url}/ui/#/jobs")
@@ -186,7 +187,7 @@ def test_no_payload_runs_on_any_page(live, browser, tmp_path: Path) -> None:
     Select(form.find_element(By.ID, "job-text")).select_by_value(TEXT_COLUMN)
     Select(form.find_element(By.ID, "job-label")).select_by_value(LABEL_COLUMN)
     form.find_element(By.ID, "start-job").click()
-    assert "must be numeric" in wait(browser, message, "the regression target error")
+    wait(browser, lambda d: "must be numeric" in message(d), "the regression target error")
     inert(browser, f"regression target {LABEL_COLUMN!r}")
 
 
