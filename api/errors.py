@@ -23,6 +23,7 @@ from starlette.routing import Match
 from adalora_core.errors import ConfigError
 from api.disconnect import ClientGone
 from application.errors import RequestError
+from service.store import StoreUnavailable
 
 log = logging.getLogger("adalora.api")
 
@@ -159,6 +160,14 @@ async def _database_busy(request: Request, exc: Exception) -> JSONResponse:
     return error_response(503, "database_busy", message, None, {"Retry-After": "1"}, request)
 
 
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # The artifact store is down or restarting: nothing was stored (an upload's row is written
+    # only after its file); the details (endpoint, key) go to the log, not to the caller.
+    log.warning("artifact store unavailable: %s", exc)
+    message = "the artifact store is unavailable; try again shortly"
+    return error_response(503, "store_unavailable", message, None, {"Retry-After": "5"}, request)
+
+
 async def _data_error(request: Request, exc: Exception) -> JSONResponse:
     # The database refused a value validation let through (e.g. a NUL byte in an id).
     log.info("database rejected a value: %s", exc.__class__.__name__)
@@ -184,6 +193,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(PoolTimeoutError, _database_busy)
     app.add_exception_handler(DataError, _data_error)
+    app.add_exception_handler(StoreUnavailable, _store_unavailable)
     app.add_exception_handler(ClientGone, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
 

@@ -17,6 +17,8 @@ Adapters: ours AdaLoRA-like, rank 0..12 per module (mean about 7) on all 7 proje
 layers; PEFT's LoRA rank 8 on the same modules. Tokens/s counts tokens actually generated (a row
 may end early at its end-of-sequence token). For our variants the time to first token and the
 per-token latency come from each stream's events. The last line is one JSON object.
+
+``--device cuda`` runs every variant on a GPU (bench/gpu_check.sh), in float32 like the CPU run.
 """
 
 from __future__ import annotations
@@ -162,8 +164,9 @@ def run_hf(model: Any, tokenizer: Any, groups: list[tuple[str | None, list[list[
             model.set_adapter(name)
         width = max(len(r) for r in rows)
         pad = tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        device = next(model.parameters()).device
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new,
                                  do_sample=False, pad_token_id=pad)  # fmt: skip
@@ -179,7 +182,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--home", type=Path, default=Path(".adalora"))
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
 
     import peft
@@ -188,7 +193,7 @@ def main() -> None:
     path = smollm2_dir(args.home.resolve())
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
     targets = shapes(plain)
     blobs = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -197,13 +202,14 @@ def main() -> None:
             blobs[f"a{k}"] = zip_bundle(bundle)
     name = "SmolLM2-135M-Instruct"
     engine = InferenceEngine(
-        Bundles(blobs), EngineSettings(max_batch_size=64), base_paths={name: path}
+        Bundles(blobs), EngineSettings(max_batch_size=64), base_paths={name: path}, device=device
     )
     fixed = {
         op: InferenceEngine(
             Bundles(blobs),
             EngineSettings(max_batch_size=64, decode_strategy=op),
             base_paths={name: path},
+            device=device,
         )
         for op in ("grouped", "concat")
     }
@@ -216,7 +222,7 @@ def main() -> None:
         for pname, param in peft_model.named_parameters():
             if "lora_B" in pname:
                 param.normal_(0, 0.02)
-    peft_model.eval()
+    peft_model.to(device).eval()
 
     # Warm up: load every adapter and both models' first calls.
     warm = prompts(tokenizer, ADAPTERS)
@@ -268,7 +274,8 @@ def main() -> None:
     engine.close()
     for other in fixed.values():
         other.close()
-    print(json.dumps({"threads": args.threads, "new_tokens": args.new_tokens, "runs": results}))
+    summary = {"threads": args.threads, "new_tokens": args.new_tokens, "device": str(device)}
+    print(json.dumps({**summary, "runs": results}))
 
 
 if __name__ == "__main__":

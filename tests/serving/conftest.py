@@ -39,11 +39,14 @@ def source() -> MemorySource:
 
 @pytest.fixture
 def make_engine(source: MemorySource) -> Iterator[Callable[..., InferenceEngine]]:
-    """Engines on the test's adapters; their decode threads are stopped after the test."""
+    """Engines on the test's adapters (float32 unless ``dtype`` is given); their decode threads
+    are stopped after the test."""
     built: list[InferenceEngine] = []
 
-    def build(**settings: Any) -> InferenceEngine:
-        engine = InferenceEngine(source, EngineSettings(**settings), base_factory=base_factory)
+    def build(dtype: torch.dtype = torch.float32, **settings: Any) -> InferenceEngine:
+        engine = InferenceEngine(
+            source, EngineSettings(**settings), base_factory=base_factory, dtype=dtype
+        )
         built.append(engine)
         return engine
 

@@ -19,6 +19,24 @@ def test_models_lists_the_tenants_adapters_and_the_bases(client, llama_adapter, 
     assert listed[adapter_id].model_dump()["base_model"] == LLAMA
 
 
+def test_models_never_lists_another_tenants_adapters(
+    client, llama_adapter, live_server, other_tenant, store_bundle
+) -> None:
+    """Each tenant's `client.models.list()` shows its own adapters and the bases, never the
+    other tenant's adapters (nor that tenant's id as an owner)."""
+    mine, weights = llama_adapter
+    theirs = store_bundle(other_tenant, weights, LLAMA)
+    stranger = openai.OpenAI(
+        base_url=f"{live_server.url}/v1", api_key=other_tenant.secret, max_retries=0
+    )
+    seen_by_me = {m.id: m.owned_by for m in client.models.list().data}
+    seen_by_them = {m.id: m.owned_by for m in stranger.models.list().data}
+    assert mine in seen_by_me and theirs not in seen_by_me
+    assert theirs in seen_by_them and mine not in seen_by_them
+    assert other_tenant.id not in seen_by_me.values()
+    assert set(seen_by_me) - {mine} == set(seen_by_them) - {theirs}  # the shared bases
+
+
 def test_completion_is_the_adapters_greedy_decode(client, llama_adapter) -> None:
     adapter_id, weights = llama_adapter
     expected, generated = greedy(weights, make_tokenizer(False)("w1 w2 w3")["input_ids"], 8)
