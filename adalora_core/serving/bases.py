@@ -6,6 +6,7 @@ loaded; it is never merged or re-injected, so any number of adapters share it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from adalora_core.serving.constraints import GrammarCompiler
 from adalora_core.serving.grouped import wrap_linears
 from adalora_core.serving.heads import route_heads
 from adalora_core.tasks import AUTO_CLASS, ModelKind
@@ -45,6 +47,36 @@ class SharedBase:
     # between threads (requests tokenize in their own threads).
     tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
     last_hidden: list[torch.Tensor] = field(default_factory=list)
+    _grammars: GrammarCompiler | None = field(default=None, repr=False)
+    _grammars_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @functools.cached_property
+    def eos_ids(self) -> frozenset[int]:
+        """Every token that ends a generation: the generation config's, the model config's
+        and the tokenizer's end-of-sequence ids (an instruct model's end-of-turn among them)."""
+        ids: set[int] = set()
+        for source in (getattr(self.model, "generation_config", None), self.model.config):
+            ids.update(_ids(getattr(source, "eos_token_id", None)))
+        ids.update(_ids(getattr(self.tokenizer, "eos_token_id", None)))
+        return frozenset(ids)
+
+    @property
+    def grammars(self) -> GrammarCompiler:
+        """This base's grammar compiler and cache, made when a request first asks for one."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                self._grammars = GrammarCompiler(
+                    self.tokenizer, self.eos_ids, tokenizer_lock=self.tokenizer_lock
+                )
+            return self._grammars
+
+
+def _ids(value: object) -> list[int]:
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [v for v in value if isinstance(v, int)]
+    return []
 
 
 def default_base_factory(paths: Mapping[str, str]) -> BaseFactory:

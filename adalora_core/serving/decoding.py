@@ -39,7 +39,7 @@ from adalora_core.serving.handles import (
     TextEvent,
 )
 from adalora_core.serving.loading import LoadedAdapter
-from adalora_core.serving.sampling import row_generator, sample_token
+from adalora_core.serving.sampling import RowSampler, TokenLogprob, token_logprob
 from adalora_core.serving.scheduling import DecoderBusy, FairQueue, QueueLimits
 from adalora_core.serving.text_stream import StreamedText
 
@@ -59,17 +59,18 @@ class _Row:
     the queue, runs in the batch, and may wait again if another tenant needs its place."""
 
     generation: Generation
-    generator: torch.Generator | None
+    sampler: RowSampler
     text: StreamedText
     length: int = 0  # tokens in the cache (prompt + generated, less the pending last token)
     tokens: list[int] = field(default_factory=list)
     finish: str | None = None
     joined_at: int = 0  # the decode step at which it (last) joined the batch
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet published
 
     @classmethod
     def of(cls, generation: Generation) -> _Row:
         sampling = generation.sampling
-        return cls(generation, row_generator(sampling.seed), StreamedText(sampling.stop))
+        return cls(generation, RowSampler(sampling), StreamedText(sampling.stop))
 
     @property
     def tenant(self) -> str:
@@ -126,7 +127,7 @@ class ContinuousDecoder:
         self.largest_batch = 0
         self.preempted = 0  # rows taken out of the batch for another tenant
         self.refused = 0  # rows refused because the queue was full
-        self.eos_ids = _eos_ids(base)
+        self.eos_ids = base.eos_ids
         self._queue: FairQueue[_Row] = FairQueue(queue_limits)
         self._rows: list[_Row] = []
         self._cache: DynamicCache | None = None
@@ -296,26 +297,40 @@ class ContinuousDecoder:
         self.steps += 1
 
     def _pick(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-        """Each row's next token, recorded and published; returns them as rows × 1."""
+        """Each row's next token, recorded and published; returns them as rows × 1. Rows with
+        no penalty, bias, grammar or temperature are picked together (one argmax)."""
         logits = logits.float()
+        reporting = [i for i, r in enumerate(rows) if r.sampler.params.logprobs is not None]
+        logprobs = torch.log_softmax(logits[reporting], dim=-1) if reporting else None
+        for i, row in enumerate(rows):
+            if row.sampler.adjusts:
+                row.sampler.adjust(logits[i])
         chosen = logits.argmax(dim=-1)
         for i, row in enumerate(rows):
-            sampling = row.generation.sampling
-            if sampling.temperature > 0:
-                chosen[i] = sample_token(logits[i], sampling, row.generator)
+            if row.sampler.params.temperature > 0:
+                chosen[i] = row.sampler.pick(logits[i])
         picked = chosen.tolist()
+        if logprobs is not None:
+            for j, i in enumerate(reporting):
+                if picked[i] not in self.eos_ids:
+                    top = rows[i].sampler.params.logprobs or 0
+                    rows[i].logprobs.append(token_logprob(logprobs[j], picked[i], top))
         for row, token in zip(rows, picked, strict=True):
             self._record(row, token)
         return chosen[:, None]
 
     def _record(self, row: _Row, token: int) -> None:
         sampling = row.generation.sampling
-        if token in self.eos_ids:
+        end = token in self.eos_ids
+        row.sampler.accept(token, end)
+        if end:
             row.finish = FINISH_STOP
         else:
             row.tokens.append(token)
             self.generated += 1
-            if len(row.tokens) >= sampling.max_new_tokens:
+            if row.sampler.document_closed:  # nothing but its end may follow
+                row.finish = FINISH_STOP
+            elif len(row.tokens) >= sampling.max_new_tokens:
                 row.finish = FINISH_LENGTH
         with self.base.tokenizer_lock:
             text = self.base.tokenizer.decode(row.tokens, skip_special_tokens=True)
@@ -323,7 +338,8 @@ class ContinuousDecoder:
         if stopped:
             row.finish = FINISH_STOP
         if delta or row.finish is not None:
-            row.generation.publish(TextEvent(delta, len(row.tokens), row.finish))
+            logprobs, row.logprobs = tuple(row.logprobs), []
+            row.generation.publish(TextEvent(delta, len(row.tokens), row.finish, logprobs=logprobs))
 
     def _retire(self) -> None:
         """Rows that finished or were cancelled leave the batch now."""
@@ -413,17 +429,6 @@ def _left_pad(tensor: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
     shape = list(tensor.shape)
     shape[dim] = missing
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
-
-
-def _eos_ids(base: SharedBase) -> frozenset[int]:
-    ids: set[int] = set()
-    for source in (base.model.generation_config, base.model.config, base.tokenizer):
-        value = getattr(source, "eos_token_id", None)
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list | tuple):
-            ids.update(v for v in value if isinstance(v, int))
-    return frozenset(ids)
 
 
 DecoderFactory = Callable[[SharedBase], ContinuousDecoder]

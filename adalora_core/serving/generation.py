@@ -11,10 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from adalora_core.serving.constraints import CompiledGrammar
+
+# OpenAI's bounds: a logit bias is at most 100 either way; at most 20 alternatives per token.
+MAX_LOGIT_BIAS = 100.0
+MAX_TOP_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,19 @@ class GenerationParams:
     top_p: float = 1.0
     seed: int | None = None  # a sampled row's own random stream (causal-LM decoding)
     stop: tuple[str, ...] = ()  # text that ends a row, left out of its answer (causal-LM)
+    # The rest is causal-LM decoding only (decoding.py, sampling.py), per row in the batch.
+    grammar: CompiledGrammar | None = None  # the output must be a document of this grammar
+    presence_penalty: float = 0.0  # subtracted from a token's logit once it was generated
+    frequency_penalty: float = 0.0  # subtracted once per time it was generated
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    logprobs: int | None = None  # report the picked token's logprob and this many alternatives
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether a row's logits change before its pick (penalties, biases, a grammar)."""
+        return bool(
+            self.grammar or self.presence_penalty or self.frequency_penalty or self.logit_bias
+        )
 
     @property
     def sampling_key(self) -> tuple[float, float]:

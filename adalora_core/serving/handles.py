@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from adalora_core.serving.generation import GenerationParams
 from adalora_core.serving.loading import LoadedAdapter
+from adalora_core.serving.sampling import TokenLogprob
 
 FINISH_STOP = "stop"  # an end-of-sequence token or a stop string
 FINISH_LENGTH = "length"  # max_new_tokens reached
@@ -30,6 +31,9 @@ class TextEvent:
     tokens: int  # tokens generated so far
     finish: str | None = None
     error: BaseException | None = None
+    # The tokens generated since the last event, when the row reports log-probabilities
+    # (an end-of-sequence token is not reported: it is not in the text).
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class Generation:
@@ -110,7 +115,10 @@ class Generation:
     def _completion(self, events: list[TextEvent]) -> Completion:
         last = events[-1]
         text = "".join(e.delta for e in events)
-        return Completion(text, len(self.prompt_ids), last.tokens, last.finish or FINISH_STOP)
+        logprobs = tuple(entry for e in events for entry in e.logprobs)
+        return Completion(
+            text, len(self.prompt_ids), last.tokens, last.finish or FINISH_STOP, logprobs
+        )
 
 
 async def complete_all(handles: Sequence[Generation]) -> list[Completion]:

@@ -245,3 +245,48 @@ def bert_layer_paths(layer: int) -> dict[str, str]:
         "up": f"{p}.intermediate.dense",
         "down": f"{p}.output.dense",
     }
+
+
+def byte_level_llama(tokenizer: Any) -> LlamaForCausalLM:
+    """A tiny random Llama over a real byte-level vocabulary (SmolLM2's tokenizer): JSON
+    grammars and tool calls need real byte-level tokens, the weights stay tiny. Large initial
+    weights make its next-token distributions peaked, so greedy picks are not near-ties."""
+    config = llama_config(
+        len(tokenizer),
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=0.5,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id or 0,
+    )
+    return seeded(LlamaForCausalLM, config, MODEL_SEED).eval()
+
+
+def llama_adapter_for(model: nn.Module, base_name: str, seed: int) -> AdapterWeights:
+    """Random AdaLoRA-like triplets on the attention and MLP projections of every layer."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = projections(model, ("lm_head",))
+    modules = {
+        path: ModuleDelta(
+            lora_A=torch.randn(4, fan_in, generator=gen) * 0.3,
+            lora_B=torch.randn(fan_out, 4, generator=gen) * 0.3,
+            lora_E=torch.randn(4, 1, generator=gen),
+            scaling=2.0,
+        )
+        for path, (fan_in, fan_out) in shapes.items()
+    }
+    meta = AdapterMeta(
+        task={"kind": "causal-lm"},
+        base_model=base_name,
+        init_r=4,
+        target_r=4,
+        lora_alpha=8.0,
+        scaling=2.0,
+        labels=None,
+        modules=[{"name": p, "rank": 4} for p in modules],
+        max_length=512,
+    )
+    return AdapterWeights(meta, {"peft_type": "ADALORA"}, modules, {})
