@@ -31,7 +31,7 @@ _EXPORTS: dict[str, str] = {
     "read_adapter": "adalora_core.formats.bundle",
     "zip_bundle": "adalora_core.formats.bundle",
     "save_adapter": "adalora_core.formats.peft",
-    "import_peft_adapter": "adalora_core.formats.peft",
+    "import_peft_adapter": "adalora_core.formats.peft_import",
     "export_lora": "adalora_core.formats.lora",
     "save_merged": "adalora_core.formats.merged",
 }

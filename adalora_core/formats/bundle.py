@@ -1,14 +1,18 @@
 """The adapter bundle: one directory (or a zip of it) that every consumer reads the same way.
 
-A bundle holds PEFT's AdaLoRA files (so ``peft.PeftModel.from_pretrained`` loads it) plus
-``adalora.json`` with what PEFT has no place for (labels, rank history, metrics). The serving
-engine and the exporters read bundles only through :func:`read_adapter`.
+A bundle holds PEFT's files (so ``peft.PeftModel.from_pretrained`` loads it) plus
+``adalora.json`` with what PEFT has no place for (labels, rank history, metrics). Adapters we
+train hold PEFT's AdaLoRA files; an imported PEFT LoRA adapter keeps its own LoRA files, so its
+download gives back what was uploaded (``adalora_core.formats.peft_import``). The serving engine
+and the exporters read bundles only through :func:`read_adapter`.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import re
 import shutil
 import zipfile
 from collections.abc import Mapping
@@ -30,6 +34,7 @@ FORMAT_VERSION = 1
 
 KEY_PREFIX = "base_model.model."
 TRIPLET_NAMES = ("lora_A", "lora_B", "lora_E")
+LORA_NAMES = ("lora_A.weight", "lora_B.weight")
 
 # A fixed timestamp makes zips of equal bundles byte-identical, so their sha256 is stable.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -161,11 +166,68 @@ def split_state_dict(
     return modules, head
 
 
-def write_bundle(weights: AdapterWeights, out_dir: Path) -> Path:
-    """Write the three bundle files; the directory appears complete or not at all."""
+def pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
+    """A module's entry in PEFT's ``rank_pattern`` / ``alpha_pattern``, matched as PEFT matches
+    it (``peft.utils.other.get_pattern_key``: the first key that is a dotted suffix regex)."""
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", module):
+            return patterns[key]
+    return default
+
+
+def lora_scaling(config: Mapping[str, Any], module: str, rank: int) -> float:
+    """PEFT LoRA's scale of one module: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+    alpha = float(pattern_value(config.get("alpha_pattern") or {}, module, config["lora_alpha"]))
+    return alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+
+
+def split_lora_state_dict(
+    config: Mapping[str, Any], state: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, ModuleDelta], dict[str, torch.Tensor]]:
+    """A PEFT LoRA adapter's modules as triplets (λ = 1, the module's own scale), the rest head.
+
+    The rank of each module is its weights' (the config's ``r`` / ``rank_pattern`` is checked
+    against them at import), so ΔW = scale · B · A exactly as PEFT computes it."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    head: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if not key.startswith(KEY_PREFIX):
+            raise BundleError(f"{WEIGHTS_FILE}: unexpected key {key!r}")
+        name = key[len(KEY_PREFIX) :]
+        leaf = next((n for n in LORA_NAMES if name.endswith("." + n)), None)
+        if leaf is None:
+            head[name] = tensor
+        else:
+            parts.setdefault(name[: -len(leaf) - 1], {})[leaf] = tensor
+    modules: dict[str, ModuleDelta] = {}
+    for path, pair in parts.items():
+        if set(pair) != set(LORA_NAMES):
+            raise BundleError(f"{WEIGHTS_FILE}: module {path!r} lacks one of {list(LORA_NAMES)}")
+        a, b = pair["lora_A.weight"], pair["lora_B.weight"]
+        if a.ndim != 2 or b.ndim != 2 or b.shape[1] != a.shape[0]:
+            raise BundleError(
+                f"module {path!r}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not pair"
+            )
+        rank = int(a.shape[0])
+        modules[path] = ModuleDelta(
+            lora_A=a,
+            lora_B=b,
+            lora_E=torch.ones(rank, 1, dtype=a.dtype),
+            scaling=lora_scaling(config, path, rank) if rank else 0.0,
+        )
+    return modules, head
+
+
+def write_bundle(
+    weights: AdapterWeights, out_dir: Path, state: Mapping[str, torch.Tensor] | None = None
+) -> Path:
+    """Write the three bundle files; the directory appears complete or not at all. ``state``
+    is written as given instead of the triplets (an imported adapter keeps its own tensors)."""
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:
-        state = weights_to_state_dict(weights.modules, weights.head)
+        if state is None:
+            state = weights_to_state_dict(weights.modules, weights.head)
+        state = {k: v.contiguous() for k, v in state.items()}
         (tmp / WEIGHTS_FILE).write_bytes(save_safetensors(state, metadata={"format": "pt"}))
         (tmp / PEFT_CONFIG_FILE).write_text(json.dumps(weights.peft_config, indent=2))
         (tmp / META_FILE).write_text(json.dumps(weights.meta.to_json(), indent=2))
@@ -211,9 +273,13 @@ def read_adapter(source: Path | str | bytes) -> AdapterWeights:
         if isinstance(exc, BundleError):
             raise
         raise BundleError(f"unreadable {WEIGHTS_FILE}: {exc}") from exc
-    if peft_config.get("peft_type") != "ADALORA":
-        raise BundleError(f"{PEFT_CONFIG_FILE}: peft_type must be ADALORA")
-    modules, head = split_state_dict(state, float(meta.scaling))
+    peft_type = peft_config.get("peft_type")
+    if peft_type == "ADALORA":
+        modules, head = split_state_dict(state, float(meta.scaling))
+    elif peft_type == "LORA":
+        modules, head = split_lora_state_dict(peft_config, state)
+    else:
+        raise BundleError(f"{PEFT_CONFIG_FILE}: peft_type must be ADALORA or LORA")
     declared = {m["name"]: int(m["rank"]) for m in meta.modules}
     for name, rank in declared.items():
         if name not in modules:

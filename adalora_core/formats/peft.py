@@ -1,4 +1,5 @@
-"""PEFT's AdaLoRA format: save our adapters so PEFT loads them, and import adapters PEFT saved.
+"""PEFT's AdaLoRA format: save our adapters so PEFT loads them (adapters PEFT saved come in
+through ``adalora_core.formats.peft_import``).
 
 PEFT computes an AdaLoRA module's output as x·(Q∘λ)ᵀ·Pᵀ · lora_alpha / ranknum with ranknum
 fixed at init_r (pruning keeps it), which is our scaling lora_alpha / init_r. It reloads
@@ -9,33 +10,22 @@ carry that pattern and a schedule PEFT accepts (tinit < total_step - tfinal).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from adalora_core.formats.bundle import (
-    PEFT_CONFIG_FILE,
-    WEIGHTS_FILE,
     AdapterMeta,
     AdapterWeights,
     BundleError,
     ModuleDelta,
-    split_state_dict,
     write_bundle,
 )
-from adalora_core.inject import module_layer_and_kind, set_submodule
+from adalora_core.inject import set_submodule
 from adalora_core.layers import LoRALinear, SVDLinear
 from adalora_core.tasks import TaskSpec
-
-_KIND_BY_TASK_TYPE = {
-    "SEQ_CLS": "classification",
-    "CAUSAL_LM": "causal-lm",
-    "SEQ_2_SEQ_LM": "seq2seq",
-}
 
 
 def adapter_weights(model: nn.Module, meta: AdapterMeta) -> AdapterWeights:
@@ -117,64 +107,6 @@ def peft_config(
 def save_adapter(model: nn.Module, out_dir: Path, meta: AdapterMeta) -> Path:
     """Write the bundle (PEFT AdaLoRA files pruned to the kept triplets, plus adalora.json)."""
     return write_bundle(adapter_weights(model, meta), Path(out_dir))
-
-
-def import_peft_adapter(adapter_dir: Path) -> AdapterWeights:
-    """Read an AdaLoRA adapter saved by PEFT itself; adalora.json content is derived from it."""
-    adapter_dir = Path(adapter_dir)
-    try:
-        config = json.loads((adapter_dir / PEFT_CONFIG_FILE).read_text())
-        state = load_file(str(adapter_dir / WEIGHTS_FILE))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BundleError(f"not a PEFT adapter directory: {adapter_dir}: {exc}") from exc
-    if config.get("peft_type") != "ADALORA":
-        raise BundleError(
-            f"{PEFT_CONFIG_FILE}: peft_type is {config.get('peft_type')!r}, expected ADALORA"
-        )
-    init_r = int(config["init_r"])
-    alpha = float(config["lora_alpha"])
-    scaling = alpha / init_r
-    modules, head = split_state_dict(state, scaling)
-    meta = AdapterMeta(
-        task=_task_from_peft(config, head),
-        base_model=str(config.get("base_model_name_or_path") or ""),
-        init_r=init_r,
-        target_r=int(config.get("target_r", init_r)),
-        lora_alpha=alpha,
-        scaling=scaling,
-        labels=None,
-        modules=[
-            {"name": path, "layer": layer, "kind": kind, "rank": delta.rank}
-            for path, delta in modules.items()
-            for layer, kind in [module_layer_and_kind(path)]
-        ],
-        budget={
-            "initial": init_r * len(modules),
-            "target": int(config.get("target_r", init_r)) * len(modules),
-            "final": sum(d.rank for d in modules.values()),
-        },
-        method="peft-import",
-    )
-    meta.labels = meta.task.get("labels")
-    return AdapterWeights(meta=meta, peft_config=config, modules=modules, head=head)
-
-
-def _task_from_peft(config: dict[str, Any], head: dict[str, torch.Tensor]) -> dict[str, Any]:
-    task_type = config.get("task_type")
-    kind = _KIND_BY_TASK_TYPE.get(task_type or "")
-    if kind is None:
-        raise BundleError(f"{PEFT_CONFIG_FILE}: unsupported task_type {task_type!r}")
-    task: dict[str, Any] = {"kind": kind, "text_column": "text"}
-    if kind == "classification":
-        outputs = [
-            t.shape[0] for name, t in head.items() if name.endswith("weight") and t.ndim == 2
-        ]
-        num_labels = outputs[-1] if outputs else 2
-        if num_labels == 1:
-            task.update(kind="regression", label_column="label")
-        else:
-            task.update(label_column="label", labels=[f"LABEL_{i}" for i in range(num_labels)])
-    return task
 
 
 def apply_adapter(model: nn.Module, adapter: AdapterWeights) -> nn.Module:

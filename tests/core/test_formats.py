@@ -25,7 +25,8 @@ from adalora_core.formats.bundle import (
 )
 from adalora_core.formats.lora import export_lora
 from adalora_core.formats.merged import save_merged
-from adalora_core.formats.peft import apply_adapter, import_peft_adapter, save_adapter
+from adalora_core.formats.peft import apply_adapter, save_adapter
+from adalora_core.formats.peft_import import ArchiveLimits, import_peft_adapter, read_peft_dir
 from adalora_core.hf_loading import head_modules, load_model, load_tokenizer
 from adalora_core.tasks import TaskSpec
 
@@ -223,7 +224,13 @@ def test_import_of_an_adapter_saved_by_peft(bert_dir: Path, tmp_path: Path) -> N
     with torch.no_grad():
         expected = model(**inputs).logits
 
-    imported = import_peft_adapter(tmp_path / "peft")
+    imported = import_peft_adapter(
+        read_peft_dir(tmp_path / "peft", ArchiveLimits()),
+        base_model="tiny-bert",
+        model_dir=str(bert_dir),
+        labels=["no", "yes"],
+        max_rank=8,
+    ).weights
     ranks = {m["name"]: m["rank"] for m in imported.meta.modules}
     assert sum(ranks.values()) == 4  # target_r x 4 modules
     assert imported.meta.task["kind"] == "classification"
