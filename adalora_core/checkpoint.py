@@ -3,7 +3,9 @@
 A checkpoint is a directory ``step-<n>`` holding one ``state.pt``: the trainable weights
 (adapter triplets and head), optimizer and scheduler state, the rank allocator's state, every
 RNG the loop draws from, the data position and the budget history. It is written to a
-temporary directory first and renamed, so a reader never sees half a checkpoint.
+temporary directory first and renamed, so a reader never sees half a checkpoint. The trainer
+then writes the adapter of that moment into its ``adapter/`` directory (an ordinary bundle),
+so a caller can keep, serve or continue from the checkpoint without the training state.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from adalora_core.atomic import atomic_directory
 
 STATE_FILE = "state.pt"
+ADAPTER_DIR = "adapter"  # the bundle of the checkpoint's step, beside the state
 _PREFIX = "step-"
 
 

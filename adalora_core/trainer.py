@@ -82,7 +82,8 @@ def train(
     settings, update count, schedule and method; ``train_rows`` must be the rows it was planned
     for. A LoRA plan trains plain LoRA of rank ``plan.lora_r``; ``adapt`` replaces the built-in
     adapters (external baselines) and then nothing is saved. A run finding a checkpoint in
-    ``checkpoint_dir`` resumes from the newest one. The bundle records ``base_model_name`` as its
+    ``checkpoint_dir`` resumes from the newest one; each checkpoint holds the adapter of its step
+    as a bundle in ``adapter/``. The bundle records ``base_model_name`` as its
     base (the name it is registered under, not this machine's path), else ``base_model``.
 
     ``precision`` is one of ``adalora_core.precision.PRECISIONS``: "auto" is fp32 on the CPU,
@@ -125,11 +126,27 @@ def train(
             task, eval_data, collate, training.batch_size, mixed, run_device, tokenizer
         )
     lengths = [len(row["input_ids"]) for row in train_data]
-    loop = UpdateLoop(plan, state, update, evaluator, lengths, replica, callbacks, checkpoint_dir)
+    name = base_model_name or str(base_model)
+
+    def snapshot(dest: Path) -> Path:
+        """The adapter as it stands, as a bundle: each checkpoint carries one."""
+        return _write_bundle(adapted, plan, name, task, _result(adapted, state, True), dest)
+
+    writes = adapt is None and replica.is_main
+    loop = UpdateLoop(
+        plan,
+        state,
+        update,
+        evaluator,
+        lengths,
+        replica,
+        callbacks,
+        checkpoint_dir,
+        snapshot if writes else None,
+    )
     finished = loop.run()
     result = _result(adapted, state, finished)
-    if finished and adapt is None and replica.is_main:
-        name = base_model_name or str(base_model)
+    if finished and writes:
         result.adapter_dir = _write_bundle(adapted, plan, name, task, result, output_dir)
     return result
 

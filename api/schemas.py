@@ -175,6 +175,23 @@ class EventList(BaseModel):
 # --- adapters -----------------------------------------------------------------------------
 
 
+class CheckpointOut(BaseModel):
+    id: str = Field(description="Serve it by this id on /infer and /v1/* like an adapter id.")
+    job_id: str
+    step: int
+    created_at: datetime
+    base_model: str
+    metrics: dict[str, Any] = Field(
+        description="train_loss and the evaluation (eval_*) last run at or before this step."
+    )
+    budget: dict[str, Any] = Field(description="The rank budget: current, initial, target.")
+    size_bytes: int
+
+
+class CheckpointList(BaseModel):
+    items: list[CheckpointOut]
+
+
 class AdapterOut(BaseModel):
     id: str
     name: str | None

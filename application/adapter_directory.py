@@ -18,7 +18,8 @@ from adalora_core.tasks import MODEL_KIND, ModelKind
 from application.errors import RequestError, not_found
 from application.ttl_cache import TtlCache
 from service import adapters as adapter_rows
-from service.tables import Adapter
+from service import checkpoints as checkpoint_rows
+from service.tables import Adapter, Checkpoint
 from service.vocabulary import ArtifactFormat
 
 CORRUPT = "corrupt"
@@ -36,7 +37,7 @@ class AdapterRecord:
         return MODEL_KIND[self.task]
 
     @classmethod
-    def of(cls, row: Adapter) -> AdapterRecord:
+    def of(cls, row: Adapter | Checkpoint) -> AdapterRecord:
         peft = (row.formats or {}).get(ArtifactFormat.PEFT) or {}
         ref = AdapterRef(
             adapter_id=row.id,
@@ -55,16 +56,20 @@ class AdapterDirectory:
         self.records: TtlCache[tuple[str, str], AdapterRecord] = TtlCache(ttl_s)
 
     def find(self, tenant_id: str, adapter_id: str) -> AdapterRecord:
-        """The tenant's servable adapter; 404 for another tenant's or an unknown id, 409 for one
-        condemned as corrupt."""
+        """The tenant's servable adapter, or a checkpoint by its id; 404 for another tenant's or
+        an unknown id, 409 for an adapter condemned as corrupt."""
         cached = self.records.get((tenant_id, adapter_id))
         if cached is not None:
             return cached
         with self.sessions() as session:
-            row = adapter_rows.get_adapter(session, tenant_id, adapter_id)
+            row: Adapter | Checkpoint | None
+            if checkpoint_rows.is_checkpoint_id(adapter_id):  # a job's adapter at one step
+                row = checkpoint_rows.get_checkpoint(session, tenant_id, adapter_id)
+            else:
+                row = adapter_rows.get_adapter(session, tenant_id, adapter_id)
             if row is None:
                 raise not_found("adapter", adapter_id)
-            if row.status == CORRUPT:
+            if isinstance(row, Adapter) and row.status == CORRUPT:
                 raise corrupt(adapter_id)
             record = AdapterRecord.of(row)
         self.records.put((tenant_id, adapter_id), record)

@@ -77,6 +77,15 @@ class ResourcesParams(Strict):
     )
 
 
+class CheckpointPolicy(Strict):
+    keep: int | None = Field(
+        None,
+        ge=1,
+        description="Keep the newest this many checkpoints and the best by evaluation loss; "
+        "the rest are deleted as they are replaced. Left out: every checkpoint is kept.",
+    )
+
+
 class JobCreate(Strict):
     base_model: Name
     task: TaskName
@@ -90,6 +99,7 @@ class JobCreate(Strict):
     adalora: AdaLoraParams = Field(default_factory=AdaLoraParams)
     training: TrainingParams = Field(default_factory=TrainingParams)
     resources: ResourcesParams = Field(default_factory=ResourcesParams)
+    checkpoints: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
     output: OutputMode = OutputMode.UNMERGED
     name: Name | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)

@@ -53,19 +53,13 @@ def store_artifacts(
     """Zip the bundle (PEFT format), export it as a plain LoRA adapter and, given
     ``merged_base`` (the base model's directory), merge it into the base; put each archive in
     the store under a new adapter id. Nothing stays in the store if this raises."""
-    from adalora_core.formats.bundle import read_adapter, zip_bundle
-    from adalora_core.formats.lora import export_lora
-    from adalora_core.formats.merged import save_merged
+    from adalora_core.formats.bundle import read_adapter
 
     weights = read_adapter(bundle_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    archives = {ArtifactFormat.PEFT: zip_bundle(bundle_dir, work_dir / "peft.zip")}
-    lora_dir = export_lora(weights, work_dir / "lora")
-    archives[ArtifactFormat.LORA] = zip_bundle(lora_dir, work_dir / "lora.zip")
+    wanted = [ArtifactFormat.PEFT, ArtifactFormat.LORA]
     if merged_base is not None:
-        task = TaskSpec.from_json(weights.meta.task)
-        merged_dir = save_merged(merged_base, weights, work_dir / "merged", task)
-        archives[ArtifactFormat.MERGED] = zip_bundle(merged_dir, work_dir / "merged.zip")
+        wanted.append(ArtifactFormat.MERGED)
+    archives = build_archives(bundle_dir, weights, work_dir, wanted, merged_base)
     adapter_id = new_id("ad")
     formats: dict[str, dict[str, Any]] = {}
     try:
@@ -77,6 +71,36 @@ def store_artifacts(
         discard_artifacts(store, formats)
         raise
     return StoredArtifacts(adapter_id, weights, formats)
+
+
+def build_archives(
+    bundle_dir: Path,
+    weights: AdapterWeights,
+    work_dir: Path,
+    formats: list[ArtifactFormat],
+    merged_base: str | None = None,
+) -> dict[ArtifactFormat, Path]:
+    """Each asked format of a bundle as a zip in ``work_dir``: the bundle itself (PEFT), a plain
+    LoRA export, or the adapter merged into ``merged_base`` (the base model's directory)."""
+    from adalora_core.formats.bundle import zip_bundle
+    from adalora_core.formats.lora import export_lora
+    from adalora_core.formats.merged import save_merged
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    archives: dict[ArtifactFormat, Path] = {}
+    for fmt in formats:
+        if fmt == ArtifactFormat.PEFT:
+            source = Path(bundle_dir)
+        elif fmt == ArtifactFormat.LORA:
+            source = export_lora(weights, work_dir / "lora")
+        else:
+            assert merged_base is not None, "a merged export needs the base model"
+            task = TaskSpec.from_json(weights.meta.task)
+            source = save_merged(merged_base, weights, work_dir / "merged", task)
+        archive = zip_bundle(source, work_dir / f"{fmt}.zip")
+        assert isinstance(archive, Path)
+        archives[fmt] = archive
+    return archives
 
 
 def add_adapter_row(

@@ -12,7 +12,7 @@ from adalora_core import recipe
 from adalora_core.context_limit import context_limit
 from adalora_core.tasks import CAUSAL_LM
 from application.errors import RequestError
-from application.job_request import JobCreate, ResourcesParams
+from application.job_request import CheckpointPolicy, JobCreate, ResourcesParams
 from service.datasets_io import CHAT_TYPE, MESSAGES_COLUMN
 from service.settings import Settings
 from service.tables import Dataset
@@ -54,6 +54,8 @@ def request_hash(body: JobCreate) -> str:
     dumped = body.model_dump(mode="json")
     if dumped["resources"] == ResourcesParams().model_dump():
         del dumped["resources"]  # requests from before the field existed keep their digest
+    if dumped["checkpoints"] == CheckpointPolicy().model_dump():
+        del dumped["checkpoints"]  # likewise
     canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -231,6 +233,7 @@ def resolve_hyperparameters(
         "columns": roles,
         "output": body.output,
         "resources": body.resources.model_dump(),
+        "checkpoints": body.checkpoints.model_dump(),
         "num_train_rows": train.num_rows,
         "num_validation_rows": validation.num_rows if validation is not None else None,
         "validation": validation_note(body, validation),

@@ -1,11 +1,12 @@
 """The store and the rows agree: which stored objects no row points to, and which rows point at
 objects that are gone; and garbage collection of the first kind.
 
-Referenced: every data set's file, every adapter's files, and the checkpoint of every job that
-may still resume (queued or leased). Everything else in the store is an orphan: the checkpoint of
-a finished, failed or cancelled job, the zips of a worker killed while uploading, the file of an
-upload whose API process died. A worker still writing makes orphans for a moment (its zips exist
-before its adapter row commits), so collection only takes orphans older than a grace period.
+Referenced: every data set's file, every adapter's files, every checkpoint row's adapter, and
+the training state of every job that may still resume (queued or leased). Everything else in
+the store is an orphan: the training state of a finished, failed or cancelled job, the zips of
+a worker killed while uploading, the file of an upload whose API process died. A worker still
+writing makes orphans for a moment (its zips exist before its adapter row commits), so
+collection only takes orphans older than a grace period.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service import checkpoints
 from service.store.base import ArtifactStore, StoredObject
 from service.tables import Adapter, Dataset, Job
 from service.vocabulary import TERMINAL
@@ -39,6 +41,7 @@ def referenced_keys(session: Session) -> set[str]:
     keys = set(session.scalars(select(Dataset.storage_key)))
     for formats in session.scalars(select(Adapter.formats)):
         keys.update(info["storage_key"] for info in (formats or {}).values())
+    keys.update(checkpoints.referenced_keys(session))
     live = [s.value for s in TERMINAL]
     keys.update(
         key

@@ -127,6 +127,12 @@ def list_events(
     return list(session.scalars(stmt))
 
 
+def events_of_kinds(session: Session, job: Job, kinds: tuple[str, ...]) -> list[JobEvent]:
+    """Every event of the given kinds of one job, in order (a run has a few thousand at most)."""
+    stmt = select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.kind.in_(kinds))
+    return list(session.scalars(stmt.order_by(JobEvent.id)))
+
+
 def request_cancel(session: Session, job: Job) -> Job:
     """queued -> cancelled at once; running -> cancelling (the worker stops within a step).
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -83,8 +84,10 @@ def write_progress(
     owner: str,
     values: dict[str, Any],
     events: list[tuple[str, dict[str, Any]]],
+    also: Callable[[Session, Job], None] | None = None,
 ) -> bool:
-    """Update progress/metrics/budget columns and append events, if we still hold the lease."""
+    """Update progress/metrics/budget columns and append events, if we still hold the lease;
+    ``also`` writes more of the run's record (its checkpoint rows) in the same transaction."""
     job = session.execute(
         select(Job).where(Job.id == job_id, Job.lease_owner == owner)
     ).scalar_one_or_none()
@@ -99,6 +102,8 @@ def write_progress(
         session.add(
             JobEvent(job_id=job.id, tenant_id=job.tenant_id, kind=kind, data=data, created_at=now)
         )
+    if also is not None:
+        also(session, job)
     session.commit()
     return True
 

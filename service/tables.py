@@ -186,3 +186,31 @@ class Adapter(Base):
     rank_info: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default="ready")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Checkpoint(Base):
+    """A job's adapter at one step, kept after the job ends: listed, downloaded, served by id
+    and continued from. Its training state (for resume) is a separate object the job owns only
+    while it may resume."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (
+        UniqueConstraint("job_id", "step", name="uq_checkpoints_job_id_step"),
+        Index("ix_checkpoints_tenant_id_id", "tenant_id", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ID, ForeignKey("jobs.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    base_model: Mapped[str] = mapped_column(String(255))
+    task: Mapped[str] = mapped_column(String(32))
+    # train_loss and the last evaluation's eval_* at this step
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    budget: Mapped[dict[str, Any]] = mapped_column(
+        JSON
+    )  # the rank budget: current, initial, target
+    # format -> {"storage_key", "sha256", "size_bytes"}, as adapters store theirs (peft only)
+    formats: Mapped[dict[str, Any]] = mapped_column(JSON)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

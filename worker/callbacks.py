@@ -13,10 +13,14 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from adalora_core.checkpoint import ADAPTER_DIR
 from adalora_core.formats.bundle import zip_bundle
+from service import checkpoints as checkpoint_rows
 from service.leases import cancel_requested, write_progress
-from service.store import checkpoint_key
+from service.store import checkpoint_bundle_key, checkpoint_key
 from service.store.base import ArtifactStore, StoreError
+from service.tables import Job
+from service.vocabulary import ArtifactFormat
 from worker.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -75,6 +79,7 @@ class JobCallbacks:
         self._pending_events: list[tuple[str, dict[str, Any]]] = []
         self._retry_at = -math.inf
         self._superseded: list[str] = []  # checkpoint keys to delete once the row moves on
+        self._new_checkpoints: list[dict[str, Any]] = []  # rows to record with the next write
 
     def on_progress(self, event: Any) -> None:
         if event.budget is not None:
@@ -141,6 +146,10 @@ class JobCallbacks:
             else:
                 archive = path
             sha256, size = self._store.put_file(key, archive)
+            if (path / ADAPTER_DIR).is_dir():
+                self._new_checkpoints.append(
+                    self._checkpoint_row(step, path / ADAPTER_DIR, Path(tmp) / "peft.zip")
+                )
         previous = self.checkpoint["key"] if self.checkpoint else None
         self.checkpoint = {
             "key": key,
@@ -156,6 +165,36 @@ class JobCallbacks:
             {"checkpoint_key": key, "progress": progress},
             [("log", {"message": "checkpoint saved", "step": int(step), "key": key})],
         )
+
+    def _checkpoint_row(self, step: int, bundle: Path, archive: Path) -> dict[str, Any]:
+        """Store the step's adapter; the checkpoint row that will name it."""
+        key = checkpoint_bundle_key(self._job_id, step, ArtifactFormat.PEFT)
+        sha256, size = self._store.put_file(key, zip_bundle(bundle, archive))
+        return {
+            "id": checkpoint_rows.checkpoint_id(),
+            "step": int(step),
+            "metrics": dict(self._metrics),
+            "budget": dict(self._budget),
+            "formats": {
+                ArtifactFormat.PEFT: {"storage_key": key, "sha256": sha256, "size_bytes": size}
+            },
+            "size_bytes": size,
+        }
+
+    def _record_checkpoints(self, session: Session, job: Job) -> None:
+        """Inside the progress write: the new checkpoint rows, then the job's keep policy (the
+        artifacts of rows it drops go once this commits)."""
+        if not self._new_checkpoints:
+            return
+        for row in self._new_checkpoints:
+            checkpoint_rows.record_checkpoint(
+                session,
+                job.tenant_id,
+                job.id,
+                {**row, "base_model": job.base_model, "task": job.task},
+            )
+        keep = ((job.hyperparameters or {}).get("checkpoints") or {}).get("keep")
+        self._superseded.extend(checkpoint_rows.prune(session, job.id, keep))
 
     def _drop_superseded(self) -> None:
         """Delete checkpoints replaced by one the row now records. Until a write lands they
@@ -186,6 +225,7 @@ class JobCallbacks:
                     self._owner,
                     dict(self._pending_values),
                     list(self._pending_events),
+                    also=self._record_checkpoints,
                 )
         except OperationalError as exc:
             self._retry_at = time.monotonic() + DB_RETRY_S
@@ -198,6 +238,7 @@ class JobCallbacks:
             return None
         self._pending_values.clear()
         self._pending_events.clear()
+        self._new_checkpoints.clear()
         self._retry_at = -math.inf
         if written:
             self._drop_superseded()  # the row now names the newest checkpoint

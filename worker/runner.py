@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adalora_core.errors import ConfigError
@@ -23,6 +24,7 @@ from application.publishing import (
     discard_artifacts,
     store_artifacts,
 )
+from service import checkpoints as checkpoint_rows
 from service.base_models import local_model_dir
 from service.datasets_io import DatasetError, read_rows
 from service.db import get_engine, make_sessionmaker
@@ -349,11 +351,20 @@ class JobRunner:
         return Outcome(status)
 
     def _drop_checkpoints(self) -> None:
-        """A finished job never resumes, so its checkpoints only take space. The whole prefix
-        goes, not just the recorded key: a run killed between uploading a checkpoint and
-        recording it leaves one that no row names."""
+        """A finished job never resumes, so its training state only takes space: everything
+        under its checkpoint prefix goes but the adapters its checkpoint rows keep. Not just the
+        recorded key: a run killed between uploading a checkpoint and recording it leaves one
+        that no row names."""
         prefix = checkpoint_prefix(self.job_id)
         try:
-            self.store.delete_prefix(prefix)
-        except StoreError:
+            with self.sessions() as session:
+                kept = {
+                    info["storage_key"]
+                    for row in checkpoint_rows.job_checkpoints(session, self.job_id)
+                    for info in (row.formats or {}).values()
+                }
+            for obj in list(self.store.list_objects(prefix + "/")):
+                if obj.key not in kept:
+                    self.store.delete(obj.key)
+        except (StoreError, SQLAlchemyError):
             log.warning("job %s: could not delete checkpoints under %s", self.job_id, prefix)

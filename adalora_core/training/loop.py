@@ -7,11 +7,13 @@ run replays it; only rank 0 evaluates and checkpoints.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from adalora_core.checkpoint import ADAPTER_DIR
 from adalora_core.distributed import Replica
 from adalora_core.ordering import epoch_order, length_grouped_order
 from adalora_core.run_plan import RunPlan
@@ -33,6 +35,7 @@ class UpdateLoop:
         replica: Replica,
         callbacks: TrainCallbacks,
         checkpoint_dir: Path | None,
+        snapshot: Callable[[Path], Path] | None = None,
     ) -> None:
         self.plan = plan
         self.state = state
@@ -42,6 +45,7 @@ class UpdateLoop:
         self.replica = replica
         self.callbacks = callbacks
         self.checkpoint_dir = checkpoint_dir
+        self.snapshot = snapshot  # writes the adapter bundle of this moment into a directory
         self.batches_per_epoch = micro_batches_per_epoch(len(lengths), plan.training)
 
     def run(self) -> bool:
@@ -105,6 +109,8 @@ class UpdateLoop:
         if self.checkpoint_dir is None or not self.replica.is_main:
             return
         path = self.state.save(self.checkpoint_dir)
+        if self.snapshot is not None:
+            self.snapshot(path / ADAPTER_DIR)
         self.callbacks.on_checkpoint(self.state.position.step, path)
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
 from adalora_core.config import BudgetSchedule
@@ -18,11 +21,14 @@ from api.deps import (
     ProducerDep,
     SessionDep,
     SettingsDep,
+    StoreDep,
     TrainCaller,
 )
 from api.errors import responses
 from api.rows import page_body, tenant_row
 from api.schemas import (
+    CheckpointList,
+    CheckpointOut,
     EventList,
     EventOut,
     JobList,
@@ -31,13 +37,16 @@ from api.schemas import (
     SchedulePoint,
 )
 from api.sse import sse_response
+from application.checkpoints import checkpoint_archive, job_checkpoint
 from application.errors import RequestError
+from application.job_metrics import metrics_csv
 from application.job_request import JobCreate
 from application.jobs import enqueue_job
 from application.jobs import submit_job as submit
+from service import checkpoints as checkpoint_rows
 from service import jobs as job_rows
 from service.tables import Job
-from service.vocabulary import JobStatus
+from service.vocabulary import ArtifactFormat, EventKind, JobStatus
 
 router = APIRouter(tags=["jobs"])
 
@@ -208,3 +217,66 @@ def cancel_job(job_id: str, caller: TrainCaller, session: SessionDep) -> JobOut:
         ) from exc
     session.commit()
     return job_out(job)
+
+
+@router.get(
+    "/jobs/{job_id}/metrics.csv",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "one row per progress or eval event"},
+        **responses(401, 404),
+    },
+)
+def get_metrics_csv(job_id: str, caller: TrainCaller, session: SessionDep) -> Response:
+    job = _job(session, caller.tenant_id, job_id)
+    events = job_rows.events_of_kinds(session, job, (EventKind.PROGRESS, EventKind.EVAL))
+    return Response(
+        metrics_csv(events, job.started_at),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{job.id}-metrics.csv"'},
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/checkpoints", response_model=CheckpointList, responses=responses(401, 404)
+)
+def list_checkpoints(job_id: str, caller: TrainCaller, session: SessionDep) -> CheckpointList:
+    job = _job(session, caller.tenant_id, job_id)
+    rows = checkpoint_rows.job_checkpoints(session, job.id)
+    return CheckpointList(
+        items=[CheckpointOut.model_validate(r, from_attributes=True) for r in rows]
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/checkpoints/{step}/download",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/zip": {}}, "description": "the checkpoint's adapter"},
+        **responses(401, 404, 422, 503),
+    },
+)
+def download_checkpoint(
+    job_id: str,
+    step: int,
+    caller: TrainCaller,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    background: BackgroundTasks,
+    format: ArtifactFormat = ArtifactFormat.PEFT,
+) -> FileResponse:
+    job = _job(session, caller.tenant_id, job_id)
+    checkpoint = job_checkpoint(session, job, step)
+    work = Path(tempfile.mkdtemp(prefix="adalora-ckpt-"))
+    try:
+        archive = checkpoint_archive(store, settings, checkpoint, format, work)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    background.add_task(shutil.rmtree, work, ignore_errors=True)
+    return FileResponse(
+        archive,
+        media_type="application/zip",
+        filename=f"{job.id}-step-{step}-{format}.zip",
+    )

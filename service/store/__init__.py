@@ -1,7 +1,9 @@
 """Artifact storage: datasets, adapter zips and checkpoints, addressed by '/'-separated keys.
 
 Keys: datasets/<tenant>/<dataset_id>/data.<ext>, adapters/<tenant>/<adapter_id>/<format>.zip,
-checkpoints/<job_id>/ckpt-<step>.zip (helpers below build them).
+checkpoints/<job_id>/ckpt-<step>.zip (a run's training state, while it may resume) and
+checkpoints/<job_id>/step-<step>/peft.zip (the adapter at that step, while its row lives);
+helpers below build them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "StoredObject",
     "adapter_key",
     "adapter_prefix",
+    "checkpoint_bundle_key",
     "checkpoint_key",
     "checkpoint_prefix",
     "dataset_key",
@@ -72,3 +75,7 @@ def checkpoint_prefix(job_id: str) -> str:
 
 def checkpoint_key(job_id: str, step: int) -> str:
     return f"{checkpoint_prefix(job_id)}/ckpt-{step}.zip"
+
+
+def checkpoint_bundle_key(job_id: str, step: int, fmt: str) -> str:
+    return f"{checkpoint_prefix(job_id)}/step-{step}/{fmt}.zip"

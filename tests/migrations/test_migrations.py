@@ -16,7 +16,7 @@ from service.db import downgrade_to_base, make_engine, upgrade_to_head
 from service.tables import Base
 
 REPO = Path(__file__).resolve().parents[2]
-TABLES = {"tenants", "api_keys", "datasets", "jobs", "job_events", "adapters"}
+TABLES = {"tenants", "api_keys", "datasets", "jobs", "job_events", "adapters", "checkpoints"}
 
 
 def _tables(url: str) -> set[str]:

@@ -60,7 +60,11 @@ class World:
             self.dataset_key = dataset.storage_key
 
     def submit(
-        self, resources: dict[str, object] | None = None, validate: bool = False, **training: object
+        self,
+        resources: dict[str, object] | None = None,
+        validate: bool = False,
+        checkpoints: dict[str, object] | None = None,
+        **training: object,
     ) -> str:
         return submit_job(
             self.sessions,
@@ -69,6 +73,7 @@ class World:
             self.dataset_id,
             resources,
             validate,
+            checkpoints,
             **training,
         )
 

@@ -47,6 +47,7 @@ def job_body(
     dataset_id: str,
     base_model: str = "tiny",
     resources: dict[str, object] | None = None,
+    checkpoints: dict[str, object] | None = None,
     **training: object,
 ) -> dict[str, object]:
     """A POST /jobs body (also stored as jobs.request by the in-process tests)."""
@@ -67,6 +68,8 @@ def job_body(
     }
     if resources is not None:
         body["resources"] = resources
+    if checkpoints is not None:
+        body["checkpoints"] = checkpoints
     return body
 
 
@@ -101,11 +104,12 @@ def submit_job(
     dataset_id: str,
     resources: dict[str, object] | None = None,
     validate: bool = False,
+    checkpoints: dict[str, object] | None = None,
     **training: object,
 ) -> str:
     """A queued job as POST /jobs stores it (settings resolved by the API's own function); its
     id. ``settings.base_models`` must name the tiny model "tiny"."""
-    raw = job_body(dataset_id, resources=resources, **training)
+    raw = job_body(dataset_id, resources=resources, checkpoints=checkpoints, **training)
     if validate:  # evaluate on the training rows themselves: enough to read what was learned
         raw["validation_dataset_id"] = dataset_id
     body = JobCreate.model_validate(raw)

@@ -1,6 +1,6 @@
 """Checkpoints never outlive their use: one replaced while the database was unreachable is
-deleted once the row records its successor, and a finished job leaves none behind, even one a
-killed run uploaded but never recorded."""
+deleted once the row records its successor, and a finished job leaves no training state behind,
+even one a killed run uploaded but never recorded (the adapters of its checkpoint rows stay)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 import worker.callbacks as callbacks_module
+from service.checkpoints import job_checkpoints
 from service.leases import lease_job
 from service.store import LocalStore, checkpoint_key, checkpoint_prefix
 from service.store.base import StoreError
@@ -88,5 +89,14 @@ def test_a_finished_job_leaves_no_checkpoint_behind(world, settings, sessions, s
     store.put_stream(stray, [b"never recorded"])
     outcome = run_job(job_id, settings, sessions, store)
     assert outcome.status == "succeeded", outcome
-    assert _stored(store, job_id) == []
+    # What stays is the adapter of each checkpoint row (kept to serve, download or continue
+    # from); every training state went, the stray one too.
+    with sessions() as session:
+        kept = sorted(
+            info["storage_key"]
+            for row in job_checkpoints(session, job_id)
+            for info in row.formats.values()
+        )
+    assert [c for c in kept if c.endswith("/peft.zip")] == kept and len(kept) == 2
+    assert _stored(store, job_id) == kept
     assert world.job(job_id).checkpoint_key is not None  # checkpoints were made, then dropped
