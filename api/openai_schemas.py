@@ -1,8 +1,8 @@
 """Bodies of the OpenAI-compatible routes, in OpenAI's shapes (so its clients parse them).
 
 Fields OpenAI defines that this service does not implement are accepted only at their neutral
-value (``echo: false``, ``presence_penalty: 0``, ...); any other value is a 400 that names the
-field, never a silent no-op. Fields OpenAI does not define are rejected the same way.
+value (``suffix: null``, ...); any other value is a 400 that names the field, never a silent
+no-op. Fields OpenAI does not define are rejected the same way. docs/api.md lists every field.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from adalora_core.serving.generation import MAX_TOP_LOGPROBS
 from application.request_fields import Text
 
-# The most choices one request may ask for (``n``): each is a decoding row.
+# The most choices one request may ask for (``n``, or ``best_of``): each is a decoding row.
 MAX_CHOICES = 8
+Penalty = Annotated[float | None, Field(ge=-2, le=2)]
 
 
 class Strict(BaseModel):
@@ -23,6 +25,21 @@ class Strict(BaseModel):
 
 class StreamOptions(Strict):
     include_usage: bool = False
+
+
+class JsonSchemaFormat(Strict):
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(..., alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(Strict):
+    """``text``, ``json_object`` (any JSON object) or ``json_schema`` (``json_schema.schema``):
+    one model rather than a tagged union, so an error names the field the caller sent."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class SamplingFields(Strict):
@@ -37,10 +54,12 @@ class SamplingFields(Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    # Accepted at their neutral value only (checked in the route, naming the field).
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: Penalty = None
+    frequency_penalty: Penalty = None
+    logit_bias: dict[str, float] | None = Field(
+        None, description="Token id (as a string) → bias added to its logit, -100 to 100."
+    )
+    response_format: ResponseFormat | None = None
 
 
 class CompletionRequest(SamplingFields):
@@ -49,9 +68,9 @@ class CompletionRequest(SamplingFields):
     )
     max_tokens: int | None = Field(16, ge=1, description="Tokens to generate per choice.")
     echo: bool = False
-    logprobs: int | None = None
-    best_of: int | None = None
-    suffix: str | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    best_of: int | None = Field(None, ge=1, le=MAX_CHOICES)
+    suffix: str | None = None  # accepted empty only: no fill-in-the-middle models here
 
 
 class TextPart(Strict):
@@ -82,10 +101,9 @@ class ChatCompletionRequest(SamplingFields):
     max_tokens: int | None = Field(None, ge=1, description="Default: as many as fit.")
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
 
 
 class OpenAIErrorDetail(BaseModel):
@@ -110,10 +128,19 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class CompletionLogprobs(BaseModel):
+    """The legacy completions shape: parallel lists per token."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
 
 
@@ -131,10 +158,25 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi.responses import StreamingResponse
 
 from adalora_core.serving.handles import Completion, Generation, TextEvent, complete_all
+from adalora_core.serving.sampling import TokenLogprob
 from api.openai_schemas import StreamOptions, Usage
 from api.sse import sse_message, sse_response
 
@@ -35,16 +36,64 @@ COMPLETION_CHUNKS = ChunkShape("text_completion", "cmpl", chat=False)
 CHAT_CHUNKS = ChunkShape("chat.completion.chunk", "chatcmpl", chat=True)
 
 
+@dataclass(frozen=True)
+class LogprobView:
+    """A choice's log-probabilities in its protocol's shape: chat's ``content`` list of
+    {token, logprob, bytes, top_logprobs}, or completions' parallel lists with text offsets."""
+
+    token_bytes: Callable[[Sequence[int]], list[bytes]]
+    chat: bool
+
+    def render(self, entries: Sequence[TokenLogprob], offset: int) -> tuple[dict[str, Any], int]:
+        """The shape for ``entries`` and the text offset after them (completions count
+        ``text_offset`` from ``offset``)."""
+        ids = [e.token_id for e in entries] + [t for e in entries for t, _ in e.top]
+        raw = dict(zip(ids, self.token_bytes(ids), strict=True))
+
+        def text(token: int) -> str:
+            return raw[token].decode("utf-8", errors="replace")
+
+        if self.chat:
+            content = [
+                {
+                    "token": text(e.token_id),
+                    "logprob": e.logprob,
+                    "bytes": list(raw[e.token_id]),
+                    "top_logprobs": [
+                        {"token": text(t), "logprob": v, "bytes": list(raw[t])} for t, v in e.top
+                    ],
+                }
+                for e in entries
+            ]
+            return {"content": content, "refusal": None}, offset
+        offsets = []
+        for e in entries:
+            offsets.append(offset)
+            offset += len(text(e.token_id))
+        shaped = {
+            "tokens": [text(e.token_id) for e in entries],
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{text(t): v for t, v in e.top} for e in entries],
+            "text_offset": offsets,
+        }
+        return shaped, offset
+
+
 @dataclass
 class Run:
-    """One request's choices in the decoder: prompt i's k-th choice is index i·n + k."""
+    """One request's choices in the decoder: prompt i's k-th choice is index i·n + k.
+    ``opening`` is text each choice starts with (completions' echoed prompt); ``logprobs`` set
+    when the request asked for them."""
 
     model: str
     shape: ChunkShape
     prompt_tokens: int
     handles: list[Generation]
+    logprobs: LogprobView | None = None
+    opening: Sequence[str] = ()
     id: str = ""
     created: int = 0
+    _offsets: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.id = self.id or f"{self.shape.id_prefix}-{secrets.token_hex(12)}"
@@ -68,13 +117,26 @@ class Run:
     def stream(self, options: StreamOptions | None) -> StreamingResponse:
         return sse_response(_events(self, options is not None and options.include_usage))
 
+    def logprobs_of(self, index: int, entries: Sequence[TokenLogprob]) -> dict[str, Any] | None:
+        """A choice's log-probabilities for ``entries``, continuing its text offsets."""
+        if self.logprobs is None:
+            return None
+        if not self._offsets:
+            self._offsets = [
+                len(self.opening[i]) if self.opening else 0 for i in range(len(self.handles))
+            ]
+        shaped, self._offsets[index] = self.logprobs.render(entries, self._offsets[index])
+        return shaped
+
     # ---- chunks ---------------------------------------------------------------------------------
     def chunk(self, index: int, event: TextEvent | None) -> dict[str, Any]:
-        """A choice's chunk; ``event`` None is a chat choice's opening chunk (the role)."""
+        """A choice's chunk; ``event`` None is its opening chunk: a chat choice's role, or a
+        completion's echoed prompt."""
         finish = None if event is None or event.finish is None else finish_reason(event.finish)
-        choice: dict[str, Any] = {"index": index, "logprobs": None, "finish_reason": finish}
+        logprobs = None if event is None else self.logprobs_of(index, event.logprobs)
+        choice: dict[str, Any] = {"index": index, "logprobs": logprobs, "finish_reason": finish}
         if not self.shape.chat:
-            choice["text"] = "" if event is None else event.delta
+            choice["text"] = self.opening[index] if event is None else event.delta
         elif event is None:
             choice["delta"] = {"role": "assistant", "content": ""}
         else:
@@ -98,12 +160,12 @@ def finish_reason(finish: str) -> str:
 async def _events(run: Run, include_usage: bool) -> AsyncIterator[str]:
     generated = [0] * len(run.handles)
     try:
-        if run.shape.chat:
+        if run.shape.chat or run.opening:
             for index in range(len(run.handles)):
                 yield sse_message(run.chunk(index, None))
         async for index, event in _merged(run.handles):
             generated[index] = event.tokens
-            if event.delta or event.finish is not None:
+            if event.delta or event.finish is not None or event.logprobs:
                 yield sse_message(run.chunk(index, event))
         if include_usage:
             usage = run.usage(generated).model_dump()

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from adalora_core.chat_template import chat_prompt_ids
 from adalora_core.errors import ConfigError
 from adalora_core.serving.bases import BaseModelUnavailable, SharedBase
+from adalora_core.serving.constraints import CompiledGrammar
 from adalora_core.serving.engine import InferenceEngine
-from adalora_core.serving.generation import GenerationParams
+from adalora_core.serving.generation import MAX_LOGIT_BIAS, GenerationParams
 from adalora_core.serving.handles import Generation
 from adalora_core.serving.loading import LoadedAdapter
+from adalora_core.serving.outputs import token_bytes
 from adalora_core.serving.requests import (
     MAX_CHARS_PER_TOKEN,
     Prepared,
@@ -107,9 +110,17 @@ class InferCall:
 
 
 @dataclass(frozen=True)
+class JsonOutput:
+    """The answer must be a JSON document: any object (``schema`` None, OpenAI's json_object)
+    or one valid against ``schema`` (json_schema)."""
+
+    schema: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class Sampling:
     """Generation parameters as the protocol gave them; ``max_new_tokens`` None means as many
-    as fit in the context (the chat protocol's default)."""
+    as fit in the context (the chat protocol's default). ``n`` rows per prompt are decoded."""
 
     max_new_tokens: int | None
     temperature: float = 1.0
@@ -117,6 +128,11 @@ class Sampling:
     seed: int | None = None
     stop: Sequence[str] | str | None = None
     n: int = 1
+    output: JsonOutput | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: Mapping[str, float] | None = None  # token id as a string → bias
+    logprobs: int | None = None  # None: not reported; k: the picked token and k alternatives
 
 
 @dataclass(frozen=True)
@@ -134,6 +150,18 @@ class Admitted:
     def rows(self) -> int:
         """Rows the engine will run: each prompt once per choice."""
         return self.prepared.rows * self.copies
+
+    def token_bytes(self, ids: Sequence[int]) -> list[bytes]:
+        """Each token's bytes, for the log-probabilities an answer reports."""
+        base = self.prepared.base
+        with base.tokenizer_lock:
+            return token_bytes(base.tokenizer, ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids as text (a completion's echoed prompt)."""
+        base = self.prepared.base
+        with base.tokenizer_lock:
+            return base.tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
 @dataclass(frozen=True)
@@ -290,7 +318,8 @@ class Admission:
                         rules.inputs_field,
                         f"leaves no room in this model's {base.max_length} tokens",
                     )
-            prepared = prepare_token_rows(base, adapter, rows, _params(sampling, wanted))
+            params = _params(sampling, wanted, _generation_controls(base, sampling))
+            prepared = prepare_token_rows(base, adapter, rows, params)
         self._check_lengths(prepared, inputs)
         return Admitted(prepared, sampling.n)
 
@@ -405,14 +434,54 @@ def _stops(stop: Sequence[str] | str | None) -> tuple[str, ...]:
     return tuple(stops)
 
 
-def _params(sampling: Sampling, max_new_tokens: int) -> GenerationParams:
+def _params(
+    sampling: Sampling, max_new_tokens: int, controls: Mapping[str, Any] | None = None
+) -> GenerationParams:
     return GenerationParams(
         max_new_tokens=max_new_tokens,
         temperature=sampling.temperature,
         top_p=sampling.top_p,
         seed=sampling.seed,
         stop=_stops(sampling.stop),
+        **(controls or {}),
     )
+
+
+def _generation_controls(base: SharedBase, sampling: Sampling) -> dict[str, Any]:
+    """What the continuous decoder applies per row: the output's grammar (compiled, or taken
+    from the base's cache), the penalties, the logit bias, the log-probabilities reported."""
+    return {
+        "grammar": _grammar(base, sampling.output),
+        "presence_penalty": sampling.presence_penalty,
+        "frequency_penalty": sampling.frequency_penalty,
+        "logit_bias": _logit_bias(base, sampling.logit_bias),
+        "logprobs": sampling.logprobs,
+    }
+
+
+def _grammar(base: SharedBase, output: JsonOutput | None) -> CompiledGrammar | None:
+    if output is None:
+        return None
+    if output.schema is None:
+        return base.grammars.json_object()
+    return base.grammars.json_schema(output.schema)  # errors name response_format.json_schema
+
+
+def _logit_bias(
+    base: SharedBase, bias: Mapping[str, float] | None
+) -> tuple[tuple[int, float], ...]:
+    """Token ids of this base's vocabulary, each biased by at most ±100 (OpenAI's bound)."""
+    vocabulary = base.model.get_input_embeddings().num_embeddings
+    entries: list[tuple[int, float]] = []
+    for key, value in (bias or {}).items():
+        where = f"logit_bias.{key}"
+        if not key.isdigit() or not 0 <= int(key) < vocabulary:
+            raise ConfigError(where, f"must be a token id from 0 to {vocabulary - 1}")
+        if not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
+            raise ConfigError(where, f"must be from -100 to 100, got {value}")
+        if value:
+            entries.append((int(key), float(value)))
+    return tuple(entries)
 
 
 def _characters(inputs: TextRows) -> int:

