@@ -20,7 +20,18 @@ from api.errors import install_error_handlers
 from api.headers import NoSniffMiddleware
 from api.prometheus import ApiMetrics, MetricsMiddleware
 from api.ratelimit import make_limiter
-from api.routes import adapters, base_models, datasets, health, infer, jobs, keys, openai
+from api.routes import (
+    adapters,
+    base_models,
+    datasets,
+    health,
+    infer,
+    jobs,
+    keys,
+    openai,
+    openai_files,
+    openai_fine_tuning,
+)
 from api.routes import tenants as tenant_routes
 from application.engine_factory import start_serving
 from application.ttl_cache import TtlCache
@@ -83,6 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         adapters,
         infer,
         openai,
+        openai_files,
+        openai_fine_tuning,
     ):
         app.include_router(module.router)
     # /ui → /ui/ by path alone: a redirect built from the Host header would send a client

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adalora_core.serving.sources import AdapterRef
 from adalora_core.tasks import MODEL_KIND, ModelKind
+from application import model_names
 from application.errors import RequestError, not_found
 from application.ttl_cache import TtlCache
 from service import adapters as adapter_rows
@@ -56,8 +57,9 @@ class AdapterDirectory:
         self.records: TtlCache[tuple[str, str], AdapterRecord] = TtlCache(ttl_s)
 
     def find(self, tenant_id: str, adapter_id: str) -> AdapterRecord:
-        """The tenant's servable adapter, or a checkpoint by its id; 404 for another tenant's or
-        an unknown id, 409 for an adapter condemned as corrupt."""
+        """The tenant's servable adapter, by its id or its job's fine-tuned name, or a
+        checkpoint by its id or name; 404 for another tenant's or an unknown one, 409 for an
+        adapter condemned as corrupt."""
         cached = self.records.get((tenant_id, adapter_id))
         if cached is not None:
             return cached
@@ -65,6 +67,8 @@ class AdapterDirectory:
             row: Adapter | Checkpoint | None
             if checkpoint_rows.is_checkpoint_id(adapter_id):  # a job's adapter at one step
                 row = checkpoint_rows.get_checkpoint(session, tenant_id, adapter_id)
+            elif model_names.parse(adapter_id) is not None:  # ft:<base>:<tenant>:<suffix>:<job>
+                row = model_names.resolve(session, tenant_id, adapter_id)
             else:
                 row = adapter_rows.get_adapter(session, tenant_id, adapter_id)
             if row is None:

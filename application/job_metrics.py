@@ -9,7 +9,10 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from service.tables import JobEvent
+from sqlalchemy.orm import Session
+
+from service import jobs as job_rows
+from service.tables import Job, JobEvent
 from service.vocabulary import EventKind
 
 FIRST = ["step", "epoch", "train_loss"]
@@ -61,3 +64,9 @@ def metrics_csv(events: Iterable[JobEvent], started_at: datetime | None) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
+
+
+def job_metrics_csv(session: Session, job: Job) -> str:
+    """The job's metrics file, from its progress and eval events."""
+    events = job_rows.events_of_kinds(session, job, (EventKind.PROGRESS, EventKind.EVAL))
+    return metrics_csv(events, job.started_at)

@@ -100,6 +100,21 @@ class JobCreate(Strict):
     training: TrainingParams = Field(default_factory=TrainingParams)
     resources: ResourcesParams = Field(default_factory=ResourcesParams)
     checkpoints: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
+    learning_rate_multiplier: float | None = Field(
+        None,
+        gt=0,
+        le=100,
+        description="Scales the learning rate the service chooses (OpenAI's "
+        "learning_rate_multiplier); not with training.learning_rate.",
+    )
     output: OutputMode = OutputMode.UNMERGED
     name: Name | None = None
+    suffix: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Part of the fine-tuned model's name, "
+        "ft:<base>:<tenant>:<suffix>:<job id>, under which /v1/* serves the finished adapter.",
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)

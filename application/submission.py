@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from adalora_core import recipe
@@ -56,6 +56,9 @@ def request_hash(body: JobCreate) -> str:
         del dumped["resources"]  # requests from before the field existed keep their digest
     if dumped["checkpoints"] == CheckpointPolicy().model_dump():
         del dumped["checkpoints"]  # likewise
+    for optional in ("suffix", "learning_rate_multiplier"):
+        if dumped[optional] is None:
+            del dumped[optional]  # likewise
     canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -214,11 +217,20 @@ def resolve_hyperparameters(
         paired="text_pair" in roles,
         max_positions=context_limit(settings.base_models[body.base_model]),
     )
-    resolved = recipe.resolve(
-        profile,
-        body.training.model_dump(exclude_none=True),
-        body.adalora.model_dump(exclude_none=True),
-    )
+    training = body.training.model_dump(exclude_none=True)
+    adalora = body.adalora.model_dump(exclude_none=True)
+    resolved = recipe.resolve(profile, training, adalora)
+    multiplier = body.learning_rate_multiplier
+    if multiplier is not None:
+        if body.training.learning_rate is not None:
+            raise invalid(
+                "learning_rate_multiplier",
+                "scales the learning rate the service chooses; give it or "
+                "training.learning_rate, not both",
+            )
+        scaled = resolved.plan.training.learning_rate * multiplier
+        again = recipe.resolve(profile, {**training, "learning_rate": scaled}, adalora)
+        resolved = replace(again, chosen=(*again.chosen, "training.learning_rate"))
     plan = resolved.plan
     assert plan.schedule is not None  # the service trains AdaLoRA
     _check_limits(body, resolved, train, settings)

@@ -39,14 +39,14 @@ from api.schemas import (
 from api.sse import sse_response
 from application.checkpoints import checkpoint_archive, job_checkpoint
 from application.errors import RequestError
-from application.job_metrics import metrics_csv
+from application.job_metrics import job_metrics_csv
 from application.job_request import JobCreate
 from application.jobs import enqueue_job
 from application.jobs import submit_job as submit
 from service import checkpoints as checkpoint_rows
 from service import jobs as job_rows
 from service.tables import Job
-from service.vocabulary import ArtifactFormat, EventKind, JobStatus
+from service.vocabulary import ArtifactFormat, JobStatus
 
 router = APIRouter(tags=["jobs"])
 
@@ -229,9 +229,8 @@ def cancel_job(job_id: str, caller: TrainCaller, session: SessionDep) -> JobOut:
 )
 def get_metrics_csv(job_id: str, caller: TrainCaller, session: SessionDep) -> Response:
     job = _job(session, caller.tenant_id, job_id)
-    events = job_rows.events_of_kinds(session, job, (EventKind.PROGRESS, EventKind.EVAL))
     return Response(
-        metrics_csv(events, job.started_at),
+        job_metrics_csv(session, job),
         media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{job.id}-metrics.csv"'},
     )

@@ -43,6 +43,7 @@ from api.openai_stream import (
     Run,
     finish_reason,
 )
+from application import model_names
 from application.admission import Admitted, Chat, JsonOutput, Prompts, Sampling
 from application.engine_factory import Serving
 from application.errors import RequestError
@@ -69,6 +70,16 @@ def list_models(caller: CallerDep, session: SessionDep, settings: SettingsDep) -
                 owned_by=caller.tenant_id,
                 base_model=row.base_model,
                 task=row.task,
+            )
+        )
+    for named in model_names.named_models(session, caller.tenant_id):
+        cards.append(
+            ModelCard(
+                id=named.name,
+                created=int(named.created_at.timestamp()),
+                owned_by=caller.tenant_id,
+                base_model=named.base_model,
+                task=named.task,
             )
         )
     return ModelCards(data=cards)
