@@ -1,4 +1,4 @@
-"""`adalora jobs submit|list|show|cancel|follow`."""
+"""`adalora jobs submit|list|show|cancel|follow|metrics`."""
 
 from __future__ import annotations
 
@@ -343,3 +343,20 @@ def _budget_text(budget: dict[str, Any]) -> str:
         return "-"
     current = budget.get("current", budget.get("initial"))
     return f"{current}" + (f" → {budget['target']}" if budget.get("target") is not None else "")
+
+
+@app.command("metrics")
+def metrics(
+    job_id: str,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output file (default <id>-metrics.csv).")
+    ] = None,
+    url: UrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+) -> None:
+    """Save the job's metrics file: one CSV row per progress or evaluation event."""
+    out = out or Path(f"{job_id}-metrics.csv")
+    with ApiClient(url, key) as api:
+        response = api.request("GET", f"/jobs/{job_id}/metrics.csv")
+    out.write_bytes(response.content)
+    typer.echo(str(out))

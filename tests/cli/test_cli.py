@@ -69,6 +69,11 @@ def test_quickstart_through_the_cli(live, tmp_path: Path) -> None:
     assert "succeeded" in followed.output
     assert "following live events" in followed.output and "polling" not in followed.output
 
+    saved = tmp_path / "metrics.csv"
+    assert run(live, "jobs", "metrics", job_id, "--out", str(saved)).stdout.strip() == str(saved)
+    served = live.client.http.get(f"/jobs/{job_id}/metrics.csv").content
+    assert saved.read_bytes() == served and served.startswith(b"step,epoch,train_loss,eval_loss")
+
     shown = json.loads(run(live, "jobs", "show", job_id).stdout)
     assert shown["status"] == "succeeded" and shown["hyperparameters"]["adalora"]["t_init"] == 2
     assert "warning: the budget is reduced" in followed.output  # 12 updates are too few
