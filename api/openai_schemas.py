@@ -89,11 +89,51 @@ class UnreadablePart(BaseModel):
 ContentPart = Annotated[TextPart | UnreadablePart, Field(discriminator="type")]
 
 
+FunctionName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class CalledFunction(Strict):
+    name: FunctionName
+    arguments: str
+
+
+class ToolCallIn(Strict):
+    """An earlier assistant turn's tool call, in the history."""
+
+    id: str = Field(..., min_length=1)
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Text | list[ContentPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # None only for an assistant turn that calls tools.
+    content: Text | list[ContentPart] | None = None
     # Passed to the chat template, which may render it; OpenAI's own bound.
     name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    tool_calls: list[ToolCallIn] | None = Field(None, min_length=1)
+    tool_call_id: str | None = Field(None, min_length=1, description="A tool result's call.")
+
+
+class FunctionDefinition(Strict):
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="A JSON Schema of the arguments.")
+    strict: bool | None = None
+
+
+class Tool(Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(Strict):
+    name: FunctionName
+
+
+class NamedToolChoice(Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -102,8 +142,9 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class OpenAIErrorDetail(BaseModel):
@@ -153,9 +194,16 @@ class Completion(BaseModel):
     usage: Usage | None = None
 
 
+class CalledTool(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[CalledTool] | None = None
 
 
 class TopLogprob(BaseModel):

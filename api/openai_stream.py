@@ -20,6 +20,7 @@ from adalora_core.serving.handles import Completion, Generation, TextEvent, comp
 from adalora_core.serving.sampling import TokenLogprob
 from api.openai_schemas import StreamOptions, Usage
 from api.sse import sse_message, sse_response
+from application.tool_calls import ToolCall, ToolPlan, new_call
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class Run:
     handles: list[Generation]
     logprobs: LogprobView | None = None
     opening: Sequence[str] = ()
+    tools: ToolPlan | None = None
     id: str = ""
     created: int = 0
     _offsets: list[int] = field(default_factory=list)
@@ -143,6 +145,27 @@ class Run:
             choice["delta"] = {"content": event.delta} if event.delta else {}
         return self.envelope([choice])
 
+    def tool_chunks(self, index: int, event: TextEvent, reader: ToolStream) -> list[dict[str, Any]]:
+        """A chat choice's chunks for ``event`` through its tool-call reader; the last one
+        carries the finish reason and the first the log-probabilities."""
+        deltas = reader.deltas(event)
+        if not deltas and event.finish is None and not event.logprobs:
+            return []
+        deltas = deltas or [{}]
+        finish = None if event.finish is None else finish_reason(event.finish, reader.called)
+        logprobs = self.logprobs_of(index, event.logprobs)
+        chunks = []
+        for k, delta in enumerate(deltas):
+            last = k == len(deltas) - 1
+            choice = {
+                "index": index,
+                "delta": delta,
+                "logprobs": logprobs if k == 0 else None,
+                "finish_reason": finish if last else None,
+            }
+            chunks.append(self.envelope([choice]))
+        return chunks
+
     def envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -153,8 +176,56 @@ class Run:
         }
 
 
-def finish_reason(finish: str) -> str:
-    return "length" if finish == "length" else "stop"
+def finish_reason(finish: str, called: bool = False) -> str:
+    """OpenAI's reason: a cut answer is "length" (a call's arguments cut too), a call is
+    "tool_calls"."""
+    if finish == "length":
+        return "length"
+    return "tool_calls" if called else "stop"
+
+
+class ToolStream:
+    """One chat choice's deltas when the request has tools. Plain text passes as content; a
+    named call goes out as it is generated (its arguments in pieces, after a first delta with
+    its id and name); under ``auto`` or ``required`` text that may still be a call is held back
+    until the answer shows what it is, then sent as one call delta per call, or as content."""
+
+    def __init__(self, plan: ToolPlan) -> None:
+        self.plan = plan
+        self.held = ""
+        self.plain = plan.mode == "none"
+        self.called = False
+
+    def deltas(self, event: TextEvent) -> list[dict[str, Any]]:
+        if self.plan.mode == "named":
+            out = []
+            if not self.called:
+                self.called = True
+                call = new_call(self.plan.named or "", "")
+                out.append(_call_delta(0, call))
+            if event.delta:
+                out.append({"tool_calls": [{"index": 0, "function": {"arguments": event.delta}}]})
+            return out
+        if self.plain:
+            return [{"content": event.delta}] if event.delta else []
+        self.held += event.delta
+        if event.finish is not None:
+            calls = self.plan.calls(self.held)
+            if calls:
+                self.called = True
+                return [_call_delta(i, call) for i, call in enumerate(calls)]
+        elif self.plan.may_call(self.held):
+            return []
+        self.plain = True
+        text, self.held = self.held, ""
+        return [{"content": text}] if text else []
+
+
+def _call_delta(index: int, call: ToolCall) -> dict[str, Any]:
+    function = {"name": call.name, "arguments": call.arguments}
+    return {
+        "tool_calls": [{"index": index, "id": call.id, "type": "function", "function": function}]
+    }
 
 
 async def _events(run: Run, include_usage: bool) -> AsyncIterator[str]:
@@ -163,9 +234,13 @@ async def _events(run: Run, include_usage: bool) -> AsyncIterator[str]:
         if run.shape.chat or run.opening:
             for index in range(len(run.handles)):
                 yield sse_message(run.chunk(index, None))
+        readers = [ToolStream(run.tools) for _ in run.handles] if run.tools else None
         async for index, event in _merged(run.handles):
             generated[index] = event.tokens
-            if event.delta or event.finish is not None or event.logprobs:
+            if readers is not None:
+                for chunk in run.tool_chunks(index, event, readers[index]):
+                    yield sse_message(chunk)
+            elif event.delta or event.finish is not None or event.logprobs:
                 yield sse_message(run.chunk(index, event))
         if include_usage:
             usage = run.usage(generated).model_dump()

@@ -13,6 +13,7 @@ answers on the event loop when the adapter's record and weights are both in memo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from adalora_core.chat_template import chat_prompt_ids
 from adalora_core.errors import ConfigError
 from adalora_core.serving.bases import BaseModelUnavailable, SharedBase
-from adalora_core.serving.constraints import CompiledGrammar
+from adalora_core.serving.constraints import JSON_SCHEMA_FIELD, CompiledGrammar
 from adalora_core.serving.engine import InferenceEngine
 from adalora_core.serving.generation import MAX_LOGIT_BIAS, GenerationParams
 from adalora_core.serving.handles import Generation
@@ -89,9 +90,11 @@ class Prompts:
 
 @dataclass(frozen=True)
 class Chat:
-    """/v1/chat/completions' conversation, roles already mapped to the chat template's."""
+    """/v1/chat/completions' conversation, roles already mapped to the chat template's, and
+    the tool definitions the template renders."""
 
-    messages: Sequence[Mapping[str, str]]
+    messages: Sequence[Mapping[str, Any]]
+    tools: Sequence[Mapping[str, Any]] = ()
 
 
 Inputs = TextRows | Prompts | Chat
@@ -112,9 +115,11 @@ class InferCall:
 @dataclass(frozen=True)
 class JsonOutput:
     """The answer must be a JSON document: any object (``schema`` None, OpenAI's json_object)
-    or one valid against ``schema`` (json_schema)."""
+    or one valid against ``schema`` (json_schema, or a tool's arguments); ``field`` is what
+    an error about the schema names."""
 
     schema: Mapping[str, Any] | None = None
+    field: str = JSON_SCHEMA_FIELD
 
 
 @dataclass(frozen=True)
@@ -464,7 +469,7 @@ def _grammar(base: SharedBase, output: JsonOutput | None) -> CompiledGrammar | N
         return None
     if output.schema is None:
         return base.grammars.json_object()
-    return base.grammars.json_schema(output.schema)  # errors name response_format.json_schema
+    return base.grammars.json_schema(output.schema, output.field)
 
 
 def _logit_bias(
@@ -496,9 +501,9 @@ def _guard_characters(base: SharedBase, characters: int, where: str) -> None:
 
 
 def _chat_rows(base: SharedBase, chat: Chat) -> list[list[int]]:
-    _guard_characters(base, sum(len(m["content"]) for m in chat.messages), "messages")
+    _guard_characters(base, len(json.dumps([chat.messages, chat.tools])), "messages")
     with base.tokenizer_lock:
-        return [chat_prompt_ids(base.tokenizer, chat.messages, "messages")]
+        return [chat_prompt_ids(base.tokenizer, chat.messages, "messages", chat.tools)]
 
 
 def _prompt_rows(base: SharedBase, prompts: Prompts) -> list[list[int]]:

@@ -21,7 +21,7 @@ from service.settings import Settings
 FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 # JSON Lines chats (the OpenAI fine-tuning format): a "messages" column of {role, content}.
 MESSAGES_COLUMN = "messages"
-CHAT_ROLES = ("system", "user", "assistant")
+CHAT_ROLES = ("system", "user", "assistant", "tool")
 CHAT_TYPE = "chat"
 _INT = re.compile(r"^[+-]?\d+$")
 
@@ -190,14 +190,16 @@ def _jsonl_records(
 
 def check_messages(number: int, column: str, messages: list[Any]) -> None:
     """A chat as the OpenAI fine-tuning format writes it: {role, content} objects, roles from
-    CHAT_ROLES, non-empty text, and at least one assistant turn to learn from."""
+    CHAT_ROLES, non-empty text (an assistant turn may instead call tools: ``tool_calls`` of
+    {id, type "function", function {name, arguments}}), and at least one assistant turn to
+    learn from."""
     if not messages:
         raise DatasetError(number, column, "a chat needs at least one message")
     for index, message in enumerate(messages):
         where = f"{column}[{index}]"
         if not isinstance(message, dict):
             raise DatasetError(number, where, "each message must be an object {role, content}")
-        unknown = sorted(set(message) - {"role", "content", "name"})
+        unknown = sorted(set(message) - {"role", "content", "name", "tool_calls", "tool_call_id"})
         if unknown:
             raise DatasetError(number, f"{where}.{unknown[0]}", "unknown message field")
         role = message.get("role")
@@ -205,11 +207,33 @@ def check_messages(number: int, column: str, messages: list[Any]) -> None:
             raise DatasetError(
                 number, f"{where}.role", f"unknown role {role!r}; use one of {list(CHAT_ROLES)}"
             )
+        calls = message.get("tool_calls")
+        if calls is not None:
+            _check_tool_calls(number, f"{where}.tool_calls", role, calls)
         content = message.get("content")
+        if calls and content in (None, ""):
+            continue
         if not isinstance(content, str) or not content.strip():
             raise DatasetError(number, f"{where}.content", "must be a non-empty string")
     if not any(m["role"] == "assistant" for m in messages):
         raise DatasetError(number, column, "no assistant message: nothing to learn from")
+
+
+def _check_tool_calls(number: int, where: str, role: object, calls: object) -> None:
+    if role != "assistant":
+        raise DatasetError(number, where, "only an assistant message calls tools")
+    if not isinstance(calls, list) or not calls:
+        raise DatasetError(number, where, "must be a non-empty list of tool calls")
+    for index, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        arguments = function.get("arguments") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not name or not isinstance(arguments, str | dict):
+            raise DatasetError(
+                number,
+                f"{where}[{index}]",
+                'must be {"type": "function", "function": {"name", "arguments"}}',
+            )
 
 
 def _tsv_quoting(handle: BinaryIO, limits: DatasetLimits) -> int:

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 
 from adalora_core.errors import ConfigError
 from adalora_core.serving.handles import Completion as Finished
@@ -22,6 +23,8 @@ from api.deps import CallerDep, Metered, MeteredCaller, ServingDep, SessionDep, 
 from api.disconnect import unless_disconnected
 from api.openai_schemas import (
     AssistantMessage,
+    CalledFunction,
+    CalledTool,
     ChatChoice,
     ChatCompletion,
     ChatCompletionRequest,
@@ -47,6 +50,7 @@ from application import model_names
 from application.admission import Admitted, Chat, JsonOutput, Prompts, Sampling
 from application.engine_factory import Serving
 from application.errors import RequestError
+from application.tool_calls import ToolCall, plan_tools
 from service import adapters as adapter_rows
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -148,34 +152,50 @@ async def completions(
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, metered: MeteredCaller, serving: ServingDep
 ) -> Any:
-    _neutral_only(body, tools=None, tool_choice=None)
     if body.top_logprobs is not None and not body.logprobs:
         raise RequestError(
             400, "invalid_value", "top_logprobs needs logprobs set to true", "top_logprobs"
         )
-    inputs = Chat([_chat_turn(m, i) for i, m in enumerate(body.messages)])
+    tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
+    choice = body.tool_choice
+    plan = plan_tools(tools, choice.model_dump() if isinstance(choice, BaseModel) else choice)
+    forced = plan.output() if plan is not None else None
+    form = body.response_format
+    if forced is not None and form is not None and form.type != "text":
+        raise ConfigError("response_format", "cannot be combined with a forced tool_choice")
+    inputs = Chat([_chat_turn(m, i) for i, m in enumerate(body.messages)], tools)
     max_tokens = body.max_completion_tokens or body.max_tokens
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    sampling = _sampling(body, max_tokens, body.n, logprobs)
+    sampling = _sampling(body, max_tokens, body.n, logprobs, forced)
     run, admitted = await _start(serving, metered, body, inputs, sampling, CHAT_CHUNKS)
+    run.tools = plan
     if body.logprobs:
         run.logprobs = LogprobView(admitted.token_bytes, chat=True)
     if body.stream:
         return run.stream(body.stream_options)
     done = await unless_disconnected(request, run.complete())
-    choices = [
-        ChatChoice(
-            index=i,
-            message=AssistantMessage(content=c.text),
-            logprobs=run.logprobs_of(i, c.logprobs),
-            finish_reason=finish_reason(c.finish),
+    choices = []
+    for i, c in enumerate(done):
+        calls = plan.calls(c.text) if plan is not None else []
+        message = AssistantMessage(content=c.text)
+        if calls:
+            message = AssistantMessage(content=None, tool_calls=[_called(call) for call in calls])
+        choices.append(
+            ChatChoice(
+                index=i,
+                message=message,
+                logprobs=run.logprobs_of(i, c.logprobs),
+                finish_reason=finish_reason(c.finish, bool(calls)),
+            )
         )
-        for i, c in enumerate(done)
-    ]
     usage = run.usage([c.completion_tokens for c in done])
     return ChatCompletion(
         id=run.id, created=run.created, model=body.model, choices=choices, usage=usage
     )
+
+
+def _called(call: ToolCall) -> CalledTool:
+    return CalledTool(id=call.id, function=CalledFunction(name=call.name, arguments=call.arguments))
 
 
 def _best(done: list[Finished], best_of: int, n: int) -> list[int]:
@@ -194,11 +214,15 @@ def _best(done: list[Finished], best_of: int, n: int) -> list[int]:
 
 
 def _sampling(
-    body: SamplingFields, max_tokens: int | None, rows: int, logprobs: int | None
+    body: SamplingFields,
+    max_tokens: int | None,
+    rows: int,
+    logprobs: int | None,
+    output: JsonOutput | None = None,
 ) -> Sampling:
-    """The request's generation parameters, as the admission step takes them."""
-    output = None
-    form = body.response_format
+    """The request's generation parameters, as the admission step takes them; ``output`` is
+    a forced tool call's grammar, else the response format's."""
+    form = body.response_format if output is None else None
     if form is not None and form.type == "json_object":
         output = JsonOutput()
     elif form is not None and form.type == "json_schema":
@@ -244,25 +268,26 @@ UNREADABLE = {
 }
 
 
-def _chat_turn(message: ChatMessage, index: int) -> dict[str, str]:
-    content = message.content
+def _chat_turn(message: ChatMessage, index: int) -> dict[str, Any]:
+    content = message.content or ""
     if not isinstance(content, str):
         for j, part in enumerate(content):
             if isinstance(part, UnreadablePart):
                 where = f"messages.{index}.content.{j}"
                 raise RequestError(400, "unsupported_content", UNREADABLE[part.type], where)
     text = content if isinstance(content, str) else "".join(p.text for p in content)
+    if message.tool_calls is not None and message.role != "assistant":
+        raise ConfigError(f"messages.{index}.tool_calls", "only an assistant message calls tools")
+    if message.role == "tool" and message.tool_call_id is None:
+        raise ConfigError(f"messages.{index}.tool_call_id", "is required for a tool message")
     if not text.strip() and message.role != "assistant":
         raise ConfigError(f"messages.{index}.content", "is empty")
     role = "system" if message.role == "developer" else message.role
-    turn = {"role": role, "content": text}
+    turn: dict[str, Any] = {"role": role, "content": text}
     if message.name is not None:
         turn["name"] = message.name
+    if message.tool_calls is not None:
+        turn["tool_calls"] = [c.model_dump() for c in message.tool_calls]
+    if message.tool_call_id is not None:
+        turn["tool_call_id"] = message.tool_call_id
     return turn
-
-
-def _neutral_only(body: SamplingFields, **neutral: Any) -> None:
-    """OpenAI fields this service does not implement: only their neutral value passes."""
-    for name, value in neutral.items():
-        if getattr(body, name) not in (value, [], False):
-            raise RequestError(400, "unsupported_parameter", f"{name} is not supported", name)

@@ -290,3 +290,23 @@ def test_a_chat_data_set_in_the_openai_format_is_read_whole(tmp_path: Path) -> N
         "messages": None
     }
     assert next(iter_rows(path, "jsonl"))["messages"] == chat
+
+
+def test_a_chat_with_tool_calls_and_tool_results_is_read_and_a_bad_call_is_named(
+    tmp_path: Path,
+) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    chat = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+        {"role": "assistant", "content": "It is 42."},
+    ]
+    path = write(tmp_path, "tools.jsonl", json.dumps({"messages": chat}) + "\n")
+    assert scan(path, "jsonl").column_types == {"messages": "chat"}
+    assert next(iter_rows(path, "jsonl"))["messages"] == chat
+    bad = [{**chat[1], "tool_calls": [{"id": "c1", "function": {"arguments": "{}"}}]}]
+    path = write(tmp_path, "bad.jsonl", json.dumps({"messages": [chat[0], *bad]}) + "\n")
+    with pytest.raises(DatasetError) as raised:
+        scan(path, "jsonl")
+    assert raised.value.column == "messages[1].tool_calls[0]"
