@@ -87,8 +87,11 @@ class ToolPlan:
         if self.mode != "auto":
             return self.mode != "none"
         head = text.lstrip()
-        return not head or head[0] in "{[" or head.startswith("<tool_call>") or (
-            "<tool_call>".startswith(head)
+        return (
+            not head
+            or head[0] in "{["
+            or head.startswith("<tool_call>")
+            or ("<tool_call>".startswith(head))
         )
 
 
