@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -128,6 +129,15 @@ def module_layer_and_kind(name: str) -> tuple[int | None, str]:
     if "decoder" in parts[:index]:
         rest = f"decoder.{rest}"
     return int(parts[index]), rest
+
+
+def rank_modules(ranks: dict[str, int]) -> list[dict[str, Any]]:
+    """Each module's rank with its place in the heatmap: {name, layer, kind, rank}."""
+    return [
+        {"name": name, "layer": layer, "kind": kind, "rank": int(rank)}
+        for name, rank in ranks.items()
+        for layer, kind in [module_layer_and_kind(name)]
+    ]
 
 
 def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:

@@ -23,7 +23,7 @@ from adalora_core.encoding import encode_rows, make_collator
 from adalora_core.errors import ConfigError
 from adalora_core.formats.bundle import AdapterMeta
 from adalora_core.hf_loading import head_modules, load_model, load_tokenizer
-from adalora_core.inject import module_layer_and_kind
+from adalora_core.inject import rank_modules
 from adalora_core.precision import MixedPrecision, training_precision
 from adalora_core.run_plan import RunPlan
 from adalora_core.tasks import CAUSAL_LM, TaskSpec
@@ -199,11 +199,7 @@ def _write_bundle(
     from adalora_core.formats.peft import save_adapter
 
     adalora, init_r, target_r = plan.adalora, plan.init_r, plan.target_r
-    modules = [
-        {"name": name, "layer": layer, "kind": kind, "rank": rank}
-        for name, rank in result.ranks.items()
-        for layer, kind in [module_layer_and_kind(name)]
-    ]
+    modules = rank_modules(result.ranks)
     meta = AdapterMeta(
         task=task.to_json(),
         base_model=base_model,

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from adalora_core.compute_choices import Precision
 from application.request_fields import Name, Strict, Text
+from application.tracking_request import MlflowSettings, Tracker, WandbSettings
 from service.vocabulary import OutputMode
 
 TaskName = Literal["classification", "regression", "causal-lm", "seq2seq"]
@@ -118,3 +119,10 @@ class JobCreate(Strict):
         "ft:<base>:<tenant>:<suffix>:<job id>, under which /v1/* serves the finished adapter.",
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
+    report_to: list[Tracker] = Field(
+        default_factory=list,
+        description="Experiment trackers the job also reports to: its settings, every step's "
+        "loss, learning rate, rank budget and gradient norm, evaluations and the rank allocation.",
+    )
+    mlflow: MlflowSettings | None = None
+    wandb: WandbSettings | None = None

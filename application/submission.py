@@ -13,6 +13,7 @@ from adalora_core.context_limit import context_limit
 from adalora_core.tasks import CAUSAL_LM
 from application.errors import RequestError
 from application.job_request import CheckpointPolicy, JobCreate, ResourcesParams
+from application.tracking_request import resolve_tracking
 from service.datasets_io import CHAT_TYPE, MESSAGES_COLUMN
 from service.settings import Settings
 from service.tables import Dataset
@@ -59,6 +60,9 @@ def request_hash(body: JobCreate) -> str:
     for optional in ("suffix", "learning_rate_multiplier"):
         if dumped[optional] is None:
             del dumped[optional]  # likewise
+    for name in ("report_to", "mlflow", "wandb"):
+        if not dumped[name]:
+            del dumped[name]  # likewise
     canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -234,7 +238,8 @@ def resolve_hyperparameters(
     plan = resolved.plan
     assert plan.schedule is not None  # the service trains AdaLoRA
     _check_limits(body, resolved, train, settings)
-    return {
+    tracking, tracking_chosen = resolve_tracking(body.report_to, body.mlflow, body.wandb)
+    stored = {
         "adalora": plan.adalora.to_dict(),
         "training": asdict(plan.training),
         "total_steps": plan.total_steps,
@@ -250,6 +255,10 @@ def resolve_hyperparameters(
         "num_validation_rows": validation.num_rows if validation is not None else None,
         "validation": validation_note(body, validation),
     }
+    if tracking is not None:
+        stored["tracking"] = tracking
+        stored["chosen_by_service"] += tracking_chosen
+    return stored
 
 
 NO_VALIDATION = (

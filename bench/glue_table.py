@@ -190,7 +190,7 @@ def method_label(cell: dict[str, Any]) -> str:
 def draw_allocation(results: list[dict[str, Any]], task: str, path: Path) -> None:
     """The final rank pattern of the task's seed-0 AdaLoRA cell, as the API draws it."""
     from adalora_core.inject import module_layer_and_kind
-    from api.heatmap import draw_rank_heatmap
+    from application.heatmap import draw_rank_heatmap
 
     cell = dev_results(results, task, "adalora").get(0)
     if cell is None or not cell.get("ranks"):

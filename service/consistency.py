@@ -1,12 +1,12 @@
 """The store and the rows agree: which stored objects no row points to, and which rows point at
 objects that are gone; and garbage collection of the first kind.
 
-Referenced: every data set's file, every adapter's files, every checkpoint row's adapter, and
-the training state of every job that may still resume (queued or leased). Everything else in
-the store is an orphan: the training state of a finished, failed or cancelled job, the zips of
-a worker killed while uploading, the file of an upload whose API process died. A worker still
-writing makes orphans for a moment (its zips exist before its adapter row commits), so
-collection only takes orphans older than a grace period.
+Referenced: every data set's file, every adapter's files, every checkpoint row's adapter, every
+job's TensorBoard event files, and the training state of every job that may still resume (queued
+or leased). Everything else in the store is an orphan: the training state of a finished, failed
+or cancelled job, the zips of a worker killed while uploading, the file of an upload whose API
+process died. A worker still writing makes orphans for a moment (its zips exist before its
+adapter row commits), so collection only takes orphans older than a grace period.
 """
 
 from __future__ import annotations
@@ -52,6 +52,10 @@ def referenced_keys(session: Session) -> set[str]:
         )
         if key
     )
+    for tracking in session.scalars(select(Job.tracking).where(Job.tracking.is_not(None))):
+        stored = (tracking or {}).get("tensorboard") or {}
+        if stored.get("key"):
+            keys.add(stored["key"])
     return keys
 
 

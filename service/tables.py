@@ -141,6 +141,9 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
     checkpoint_key: Mapped[str | None] = mapped_column(String(500))
+    # The experiment trackers' runs: {"mlflow": {"run_id"}, "wandb": {"run_id"},
+    # "tensorboard": {"key", "sha256", "size_bytes"}} (worker/tracking.py).
+    tracking: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

@@ -22,6 +22,7 @@ from service.store.base import ArtifactStore, StoreError
 from service.tables import Job
 from service.vocabulary import ArtifactFormat
 from worker.heartbeat import Heartbeat
+from worker.tracking import Tracking
 
 log = logging.getLogger(__name__)
 DB_RETRY_S = 1.0  # after a failed write, train on for this long before trying the database again
@@ -62,6 +63,7 @@ class JobCallbacks:
         budget: dict[str, Any],
         progress_write_interval_s: float,
         checkpoint: dict[str, Any] | None = None,
+        tracking: Tracking | None = None,
     ) -> None:
         self._sessions = sessions
         self._store = store
@@ -80,8 +82,11 @@ class JobCallbacks:
         self._retry_at = -math.inf
         self._superseded: list[str] = []  # checkpoint keys to delete once the row moves on
         self._new_checkpoints: list[dict[str, Any]] = []  # rows to record with the next write
+        self._tracking = tracking  # every step goes to the trackers; their notes come back
 
     def on_progress(self, event: Any) -> None:
+        if self._tracking is not None:
+            self._tracking.step(event)
         if event.budget is not None:
             self._budget["current"] = int(event.budget)
         for name in ("initial", "target"):
@@ -127,6 +132,8 @@ class JobCallbacks:
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: _finite(v) for k, v in metrics.items()}
+        if self._tracking is not None:
+            self._tracking.eval(step, clean)
         self._metrics.update(eval_metrics(clean))
         events: list[tuple[str, dict[str, Any]]] = [("eval", {"step": int(step), "metrics": clean})]
         final = step >= int(self._progress.get("total_steps") or 0) > 0
@@ -150,6 +157,8 @@ class JobCallbacks:
                 self._new_checkpoints.append(
                     self._checkpoint_row(step, path / ADAPTER_DIR, Path(tmp) / "peft.zip")
                 )
+        if self._tracking is not None:
+            self._tracking.snapshot(step)
         previous = self.checkpoint["key"] if self.checkpoint else None
         self.checkpoint = {
             "key": key,
@@ -215,6 +224,10 @@ class JobCallbacks:
         write)."""
         self._pending_values.update(values)
         self._pending_events.extend(events)
+        if self._tracking is not None:  # the trackers' run ids and warnings go with it
+            noted, warnings = self._tracking.take()
+            self._pending_values.update(noted)
+            self._pending_events.extend(warnings)
         if time.monotonic() < self._retry_at:
             return None
         try:

@@ -43,6 +43,15 @@ from service.tables import Dataset, Job
 from worker.callbacks import JobCallbacks, eval_metrics, restore_checkpoint
 from worker.heartbeat import Heartbeat
 from worker.job_spec import JobSpec, job_spec
+from worker.tracking import (
+    CANCELLED,
+    FAILED,
+    SUCCEEDED,
+    Published,
+    Tracking,
+    drop_stale_snapshots,
+    start_tracking,
+)
 
 log = logging.getLogger(__name__)
 
@@ -158,41 +167,77 @@ class JobRunner:
         spec = job_spec(job, base_model)
         with tempfile.TemporaryDirectory(prefix=f"adalora-{job.id}-") as tmp_name:
             tmp = Path(tmp_name)
-            train_rows, eval_rows = self._read_datasets(job, tmp)
-            checkpoint_dir = tmp / CHECKPOINT_DIR
-            resumed = self._restore_checkpoint(job, checkpoint_dir)
-            callbacks = JobCallbacks(
-                self.sessions,
-                self.store,
-                job.id,
-                self.owner,
-                heartbeat,
-                budget=job.budget or {},
-                progress_write_interval_s=self.settings.progress_write_interval_s,
-                checkpoint=resumed,
-            )
-            # torch loads only in the worker; one device is the same call as the plain trainer.
-            from adalora_core.launcher import train_data_parallel
+            resumed = self._restore_checkpoint(job, tmp / CHECKPOINT_DIR)
+            tracking = start_tracking(job, self.store, tmp, resumed["step"] if resumed else None)
+            try:
+                return self._train(job, spec, base_model, heartbeat, tmp, resumed, tracking)
+            finally:
+                if tracking is not None:  # not already closed by a success: a failure
+                    self._end_tracking(tracking, FAILED)
 
-            result = train_data_parallel(
-                spec.devices,
-                base_model=base_model,
-                base_model_name=job.base_model,
-                task=spec.task,
-                train_rows=train_rows,
-                eval_rows=eval_rows,
-                plan=spec.plan,
-                output_dir=tmp / "adapter",
-                callbacks=callbacks,
-                checkpoint_dir=checkpoint_dir,
-                precision=spec.precision,
-            )
-            if heartbeat.lost.is_set():
-                log.warning("job %s: lease lost during training; leaving it to its owner", job.id)
-                return Outcome("lost")
-            if result.cancelled:
-                return self._finish_cancelled()
-            return self._publish(job, spec, base_model, result, tmp)
+    def _train(
+        self,
+        job: Job,
+        spec: JobSpec,
+        base_model: str,
+        heartbeat: Heartbeat,
+        tmp: Path,
+        resumed: dict[str, Any] | None,
+        tracking: Tracking | None,
+    ) -> Outcome:
+        train_rows, eval_rows = self._read_datasets(job, tmp)
+        checkpoint_dir = tmp / CHECKPOINT_DIR
+        callbacks = JobCallbacks(
+            self.sessions,
+            self.store,
+            job.id,
+            self.owner,
+            heartbeat,
+            budget=job.budget or {},
+            progress_write_interval_s=self.settings.progress_write_interval_s,
+            checkpoint=resumed,
+            tracking=tracking,
+        )
+        # torch loads only in the worker; one device is the same call as the plain trainer.
+        from adalora_core.launcher import train_data_parallel
+
+        result = train_data_parallel(
+            spec.devices,
+            base_model=base_model,
+            base_model_name=job.base_model,
+            task=spec.task,
+            train_rows=train_rows,
+            eval_rows=eval_rows,
+            plan=spec.plan,
+            output_dir=tmp / "adapter",
+            callbacks=callbacks,
+            checkpoint_dir=checkpoint_dir,
+            precision=spec.precision,
+        )
+        if heartbeat.lost.is_set():
+            log.warning("job %s: lease lost during training; leaving it to its owner", job.id)
+            return Outcome("lost")
+        if result.cancelled:
+            if tracking is not None:
+                self._end_tracking(tracking, CANCELLED)
+            return self._finish_cancelled()
+        return self._publish(job, spec, base_model, result, tmp, tracking)
+
+    def _end_tracking(self, tracking: Tracking, status: str) -> None:
+        """Close the trackers of a job that did not succeed and record what they noted (best
+        effort: the job's own end matters more)."""
+        tracking.close(status)
+        values, events = tracking.take()
+        if not values and not events:
+            return
+        try:
+            with self.sessions() as session:
+                written = write_progress(session, self.job_id, self.owner, values, events)
+        except Exception:
+            log.warning("job %s: could not record the trackers' notes", self.job_id, exc_info=True)
+            return
+        if written and "tracking" in values:
+            drop_stale_snapshots(self.store, self.job_id, values["tracking"])
 
     def _base_model_path(self, name: str) -> str:
         path = self.settings.base_models.get(name)
@@ -264,7 +309,15 @@ class JobRunner:
             )
         return record
 
-    def _publish(self, job: Job, spec: JobSpec, base_model: str, result: Any, tmp: Path) -> Outcome:
+    def _publish(
+        self,
+        job: Job,
+        spec: JobSpec,
+        base_model: str,
+        result: Any,
+        tmp: Path,
+        tracking: Tracking | None,
+    ) -> Outcome:
         with self.sessions() as session:
             owned = load_owned_job(session, job.id, self.owner)
             if owned is None:
@@ -274,6 +327,8 @@ class JobRunner:
                 transition(owned, JobStatus.UPLOADING)
                 session.commit()
         if cancelled:  # asked after the trainer's last poll (final evaluation or save)
+            if tracking is not None:
+                self._end_tracking(tracking, CANCELLED)
             return self._finish_cancelled()
 
         stored = store_artifacts(
@@ -283,8 +338,13 @@ class JobRunner:
             tmp,
             merged_base=base_model if spec.merged else None,
         )
+        notes: tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]] = ({}, [])
+        if tracking is not None:
+            tracking.publish(published_record(job, stored, tmp / "peft.zip"))
+            tracking.close(SUCCEEDED)
+            notes = tracking.take()
         try:
-            outcome = self._commit_adapter(job, result, stored)
+            outcome = self._commit_adapter(job, result, stored, notes)
         except BaseException:
             discard_artifacts(self.store, stored.formats)
             raise
@@ -292,8 +352,15 @@ class JobRunner:
             discard_artifacts(self.store, stored.formats)
         return outcome
 
-    def _commit_adapter(self, job: Job, result: Any, stored: StoredArtifacts) -> Outcome:
-        """The adapter row and the job's success, in one transaction, if we still hold it."""
+    def _commit_adapter(
+        self,
+        job: Job,
+        result: Any,
+        stored: StoredArtifacts,
+        notes: tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]],
+    ) -> Outcome:
+        """The adapter row and the job's success (with what its trackers noted), in one
+        transaction, if we still hold it."""
         meta, adapter_id = stored.weights.meta, stored.adapter_id
         with self.sessions() as session:
             owned = load_owned_job(session, job.id, self.owner)
@@ -313,9 +380,16 @@ class JobRunner:
             owned.budget = {**(owned.budget or {}), **meta.budget, "current": current}
             owned.metrics = {**(owned.metrics or {}), **eval_metrics(meta.metrics)}
             owned.progress = {**(owned.progress or {}), "step": result.steps}
+            values, events = notes
+            if "tracking" in values:
+                owned.tracking = values["tracking"]
+            for kind, data in events:
+                add_event(session, owned, kind, data)
             transition(owned, JobStatus.SUCCEEDED, adapter_id=adapter_id)
             session.commit()
         self._drop_checkpoints()
+        if owned.tracking:
+            drop_stale_snapshots(self.store, job.id, owned.tracking)
         log.info("job %s: succeeded, adapter %s", job.id, adapter_id)
         return Outcome("succeeded", adapter_id)
 
@@ -368,3 +442,17 @@ class JobRunner:
                     self.store.delete(obj.key)
         except (StoreError, SQLAlchemyError):
             log.warning("job %s: could not delete checkpoints under %s", self.job_id, prefix)
+
+
+def published_record(job: Job, stored: StoredArtifacts, bundle: Path) -> Published:
+    """What the trackers get on success: the adapter's id, name, formats and sha256 as tags,
+    the final ranks JSON, and the PEFT bundle."""
+    meta = stored.weights.meta
+    tags = {
+        "adapter.id": stored.adapter_id,
+        "adapter.name": job.name or "",
+        "adapter.formats": ",".join(stored.formats),
+    }
+    tags.update({f"adapter.sha256.{fmt}": info["sha256"] for fmt, info in stored.formats.items()})
+    ranks = {"budget": dict(meta.budget), "modules": list(meta.modules), "history": meta.history}
+    return Published(tags=tags, ranks=ranks, bundle=bundle if bundle.exists() else None)

@@ -24,6 +24,10 @@ class ProgressEvent:
     # Language-model tasks: the update's mean token accuracy on the learned tokens, left on
     # the device like the loss.
     token_accuracy_value: torch.Tensor | float | None = None
+    # The update's gradient norm before clipping, left on the device like the loss.
+    grad_norm_value: torch.Tensor | float | None = None
+    # At a masking step (the allocator reallocated after this update): each module's rank.
+    ranks: dict[str, int] | None = None
 
     @property
     def loss(self) -> float:
@@ -32,6 +36,11 @@ class ProgressEvent:
     @property
     def token_accuracy(self) -> float | None:
         value = self.token_accuracy_value
+        return None if value is None else float(value)
+
+    @property
+    def grad_norm(self) -> float | None:
+        value = self.grad_norm_value
         return None if value is None else float(value)
 
 

@@ -70,6 +70,7 @@ class UpdateLoop:
                 event = _progress(
                     self.state, self.plan, self.batches_per_epoch, loss, learning_rate
                 )
+                event = replace(event, grad_norm_value=self.update.last_grad_norm)
                 if self.update.last_token_accuracy is not None:
                     event = replace(event, token_accuracy_value=self.update.last_token_accuracy)
                 self.callbacks.on_progress(event)
@@ -123,6 +124,8 @@ def _progress(
 ) -> ProgressEvent:
     adapted, position = state.adapted, state.position
     budget_now = getattr(adapted, "budget_now", None)
+    history = getattr(adapted, "history", None)
+    masked_now = bool(history) and history[-1]["step"] == position.step
     return ProgressEvent(
         step=position.step,
         total_steps=plan.total_steps,
@@ -132,4 +135,5 @@ def _progress(
         learning_rate=learning_rate,
         initial_budget=getattr(adapted, "initial_budget", None),
         target_budget=getattr(adapted, "target_budget", None),
+        ranks=dict(history[-1]["ranks"]) if masked_now else None,
     )

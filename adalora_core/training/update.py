@@ -52,6 +52,8 @@ class UpdateStep:
         self.token_accuracy = token_accuracy
         # The last update's mean token accuracy (a 0-d tensor on the device), or None.
         self.last_token_accuracy: torch.Tensor | None = None
+        # The last update's gradient norm before clipping (a 0-d tensor on the device).
+        self.last_grad_norm: torch.Tensor | None = None
         self.training = training
         self.train_data = train_data
         self.collate = collate
@@ -102,12 +104,16 @@ class UpdateStep:
         learning_rate = float(state.scheduler.get_last_lr()[0])
         # Clipping, the optimizer and the allocator's importance scores all read true gradients.
         state.mixed.unscale(state.optimizer)
+        params = [p for _, p in state.trainable]
         if self.training.max_grad_norm:
             # foreach clipping scales in place on the device: no host sync. The allocator then
             # scores importance on the clipped gradients, as the authors' HF Trainer loop does.
-            torch.nn.utils.clip_grad_norm_(
-                [p for _, p in state.trainable], self.training.max_grad_norm, foreach=True
+            self.last_grad_norm = torch.nn.utils.clip_grad_norm_(
+                params, self.training.max_grad_norm, foreach=True
             )
+        else:  # the norm is still reported (it stays on the device until someone reads it)
+            grads = [p.grad for p in params if p.grad is not None]
+            self.last_grad_norm = torch.nn.utils.get_total_norm(grads, foreach=True)
         state.mixed.step(state.optimizer)
         state.scheduler.step()
         state.position.step += 1

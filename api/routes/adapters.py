@@ -21,10 +21,10 @@ from api.deps import (
     TrainCaller,
 )
 from api.errors import responses
-from api.heatmap import draw_rank_heatmap
 from api.rows import page_body, tenant_row
 from api.schemas import AdapterList, AdapterOut, RanksOut
 from application.errors import RequestError
+from application.heatmap import draw_rank_heatmap
 from service import adapters as adapter_rows
 from service.store import ChecksumMismatch, NotFound
 from service.tables import Adapter

@@ -45,6 +45,7 @@ from application.jobs import enqueue_job
 from application.jobs import submit_job as submit
 from service import checkpoints as checkpoint_rows
 from service import jobs as job_rows
+from service.store import NotFound
 from service.tables import Job
 from service.vocabulary import ArtifactFormat, JobStatus
 
@@ -128,6 +129,43 @@ def _job(session: Session, tenant_id: str, job_id: str) -> Job:
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=responses(401, 404))
 def get_job(job_id: str, caller: TrainCaller, session: SessionDep) -> JobOut:
     return job_out(_job(session, caller.tenant_id, job_id))
+
+
+@router.get(
+    "/jobs/{job_id}/tensorboard",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"application/zip": {}},
+            "description": "the job's TensorBoard event files as a zip, for tensorboard --logdir",
+        },
+        **responses(401, 404, 503),
+    },
+)
+def download_tensorboard(
+    job_id: str, caller: TrainCaller, session: SessionDep, store: StoreDep
+) -> StreamingResponse:
+    job = _job(session, caller.tenant_id, job_id)
+    stored = (job.tracking or {}).get("tensorboard")
+    if not stored:
+        raise RequestError(
+            404,
+            "not_found",
+            f"job {job_id!r} has no TensorBoard event files stored (its report_to does not name "
+            "tensorboard, or it has not reached its first checkpoint)",
+        )
+    try:
+        chunks = store.iter_read(stored["key"], expected_sha256=stored["sha256"])
+    except NotFound as exc:
+        raise RequestError(
+            503, "artifact_missing", f"the event files of {job_id!r} are missing right now"
+        ) from exc
+    headers = {
+        "Content-Disposition": f'attachment; filename="{job_id}-tensorboard.zip"',
+        "Content-Length": str(stored["size_bytes"]),
+        "X-Checksum-Sha256": stored["sha256"],
+    }
+    return StreamingResponse(chunks, media_type="application/zip", headers=headers)
 
 
 @router.get(

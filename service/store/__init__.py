@@ -1,9 +1,10 @@
 """Artifact storage: datasets, adapter zips and checkpoints, addressed by '/'-separated keys.
 
 Keys: datasets/<tenant>/<dataset_id>/data.<ext>, adapters/<tenant>/<adapter_id>/<format>.zip,
-checkpoints/<job_id>/ckpt-<step>.zip (a run's training state, while it may resume) and
-checkpoints/<job_id>/step-<step>/peft.zip (the adapter at that step, while its row lives);
-helpers below build them.
+checkpoints/<job_id>/ckpt-<step>.zip (a run's training state, while it may resume),
+checkpoints/<job_id>/step-<step>/peft.zip (the adapter at that step, while its row lives) and
+tensorboard/<job_id>/<attempt>-<step>.zip (a job's TensorBoard event files: a new key for every
+snapshot, so a key's bytes never change under its recorded sha256); helpers below build them.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ __all__ = [
     "checkpoint_prefix",
     "dataset_key",
     "get_store",
+    "tensorboard_key",
+    "tensorboard_prefix",
     "validate_key",
 ]
 
@@ -79,3 +82,11 @@ def checkpoint_key(job_id: str, step: int) -> str:
 
 def checkpoint_bundle_key(job_id: str, step: int, fmt: str) -> str:
     return f"{checkpoint_prefix(job_id)}/step-{step}/{fmt}.zip"
+
+
+def tensorboard_prefix(job_id: str) -> str:
+    return f"tensorboard/{job_id}"
+
+
+def tensorboard_key(job_id: str, attempt: int, step: int) -> str:
+    return f"{tensorboard_prefix(job_id)}/{attempt}-{step}.zip"

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.heatmap import draw_rank_heatmap, rank_grid
+from application.heatmap import draw_rank_heatmap, rank_grid
 from service import adapters as adapter_rows
 from service import jobs as job_rows
 from service.settings import Settings

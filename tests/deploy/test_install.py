@@ -83,7 +83,9 @@ def distribution_of(import_package: str) -> str:
 
 
 def requirement_names(words: list[str]) -> set[str]:
-    return {canonicalize_name(Requirement(w).name) for w in words if w not in (".", "-e")}
+    return {
+        canonicalize_name(Requirement(w).name) for w in words if not w.startswith(".") and w != "-e"
+    }
 
 
 def docker_install_args() -> list[str]:
@@ -136,7 +138,7 @@ def test_the_image_gets_torch_the_package_and_both_built_in_bases() -> None:
     commands = dry_run(docker_install_args())
     words = installed(commands)
     assert words[0] == "torch==2.13.0", "torch first and pinned, or pip pulls a CUDA build"
-    assert "." in words and "-e" not in words, "the image installs the package as built"
+    assert ".[tracking]" in words and "-e" not in words, "the image installs the package as built"
     assert not any("[test]" in w for w in words), "no test tools in the image"
     names = requirement_names(words)
     for base, package in BUILTIN_BASE_PACKAGES.items():
@@ -146,9 +148,9 @@ def test_the_image_gets_torch_the_package_and_both_built_in_bases() -> None:
 def test_the_dev_environment_gets_the_same_list_editable_with_tests() -> None:
     docker = installed(dry_run(docker_install_args()))
     dev = installed(dry_run(dev_install_args()))
-    assert "-e" in dev and ".[test]" in dev
-    same = [w for w in dev if w not in ("-e", ".[test]")]
-    assert same == [w for w in docker if w != "."]
+    assert "-e" in dev and ".[test,tracking]" in dev
+    same = [w for w in dev if w not in ("-e", ".[test,tracking]")]
+    assert same == [w for w in docker if w != ".[tracking]"]
 
 
 def test_built_in_bases_are_registered_from_their_wheels(tmp_path: Path) -> None:

@@ -64,6 +64,7 @@ class World:
         resources: dict[str, object] | None = None,
         validate: bool = False,
         checkpoints: dict[str, object] | None = None,
+        body: dict[str, object] | None = None,
         **training: object,
     ) -> str:
         return submit_job(
@@ -74,6 +75,7 @@ class World:
             resources,
             validate,
             checkpoints,
+            body,
             **training,
         )
 

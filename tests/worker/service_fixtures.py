@@ -105,11 +105,16 @@ def submit_job(
     resources: dict[str, object] | None = None,
     validate: bool = False,
     checkpoints: dict[str, object] | None = None,
+    extra: dict[str, object] | None = None,
     **training: object,
 ) -> str:
     """A queued job as POST /jobs stores it (settings resolved by the API's own function); its
-    id. ``settings.base_models`` must name the tiny model "tiny"."""
-    raw = job_body(dataset_id, resources=resources, checkpoints=checkpoints, **training)
+    id. ``settings.base_models`` must name the tiny model "tiny"; ``extra`` adds top-level
+    fields."""
+    raw = {
+        **job_body(dataset_id, resources=resources, checkpoints=checkpoints, **training),
+        **(extra or {}),
+    }
     if validate:  # evaluate on the training rows themselves: enough to read what was learned
         raw["validation_dataset_id"] = dataset_id
     body = JobCreate.model_validate(raw)
@@ -128,6 +133,7 @@ def submit_job(
                 body, dataset, dataset if validate else None, settings
             ),
             request_hash=new_id("h"),
+            name=body.name,
         )
         session.commit()
         return job.id
