@@ -17,6 +17,7 @@ from application.job_request import Columns, JobCreate, TrainingParams
 from application.jobs import Submission, submit_job
 from application.openai_ids import from_openai, result_file_id, to_openai
 from application.openai_job_request import AdaLoraExtra, FineTuningJobCreate, Hyperparameters
+from application.tracking_request import report_to_from_integrations
 from service import checkpoints as checkpoint_rows
 from service import datasets as dataset_rows
 from service import jobs as job_rows
@@ -90,12 +91,10 @@ def job_create(
 ) -> JobCreate:
     """Our job body for an OpenAI one; a 400 naming OpenAI's parameter where it cannot be."""
     hyper = _hyperparameters(body)
-    if body.integrations:
-        raise bad(
-            "integrations",
-            "integrations are not available here yet; the job's metrics are in its result file "
-            "(GET /v1/files/{result_files[0]}/content) and GET /jobs/{id}/metrics.csv",
-        )
+    try:
+        tracking = report_to_from_integrations(body.integrations or [])
+    except RequestError as exc:  # OpenAI's status for a bad parameter
+        raise bad(exc.field or "integrations", exc.message) from exc
     if body.model not in settings.base_models:
         known = ", ".join(sorted(settings.base_models)) or "(none)"
         raise bad("model", f"model {body.model!r} is not a base model here; known: {known}")
@@ -128,6 +127,7 @@ def job_create(
         learning_rate_multiplier=None if multiplier in (None, "auto") else float(multiplier),
         suffix=body.suffix,
         metadata=dict(body.metadata or {}),
+        **tracking,
     )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from application.errors import RequestError
 from application.request_fields import Name, Strict, Text
@@ -128,7 +128,8 @@ def _wandb_mode(value: str | None) -> str:
 
 def report_to_from_integrations(integrations: list[Mapping[str, Any]]) -> dict[str, Any]:
     """OpenAI's fine-tuning ``integrations`` ([{"type": "wandb", "wandb": {project, name,
-    entity, tags}}]) as the job body's ``report_to`` and ``wandb`` fields."""
+    entity, tags}}]) as the job body's ``report_to`` and ``wandb`` fields (W&B's mode: the
+    operator's WANDB_MODE)."""
     if not integrations:
         return {}
     if len(integrations) > 1:
@@ -143,4 +144,10 @@ def report_to_from_integrations(integrations: list[Mapping[str, Any]]) -> dict[s
     if unknown:
         raise _invalid(f"integrations[0].wandb.{unknown[0]}", "is not a W&B integration field")
     wandb = {key: given[key] for key in ("project", "name", "entity", "tags") if given.get(key)}
-    return {"report_to": ["wandb"], "wandb": wandb}
+    try:
+        settings = WandbSettings.model_validate(wandb)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise _invalid(f"integrations[0].wandb.{where}", error["msg"]) from exc
+    return {"report_to": ["wandb"], "wandb": settings}

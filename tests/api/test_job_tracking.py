@@ -124,14 +124,17 @@ def test_openai_integrations_map_onto_report_to() -> None:
     mapped = report_to_from_integrations(
         [{"type": "wandb", "wandb": {"project": "ft", "name": "run", "tags": ["a"]}}]
     )
-    assert mapped == {
-        "report_to": ["wandb"],
-        "wandb": {"project": "ft", "name": "run", "tags": ["a"]},
+    assert mapped["report_to"] == ["wandb"]
+    assert mapped["wandb"].model_dump(exclude_defaults=True) == {
+        "project": "ft",
+        "name": "run",
+        "tags": ["a"],
     }
     assert report_to_from_integrations([]) == {}
     for bad, field in (
         ([{"type": "comet"}], "integrations[0].type"),
         ([{"type": "wandb", "wandb": {}}], "integrations[0].wandb.project"),
+        ([{"type": "wandb", "wandb": {"project": "p", "tags": "x"}}], "integrations[0].wandb.tags"),
         (
             [{"type": "wandb", "wandb": {"project": "p", "api_key": "k"}}],
             "integrations[0].wandb.api_key",

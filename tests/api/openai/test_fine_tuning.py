@@ -103,9 +103,9 @@ def test_create_refusals_name_the_parameter(client: openai.OpenAI, live_server: 
             {
                 "model": LLAMA,
                 "training_file": file.id,
-                "integrations": [{"type": "wandb", "wandb": {"project": "p"}}],
+                "integrations": [{"type": "comet", "comet": {"project": "p"}}],
             },
-            "integrations",
+            "integrations[0].type",
         ),
     ]
     for params, param in cases:
@@ -118,6 +118,24 @@ def test_create_refusals_name_the_parameter(client: openai.OpenAI, live_server: 
         openai.OpenAI(
             base_url=f"{live_server.url}/v1", api_key="wrong", max_retries=0
         ).fine_tuning.jobs.list()
+
+
+def test_a_wandb_integration_is_the_jobs_report_to(
+    client: openai.OpenAI, live_server: Any, tenant: TenantKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    file = client.files.create(file=("train.jsonl", jsonl(CHATS)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=LLAMA,
+        training_file=file.id,
+        integrations=[{"type": "wandb", "wandb": {"project": "ft-runs", "tags": ["nightly"]}}],
+    )
+    ours = job.id.replace("ftjob-", "job_")
+    response = httpx.get(f"{live_server.url}/jobs/{ours}", headers=tenant.headers)
+    tracking = response.json()["hyperparameters"]["tracking"]
+    assert tracking["report_to"] == ["wandb"]
+    assert tracking["wandb"]["project"] == "ft-runs" and tracking["wandb"]["tags"] == ["nightly"]
+    assert tracking["wandb"]["mode"] == "offline"
 
 
 def _learning_rate(live_server: Any, tenant: TenantKey, job_id: str) -> float:
