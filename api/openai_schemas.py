@@ -237,6 +237,34 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class EmbeddingRequest(Strict):
+    model: str = Field(..., min_length=1, description="An encoder base, or an adapter on one.")
+    input: Text | list[Text] | list[int] | list[list[int]] = Field(
+        ..., description="One input or several, as text or as token ids."
+    )
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(..., description="base64: little-endian float32.")
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class Embeddings(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"

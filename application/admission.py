@@ -14,6 +14,7 @@ answers on the event loop when the adapter's record and weights are both in memo
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,7 @@ from adalora_core.serving.sources import (
 from adalora_core.tasks import ModelKind
 from application.adapter_directory import AdapterDirectory, AdapterRecord
 from application.errors import RequestError, not_found, retry_after
-from service.base_models import is_causal_lm
+from service.base_models import SentencePooling, is_causal_lm, sentence_pooling
 from service.settings import DEFAULT_MINILM_NAME
 
 # /infer: tokens generated when parameters.max_new_tokens is unset.
@@ -78,14 +79,31 @@ class TextRows:
 
 @dataclass(frozen=True)
 class Prompts:
-    """/v1/completions' prompts: texts or rows of token ids; ``single`` when one was given, so
-    errors name ``prompt`` rather than ``prompt.0``."""
+    """/v1/completions' prompts (and /v1/embeddings' inputs): texts or rows of token ids;
+    ``single`` when one was given, so errors name ``prompt`` rather than ``prompt.0``."""
 
     prompts: Sequence[str | Sequence[int]]
     single: bool = False
+    field: str = "prompt"
 
     def where(self, index: int) -> str:
-        return "prompt" if self.single else f"prompt.{index}"
+        return self.field if self.single else f"{self.field}.{index}"
+
+
+@dataclass(frozen=True)
+class EmbeddingShape:
+    """What /v1/embeddings does to a pooled vector: cut it to ``dimensions`` (a model trained
+    for it), then scale it to length 1 where the model's pipeline normalizes."""
+
+    normalize: bool
+    dimensions: int | None = None
+
+    def apply(self, vector: Sequence[float]) -> list[float]:
+        values = list(vector[: self.dimensions] if self.dimensions else vector)
+        if self.normalize:
+            norm = max(math.sqrt(sum(v * v for v in values)), 1e-12)  # torch's normalize
+            values = [v / norm for v in values]
+        return values
 
 
 @dataclass(frozen=True)
@@ -146,6 +164,7 @@ class Admitted:
 
     prepared: Prepared
     copies: int = 1
+    embedding: EmbeddingShape | None = None  # set for /v1/embeddings
 
     @property
     def prompt_tokens(self) -> int:
@@ -191,6 +210,7 @@ class _Rules:
 
 
 INFER = _Rules("adapter_id", False, "parameters.max_new_tokens", "inputs")
+EMBEDDINGS = _Rules("model", False, "", "input")
 COMPLETIONS = _Rules("model", True, "max_tokens", "prompt")
 CHAT = _Rules("model", True, "max_tokens", "messages")
 
@@ -210,6 +230,7 @@ class Admission:
         self.base_models = base_models
         self.limits = limits
         self._base_kinds: dict[str, ModelKind] = {}
+        self._poolings: dict[str, SentencePooling] = {}
 
     # ---- the protocols' entry points ----------------------------------------------------------
     def infer(self, call: InferCall) -> Admitted:
@@ -239,6 +260,54 @@ class Admission:
         tenant's adapters."""
         rules = CHAT if isinstance(inputs, Chat) else COMPLETIONS
         return self._admit(tenant_id, self._model_target(tenant_id, model), rules, inputs, sampling)
+
+    def embeddings(
+        self, tenant_id: str, model: str, inputs: Prompts, dimensions: int | None
+    ) -> Admitted:
+        """/v1/embeddings: ``model`` an encoder base or an adapter on one; each input becomes
+        the vector the model's sentence-embedding pipeline defines (its pooling, its
+        normalization), the adapter's low-rank terms applied and its head left out."""
+        target = self._model_target(tenant_id, model)
+        if target.kind != "sequence-classification":
+            raise ConfigError("model", f"{model!r} is not an encoder; it does not give embeddings")
+        _check_rows(EMBEDDINGS, inputs, 1, self.limits.max_rows)
+        pooling = self._pooling(target.base_model)
+        if pooling.mode != "mean":
+            raise ConfigError("model", f"pools by {pooling.mode}; only mean pooling is served")
+        base, adapter = self._load(tenant_id, target)
+        width = int(base.model.config.hidden_size)
+        if dimensions is not None and dimensions != width:
+            if not pooling.truncatable:
+                raise ConfigError(
+                    "dimensions",
+                    f"{model!r} gives {width}-dimensional embeddings and was not trained to be "
+                    "cut shorter",
+                )
+            if not 1 <= dimensions <= width:
+                raise ConfigError("dimensions", f"must be from 1 to {width}")
+        limit = adapter.max_length if adapter is not None else base.max_length
+        typed = "token_type_ids" in getattr(base.tokenizer, "model_input_names", ())
+        encodings = []
+        for i, ids in enumerate(_prompt_rows(base, inputs)):
+            if not ids:
+                raise ConfigError(inputs.where(i), "is empty")
+            if len(ids) > limit:
+                raise ConfigError(
+                    inputs.where(i), f"is {len(ids)} tokens, above this model's {limit}"
+                )
+            encoding = {"input_ids": ids, "attention_mask": [1] * len(ids)}
+            if typed:
+                encoding["token_type_ids"] = [0] * len(ids)
+            encodings.append(encoding)
+        prepared = Prepared(base, adapter, encodings, None, embed=True)
+        self._check_lengths(prepared, inputs)
+        return Admitted(prepared, embedding=EmbeddingShape(pooling.normalize, dimensions))
+
+    def _pooling(self, base_model: str) -> SentencePooling:
+        found = self._poolings.get(base_model)
+        if found is None:
+            found = self._poolings[base_model] = sentence_pooling(self.base_models[base_model])
+        return found
 
     def generate(self, tenant_id: str, admitted: Admitted) -> list[Generation]:
         """Start the rows in their base's decoder, taking the tenant's turn; a full queue is

@@ -18,9 +18,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from adalora_core.precision import native_bf16
 from adalora_core.serving.batcher import DynamicBatcher
 from adalora_core.serving.engine import EngineSettings, InferenceEngine
+from adalora_core.serving.forward_process import ForwardProcessDied
+from adalora_core.serving.requests import Prepared
 from application.adapter_directory import AdapterDirectory
 from application.adapter_source import StoreAdapterSource
 from application.admission import Admission, AdmissionLimits
+from application.errors import RequestError, retry_after
 from service.base_models import LocalModelDirs
 from service.settings import Settings
 from service.store import ArtifactStore
@@ -125,6 +128,16 @@ class Serving:
     batcher: DynamicBatcher
     directory: AdapterDirectory
     admission: Admission
+
+    async def run_encoder(self, prepared: Prepared) -> list[dict[str, Any]]:
+        """Encoder rows through the batcher, in the routed batches every encoder request
+        shares; a forward process that died is a 503 to retry."""
+        try:
+            return await self.batcher.submit(prepared)
+        except ForwardProcessDied as exc:
+            raise RequestError(
+                503, "engine_unavailable", f"{exc}; retry shortly", None, retry_after(1)
+            ) from exc
 
     def forget_adapter(self, tenant_id: str, adapter_id: str) -> None:
         """The adapter was deleted: its record and its weights leave this process now."""

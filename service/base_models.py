@@ -19,6 +19,7 @@ import json
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from adalora_core.atomic import atomic_directory
@@ -78,6 +79,47 @@ def is_causal_lm(spec: str) -> bool:
         return False
     architectures = config.get("architectures") or []
     return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+
+
+@dataclass(frozen=True)
+class SentencePooling:
+    """How a sentence-embedding model turns its token states into one vector, as its
+    sentence-transformers files say (modules.json, the Pooling module's config, the optional
+    Normalize module and truncate_dim); a model without them is mean-pooled, not normalized."""
+
+    mode: str = "mean"
+    normalize: bool = False
+    truncatable: bool = False  # trained to be cut to fewer dimensions (Matryoshka)
+
+
+def sentence_pooling(spec: str) -> SentencePooling:
+    """Read without loading the model; files that are absent or unreadable mean the default."""
+    root = Path(spec)
+    try:
+        modules = json.loads((root / "modules.json").read_text())
+    except (OSError, ValueError):
+        return SentencePooling()
+    kinds = {str(m.get("type", "")).rsplit(".", 1)[-1]: m for m in modules if isinstance(m, dict)}
+    mode = "mean"
+    pooling = kinds.get("Pooling")
+    if pooling is not None:
+        try:
+            config = json.loads((root / str(pooling.get("path", "")) / "config.json").read_text())
+        except (OSError, ValueError):
+            config = {}
+        modes = [
+            k.removeprefix("pooling_mode_")
+            for k, v in config.items()
+            if k.startswith("pooling_mode_") and v
+        ]
+        mode = "+".join(sorted(modes)) or "mean"
+        mode = "mean" if mode == "mean_tokens" else mode
+    try:
+        settings = json.loads((root / "config_sentence_transformers.json").read_text())
+    except (OSError, ValueError):
+        settings = {}
+    truncatable = bool(settings.get("truncate_dim")) if isinstance(settings, dict) else False
+    return SentencePooling(mode, "Normalize" in kinds, truncatable)
 
 
 class LocalModelDirs(Mapping[str, str]):

@@ -28,25 +28,33 @@ from adalora_core.serving.requests import Prepared
 
 class EncoderForward(Protocol):
     """Runs a padded sequence-classification batch over row groups: (logits, final hidden
-    states, or None when no group is a base row). Here in the calling thread
-    (`forward_here`) or in the forward process (forward_process.py)."""
+    states, or None unless a group is a base row or ``hidden`` asks for them). Here in the
+    calling thread (`forward_here`) or in the forward process (forward_process.py)."""
 
     def __call__(
-        self, base: SharedBase, padded: Mapping[str, torch.Tensor], groups: Sequence[RowGroup]
+        self,
+        base: SharedBase,
+        padded: Mapping[str, torch.Tensor],
+        groups: Sequence[RowGroup],
+        hidden: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 def forward_here(strategy: Strategy) -> EncoderForward:
     def run(
-        base: SharedBase, padded: Mapping[str, torch.Tensor], groups: Sequence[RowGroup]
+        base: SharedBase,
+        padded: Mapping[str, torch.Tensor],
+        groups: Sequence[RowGroup],
+        hidden: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         rows = groups[-1].stop
         routing = Routing.build(rows, tuple(groups), len(base.layer_index), strategy)
         with base.lock, torch.inference_mode(), routed(routing):
             base.last_hidden.clear()
             logits = base.model(**padded).logits.float()
-            hidden = base.last_hidden.pop()
-        return logits, hidden if any(g.layers is None for g in groups) else None
+            states = base.last_hidden.pop()
+        wanted = hidden or any(g.layers is None for g in groups)
+        return logits, states if wanted else None
 
     return run
 
@@ -70,16 +78,19 @@ def run_batch(
     )
     encodings: list[dict[str, list[int]]] = []
     owners: list[LoadedAdapter | None] = []
+    embed: list[bool] = []
     spans: dict[int, tuple[int, int]] = {}
     for i in order:
         item = batch[i]
         start = len(encodings)
         encodings.extend(item.encodings)
         owners.extend([item.adapter] * item.rows)
+        embed.extend([item.embed] * item.rows)
         spans[i] = (start, len(encodings))
     groups = group_rows(owners)
     if base.kind == "sequence-classification":
-        rows = _classify(base, encodings, groups, device, encoder or forward_here(strategy))
+        forward = encoder or forward_here(strategy)
+        rows = _classify(base, encodings, groups, embed, device, forward)
     else:
         routing = Routing.build(len(encodings), groups, len(base.layer_index), strategy)
         with base.lock, torch.inference_mode(), routed(routing):
@@ -91,21 +102,27 @@ def _classify(
     base: SharedBase,
     encodings: list[dict[str, list[int]]],
     groups: Sequence[RowGroup],
+    embed: Sequence[bool],
     device: torch.device,
     encoder: EncoderForward,
 ) -> list[dict[str, Any]]:
+    """Each row's answer: its adapter's head outputs, or the pooled embedding for base rows
+    and rows of an embeddings request."""
     with base.tokenizer_lock:
         padded = base.tokenizer.pad(encodings, return_tensors="pt").to(device)
-    logits, hidden = encoder(base, padded, groups)
+    logits, hidden = encoder(base, padded, groups, hidden=any(embed))
     mask = padded["attention_mask"]
     results: list[dict[str, Any]] = []
     for g in groups:
-        adapter = g.adapter
-        if adapter is None:
+        pooled = heads = None
+        if g.adapter is None or any(embed[g.start : g.stop]):
             assert hidden is not None
-            results.extend(embeddings(hidden[g.start : g.stop], mask[g.start : g.stop]))
-        else:
-            results.extend(head_outputs(adapter, logits[g.start : g.stop]))
+            pooled = embeddings(hidden[g.start : g.stop], mask[g.start : g.stop])
+        if g.adapter is not None and not all(embed[g.start : g.stop]):
+            heads = head_outputs(g.adapter, logits[g.start : g.stop])
+        for k in range(g.stop - g.start):
+            wants_embedding = g.adapter is None or embed[g.start + k]
+            results.append(pooled[k] if wants_embedding else heads[k])  # type: ignore[index]
     return results
 
 

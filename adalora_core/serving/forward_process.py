@@ -107,7 +107,11 @@ class ForwardProcess:
         self._dropped: deque[int] = deque()
 
     def __call__(
-        self, base: SharedBase, padded: Mapping[str, torch.Tensor], groups: Sequence[RowGroup]
+        self,
+        base: SharedBase,
+        padded: Mapping[str, torch.Tensor],
+        groups: Sequence[RowGroup],
+        hidden: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         with self._lock:
             conn = self._connection(base)
@@ -122,7 +126,7 @@ class ForwardProcess:
                 while self._dropped:  # popleft: a finalizer may append meanwhile
                     conn.send(("drop", self._dropped.popleft()))
                 arrays = {name: tensor.cpu().numpy() for name, tensor in padded.items()}
-                conn.send(("forward", base_key, arrays, owners))
+                conn.send(("forward", base_key, arrays, owners, hidden))
                 limit = self.deadline.seconds(padded["input_ids"].numel(), new_base)
                 if not conn.poll(limit):
                     self._replace(f"did not answer within {limit:.0f} s", "timeout")
@@ -248,9 +252,10 @@ def _serve(conn: Connection, threads: int, tune_malloc: bool, strategy: Strategy
         elif kind == "drop":
             adapters.pop(message[1], None)
         else:
-            _, base_key, arrays, owners = message
+            _, base_key, arrays, owners, hidden = message
             try:
-                reply = ("ok", *_forward(bases[base_key], adapters, arrays, owners, strategy))
+                base = bases[base_key]
+                reply = ("ok", *_forward(base, adapters, arrays, owners, hidden, strategy))
             except Exception as exc:  # the parent fails this batch's requests, not the process
                 reply = ("error", f"{type(exc).__name__}: {exc}")
             conn.send(reply)
@@ -272,6 +277,7 @@ def _forward(
     adapters: Mapping[int, tuple[tuple[LowRankDelta | None, ...], dict[str, Any] | None]],
     arrays: Mapping[str, np.ndarray],
     owners: Sequence[int | None],
+    hidden: bool,
     strategy: Strategy,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     def parts(key: int | None) -> tuple[Layers, Heads]:
@@ -284,5 +290,5 @@ def _forward(
 
     groups = group_rows(owners, parts, same=operator.eq)
     padded = {name: torch.from_numpy(array) for name, array in arrays.items()}
-    logits, hidden = forward_here(strategy)(base, padded, groups)
-    return logits.numpy(), None if hidden is None else hidden.float().numpy()
+    logits, states = forward_here(strategy)(base, padded, groups, hidden)
+    return logits.numpy(), None if states is None else states.float().numpy()

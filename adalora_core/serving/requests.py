@@ -25,6 +25,9 @@ class Prepared:
     adapter: LoadedAdapter | None
     encodings: list[dict[str, list[int]]]
     generation: GenerationParams | None
+    # Encoder rows answer with their pooled final hidden states whatever their adapter's head
+    # (an embeddings request), in the same routed forward as the rows that use the head.
+    embed: bool = False
 
     @property
     def rows(self) -> int:
@@ -42,7 +45,9 @@ class Prepared:
 
     def split(self, rows: int) -> list[Prepared]:
         return [
-            Prepared(self.base, self.adapter, self.encodings[i : i + rows], self.generation)
+            Prepared(
+                self.base, self.adapter, self.encodings[i : i + rows], self.generation, self.embed
+            )
             for i in range(0, self.rows, rows)
         ]
 

@@ -16,7 +16,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from adalora_core.serving.forward_process import ForwardProcessDied
 from adalora_core.serving.handles import complete_all
 from api.deps import MeteredCaller, ServingDep
 from api.disconnect import unless_disconnected
@@ -24,7 +23,6 @@ from api.errors import responses
 from api.schemas import InferRequest, InferResponse
 from application.admission import Admitted, InferCall, TextRows
 from application.engine_factory import Serving
-from application.errors import RequestError, retry_after
 
 router = APIRouter(tags=["inference"])
 
@@ -55,9 +53,4 @@ async def _run(serving: Serving, tenant_id: str, admitted: Admitted) -> list[dic
     if prepared.base.kind == "causal-lm":
         done = await complete_all(serving.admission.generate(tenant_id, admitted))
         return [{"text": d.text} for d in done]
-    try:
-        return await serving.batcher.submit(prepared)
-    except ForwardProcessDied as exc:
-        raise RequestError(
-            503, "engine_unavailable", f"{exc}; retry shortly", None, retry_after(1)
-        ) from exc
+    return await serving.run_encoder(prepared)

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible surface: /v1/models, /v1/completions, /v1/chat/completions.
+"""The OpenAI-compatible surface: /v1/models, /v1/completions, /v1/chat/completions and
+/v1/embeddings.
 
 ``model`` is one of the tenant's adapter ids or a base model's name, as LoRAX and vLLM do. Rows
 decode in the base's continuous decoder beside every other request, /infer's included. Same keys,
@@ -11,6 +12,8 @@ With ``stream: true`` the answer is server-sent events of token deltas ending in
 from __future__ import annotations
 
 import asyncio
+import base64
+import struct
 import time
 from typing import Any
 
@@ -32,6 +35,10 @@ from api.openai_schemas import (
     Completion,
     CompletionChoice,
     CompletionRequest,
+    Embedding,
+    EmbeddingRequest,
+    Embeddings,
+    EmbeddingUsage,
     ModelCard,
     ModelCards,
     SamplingFields,
@@ -87,6 +94,32 @@ def list_models(caller: CallerDep, session: SessionDep, settings: SettingsDep) -
             )
         )
     return ModelCards(data=cards)
+
+
+@router.post("/embeddings", response_model=Embeddings, responses=GENERATION_ERRORS)
+async def embeddings(
+    body: EmbeddingRequest, request: Request, metered: MeteredCaller, serving: ServingDep
+) -> Embeddings:
+    given = body.input
+    single = isinstance(given, str) or (bool(given) and isinstance(given[0], int))
+    inputs = Prompts([given] if single else list(given), single, "input")  # type: ignore[list-item]
+    admitted = await asyncio.to_thread(
+        serving.admission.embeddings, metered.tenant_id, body.model, inputs, body.dimensions
+    )
+    await metered.charge_rows(admitted.rows)
+    rows = await unless_disconnected(request, serving.run_encoder(admitted.prepared))
+    assert admitted.embedding is not None
+    data = []
+    for index, row in enumerate(rows):
+        vector = admitted.embedding.apply(row["embedding"])
+        if body.encoding_format == "base64":
+            packed = struct.pack(f"<{len(vector)}f", *vector)
+            data.append(Embedding(index=index, embedding=base64.b64encode(packed).decode()))
+        else:
+            data.append(Embedding(index=index, embedding=vector))
+    tokens = admitted.prompt_tokens
+    usage = EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+    return Embeddings(data=data, model=body.model, usage=usage)
 
 
 @router.post("/completions", response_model=Completion, responses=GENERATION_ERRORS)
