@@ -9,6 +9,8 @@ loads the same bundle, so the reported log-probabilities are checked against PEF
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -273,3 +275,80 @@ def test_echo_best_of_and_what_is_refused(client: openai.OpenAI, adapter: tuple[
         with pytest.raises(openai.BadRequestError) as caught:
             client.completions.create(model=adapter_id, prompt="x", **options)
         assert caught.value.body["param"] == param
+
+
+def test_eight_mixed_streams_each_get_what_they_get_alone(
+    client: openai.OpenAI,
+    adapter: tuple[str, Any],
+    store_bundle: Any,
+    tenant: TenantKey,
+    base_dir: Path,
+    app: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Eight concurrent streams in one decode batch: two adapters and the base, some under a
+    JSON schema, some reporting log-probabilities, some penalized or biased, some free; each
+    stream's text and log-probabilities equal the same request made alone."""
+    from adalora_core.serving.decoding import ContinuousDecoder
+    from tests.serving.test_constraints import WEATHER_ARGUMENTS
+
+    first, _ = adapter
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    second = store_bundle(tenant, llama_adapter_for(model, BASE, seed=8), BASE)
+    chat = [{"role": "user", "content": "Weather?"}]
+    weather = schema_format(WEATHER_ARGUMENTS)
+    requests: list[dict[str, Any]] = [
+        {"model": first, "response_format": schema_format(ORDER)},
+        {"model": BASE, "response_format": weather, "logprobs": True, "top_logprobs": 2},
+        {"model": second, "logprobs": True, "top_logprobs": 3, "max_tokens": 12},
+        {"model": first, "max_tokens": 12},
+        {"model": BASE, "max_tokens": 12, "frequency_penalty": 1.0, "presence_penalty": 0.5},
+        {"model": second, "response_format": weather, "temperature": 0.9, "seed": 4},
+        {"model": first, "max_tokens": 12, "logit_bias": {"28": 5.0}, "logprobs": True},
+        {"model": second, "max_tokens": 12, "temperature": 1.0, "seed": 9},
+    ]
+
+    def ask(options: dict[str, Any]) -> tuple[str, list[tuple[str, float]]]:
+        options = {"messages": chat, "temperature": 0, "max_tokens": 200, **options}
+        chunks = client.chat.completions.create(stream=True, **options)
+        text, logprobs = "", []
+        for chunk in chunks:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+                if chunk.choices[0].logprobs:
+                    logprobs += [(t.token, t.logprob) for t in chunk.choices[0].logprobs.content]
+        return text, logprobs
+
+    step = ContinuousDecoder._step
+
+    def slowed(self: ContinuousDecoder) -> None:
+        time.sleep(0.01)  # so that all eight join before the first ones finish
+        step(self)
+
+    monkeypatch.setattr(ContinuousDecoder, "_step", slowed)
+    start = threading.Barrier(len(requests))
+    together: list[Any] = [None] * len(requests)
+
+    def run(index: int) -> None:
+        start.wait()
+        together[index] = ask(requests[index])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    decoder = app.state.serving.engine.decoders.all()[0]
+    assert decoder.largest_batch == len(requests)
+    alone = [ask(options) for options in requests]
+    for index, ((text, logprobs), (text_alone, logprobs_alone)) in enumerate(
+        zip(together, alone, strict=True)
+    ):
+        assert text == text_alone, index
+        assert [t for t, _ in logprobs] == [t for t, _ in logprobs_alone], index
+        pairs = zip(logprobs, logprobs_alone, strict=True)
+        assert all(abs(a - b) < 1e-4 for (_, a), (_, b) in pairs), index
+    for index in (0, 1, 5):
+        schema = ORDER if index == 0 else WEATHER_ARGUMENTS
+        jsonschema.validate(json.loads(together[index][0]), schema)
+    assert together[1][1] and together[2][1] and together[6][1]
