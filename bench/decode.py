@@ -1,6 +1,7 @@
 """Decode throughput and latency on SmolLM2-135M-Instruct (CPU), run by hand.
 
     .venv/bin/python -m bench.decode [--streams 1 8 32] [--rounds 3] [--new-tokens 48]
+    .venv/bin/python -m bench.decode --schema --streams 8 [--rounds 5]
 
 S concurrent streams, each one request of ``--new-tokens`` greedy tokens from its own short
 prompt, all submitted at once. Variants, alternating within every round (medians reported):
@@ -17,6 +18,11 @@ Adapters: ours AdaLoRA-like, rank 0..12 per module (mean about 7) on all 7 proje
 layers; PEFT's LoRA rank 8 on the same modules. Tokens/s counts tokens actually generated (a row
 may end early at its end-of-sequence token). For our variants the time to first token and the
 per-token latency come from each stream's events. The last line is one JSON object.
+
+``--schema``: only ``mixed8`` against ``mixed8_schema``, the same streams with bench.grammar_libs'
+nested JSON schema on every one (each row masked by its own grammar in the same decode steps);
+reports both throughputs and wall times, and the schema's compile time (the tokenizer view built
+once per base, a cold compile, a cached one).
 
 ``--device cuda`` runs every variant on a GPU (bench/gpu_check.sh), in float32 like the CPU run.
 """
@@ -108,10 +114,19 @@ def prompts(tokenizer: Any, streams: int) -> list[list[int]]:
 
 
 def run_ours(
-    engine: InferenceEngine, base: str, rows: list[list[int]], adapters: list[str | None], new: int
+    engine: InferenceEngine,
+    base: str,
+    rows: list[list[int]],
+    adapters: list[str | None],
+    new: int,
+    schema: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """All streams at once; a thread per stream timestamps its events."""
-    params = GenerationParams(max_new_tokens=new)
+    """All streams at once; a thread per stream timestamps its events. With ``schema`` every
+    stream decodes under it (compiled once: the base's grammar cache)."""
+    grammar = None
+    if schema is not None:
+        grammar = engine.base(base, "causal-lm").grammars.json_schema(schema)
+    params = GenerationParams(max_new_tokens=new, grammar=grammar)
     first: list[float] = [0.0] * len(rows)
     gaps: list[float] = []
     counts = [0] * len(rows)
@@ -175,6 +190,56 @@ def run_hf(model: Any, tokenizer: Any, groups: list[tuple[str | None, list[list[
     return {"tokens": tokens, "seconds": time.perf_counter() - start}
 
 
+def schema_runs(
+    engine: InferenceEngine, name: str, tokenizer: Any, streams: list[int], rounds: int, new: int
+) -> dict[str, Any]:
+    """Free against schema-constrained streams, alternating; and the schema's compile times."""
+    from adalora_core.serving.constraints import GrammarCompiler
+    from bench.grammar_libs import SCHEMA
+
+    base = engine.base(name, "causal-lm")
+    fresh = GrammarCompiler(base.tokenizer, base.eos_ids)
+    start = time.perf_counter()
+    fresh.json_object()  # builds the tokenizer view, once per base
+    view_s = time.perf_counter() - start
+    start = time.perf_counter()
+    fresh.json_schema(SCHEMA)
+    cold_ms = 1000 * (time.perf_counter() - start)
+    start = time.perf_counter()
+    fresh.json_schema(SCHEMA)
+    cached_us = 1e6 * (time.perf_counter() - start)
+    print(f"compile: tokenizer view {view_s:.2f} s (once per base), nested schema cold "
+          f"{cold_ms:.1f} ms, cached {cached_us:.0f} µs")  # fmt: skip
+    results: dict[str, Any] = {
+        "compile": {"view_s": view_s, "cold_ms": cold_ms, "cached_us": cached_us}
+    }
+    for count in streams:
+        rows = prompts(tokenizer, count)
+        mixed = [f"a{i % ADAPTERS}" for i in range(count)]
+        variants = {
+            "mixed8": partial(run_ours, engine, name, rows, mixed, new),
+            "mixed8_schema": partial(run_ours, engine, name, rows, mixed, new, SCHEMA),
+        }
+        runs: dict[str, list[dict]] = {v: [] for v in variants}
+        for round_index in range(rounds):
+            order = list(variants) if round_index % 2 == 0 else list(reversed(variants))
+            for variant in order:
+                runs[variant].append(variants[variant]())
+        rate = {
+            v: statistics.median(r["tokens"] / r["seconds"] for r in rs) for v, rs in runs.items()
+        }
+        wall = {v: statistics.median(r["seconds"] for r in rs) for v, rs in runs.items()}
+        tokens = {v: statistics.median(r["tokens"] for r in rs) for v, rs in runs.items()}
+        print(f"\n{count} stream(s), up to {new} new tokens, medians of {rounds}:")
+        for v in variants:
+            print(f"  {v:14s} {rate[v]:8.1f} tok/s   {wall[v]:6.2f} s   {tokens[v]:5.0f} tokens")
+        ratio = rate["mixed8_schema"] / rate["mixed8"]
+        faster = wall["mixed8"] / wall["mixed8_schema"]
+        print(f"  schema / free: throughput {ratio:.3f}   wall {faster:.3f} (free / schema time)")
+        results[str(count)] = runs
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32])
@@ -183,6 +248,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--home", type=Path, default=Path(".adalora"))
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--schema", action="store_true", help="free against JSON-schema streams")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -204,6 +270,13 @@ def main() -> None:
     engine = InferenceEngine(
         Bundles(blobs), EngineSettings(max_batch_size=64), base_paths={name: path}, device=device
     )
+    if args.schema:
+        run_ours(engine, name, prompts(tokenizer, ADAPTERS), [f"a{k}" for k in range(ADAPTERS)], 2)
+        runs = schema_runs(engine, name, tokenizer, args.streams, args.rounds, args.new_tokens)
+        engine.close()
+        summary = {"threads": args.threads, "new_tokens": args.new_tokens, "device": str(device)}
+        print(json.dumps({**summary, "schema": True, "runs": runs}))
+        return
     fixed = {
         op: InferenceEngine(
             Bundles(blobs),
