@@ -34,6 +34,7 @@ from adalora_core.training.adaptation import (
     module_ranks,
     parameter_count,
     rank_history,
+    start_from,
     trainable_parameters,
 )
 from adalora_core.training.evaluation import Evaluator
@@ -75,6 +76,7 @@ def train(
     adapt: AdaptFn | None = None,
     base_model_name: str | None = None,
     precision: str = "auto",
+    init_from: Path | None = None,
 ) -> TrainResult:
     """Fine-tune ``base_model`` as ``plan`` says and write the adapter bundle to ``output_dir``.
 
@@ -85,6 +87,8 @@ def train(
     ``checkpoint_dir`` resumes from the newest one; each checkpoint holds the adapter of its step
     as a bundle in ``adapter/``. The bundle records ``base_model_name`` as its
     base (the name it is registered under, not this machine's path), else ``base_model``.
+    ``init_from`` (an adapter bundle on the same base) is where the weights and the allocation
+    start; the run then evaluates once before its first update, at step 0.
 
     ``precision`` is one of ``adalora_core.precision.PRECISIONS``: "auto" is fp32 on the CPU,
     bf16 on GPUs that compute it natively and fp16 with loss scaling on older ones.
@@ -113,6 +117,10 @@ def train(
     seed_everything(training.seed)
     model = load_model(base_model, task, tokenizer).to(run_device)
     adapted = adapt_model(model, head_modules(task, model), plan, adapt)
+    if init_from is not None:
+        from adalora_core.formats.bundle import read_adapter
+
+        start_from(adapted, read_adapter(Path(init_from)))
 
     state = _initial_state(adapted, plan, mixed)
     measured = TokenAccuracy(causal=task.kind == CAUSAL_LM) if task.is_language_modelling else None
@@ -143,6 +151,7 @@ def train(
         callbacks,
         checkpoint_dir,
         snapshot if writes else None,
+        evaluate_first=init_from is not None,
     )
     finished = loop.run()
     result = _result(adapted, state, finished)

@@ -87,6 +87,13 @@ class CheckpointPolicy(Strict):
     )
 
 
+class InitFrom(Strict):
+    """Where a continued job starts: a finished adapter or a checkpoint, by id (one of them)."""
+
+    adapter_id: Name | None = None
+    checkpoint_id: Name | None = None
+
+
 class JobCreate(Strict):
     base_model: Name
     task: TaskName
@@ -101,6 +108,11 @@ class JobCreate(Strict):
     training: TrainingParams = Field(default_factory=TrainingParams)
     resources: ResourcesParams = Field(default_factory=ResourcesParams)
     checkpoints: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
+    init_from: InitFrom | None = Field(
+        None,
+        description="Continue training: start from this adapter's or checkpoint's weights and "
+        "allocation, on its base (settings it fixes default to its own; others are a 422).",
+    )
     learning_rate_multiplier: float | None = Field(
         None,
         gt=0,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from application.continuation import check_labels, resolve_init_from
 from application.idempotency import create_once, same_request
 from application.job_request import JobCreate
 from application.submission import invalid, request_hash, resolve_hyperparameters
@@ -53,7 +54,11 @@ def submit_job(
         validation = _load_dataset(
             session, tenant_id, body.validation_dataset_id, "validation_dataset_id"
         )
-    hyperparameters = resolve_hyperparameters(body, train, validation, settings)
+    resolved_body, source_job, source = resolve_init_from(session, tenant_id, body)
+    hyperparameters = resolve_hyperparameters(resolved_body, train, validation, settings)
+    if source is not None:
+        check_labels(hyperparameters, source_job)
+        hyperparameters["init_from"] = source
 
     def insert() -> Job:
         job = job_rows.create_job(

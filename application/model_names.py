@@ -119,3 +119,21 @@ def named_models(session: Session, tenant_id: str) -> list[NamedModel]:
         for c, job in rows
     ]
     return found
+
+
+def source_name(session: Session, job: Job) -> str | None:
+    """The fine-tuned name of what a continued job started from (OpenAI shows it as the job's
+    ``model``); None for a job that started from its base."""
+    source = (job.hyperparameters or {}).get("init_from") or {}
+    row: Adapter | Checkpoint | None = None
+    if source.get("adapter_id"):
+        row = adapter_rows.get_adapter(session, job.tenant_id, source["adapter_id"])
+    elif source.get("checkpoint_id"):
+        row = checkpoint_rows.get_checkpoint(session, job.tenant_id, source["checkpoint_id"])
+    origin = job_rows.get_job(session, job.tenant_id, row.job_id) if row and row.job_id else None
+    if row is None or origin is None:
+        return None
+    owner = tenant_name(session, job.tenant_id)
+    if isinstance(row, Checkpoint):
+        return checkpoint_model(origin, owner, row.step)
+    return fine_tuned_model(origin, owner)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from application import model_names
 from application.errors import RequestError
-from application.job_request import Columns, JobCreate, TrainingParams
+from application.job_request import Columns, InitFrom, JobCreate, TrainingParams
 from application.jobs import Submission, submit_job
 from application.openai_ids import from_openai, result_file_id, to_openai
 from application.openai_job_request import AdaLoraExtra, FineTuningJobCreate, Hyperparameters
@@ -23,7 +23,7 @@ from service import datasets as dataset_rows
 from service import jobs as job_rows
 from service.base_models import is_causal_lm
 from service.settings import Settings
-from service.tables import Checkpoint, Dataset, Job, JobEvent
+from service.tables import Adapter, Checkpoint, Dataset, Job, JobEvent
 from service.vocabulary import EventKind, JobStatus
 
 SUPERVISED = "supervised"
@@ -86,6 +86,26 @@ def _task_and_columns(settings: Settings, base: str, train: Dataset) -> tuple[st
     )
 
 
+def _model(
+    session: Session, settings: Settings, tenant_id: str, model: str
+) -> tuple[str, InitFrom | None]:
+    """The base a job trains on, and where it starts when ``model`` is a fine-tuned name
+    (continue training from that adapter or checkpoint)."""
+    if model in settings.base_models:
+        return model, None
+    source = model_names.resolve(session, tenant_id, model)
+    if isinstance(source, Adapter):
+        return source.base_model, InitFrom(adapter_id=source.id)
+    if isinstance(source, Checkpoint):
+        return source.base_model, InitFrom(checkpoint_id=source.id)
+    known = ", ".join(sorted(settings.base_models)) or "(none)"
+    raise bad(
+        "model",
+        f"model {model!r} is neither a base model here (known: {known}) nor one of your "
+        "fine-tuned models",
+    )
+
+
 def job_create(
     session: Session, settings: Settings, tenant_id: str, body: FineTuningJobCreate
 ) -> JobCreate:
@@ -95,14 +115,12 @@ def job_create(
         tracking = report_to_from_integrations(body.integrations or [])
     except RequestError as exc:  # OpenAI's status for a bad parameter
         raise bad(exc.field or "integrations", exc.message) from exc
-    if body.model not in settings.base_models:
-        known = ", ".join(sorted(settings.base_models)) or "(none)"
-        raise bad("model", f"model {body.model!r} is not a base model here; known: {known}")
+    base, init_from = _model(session, settings, tenant_id, body.model)
     train = _file(session, tenant_id, body.training_file, "training_file")
     validation = None
     if body.validation_file is not None:
         validation = _file(session, tenant_id, body.validation_file, "validation_file")
-    task, columns = _task_and_columns(settings, body.model, train)
+    task, columns = _task_and_columns(settings, base, train)
     extra = body.adalora or AdaLoraExtra()
     training: dict[str, Any] = {}
     for ours, value in (
@@ -115,7 +133,8 @@ def job_create(
             training[ours] = value
     multiplier = hyper.learning_rate_multiplier
     return JobCreate(
-        base_model=body.model,
+        base_model=base,
+        init_from=init_from,
         task=task,  # type: ignore[arg-type]
         dataset_id=train.id,
         validation_dataset_id=validation.id if validation is not None else None,
@@ -180,7 +199,7 @@ def fine_tuning_job(session: Session, job: Job) -> dict[str, Any]:
     validation = request.get("validation_dataset_id")
     return {
         "id": to_openai("ftjob", job.id),
-        "model": job.base_model,
+        "model": model_names.source_name(session, job) or job.base_model,
         "fine_tuned_model": model_names.fine_tuned_model(job, owner)
         if status == JobStatus.SUCCEEDED
         else None,

@@ -57,7 +57,7 @@ def request_hash(body: JobCreate) -> str:
         del dumped["resources"]  # requests from before the field existed keep their digest
     if dumped["checkpoints"] == CheckpointPolicy().model_dump():
         del dumped["checkpoints"]  # likewise
-    for optional in ("suffix", "learning_rate_multiplier"):
+    for optional in ("suffix", "learning_rate_multiplier", "init_from"):
         if dumped[optional] is None:
             del dumped[optional]  # likewise
     for name in ("report_to", "mlflow", "wandb"):

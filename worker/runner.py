@@ -187,6 +187,7 @@ class JobRunner:
     ) -> Outcome:
         train_rows, eval_rows = self._read_datasets(job, tmp)
         checkpoint_dir = tmp / CHECKPOINT_DIR
+        init_from = self._starting_adapter(job, tmp / "init-from")
         callbacks = JobCallbacks(
             self.sessions,
             self.store,
@@ -213,6 +214,7 @@ class JobRunner:
             callbacks=callbacks,
             checkpoint_dir=checkpoint_dir,
             precision=spec.precision,
+            init_from=init_from,
         )
         if heartbeat.lost.is_set():
             log.warning("job %s: lease lost during training; leaving it to its owner", job.id)
@@ -280,6 +282,26 @@ class JobRunner:
             return read_rows(path, dataset.format, header=dataset.has_header)
         except DatasetError as exc:
             raise JobFailure("invalid_dataset", f"data set {dataset.id}: {exc}") from exc
+
+    def _starting_adapter(self, job: Job, dest: Path) -> Path | None:
+        """A continued job's starting adapter (``init_from``), unpacked from the store."""
+        source = (job.hyperparameters or {}).get("init_from")
+        if not source:
+            return None
+        from adalora_core.formats.bundle import unzip_bundle
+
+        try:
+            data = self.store.open_read(source["storage_key"], source.get("sha256"))
+        except ChecksumMismatch as exc:
+            raise JobFailure(
+                "init_from_corrupt", "the adapter to continue from does not match its checksum"
+            ) from exc
+        except StoreError as exc:
+            log.warning("job %s: starting adapter unreadable: %s", job.id, exc)
+            raise JobFailure(
+                "init_from_missing", "the adapter to continue from is no longer in the store"
+            ) from exc
+        return unzip_bundle(data, dest)
 
     def _restore_checkpoint(self, job: Job, checkpoint_dir: Path) -> dict[str, Any] | None:
         """Fetch the last uploaded checkpoint so ``train`` resumes from it."""

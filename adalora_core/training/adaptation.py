@@ -4,12 +4,15 @@ implementation plugged in through ``adapt`` (benchmarks compare PEFT's this way)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
 from adalora_core.run_plan import RunPlan
+
+if TYPE_CHECKING:
+    from adalora_core.formats.bundle import AdapterWeights
 
 
 class Adaptation(Protocol):
@@ -69,3 +72,54 @@ def parameter_count(adapted: Adaptation, counter: str) -> int | None:
     """``final_parameter_count`` or ``adapter_parameter_count``, for adaptations that have it."""
     count = getattr(adapted, counter, None)
     return int(count()) if count else None
+
+
+@torch.no_grad()
+def start_from(adapted: Adaptation, weights: AdapterWeights) -> None:
+    """Continue training from an adapter: its kept triplets and head weights go into the
+    freshly injected model, every triplet it pruned starts at λ = 0 and the allocator's mask is
+    its rank pattern, so the model computes what the adapter computed (until the new run's own
+    allocation moves on). The adapter must come from the same base with the same init_r,
+    lora_alpha and adapted modules."""
+    from adalora_core.errors import ConfigError
+
+    layers: dict[str, Any] = getattr(adapted, "adapted", {})
+    allocator = getattr(adapted, "allocator", None)
+    if allocator is None:
+        raise ConfigError("init_from", "only an AdaLoRA run continues from an adapter")
+    meta = weights.meta
+    if meta.init_r != allocator.init_r:
+        raise ConfigError(
+            "adalora.init_r", f"is {allocator.init_r}; the adapter was trained with {meta.init_r}"
+        )
+    if set(weights.modules) != set(layers):
+        missing = sorted(set(weights.modules) ^ set(layers))[:5]
+        raise ConfigError(
+            "adalora.target_modules",
+            f"adapts other modules than the adapter does (differing: {', '.join(missing)})",
+        )
+    pattern = weights.peft_config.get("rank_pattern") or {}
+    keep: list[bool] = []
+    for name in allocator.names:
+        delta, layer = weights.modules[name], layers[name]
+        if abs(delta.scaling - layer.scaling) > 1e-9 * max(1.0, abs(layer.scaling)):
+            raise ConfigError(
+                "adalora.lora_alpha", "differs from the adapter's (its scaling would change)"
+            )
+        kept = pattern.get(f"{name}.lora_E") or [i < delta.rank for i in range(meta.init_r)]
+        device = layer.lora_A.device
+        index = torch.tensor([i for i, k in enumerate(kept) if k], dtype=torch.long, device=device)
+        layer.lora_E.zero_()
+        if len(index):
+            layer.lora_A[index] = delta.lora_A.to(layer.lora_A)
+            layer.lora_B[:, index] = delta.lora_B.to(layer.lora_B)
+            layer.lora_E[index] = delta.lora_E.to(layer.lora_E)
+        keep += [bool(k) for k in kept]
+    model = getattr(adapted, "base_model", None)
+    if weights.head and model is not None:
+        unknown = sorted(set(weights.head) - set(model.state_dict()))
+        if unknown:
+            raise ConfigError("init_from", f"the base model has no head tensors {unknown[:3]}")
+        model.load_state_dict(dict(weights.head), strict=False)
+    allocator.keep = torch.tensor(keep, dtype=torch.bool, device=allocator.keep.device)
+    allocator.budget = int(sum(keep))

@@ -36,6 +36,7 @@ class UpdateLoop:
         callbacks: TrainCallbacks,
         checkpoint_dir: Path | None,
         snapshot: Callable[[Path], Path] | None = None,
+        evaluate_first: bool = False,
     ) -> None:
         self.plan = plan
         self.state = state
@@ -46,6 +47,7 @@ class UpdateLoop:
         self.callbacks = callbacks
         self.checkpoint_dir = checkpoint_dir
         self.snapshot = snapshot  # writes the adapter bundle of this moment into a directory
+        self.evaluate_first = evaluate_first  # score the starting point (a continued run)
         self.batches_per_epoch = micro_batches_per_epoch(len(lengths), plan.training)
 
     def run(self) -> bool:
@@ -57,6 +59,8 @@ class UpdateLoop:
         if self.replica.rank > 0:
             # Rank 0 keeps the stream a checkpoint captures; the others draw their own dropout.
             torch.manual_seed(hash((seed, self.replica.rank, position.step)) % 2**63)
+        if self.evaluate_first and position.step == 0:
+            self._evaluate()
         self.state.adapted.train()
         while position.step < total:
             order = self._epoch_order(position.epoch)

@@ -261,4 +261,69 @@ def test_a_fine_tuning_job_from_file_to_served_model(
         client.chat.completions.create(
             model=done.fine_tuned_model.replace(":acme:", ":globex:"), messages=QUESTION
         )
-    client.files.delete(file.id)  # the job finished: its file may go
+
+    # A fine-tuned model is a model to fine-tune further: the job continues from it.
+    continued = client.fine_tuning.jobs.create(
+        model=done.fine_tuned_model,
+        training_file=file.id,
+        hyperparameters={"n_epochs": 1},
+        extra_body={"adalora": {"max_length": 32}},
+    )
+    assert continued.model == done.fine_tuned_model
+    continued_ours = continued.model_extra["adalora_job_id"]
+    shown = httpx.get(f"{live_server.url}/jobs/{continued_ours}", headers=tenant.headers).json()
+    assert shown["base_model"] == LLAMA
+    assert shown["hyperparameters"]["init_from"]["adapter_id"] == adapter_id
+    assert shown["hyperparameters"]["adalora"]["init_r"] == 4  # the source's, not the default
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.fine_tuning.jobs.create(
+            model=done.fine_tuned_model,
+            training_file=file.id,
+            extra_body={"adalora": {"adalora": {"init_r": 8}}},
+        )
+    assert refused.value.body["param"] == "adalora.init_r"
+    client.fine_tuning.jobs.cancel(continued.id)
+    client.files.delete(file.id)  # its jobs finished: the file may go
+
+
+def test_a_job_on_an_encoder_base_is_served_on_infer_by_its_name(
+    client: openai.OpenAI,
+    live_server: Any,
+    tenant: TenantKey,
+    settings: Any,
+    sessions: Any,
+    store: Any,
+) -> None:
+    from pathlib import Path
+
+    from tests.conftest import TEST_BASE_MODEL
+    from tests.serving.tiny_serving import make_model, make_tokenizer
+
+    base = Path(settings.base_models[TEST_BASE_MODEL])
+    make_model("bert").save_pretrained(base)
+    make_tokenizer(with_cls=True).save_pretrained(base)
+    rows = [{"text": f"w{i} w{i + 1}", "label": ["neg", "pos"][i % 2]} for i in range(5, 45)]
+    file = client.files.create(file=("labels.jsonl", jsonl(rows)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=TEST_BASE_MODEL,
+        training_file=file.id,
+        suffix="sentiment",
+        hyperparameters={"n_epochs": 1, "batch_size": 8},
+    )
+    assert run_job(job.model_extra["adalora_job_id"], settings, sessions, store).status == (
+        "succeeded"
+    )
+    name = client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
+    assert name == f"ft:{TEST_BASE_MODEL}:acme:sentiment:{job.id}"
+    answer = httpx.post(
+        f"{live_server.url}/infer",
+        headers=tenant.headers,
+        json={"adapter_id": name, "inputs": ["w7 w8"]},
+        timeout=120,  # the first request starts the encoder's forward process
+    )
+    assert answer.status_code == 200, answer.text
+    assert set(answer.json()["outputs"][0]["scores"]) == {"neg", "pos"}
+    unlabelled = client.files.create(file=("chat.jsonl", jsonl(CHATS)), purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.fine_tuning.jobs.create(model=TEST_BASE_MODEL, training_file=unlabelled.id)
+    assert refused.value.body["param"] == "training_file"
