@@ -216,8 +216,18 @@ def fine_tuning_job(session: Session, job: Job) -> dict[str, Any]:
         "organization_id": job.tenant_id,
         "method": {"type": SUPERVISED, "supervised": {"hyperparameters": hyper}},
         "metadata": dict(job.metadata_) if job.metadata_ else None,
+        "integrations": _integrations(request),
         "adalora_job_id": job.id,
     }
+
+
+def _integrations(request: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A job reporting to W&B, as OpenAI's integrations list shows it."""
+    wandb = request.get("wandb")
+    if "wandb" not in (request.get("report_to") or []) or not isinstance(wandb, dict):
+        return None
+    fields = {k: wandb.get(k) for k in ("project", "entity", "name")}
+    return [{"type": "wandb", "wandb": {**fields, "tags": list(wandb.get("tags") or [])}}]
 
 
 def _error(error: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -100,12 +100,12 @@ def test_create_refusals_name_the_parameter(client: openai.OpenAI, live_server: 
         ({"model": LLAMA, "training_file": "file-0000"}, "training_file"),
         ({"model": LLAMA, "training_file": file.id, "validation_file": "nope"}, "validation_file"),
         (
-            {
-                "model": LLAMA,
-                "training_file": file.id,
-                "integrations": [{"type": "comet", "comet": {"project": "p"}}],
-            },
+            {"model": LLAMA, "training_file": file.id, "integrations": [{"type": "slack"}]},
             "integrations[0].type",
+        ),
+        (
+            {"model": LLAMA, "training_file": file.id, "integrations": [{"type": "wandb"}]},
+            "integrations[0].wandb.project",
         ),
     ]
     for params, param in cases:
@@ -136,6 +136,9 @@ def test_a_wandb_integration_is_the_jobs_report_to(
     assert tracking["report_to"] == ["wandb"]
     assert tracking["wandb"]["project"] == "ft-runs" and tracking["wandb"]["tags"] == ["nightly"]
     assert tracking["wandb"]["mode"] == "offline"
+    (integration,) = job.integrations  # and the job shows it as OpenAI does
+    assert integration.type == "wandb" and integration.wandb.project == "ft-runs"
+    assert integration.wandb.tags == ["nightly"]
 
 
 def _learning_rate(live_server: Any, tenant: TenantKey, job_id: str) -> float:
