@@ -185,6 +185,7 @@ async def completions(
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, metered: MeteredCaller, serving: ServingDep
 ) -> Any:
+    _refuse_unserved(body)
     if body.top_logprobs is not None and not body.logprobs:
         raise RequestError(
             400, "invalid_value", "top_logprobs needs logprobs set to true", "top_logprobs"
@@ -324,3 +325,29 @@ def _chat_turn(message: ChatMessage, index: int) -> dict[str, Any]:
     if message.tool_call_id is not None:
         turn["tool_call_id"] = message.tool_call_id
     return turn
+
+
+# OpenAI's chat fields this service does not serve, and why (docs/api.md lists every field).
+REFUSED = {
+    "functions": "the deprecated functions form is not served: use tools",
+    "function_call": "the deprecated functions form is not served: use tool_choice",
+    "audio": "the served models read and write text only",
+    "modalities": "the served models read and write text only",
+    "prediction": "predicted outputs are not implemented",
+    "reasoning_effort": "no reasoning model is served",
+    "verbosity": "no reasoning model is served",
+    "store": "completions are not stored",
+    "metadata": "completions are not stored, so they carry no metadata",
+    "service_tier": "there are no service tiers",
+    "prompt_cache_key": "there is no prompt cache keyed by the caller",
+    "safety_identifier": "no safety system reads it",
+    "web_search_options": "there is no web search",
+}
+# What OpenAI's clients may send that asks for nothing (text only, not stored).
+NEUTRAL: tuple[Any, ...] = (None, False, ["text"])
+
+
+def _refuse_unserved(body: ChatCompletionRequest) -> None:
+    for name, reason in REFUSED.items():
+        if getattr(body, name) not in NEUTRAL:
+            raise RequestError(400, "unsupported_parameter", f"{name}: {reason}", name)

@@ -352,3 +352,22 @@ def test_eight_mixed_streams_each_get_what_they_get_alone(
         schema = ORDER if index == 0 else WEATHER_ARGUMENTS
         jsonschema.validate(json.loads(together[index][0]), schema)
     assert together[1][1] and together[2][1] and together[6][1]
+
+
+def test_chat_fields_this_service_does_not_serve_are_refused_with_their_reason(
+    client: openai.OpenAI, adapter: tuple[str, Any]
+) -> None:
+    adapter_id, _ = adapter
+    chat = {"model": adapter_id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    for options, reason in (
+        ({"store": True}, "not stored"),
+        ({"reasoning_effort": "low"}, "no reasoning model"),
+        ({"modalities": ["text", "audio"]}, "text only"),
+        ({"functions": [{"name": "f", "parameters": {}}]}, "use tools"),
+    ):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(**chat, **options)
+        (name,) = options
+        assert caught.value.body["param"] == name and reason in caught.value.body["message"]
+    # Their neutral values ask for nothing and pass.
+    assert client.chat.completions.create(**chat, store=False, modalities=["text"]).choices
