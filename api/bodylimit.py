@@ -1,5 +1,5 @@
-"""A cap on request bodies for every route but the dataset upload (which has its own,
-larger, streamed limit), so a huge JSON body cannot exhaust memory."""
+"""A cap on request bodies for every route but the file uploads (data sets, adapter imports:
+they have their own, larger, streamed limit), so a huge JSON body cannot exhaust memory."""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ from api.routes import (
     infer,
     jobs,
     keys,
+    lora_adapters,
     openai,
     openai_files,
     openai_fine_tuning,
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openai,
         openai_files,
         openai_fine_tuning,
+        lora_adapters,
     ):
         app.include_router(module.router)
     # /ui → /ui/ by path alone: a redirect built from the Host header would send a client
@@ -107,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_request_bytes,
-        exempt_paths=frozenset({"/datasets"}),
+        exempt_paths=frozenset({"/datasets", "/adapters/import"}),
     )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(NoSniffMiddleware)

@@ -209,6 +209,9 @@ class AdapterOut(BaseModel):
     metrics: dict[str, Any]
     status: Literal["ready", "corrupt"]
     created_at: datetime
+    source: Literal["train", "import"] = Field(
+        description="train: a job produced it; import: POST /adapters/import"
+    )
 
 
 class AdapterList(BaseModel):

@@ -1,13 +1,17 @@
-"""The one multipart upload path: a data set file streamed to disk under the size limit,
-validated line by line, stored, and its row written once per Idempotency-Key. ``POST /datasets``
-and OpenAI's ``POST /v1/files`` both receive files through :func:`receive_dataset`."""
+"""The one multipart upload path: the media type, a size limit enforced while the body streams
+in, the form parsed with bounds, and the file spooled to a staging file with its sha256
+(:func:`multipart_form`, :func:`staged_file`, :func:`spool`), for every route that takes a file.
+A data set is then validated line by line, stored, and its row written once per
+Idempotency-Key: ``POST /datasets`` and OpenAI's ``POST /v1/files`` both receive files through
+:func:`receive_dataset`; ``POST /adapters/import`` takes its zip through the same steps."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import Request, Response
@@ -34,11 +38,13 @@ from service.store import ArtifactStore, dataset_key
 from service.tables import Dataset
 
 UPLOAD = "upload"
+
+
 COPY_CHUNK = 1024 * 1024
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file
 
 
-def _too_large(limit: int) -> RequestError:
+def too_large(limit: int) -> RequestError:
     return RequestError(
         413, "payload_too_large", f"upload exceeds max_upload_bytes ({limit} bytes)"
     )
@@ -56,10 +62,69 @@ def _size_limited(request: Request, limit: int) -> Request:
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit + MULTIPART_OVERHEAD:
-                raise _too_large(limit)
+                raise too_large(limit)
         return message
 
     return Request(request.scope, limited_receive)
+
+
+@asynccontextmanager
+async def multipart_form(request: Request, limit: int, max_fields: int) -> AsyncIterator[FormData]:
+    """The request's multipart form (one file at most), refused with 415 for another media type
+    and 413 past ``limit`` bytes, declared or streamed."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise RequestError(
+            415, "unsupported_media_type", "upload the file as multipart/form-data (field 'file')"
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
+        raise too_large(limit)
+    async with _size_limited(request, limit).form(max_files=1, max_fields=max_fields) as form:
+        yield form
+
+
+def form_file(form: FormData) -> UploadFile:
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        message = "a file is required (form field 'file')"
+        raise RequestError(422, "validation_error", message, "file")
+    return upload
+
+
+def form_text(form: FormData, field: str) -> str | None:
+    """A text field of the form; a file sent under its name is a 422 naming it."""
+    value = form.get(field)
+    if value is None or isinstance(value, str):
+        return value
+    raise RequestError(422, "validation_error", f"{field} must be a text field", field)
+
+
+@asynccontextmanager
+async def staged_file(staging: Path, suffix: str) -> AsyncIterator[Path]:
+    """A fresh file under ``staging`` for one upload, removed afterwards whatever happens."""
+    staging.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=staging, suffix=suffix)
+    os.close(fd)
+    path = Path(name)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+async def spool(upload: UploadFile, dest: Path, limit: int) -> tuple[str, int]:
+    """Copy the upload to ``dest`` in chunks (hashing as it goes), refusing more than ``limit``."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(dest, "wb") as handle:
+        while chunk := await upload.read(COPY_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            digest.update(chunk)
+            await run_in_threadpool(handle.write, chunk)
+    return digest.hexdigest(), size
 
 
 def _bad_file(exc: DatasetError) -> RequestError:
@@ -76,20 +141,6 @@ def _check_name(name: object, filename: str) -> str:
             422, "validation_error", "name: at most 255 characters, no paths or '..'", "name"
         )
     return name
-
-
-async def _spool(upload: UploadFile, dest: Path, limit: int) -> tuple[str, int]:
-    """Copy the upload to ``dest`` in chunks (hashing as it goes), refusing more than ``limit``."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(dest, "wb") as handle:
-        while chunk := await upload.read(COPY_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            digest.update(chunk)
-            await run_in_threadpool(handle.write, chunk)
-    return digest.hexdigest(), size
 
 
 def upload_hash(filename: str, name: str, content_sha256: str, header: bool = True) -> str:
@@ -151,24 +202,11 @@ async def receive_dataset(
 ) -> Dataset:
     """The uploaded data set's row (a replay's, with ``response`` set to 200); ``check_form``
     refuses a form the caller's protocol does not accept before anything is read."""
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
-        raise RequestError(
-            415, "unsupported_media_type", "upload the file as multipart/form-data (field 'file')"
-        )
     limit = settings.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
-        raise _too_large(limit)
-
-    limited = _size_limited(request, limit)
-    async with limited.form(max_files=1, max_fields=8) as form:
+    async with multipart_form(request, limit, max_fields=8) as form:
         if check_form is not None:
             check_form(form)
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            message = "a file is required (form field 'file')"
-            raise RequestError(422, "validation_error", message, "file")
+        upload = form_file(form)
         filename = upload.filename or ""
         try:
             fmt = check_filename(filename)
@@ -180,59 +218,54 @@ async def receive_dataset(
 
         dataset_id = new_id("ds")
         key = dataset_key(tenant_id, dataset_id, fmt)
-        staging = Path(settings.home) / "uploads"
-        staging.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=staging, suffix=f".{fmt}")
-        os.close(fd)
-        tmp = Path(tmp_name)
         stored = False
-        try:
-            content_sha256, _ = await _spool(upload, tmp, limit)
-            idempotency = None
-            if idempotency_key is not None:
-                digest = upload_hash(filename, name, content_sha256, header)
-                idempotency = (idempotency_key, digest)
-                existing = await run_in_threadpool(
-                    dataset_rows.find_by_idempotency_key, session, tenant_id, idempotency_key
-                )
-                if existing is not None:
-                    return replay(existing, digest, response, UPLOAD)
+        async with staged_file(Path(settings.home) / "uploads", f".{fmt}") as tmp:
             try:
-                summary = await run_in_threadpool(
-                    scan, tmp, fmt, DatasetLimits.from_settings(settings), header
+                content_sha256, _ = await spool(upload, tmp, limit)
+                idempotency = None
+                if idempotency_key is not None:
+                    digest = upload_hash(filename, name, content_sha256, header)
+                    idempotency = (idempotency_key, digest)
+                    existing = await run_in_threadpool(
+                        dataset_rows.find_by_idempotency_key, session, tenant_id, idempotency_key
+                    )
+                    if existing is not None:
+                        return replay(existing, digest, response, UPLOAD)
+                try:
+                    summary = await run_in_threadpool(
+                        scan, tmp, fmt, DatasetLimits.from_settings(settings), header
+                    )
+                except DatasetError as exc:
+                    raise _bad_file(exc) from exc
+                sha256, size = await run_in_threadpool(store.put_file, key, tmp)
+                stored = True
+
+                def insert() -> Dataset:
+                    return _insert_row(
+                        session,
+                        tenant_id,
+                        dataset_id,
+                        name,
+                        summary,
+                        sha256,
+                        size,
+                        key,
+                        idempotency,
+                    )
+
+                def find() -> Dataset | None:
+                    assert idempotency is not None
+                    return dataset_rows.find_by_idempotency_key(session, tenant_id, idempotency[0])
+
+                dataset, created = await run_in_threadpool(
+                    create_once, session, idempotency_key, insert, find
                 )
-            except DatasetError as exc:
-                raise _bad_file(exc) from exc
-            sha256, size = await run_in_threadpool(store.put_file, key, tmp)
-            stored = True
-
-            def insert() -> Dataset:
-                return _insert_row(
-                    session,
-                    tenant_id,
-                    dataset_id,
-                    name,
-                    summary,
-                    sha256,
-                    size,
-                    key,
-                    idempotency,
-                )
-
-            def find() -> Dataset | None:
-                assert idempotency is not None
-                return dataset_rows.find_by_idempotency_key(session, tenant_id, idempotency[0])
-
-            dataset, created = await run_in_threadpool(
-                create_once, session, idempotency_key, insert, find
-            )
-            if not created:  # a concurrent upload with the same key won the race
-                assert idempotency is not None
-                return replay(dataset, idempotency[1], response, UPLOAD)
-            stored = False  # the row owns the file now
-            return dataset
-        finally:
-            tmp.unlink(missing_ok=True)
-            if stored:
-                session.rollback()
-                await run_in_threadpool(store.delete, key)
+                if not created:  # a concurrent upload with the same key won the race
+                    assert idempotency is not None
+                    return replay(dataset, idempotency[1], response, UPLOAD)
+                stored = False  # the row owns the file now
+                return dataset
+            finally:
+                if stored:
+                    session.rollback()
+                    await run_in_threadpool(store.delete, key)

@@ -57,9 +57,14 @@ class AdapterDirectory:
         self.records: TtlCache[tuple[str, str], AdapterRecord] = TtlCache(ttl_s)
 
     def find(self, tenant_id: str, adapter_id: str) -> AdapterRecord:
-        """The tenant's servable adapter, by its id or its job's fine-tuned name, or a
-        checkpoint by its id or name; 404 for another tenant's or an unknown one, 409 for an
-        adapter condemned as corrupt."""
+        """The tenant's servable adapter, by its id, its name or its job's fine-tuned name, or
+        a checkpoint by its id or name; 404 for another tenant's or an unknown one, 409 for an
+        adapter condemned as corrupt.
+
+        A name (an adapter's own, or a fine-tuned one) is never cached, only the record it
+        resolves to, under its id: a name is read from SQL every time, so an adapter deleted and
+        imported again under its name is served as the new one at once, in every process (the
+        engine's cache is keyed by the immutable id and digest, never by the name)."""
         cached = self.records.get((tenant_id, adapter_id))
         if cached is not None:
             return cached
@@ -74,9 +79,9 @@ class AdapterDirectory:
             if row is None:
                 raise not_found("adapter", adapter_id)
             if isinstance(row, Adapter) and row.status == CORRUPT:
-                raise corrupt(adapter_id)
+                raise corrupt(row.id)
             record = AdapterRecord.of(row)
-        self.records.put((tenant_id, adapter_id), record)
+        self.records.put((tenant_id, record.ref.adapter_id), record)
         return record
 
     def find_cached(self, tenant_id: str, adapter_id: str) -> AdapterRecord | None:

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from application.adapter_import import name_taken
 from application.continuation import check_labels, resolve_init_from
 from application.idempotency import create_once, same_request
 from application.job_request import JobCreate
 from application.submission import invalid, request_hash, resolve_hyperparameters
+from service import adapters as adapter_rows
 from service import datasets as dataset_rows
 from service import jobs as job_rows
 from service.queue import TaskProducer
@@ -48,6 +50,8 @@ def submit_job(
         if existing is not None:
             return Submission(same_request(existing, digest, BODY), created=False)
 
+    if body.name is not None and adapter_rows.find_by_name(session, tenant_id, body.name):
+        raise name_taken(body.name)
     train = _load_dataset(session, tenant_id, body.dataset_id, "dataset_id")
     validation = None
     if body.validation_dataset_id is not None:

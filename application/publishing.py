@@ -12,6 +12,7 @@ it for callers with nothing else to commit.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,6 +112,8 @@ def add_adapter_row(
     base_model: str,
     job_id: str | None = None,
     name: str | None = None,
+    source: str = "train",
+    idempotency: tuple[str, str] | None = None,
 ) -> Adapter:
     """The adapter row for stored artifacts, its rank pattern and metrics from the bundle's
     metadata; flushed, not committed (the caller's transaction decides)."""
@@ -135,6 +138,8 @@ def add_adapter_row(
             "history": list(meta.history),
         },
         metrics=dict(meta.metrics),
+        source=source,
+        idempotency=idempotency,
     )
 
 
@@ -168,3 +173,20 @@ def publish_adapter(
         discard_artifacts(store, stored.formats)
         raise
     return stored.adapter_id
+
+
+def remove_adapter(
+    session: Session, store: ArtifactStore, forget: Callable[[str, str], None], adapter: Adapter
+) -> None:
+    """Publishing undone: the row goes (committed), this process forgets the adapter
+    (``forget(tenant_id, adapter_id)``: its record and its weights), then its files go (a file
+    left behind is harmless: the row that named it is gone)."""
+    tenant_id, adapter_id = adapter.tenant_id, adapter.id
+    keys = adapter_rows.delete_adapter(session, adapter)
+    session.commit()
+    forget(tenant_id, adapter_id)
+    for key in keys:
+        try:
+            store.delete(key)
+        except Exception:
+            log.warning("could not delete %s from the store", key, exc_info=True)

@@ -1,4 +1,4 @@
-"""`adalora adapters list|ranks|download`."""
+"""`adalora adapters list|import|ranks|download`."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.client import DEFAULT_URL, ApiClient, JsonOption, KeyOption, UrlOption, fail
-from cli.commands import Item, Listing, list_command, print_json
+from cli.commands import Item, Listing, list_command, print_created, print_json
 from service.vocabulary import ArtifactFormat
 
 app = typer.Typer(
-    help="List adapters, inspect their rank pattern, download them.", no_args_is_help=True
+    help="List adapters, import PEFT adapters, inspect their rank pattern, download them.",
+    no_args_is_help=True,
 )
 
 
@@ -38,6 +39,66 @@ ADAPTERS = Listing(
     _adapter_row,
 )
 app.command("list")(list_command(ADAPTERS, "List this tenant's adapters."))
+
+
+def zipped_adapter(path: Path) -> bytes:
+    """A PEFT adapter directory as a zip (its files at the top), or a zip file as it is."""
+    import io
+    import zipfile
+
+    if path.is_file():
+        return path.read_bytes()
+    if not path.is_dir():
+        fail(f"{path} is neither a directory nor a zip file")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(p for p in path.iterdir() if p.is_file() and not p.is_symlink()):
+            archive.write(file, file.name)
+    return buffer.getvalue()
+
+
+@app.command("import")
+def import_adapter(
+    path: Annotated[Path, typer.Argument(help="A PEFT adapter directory or a zip of one.")],
+    base: Annotated[str, typer.Option("--base", help="The registered base it runs on.")],
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="classification | regression | causal-lm | seq2seq (default: its task_type)"
+        ),
+    ] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="Label names, comma-separated (classification).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="A name, unique among your adapters.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Import a PEFT LoRA or AdaLoRA adapter trained elsewhere; prints the new adapter."""
+    import json
+
+    data: dict[str, str] = {"base_model": base}
+    if task:
+        data["task"] = task
+    if labels:
+        data["labels"] = json.dumps([label.strip() for label in labels.split(",")])
+    if name:
+        data["name"] = name
+    archive = zipped_adapter(path)
+    with ApiClient(url, key, timeout=600) as api:
+        adapter = api.json(
+            "POST",
+            "/adapters/import",
+            files={"file": (f"{path.name}.zip", archive, "application/zip")},
+            data=data,
+        )
+    print_created(adapter, as_json, "id", _import_note)
+
+
+def _import_note(adapter: Item) -> str:
+    name = f" {adapter['name']!r}" if adapter.get("name") else ""
+    return f"imported{name}: {adapter['task']}, total rank {adapter['total_rank']}"
 
 
 @app.command("ranks")

@@ -29,9 +29,11 @@ def create_adapter(
     rank_info: dict[str, Any],
     metrics: dict[str, Any] | None = None,
     name: str | None = None,
+    source: str = "train",
+    idempotency: tuple[str, str] | None = None,
 ) -> Adapter:
     """Insert the row once its artifacts are stored; ``formats`` must include "peft" with
-    storage_key, sha256 and size_bytes."""
+    storage_key, sha256 and size_bytes. ``idempotency`` is an import's (key, request hash)."""
     unknown = set(formats) - set(ArtifactFormat)
     if unknown:
         raise ValueError(f"unknown adapter formats {sorted(unknown)}")
@@ -55,6 +57,9 @@ def create_adapter(
         rank_info=rank_info,
         status="ready",
         created_at=utcnow(),
+        source=source,
+        idempotency_key=idempotency[0] if idempotency else None,
+        request_hash=idempotency[1] if idempotency else None,
     )
     session.add(adapter)
     session.flush()
@@ -62,9 +67,22 @@ def create_adapter(
 
 
 def get_adapter(session: Session, tenant_id: str, adapter_id: str) -> Adapter | None:
-    """The tenant's adapter; another tenant's id reads as absent."""
+    """The tenant's adapter by id or, failing that, by name (vLLM's users address adapters by
+    name); another tenant's id or name reads as absent."""
     adapter = session.get(Adapter, adapter_id)
-    return adapter if adapter is not None and adapter.tenant_id == tenant_id else None
+    if adapter is not None and adapter.tenant_id == tenant_id:
+        return adapter
+    return find_by_name(session, tenant_id, adapter_id)
+
+
+def find_by_name(session: Session, tenant_id: str, name: str) -> Adapter | None:
+    stmt = select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.name == name)
+    return session.scalars(stmt).one_or_none()
+
+
+def find_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Adapter | None:
+    stmt = select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.idempotency_key == key)
+    return session.scalars(stmt).one_or_none()
 
 
 def list_adapters(

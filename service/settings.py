@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     max_line_bytes: int = 1024 * 1024
     max_label_values: int = 1000  # distinct values kept per column for label checks
 
+    # Adapters trained elsewhere (POST /adapters/import): the highest LoRA rank served, and what
+    # an uploaded archive may hold once unpacked (the upload itself is max_upload_bytes).
+    import_max_rank: int = Field(default=64, ge=1)
+    import_max_files: int = Field(default=64, ge=2)
+    import_max_unpacked_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
+    # vLLM's /v1/load_lora_adapter reads adapter directories under this root; unset, it is off.
+    adapter_import_dir: Path | None = None
+
     # Token-bucket rate limits per API key; rate 0 disables the limit.
     infer_rate_per_s: float = 50.0
     infer_burst: int = 100

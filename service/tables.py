@@ -167,7 +167,12 @@ class JobEvent(Base):
 
 class Adapter(Base):
     __tablename__ = "adapters"
-    __table_args__ = (Index("ix_adapters_tenant_id_id", "tenant_id", "id"),)
+    __table_args__ = (
+        Index("ix_adapters_tenant_id_id", "tenant_id", "id"),
+        # vLLM's users address adapters by name: one adapter per name and tenant.
+        UniqueConstraint("tenant_id", "name", name="uq_adapters_tenant_name"),
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_adapters_tenant_idempotency_key"),
+    )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ID, ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -189,6 +194,10 @@ class Adapter(Base):
     rank_info: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default="ready")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # "train" (a job produced it) or "import" (POST /adapters/import)
+    source: Mapped[str] = mapped_column(String(16), default="train", server_default="train")
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class Checkpoint(Base):

@@ -25,6 +25,7 @@ from application.publishing import (
     store_artifacts,
 )
 from service import checkpoints as checkpoint_rows
+from service.adapters import find_by_name
 from service.base_models import local_model_dir
 from service.datasets_io import DatasetError, read_rows
 from service.db import get_engine, make_sessionmaker
@@ -40,6 +41,7 @@ from service.settings import Settings, get_settings
 from service.store import checkpoint_prefix, get_store
 from service.store.base import ArtifactStore, ChecksumMismatch, StoreError
 from service.tables import Dataset, Job
+from service.vocabulary import EventKind
 from worker.callbacks import JobCallbacks, eval_metrics, restore_checkpoint
 from worker.heartbeat import Heartbeat
 from worker.job_spec import JobSpec, job_spec
@@ -389,13 +391,20 @@ class JobRunner:
             if owned is None or owned.status != JobStatus.UPLOADING.value:
                 log.warning("job %s: lease lost while uploading; artifacts discarded", job.id)
                 return Outcome("lost")
+            name = owned.name
+            if name is not None and find_by_name(session, owned.tenant_id, name) is not None:
+                # Names are unique per tenant; one taken since submission (an import, another
+                # job) leaves this adapter nameless rather than failing a finished run.
+                message = f"an adapter named {name!r} exists; this one is published without a name"
+                add_event(session, owned, EventKind.WARNING, {"message": message})
+                name = None
             add_adapter_row(
                 session,
                 stored,
                 tenant_id=owned.tenant_id,
                 base_model=owned.base_model,
                 job_id=owned.id,
-                name=owned.name,
+                name=name,
             )
             owned.adapter_id = adapter_id
             current = stored.weights.total_rank

@@ -371,7 +371,7 @@ def import_peft_adapter(
     modules, head = _split(peft_type, config, files.state)
     if not modules and not head:
         raise refuse("file", "holds no LoRA weights")
-    misfit = _misfit_field(config, base_model)
+    misfit = _misfit_field(config, base_model, str(model_dir))
     _check_target_modules(config, layout, base_model)
     ranks = _check_modules(peft_type, config, modules, layout, base_model, max_rank, misfit)
     kind, labels = _check_head(config, head, layout, kind, task, labels, misfit)
@@ -393,13 +393,16 @@ def _split(
         raise refuse("file", str(exc)) from exc
 
 
-def _misfit_field(config: Mapping[str, Any], base_model: str) -> tuple[str, str]:
+def _misfit_field(config: Mapping[str, Any], base_model: str, model_dir: str) -> tuple[str, str]:
     """Where a shape that does not fit points: at base_model when the bundle names another base
-    (it was trained on another architecture), else at the weights."""
+    than this one (by its name or its directory), else at the weights."""
     trained_on = config.get("base_model_name_or_path")
-    if trained_on and Path(str(trained_on)).name not in (base_model, Path(base_model).name):
-        return "base_model", f"the adapter was trained on {trained_on!r}, not {base_model!r}: "
-    return "file", ""
+    if not trained_on:
+        return "file", ""
+    same = str(trained_on) in (base_model, model_dir) or Path(str(trained_on)).name == base_model
+    if same or Path(str(trained_on)).resolve() == Path(model_dir).resolve():
+        return "file", ""
+    return "base_model", f"the adapter was trained on {trained_on!r}, not {base_model!r}: "
 
 
 def _check_target_modules(config: Mapping[str, Any], layout: BaseLayout, base_model: str) -> None:
@@ -494,6 +497,13 @@ def _check_head(
             f"{beyond} are not the classification head; only {sorted(HEAD_NAMES)} are served",
         )
     field, why = misfit
+    embedding_lora = sorted(k for k in head if ".lora_embedding_" in k)
+    if embedding_lora:
+        raise refuse(
+            "target_modules",
+            f"{embedding_lora[0].rsplit('.', 1)[0]!r} is a token embedding; LoRA on token "
+            "embeddings is not served",
+        )
     width: int | None = None
     for key, tensor in head.items():
         owner = next((h for h in layout.heads if key.startswith(h + ".")), None)

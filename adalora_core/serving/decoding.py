@@ -164,6 +164,16 @@ class ContinuousDecoder:
     def waiting(self) -> int:
         return len(self._queue)
 
+    def rows_of(self, adapter_id: str) -> int:
+        """Rows of this adapter running or waiting (an adapter is not unloaded under them)."""
+        rows = [*list(self._rows), *self._queue.items()]
+        return sum(
+            1
+            for row in rows
+            if row.generation.adapter is not None
+            and row.generation.adapter.adapter_id == adapter_id
+        )
+
     # ---- the loop --------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:

@@ -228,6 +228,10 @@ class InferenceEngine:
         self.decoders.get(prepared.base).submit_all(handles)
         return handles
 
+    def generations_using(self, adapter_id: str) -> int:
+        """Causal-LM rows of this adapter that are decoding or waiting to."""
+        return sum(decoder.rows_of(adapter_id) for decoder in self.decoders.all())
+
     def close(self) -> None:
         """Stop the decode threads and the forward process (the batcher is closed by its owner)."""
         self.decoders.close()

