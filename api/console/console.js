@@ -533,7 +533,33 @@ function settingsTable(hyper) {
 
 // ---------------------------------------------------------------- adapters and allocation
 async function adaptersPage() {
-  const adapters = await api("GET", "/adapters?limit=200");
+  const [adapters, models] = await Promise.all([api("GET", "/adapters?limit=200"), api("GET", "/models")]);
+  const progress = el("progress", { id: "import-progress", max: 100, value: 0, hidden: true });
+  const form = el("form", { id: "import", class: "inline" },
+    el("label", {}, "PEFT adapter (a zip of its folder)", el("input", { type: "file", id: "import-file", required: true, accept: ".zip" })),
+    el("label", {}, "Base model", el("select", { id: "import-base" }, models.items.map((m) => el("option", { value: m.name, text: m.name })))),
+    el("label", {}, "Task", el("select", { id: "import-task" },
+      ["", "classification", "regression", "causal-lm", "seq2seq"].map((t) => el("option", { value: t, text: t || "from its task_type" })))),
+    el("label", {}, "Labels (comma-separated, classification)", el("input", { id: "import-labels" })),
+    el("label", {}, "Name (optional)", el("input", { id: "import-name" })),
+    el("button", { type: "submit", text: "Import" }));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const file = form.querySelector("#import-file").files[0];
+    if (!file) return;
+    const data = new FormData();
+    data.append("file", file);
+    data.append("base_model", form.querySelector("#import-base").value);
+    const task = form.querySelector("#import-task").value;
+    if (task) data.append("task", task);
+    const labels = form.querySelector("#import-labels").value.split(",").map((l) => l.trim()).filter((l) => l);
+    if (labels.length) data.append("labels", JSON.stringify(labels));
+    const name = form.querySelector("#import-name").value.trim();
+    if (name) data.append("name", name);
+    upload("/adapters/import", data, progress)
+      .then((adapter) => { location.hash = `#/adapters/${adapter.id}`; })
+      .catch(fail);
+  });
   const rows = adapters.items.map((a) =>
     el("tr", { "data-adapter": a.id },
       el("td", {}, el("a", { href: `#/adapters/${a.id}`, class: "mono", text: a.id })),
@@ -549,7 +575,8 @@ async function adaptersPage() {
       ? el("table", { id: "adapters-table" },
           el("thead", {}, el("tr", {}, ["id", "name", "base", "task", "total rank", "metrics", "status", "created"].map((h) => el("th", { text: h })))),
           el("tbody", {}, rows))
-      : el("p", { class: "muted", text: "No adapters yet: a job that succeeds publishes one." })));
+      : el("p", { class: "muted", text: "No adapters yet: a job that succeeds publishes one, or import one below." })),
+    el("section", { class: "card" }, el("h2", { text: "Import a PEFT LoRA or AdaLoRA adapter trained elsewhere" }), form, progress));
 }
 
 async function adapterPage(adapterId) {
@@ -681,7 +708,7 @@ async function datasetsPage() {
     const name = form.querySelector("#upload-name").value.trim();
     if (name) data.append("name", name);
     if (/\.(csv|tsv)$/i.test(file.name)) data.append("header", form.querySelector("#upload-header").checked ? "true" : "false");
-    upload(data, progress).then(() => datasetsPage()).then(() => showMessage(`Uploaded ${file.name}.`, "info")).catch(fail);
+    upload("/datasets", data, progress).then(() => datasetsPage()).then(() => showMessage(`Uploaded ${file.name}.`, "info")).catch(fail);
   });
   const rows = datasets.items.map((d) =>
     el("tr", { "data-dataset": d.id },
@@ -700,10 +727,10 @@ async function datasetsPage() {
 }
 
 // XMLHttpRequest, because fetch reports no upload progress.
-function upload(data, progress) {
+function upload(path, data, progress) {
   return new Promise((resolve, reject) => {
     const request = new XMLHttpRequest();
-    request.open("POST", "/datasets");
+    request.open("POST", path);
     request.setRequestHeader("Authorization", `Bearer ${apiKey()}`);
     progress.hidden = false;
     progress.value = 0;

@@ -238,3 +238,47 @@ def test_the_console_journey(live, browser, tmp_path: Path) -> None:
     # A job that is not there: a clear 404, not a blank page.
     browser.get(f"{live.url}/ui/#/jobs/job_missing")
     assert "Not found (404)" in wait(browser, message, "the 404 message")
+
+
+def test_import_a_peft_adapter_from_the_adapters_page(live, browser, tmp_path: Path) -> None:
+    """The import form: PEFT's zip on the service's tiny base; a wrong label count reads as a
+    sentence naming the field, the right one opens the new adapter's page."""
+    import peft
+    from transformers import AutoModelForSequenceClassification
+
+    from tests.peft_adapters import perturb, zip_dir
+
+    base = AutoModelForSequenceClassification.from_pretrained(live.data.parent / "tiny")
+    model = peft.get_peft_model(
+        base, peft.LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "value"])
+    )
+    perturb(model, seed=4)
+    model.save_pretrained(tmp_path / "peft")
+    archive = tmp_path / "console-lora.zip"
+    archive.write_bytes(zip_dir(tmp_path / "peft"))
+
+    sign_in(browser, live.url, live.key)
+    wait(browser, lambda d: d.find_element(By.ID, "new-job"), "the jobs page")
+    browser.get(f"{live.url}/ui/#/adapters")
+    form = wait(browser, lambda d: d.find_element(By.ID, "import"), "the import form")
+    Select(form.find_element(By.ID, "import-base")).select_by_visible_text("tiny")
+    form.find_element(By.ID, "import-file").send_keys(str(archive))
+    form.find_element(By.ID, "import-labels").send_keys("a, b, c")
+    form.find_element(By.ID, "import-name").send_keys("console-lora")
+    form.find_element(By.CSS_SELECTOR, "button").click()
+    text = wait(browser, message, "the import error")
+    assert "422" in text and "labels" in text and "3 labels for a head of 2 classes" in text, text
+
+    labels = form.find_element(By.ID, "import-labels")
+    labels.clear()
+    labels.send_keys("negative, positive")
+    form.find_element(By.CSS_SELECTOR, "button").click()
+    wait(browser, lambda d: "#/adapters/ad_" in d.current_url, "the imported adapter's page")
+    wait(browser, lambda d: d.find_element(By.CLASS_NAME, "allocation"), "its rank view")
+    browser.get(f"{live.url}/ui/#/adapters")
+    wait(
+        browser,
+        lambda d: "console-lora" in d.find_element(By.ID, "adapters-table").text,
+        "the imported adapter in the list",
+    )
+    screenshot(browser, "adapter-import")
