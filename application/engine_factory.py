@@ -139,6 +139,11 @@ class Serving:
                 503, "engine_unavailable", f"{exc}; retry shortly", None, retry_after(1)
             ) from exc
 
+    def rows_using(self, adapter_id: str) -> int:
+        """Rows of this adapter in flight: encoder rows queued or in a forward, generation rows
+        decoding or waiting."""
+        return self.batcher.rows_of(adapter_id) + self.engine.generations_using(adapter_id)
+
     def forget_adapter(self, tenant_id: str, adapter_id: str) -> None:
         """The adapter was deleted: its record and its weights leave this process now."""
         self.directory.forget(tenant_id, adapter_id)

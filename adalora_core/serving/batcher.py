@@ -14,7 +14,7 @@ import asyncio
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +53,9 @@ class DynamicBatcher:
         self.settings = settings or engine.settings
         self.stats = BatchStats()
         self._queue: queue.Queue[_Chunk | None] = queue.Queue()
+        # Rows of each adapter queued or in a forward (an adapter is not unloaded under them).
+        self._rows_of: Counter[str] = Counter()
+        self._rows_lock = threading.Lock()
         self._thread = threading.Thread(target=self._work, name="adalora-batcher", daemon=True)
         self._thread.start()
 
@@ -76,8 +79,28 @@ class DynamicBatcher:
         rows = max(1, min(self.settings.max_batch_size, self.settings.max_batch_tokens // cost))
         chunks = [_Chunk(part) for part in prepared.split(rows)]
         for chunk in chunks:
+            self._hold(chunk)
             self._queue.put(chunk)
         return [c.future for c in chunks]
+
+    def rows_of(self, adapter_id: str) -> int:
+        """Rows of this adapter waiting for or in a forward."""
+        with self._rows_lock:
+            return self._rows_of[adapter_id]
+
+    def _hold(self, chunk: _Chunk) -> None:
+        if chunk.prepared.adapter is not None:
+            with self._rows_lock:
+                self._rows_of[chunk.prepared.adapter.adapter_id] += chunk.prepared.rows
+
+    def _release(self, chunk: _Chunk) -> None:
+        """Before its answer is set, so whoever reads the answer sees the rows gone."""
+        if chunk.prepared.adapter is not None:
+            adapter_id = chunk.prepared.adapter.adapter_id
+            with self._rows_lock:
+                self._rows_of[adapter_id] -= chunk.prepared.rows
+                if self._rows_of[adapter_id] <= 0:
+                    del self._rows_of[adapter_id]
 
     # ---- the worker ------------------------------------------------------------------------
     def _work(self) -> None:
@@ -133,6 +156,9 @@ class DynamicBatcher:
 
     def _run(self, batch: list[_Chunk]) -> None:
         live = [c for c in batch if c.future.set_running_or_notify_cancel()]
+        for chunk in batch:
+            if chunk not in live:  # cancelled: its rows are gone
+                self._release(chunk)
         if not live:
             return
         rows = sum(c.prepared.rows for c in live)
@@ -146,7 +172,9 @@ class DynamicBatcher:
             answers = self.engine.run([c.prepared for c in live])
         except Exception as exc:  # a failed forward fails its own requests, never the worker
             for chunk in live:
+                self._release(chunk)
                 chunk.future.set_exception(exc)
             return
         for chunk, answer in zip(live, answers, strict=True):
+            self._release(chunk)
             chunk.future.set_result(answer)

@@ -89,13 +89,13 @@ def unload_lora_adapter(
     adapter = adapter_rows.find_by_name(session, caller.tenant_id, body.lora_name)
     if adapter is None:
         raise not_found("adapter", body.lora_name)
-    held = serving.engine.generations_using(adapter.id)
+    held = serving.rows_using(adapter.id)
     if held:
         raise RequestError(
             409,
             "adapter_in_use",
-            f"{held} generation row(s) of {body.lora_name!r} are running or waiting; retry "
-            "once they finish",
+            f"{held} row(s) of requests on {body.lora_name!r} are in flight; retry once they "
+            "finish",
             "lora_name",
         )
     remove_adapter(session, store, serving.forget_adapter, adapter)

@@ -102,3 +102,35 @@ def test_batching_off_runs_each_request_alone(make_engine, source, tmp_path) -> 
     finally:
         batcher.close()
     assert batcher.stats.batches == len(work)
+
+
+def test_an_adapters_rows_count_from_queued_until_answered(make_engine, source, tmp_path) -> None:
+    """What /v1/unload_lora_adapter asks before deleting: rows of the adapter queued or in a
+    forward count until their answer is out, then no longer."""
+    import threading
+
+    first, second = add_adapters(source, tmp_path, 2)
+    engine = make_engine()
+    gate, entered = threading.Event(), threading.Event()
+    run = engine.run
+
+    def held_run(batch):  # the forward waits until the test lets it go
+        entered.set()
+        gate.wait()
+        return run(batch)
+
+    engine.run = held_run  # type: ignore[method-assign]
+    batcher = DynamicBatcher(engine)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(
+                batcher.submit_blocking, engine.prepare(first, ["w1 w2", "w3"], base_model=None)
+            )
+            assert entered.wait(60)
+            assert (batcher.rows_of(first), batcher.rows_of(second)) == (2, 0)
+            gate.set()
+            assert len(answer.result(60)) == 2
+    finally:
+        gate.set()
+        batcher.close()
+    assert batcher.rows_of(first) == 0
