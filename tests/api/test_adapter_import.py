@@ -416,3 +416,44 @@ def test_unsafe_archives_are_refused_and_nothing_is_stored(
         zip_of({"adapter_config.json": config, "adapter_model.safetensors": weights})
     )
     assert accepted.status_code == 201, accepted.text
+
+
+def test_an_adalora_adapter_peft_trained_shows_its_pruned_ranks(
+    client: Any, tenant: TenantKey, import_zip: Callable[..., Any], tmp_path: Path
+) -> None:
+    """PEFT trains AdaLoRA for a few steps and prunes it; imported, its ranks view shows the
+    ranks PEFT kept (its rank_pattern), and it serves PEFT's outputs."""
+    from tests.peft_adapters import minilm_base
+
+    config = peft.AdaLoraConfig(
+        task_type="SEQ_CLS",
+        init_r=4,
+        target_r=2,
+        tinit=1,
+        tfinal=2,
+        deltaT=1,
+        total_step=6,
+        lora_alpha=8,
+        target_modules=["query", "value"],
+    )
+    model = peft.get_peft_model(minilm_base(3), config)
+    tokenizer = AutoTokenizer.from_pretrained(MINILM_DIR)
+    batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    for step in range(1, 7):
+        model(**batch, labels=torch.tensor([2, 0, 1, 0])).loss.backward()
+        optimizer.step()
+        model.base_model.update_and_allocate(step)
+        optimizer.zero_grad()
+    model.save_pretrained(tmp_path / "peft")
+    pattern = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["rank_pattern"]
+
+    response = import_zip(zip_dir(tmp_path / "peft"), name="peft-adalora")
+    assert response.status_code == 201, response.text
+    ranks = client.get("/adapters/peft-adalora/ranks", headers=tenant.headers).json()
+    got = {m["name"]: m["rank"] for m in ranks["modules"]}
+    assert got == {k.removesuffix(".lora_E"): sum(v) for k, v in pattern.items()}
+    assert ranks["budget"] == {"initial": 48, "target": 24, "final": sum(got.values())}
+    want = torch.softmax(peft_logits(tmp_path / "peft"), -1)
+    got_scores = infer_scores(client, tenant, "peft-adalora")
+    torch.testing.assert_close(got_scores, want, atol=1e-5, rtol=0)
