@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 # assistant's tool calls, and a tool message's call id (OpenAI's fields, as HF templates read
 # them).
 MESSAGE_FIELDS = ("name", "tool_calls", "tool_call_id")
+# A chat training row's tool definitions, beside its messages (OpenAI's fine-tuning format).
+TOOLS_KEY = "tools"
 
 
 def is_chat(value: Any) -> bool:
@@ -70,7 +72,10 @@ class ChatTokens:
 
 
 def encode_chat(
-    messages: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, where: str
+    messages: Sequence[Mapping[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    where: str,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> ChatTokens:
     """An assistant turn's tokens are what its message adds to the rendering of the
     conversation before it (which ends with the generation prompt); an assistant turn that
@@ -80,15 +85,17 @@ def encode_chat(
         where,
         "this base model's tokenizer has no chat template; use prompt/completion rows",
     )
-    _require_tools(tokenizer, messages, None, where)
+    _require_tools(tokenizer, messages, tools, where)
     chat = [template_message(m) for m in messages]
-    ids = _chat_ids(tokenizer, chat, generation_prompt=False)
+    ids = _chat_ids(tokenizer, chat, generation_prompt=False, tools=tools)
     assistant = [False] * len(ids)
     for index, message in enumerate(chat):
         if message["role"] != "assistant":
             continue
-        start = len(_chat_ids(tokenizer, chat[:index], generation_prompt=True)) if index else 0
-        end = len(_chat_ids(tokenizer, chat[: index + 1], generation_prompt=False))
+        start = 0
+        if index:
+            start = len(_chat_ids(tokenizer, chat[:index], generation_prompt=True, tools=tools))
+        end = len(_chat_ids(tokenizer, chat[: index + 1], generation_prompt=False, tools=tools))
         assistant[start:end] = [True] * (end - start)
     return ChatTokens(ids=ids, assistant=assistant[: len(ids)])
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from adalora_core.chat_template import encode_chat, is_chat
+from adalora_core.chat_template import TOOLS_KEY, encode_chat, is_chat
 from adalora_core.errors import ConfigError
 from adalora_core.tasks import (
     CAUSAL_LM,
@@ -64,7 +64,8 @@ def _encode_row(
         else:
             features["labels"] = regression_target(row[task.label_column], where)
     elif task.kind == CAUSAL_LM and is_chat(row[task.text_column]):
-        features = _encode_chat_row(row[task.text_column], tokenizer, max_length, where)
+        tools = row.get(TOOLS_KEY) if isinstance(row.get(TOOLS_KEY), list) else None
+        features = _encode_chat_row(row[task.text_column], tokenizer, max_length, where, tools)
         _require_supervision(features, "assistant", max_length, where)
     elif task.kind == CAUSAL_LM:
         features = _encode_causal(task, row, tokenizer, max_length)
@@ -99,9 +100,10 @@ def _encode_chat_row(
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
     where: str,
+    tools: Sequence[Mapping[str, Any]] | None,
 ) -> dict[str, Any]:
-    """The loss on the assistant's tokens only."""
-    chat = encode_chat(messages, tokenizer, where)
+    """The loss on the assistant's tokens only; the row's tool definitions rendered with it."""
+    chat = encode_chat(messages, tokenizer, where, tools)
     labels = [
         token if assistant else IGNORE_INDEX
         for token, assistant in zip(chat.ids, chat.assistant, strict=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from adalora_core.chat_template import TOOLS_KEY
 from service.settings import Settings
 
 FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
@@ -23,6 +24,10 @@ FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 MESSAGES_COLUMN = "messages"
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 CHAT_TYPE = "chat"
+# A chat row's tool definitions (OpenAI's fine-tuning format for tool calling): rendered by the
+# base's chat template with the row's messages.
+TOOLS_COLUMN = TOOLS_KEY
+TOOLS_TYPE = "tools"
 _INT = re.compile(r"^[+-]?\d+$")
 
 csv.field_size_limit(64 * 1024 * 1024)  # per-line limits below are the real bound
@@ -125,6 +130,8 @@ def _column_type(kinds: set[str]) -> str:
         return "boolean"
     if kinds == {CHAT_TYPE}:
         return CHAT_TYPE
+    if kinds == {TOOLS_TYPE}:
+        return TOOLS_TYPE
     return "string"
 
 
@@ -178,12 +185,15 @@ def _jsonl_records(
                 columns.append(key)
             if isinstance(value, list) and key == MESSAGES_COLUMN:
                 check_messages(number, key, value)
+            elif isinstance(value, list) and key == TOOLS_COLUMN:
+                check_tools(number, key, value)
             elif isinstance(value, dict | list):
                 raise DatasetError(
                     number,
                     key,
                     "nested values are not supported; use a string (only a 'messages' column "
-                    "may hold a chat: a list of {role, content} objects)",
+                    "may hold a chat: a list of {role, content} objects, and a 'tools' column "
+                    "its tool definitions)",
                 )
         yield number, record
 
@@ -217,6 +227,23 @@ def check_messages(number: int, column: str, messages: list[Any]) -> None:
             raise DatasetError(number, f"{where}.content", "must be a non-empty string")
     if not any(m["role"] == "assistant" for m in messages):
         raise DatasetError(number, column, "no assistant message: nothing to learn from")
+
+
+def check_tools(number: int, column: str, tools: list[Any]) -> None:
+    """Tool definitions as OpenAI's fine-tuning format writes them: {"type": "function",
+    "function": {"name", "description"?, "parameters"?}}."""
+    for index, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        parameters = function.get("parameters", {}) if isinstance(function, dict) else None
+        if tool.get("type") != "function" or not isinstance(name, str) or not name:
+            raise DatasetError(
+                number, f"{column}[{index}]", 'must be {"type": "function", "function": {"name"}}'
+            )
+        if not isinstance(parameters, dict):
+            raise DatasetError(
+                number, f"{column}[{index}].function.parameters", "must be a JSON Schema object"
+            )
 
 
 def _check_tool_calls(number: int, where: str, role: object, calls: object) -> None:
@@ -348,11 +375,13 @@ def scan(
             for key, value in record.items():
                 column = stats.setdefault(key, _ColumnStats())
                 kind = _value_kind(value, typed=fmt == "jsonl")
+                if kind == CHAT_TYPE and key == TOOLS_COLUMN:
+                    kind = TOOLS_TYPE
                 if kind is None:
                     continue
                 column.kinds.add(kind)
-                if kind == CHAT_TYPE:
-                    column.values = None  # chats are never labels
+                if kind in (CHAT_TYPE, TOOLS_TYPE):
+                    column.values = None  # chats and tool lists are never labels
                 if column.values is not None:
                     column.values.add(label_key(value))
                     if len(column.values) > limits.max_label_values:

@@ -302,9 +302,15 @@ def test_a_chat_with_tool_calls_and_tool_results_is_read_and_a_bad_call_is_named
         {"role": "tool", "tool_call_id": "c1", "content": "42"},
         {"role": "assistant", "content": "It is 42."},
     ]
-    path = write(tmp_path, "tools.jsonl", json.dumps({"messages": chat}) + "\n")
-    assert scan(path, "jsonl").column_types == {"messages": "chat"}
-    assert next(iter_rows(path, "jsonl"))["messages"] == chat
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    path = write(tmp_path, "tools.jsonl", json.dumps({"messages": chat, "tools": tools}) + "\n")
+    assert scan(path, "jsonl").column_types == {"messages": "chat", "tools": "tools"}
+    assert next(iter_rows(path, "jsonl")) == {"messages": chat, "tools": tools}
+    bad_tools = [{"type": "function", "function": {"parameters": {}}}]
+    path = write(tmp_path, "t.jsonl", json.dumps({"messages": chat, "tools": bad_tools}) + "\n")
+    with pytest.raises(DatasetError) as raised:
+        scan(path, "jsonl")
+    assert raised.value.column == "tools[0]"
     bad = [{**chat[1], "tool_calls": [{"id": "c1", "function": {"arguments": "{}"}}]}]
     path = write(tmp_path, "bad.jsonl", json.dumps({"messages": [chat[0], *bad]}) + "\n")
     with pytest.raises(DatasetError) as raised:

@@ -226,6 +226,7 @@ def test_a_training_row_with_a_tool_call_learns_the_call_as_the_template_renders
 ) -> None:
     """Chat rows train on tool calls too: the assistant turn that calls a tool is supervised,
     the tool's result (like the user's turn) is not."""
+    from adalora_core.chat_template import template_message
     from adalora_core.encoding import encode_rows
     from adalora_core.tasks import TaskSpec
 
@@ -243,10 +244,22 @@ def test_a_training_row_with_a_tool_call_learns_the_call_as_the_template_renders
         ]
         task = TaskSpec("causal-lm", "messages")
         [row] = encode_rows(task, [{"messages": chat}], smollm2_tokenizer, 512)
+        # A row's tool definitions (OpenAI's fine-tuning format) are rendered with it, untaught.
+        [with_tools] = encode_rows(
+            task, [{"messages": chat, "tools": TOOLS}], smollm2_tokenizer, 512
+        )
+        as_template_reads = [template_message(m) for m in chat]  # arguments as an object
+        rendered = smollm2_tokenizer.apply_chat_template(
+            as_template_reads, tools=TOOLS, tokenize=True, return_dict=True
+        )["input_ids"]
     finally:
         smollm2_tokenizer.chat_template = saved
+    assert with_tools["input_ids"] == rendered
+    assert len(with_tools["input_ids"]) > len(row["input_ids"])
+    taught = [t for t, label in zip(rendered, with_tools["labels"], strict=True) if label != -100]
     learned = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
     assert smollm2_tokenizer.decode(learned) == (
         '<tool_call>{"name": "get_time", "arguments": {"zone": "UTC"}}</tool_call><|im_end|>\n'
         "Noon.<|im_end|>\n"
     )
+    assert taught == learned
