@@ -89,9 +89,11 @@ GENERATIVE_DEFAULTS: dict[str, MethodDefaults] = {
 MIN_GENERATIVE_UPDATES_PER_EPOCH = 20
 GENERATIVE_BATCH_SIZES = (4, 8, 16)
 # Small sets get many epochs, as OpenAI's n_epochs "auto" does: the run sees at least this
-# many learned tokens (assistant turns, completions), and never fewer than DEFAULT_EPOCHS
-# passes. The facts set (about 1,000 learned tokens) gets 23 epochs, what was measured there.
+# many learned tokens (assistant turns, completions), in at least DEFAULT_EPOCHS and at most
+# MAX_GENERATIVE_EPOCHS passes (before the allocator's floor below). The facts sets (about
+# 1,000 learned tokens) get 23-24 epochs, about the 480 updates measured there.
 TARGET_LEARNED_TOKENS = 24_000
+MAX_GENERATIVE_EPOCHS = 30
 # Learned characters per token, for sizing without a tokenizer at submission: the facts,
 # extraction and style sets in bench/generative_sets.py measure 2.8, 1.9 and 2.1 with
 # SmolLM2's tokenizer (end-of-turn tokens included); 3 errs towards fewer epochs.
@@ -253,13 +255,14 @@ def _generative_batch(num_rows: int) -> int:
 
 
 def _generative_updates(profile: DataProfile, training: TrainingConfig) -> int:
-    """Enough passes to see TARGET_LEARNED_TOKENS (at least DEFAULT_EPOCHS), at most
-    MAX_UPDATES, and never fewer than the allocator needs (:func:`min_schedule_updates`)."""
+    """Enough passes to see TARGET_LEARNED_TOKENS (DEFAULT_EPOCHS to MAX_GENERATIVE_EPOCHS), at
+    most MAX_UPDATES, and never fewer than the allocator needs (:func:`min_schedule_updates`)."""
     per_epoch = updates_per_epoch(max(1, profile.num_rows), training)
     epochs = DEFAULT_EPOCHS
     if profile.learned_chars:
         tokens = max(1, profile.learned_chars // CHARS_PER_TOKEN)
-        epochs = max(epochs, math.ceil(TARGET_LEARNED_TOKENS / tokens))
+        wanted = math.ceil(TARGET_LEARNED_TOKENS / tokens)
+        epochs = min(max(epochs, wanted), MAX_GENERATIVE_EPOCHS)
     return max(min(epochs * per_epoch, MAX_UPDATES), min_schedule_updates())
 
 
@@ -278,18 +281,20 @@ def min_schedule_updates() -> int:
 def learned_chars(rows: Iterable[Mapping[str, Any]], task: TaskSpec) -> int:
     """Characters of what a generative job learns from ``rows``: a chat's assistant turns,
     a prompt/completion row's completion, else the whole text."""
-    total = 0
-    for row in rows:
-        value = row.get(task.text_column)
-        if is_chat(value):
-            total += sum(
-                len(str(m.get("content") or "")) for m in value if m.get("role") == "assistant"
-            )
-        elif task.target_column:
-            total += len(str(row.get(task.target_column) or ""))
-        else:
-            total += len(str(value or ""))
-    return total
+    column = task.target_column or task.text_column
+    return sum(value_chars(row.get(column)) for row in rows)
+
+
+def value_chars(value: Any) -> int:
+    """Characters a generative job learns from one cell: a chat's assistant turns, else the
+    text (a data set's upload counts each column with this)."""
+    if is_chat(value):
+        return sum(
+            len(str(m.get("content") or ""))
+            for m in value
+            if isinstance(m, Mapping) and m.get("role") == "assistant"
+        )
+    return len(value) if isinstance(value, str) else 0
 
 
 def _max_length(profile: DataProfile) -> int:

@@ -220,6 +220,7 @@ def resolve_hyperparameters(
         task_kind=body.task,
         paired="text_pair" in roles,
         max_positions=context_limit(settings.base_models[body.base_model]),
+        learned_chars=learned_chars(train, roles),
     )
     training = body.training.model_dump(exclude_none=True)
     adalora = body.adalora.model_dump(exclude_none=True)
@@ -259,6 +260,15 @@ def resolve_hyperparameters(
         stored["tracking"] = tracking
         stored["chosen_by_service"] += tracking_chosen
     return stored
+
+
+def learned_chars(train: Dataset, roles: dict[str, str]) -> int | None:
+    """The characters a generative job learns from ``train`` (its target column, else its text
+    column), as counted at upload; None for a data set stored before uploads counted them."""
+    counted = train.learned_chars
+    if counted is None:
+        return None
+    return counted.get(roles.get("target") or roles["text"])
 
 
 NO_VALIDATION = (

@@ -36,6 +36,7 @@ def create_dataset(
         columns=summary.columns,
         column_types=summary.column_types,
         label_values=summary.label_values,
+        learned_chars=summary.learned_chars,
         sha256=sha256,
         size_bytes=size_bytes,
         storage_key=storage_key,

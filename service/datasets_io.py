@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from adalora_core.chat_template import TOOLS_KEY
+from adalora_core.recipe import value_chars
 from service.settings import Settings
 
 FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
@@ -73,6 +74,9 @@ class DatasetSummary:
     label_values: dict[str, list[str] | None]
     # CSV/TSV only: False when the first line is data (columns are then column_1, column_2, ...).
     header: bool = True
+    # Per column, the characters a generative job would learn from it (a chat's assistant turns,
+    # else its text): the recipe sizes a generative run by them.
+    learned_chars: dict[str, int] = field(default_factory=dict)
 
 
 def check_filename(filename: str | None) -> str:
@@ -356,6 +360,7 @@ def _records(
 class _ColumnStats:
     kinds: set[str] = field(default_factory=set)
     values: set[str] | None = field(default_factory=set)
+    chars: int = 0
 
 
 def scan(
@@ -380,6 +385,7 @@ def scan(
                 if kind is None:
                     continue
                 column.kinds.add(kind)
+                column.chars += value_chars(value)
                 if kind in (CHAT_TYPE, TOOLS_TYPE):
                     column.values = None  # chats and tool lists are never labels
                 if column.values is not None:
@@ -394,7 +400,8 @@ def scan(
     for name in columns:
         values = stats.get(name, _ColumnStats()).values
         label_values[name] = None if values is None else _sorted_labels(values, types[name])
-    return DatasetSummary(fmt, num_rows, columns, types, label_values, header)
+    chars = {name: stats.get(name, _ColumnStats()).chars for name in columns}
+    return DatasetSummary(fmt, num_rows, columns, types, label_values, header, chars)
 
 
 def _sorted_labels(values: set[str], column_type: str) -> list[str]:

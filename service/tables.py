@@ -102,6 +102,9 @@ class Dataset(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))  # filename, name, content
     # CSV/TSV: whether the first line names the columns (else column_1, column_2, ...).
     has_header: Mapped[bool] = mapped_column(default=True, server_default=true())
+    # Characters a generative job would learn from each column (adalora_core.recipe.value_chars);
+    # None for data sets stored before they were counted.
+    learned_chars: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

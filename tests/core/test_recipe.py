@@ -53,13 +53,102 @@ def test_every_task_kind_gets_a_complete_valid_config(kind: str) -> None:
     assert "training.group_by_length" in resolved.chosen
 
 
-def test_generative_kinds_get_longer_sequences_and_a_smaller_step() -> None:
+def test_generative_kinds_get_longer_sequences() -> None:
     cls = resolve(5_000)
     lm = resolve(5_000, "causal-lm")
     assert lm.plan.training.max_length > cls.plan.training.max_length
-    assert lm.plan.training.learning_rate < cls.plan.training.learning_rate
     pair = recipe.resolve(recipe.DataProfile(5_000, "classification", paired=True))
     assert pair.plan.training.max_length > cls.plan.training.max_length
+
+
+def generative(rows: int, chars: int | None = None, **given: dict) -> recipe.Resolved:
+    profile = recipe.DataProfile(rows, "causal-lm", learned_chars=chars)
+    return recipe.resolve(profile, given.get("training"), given.get("adalora"))
+
+
+@pytest.mark.parametrize(
+    ("rows", "batch"), [(1, 4), (80, 4), (159, 4), (160, 8), (319, 8), (320, 16), (90_000, 16)]
+)
+def test_a_generative_batch_leaves_twenty_updates_an_epoch_down_to_four(
+    rows: int, batch: int
+) -> None:
+    resolved = generative(rows)
+    assert resolved.plan.training.batch_size == batch
+    assert "training.batch_size" in resolved.chosen
+
+
+@pytest.mark.parametrize(
+    ("rows", "chars", "steps"),
+    [
+        (80, 3_000, 480),  # 1,000 learned tokens: 24 epochs of 20 updates
+        (80, 2_400, 600),  # 800 learned tokens: 30 epochs
+        (400, 3_000, 600),  # 24 epochs of 25 updates at batch 16
+        (80, 30_000, 462),  # long answers: 3 epochs are 60 updates, the allocator's floor wins
+        (80, None, 462),  # unknown content: 3 epochs, then the floor
+        (10, 300, 462),  # a tiny set: at most 30 epochs (90 updates), then the floor
+        (200, 1_500, 750),  # 500 tokens: 48 epochs wanted, 30 of 25 updates (batch 8) taken
+        (2_000, 200_000, 462),  # 66,666 tokens: 3 epochs of 125 updates, then the floor
+        (4_000, 30_000, 750),  # 10,000 tokens: 3 epochs of 250 updates
+        (4_000, 12_000, 1_000),  # 4,000 tokens: 6 epochs, capped
+        (90_000, 9_000_000, 1_000),  # a large set: capped
+    ],
+)
+def test_generative_run_length_follows_rows_and_learned_tokens(
+    rows: int, chars: int | None, steps: int
+) -> None:
+    resolved = generative(rows, chars)
+    assert resolved.plan.total_steps == steps
+    assert resolved.plan.training.epochs is None and "training.max_steps" in resolved.chosen
+
+
+def test_generative_defaults_are_the_measured_ones() -> None:
+    plan = generative(80, 3_000).plan
+    assert plan.training.learning_rate == 2e-3 and plan.adalora.lora_alpha == 128
+    # the encoder kinds keep theirs
+    assert resolve(5_000).plan.training.batch_size == recipe.BATCH_SIZE == 16
+
+
+@pytest.mark.parametrize("rows", [1, 3, 10, 45, 80, 150, 400, 2_000, 50_000])
+@pytest.mark.parametrize("chars", [None, 10, 3_000, 100_000, 10_000_000])
+@pytest.mark.parametrize("given", [{}, {"batch_size": 64}, {"batch_size": 1, "grad_accum": 4}])
+@pytest.mark.parametrize("kind", ["causal-lm", "seq2seq"])
+def test_no_generative_schedule_the_recipe_chooses_draws_its_own_warning(
+    rows: int, chars: int | None, given: dict, kind: str
+) -> None:
+    profile = recipe.DataProfile(rows, kind, learned_chars=chars)
+    resolved = recipe.resolve(profile, given)
+    assert resolved.warnings == ()
+    schedule = resolved.plan.schedule
+    assert schedule is not None
+    assert schedule.final_mask_step - schedule.t_init >= recipe.MIN_REDUCTION_UPDATES
+
+
+def test_the_floor_is_the_fewest_updates_without_a_warning() -> None:
+    floor = recipe.min_schedule_updates()
+    assert resolve(4_000, training={"max_steps": floor}).warnings == ()
+    assert resolve(4_000, training={"max_steps": floor - 1}).warnings != ()
+
+
+def test_learned_characters_count_what_the_loss_is_on() -> None:
+    from adalora_core.tasks import TaskSpec
+
+    chats = [
+        {"messages": [{"role": "user", "content": "hi there"},
+                      {"role": "assistant", "content": "hello"}]},
+        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "q"},
+                      {"role": "assistant", "content": "ab"}, {"role": "user", "content": "more"},
+                      {"role": "assistant", "content": "cde"}]},
+    ]  # fmt: skip
+    assert recipe.learned_chars(chats, TaskSpec("causal-lm", "messages")) == 10
+    pairs = [{"prompt": "question", "completion": "four"}]
+    assert (
+        recipe.learned_chars(pairs, TaskSpec("causal-lm", "prompt", target_column="completion"))
+        == 4
+    )
+    assert recipe.learned_chars(pairs, TaskSpec("causal-lm", "prompt")) == 8
+    assert (
+        recipe.learned_chars(pairs, TaskSpec("seq2seq", "prompt", target_column="completion")) == 4
+    )
 
 
 def test_given_values_are_kept_and_the_rest_follows_them() -> None:
