@@ -112,6 +112,9 @@ class DataProfile:
     # data's size in content, not rows. None when unknown (a data set stored before it was
     # counted); the run length then follows the rows alone.
     learned_chars: int | None = None
+    # Whether the job has validation rows: keeping the best evaluation and stopping early
+    # need them.
+    has_validation: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,13 @@ def resolve(
     pick(given_training, "training", "learning_rate", defaults.learning_rate)
     pick(given_training, "training", "max_grad_norm", TrainingConfig.max_grad_norm)
     pick(given_training, "training", "group_by_length", GROUP_BY_LENGTH)
+    pick(given_training, "training", "keep_best", profile.has_validation)
+    for name in ("keep_best", "early_stop_patience"):
+        if given_training.get(name) and not profile.has_validation:
+            raise ConfigError(
+                f"training.{name}",
+                "needs validation data to compare evaluations: give validation_dataset_id",
+            )
     if "epochs" not in given_training and "max_steps" not in given_training:
         sized = TrainingConfig(**{**given_training, "epochs": 1}).validate()
         updates = _generative_updates if generative else _updates

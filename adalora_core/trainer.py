@@ -37,12 +37,16 @@ from adalora_core.training.adaptation import (
     start_from,
     trainable_parameters,
 )
+from adalora_core.training.best import BestAdapter
 from adalora_core.training.evaluation import Evaluator
 from adalora_core.training.events import ProgressEvent, TrainCallbacks
 from adalora_core.training.loop import UpdateLoop
 from adalora_core.training.optimizer import build_optimizer, build_scheduler
 from adalora_core.training.state import RunState
 from adalora_core.training.update import LossFn, TokenAccuracy, UpdateStep
+
+# Beside the output directory: the bundle of the best evaluation so far, when a run keeps it.
+BEST_DIR = "best-adapter"
 
 __all__ = ["ProgressEvent", "TrainCallbacks", "TrainResult", "train"]
 
@@ -59,6 +63,10 @@ class TrainResult:
     final_params: int | None = None  # kept ranks + heads; None for external adapters
     adapter_params: int | None = None  # kept ranks only
     history: list[dict[str, Any]] = field(default_factory=list)
+    # The step of the published adapter when the run kept its best evaluation's (None: the
+    # last), and whether the early stop ended the run before its last update.
+    best_step: int | None = None
+    stopped_early: bool = False
 
 
 def train(
@@ -102,6 +110,12 @@ def train(
         raise ConfigError(
             "train_rows", f"has {len(train_rows)} rows; the run was planned for {plan.num_rows}"
         )
+    for name, wanted in (
+        ("keep_best", plan.training.keep_best),
+        ("early_stop_patience", plan.training.early_stop_patience is not None),
+    ):
+        if wanted and not eval_rows:
+            raise ConfigError(f"training.{name}", "needs validation rows (eval_rows)")
     callbacks = callbacks or TrainCallbacks()
     run_device = resolve_device(device)
     try:
@@ -141,6 +155,13 @@ def train(
         return _write_bundle(adapted, plan, name, task, _result(adapted, state, True), dest)
 
     writes = adapt is None and replica.is_main
+    best = None
+    if replica.is_main and (training.keep_best or training.early_stop_patience is not None):
+        best = BestAdapter(
+            snapshot if writes and training.keep_best else None,
+            Path(output_dir).with_name(BEST_DIR),
+            training.early_stop_patience,
+        )
     loop = UpdateLoop(
         plan,
         state,
@@ -152,11 +173,16 @@ def train(
         checkpoint_dir,
         snapshot if writes else None,
         evaluate_first=init_from is not None,
+        best=best,
     )
     finished = loop.run()
     result = _result(adapted, state, finished)
+    result.stopped_early = loop.stopped_early
     if finished and writes:
-        result.adapter_dir = _write_bundle(adapted, plan, name, task, result, output_dir)
+        if best is not None and best.bundle is not None:
+            result.adapter_dir, result.best_step = best.bundle, best.step
+        else:
+            result.adapter_dir = _write_bundle(adapted, plan, name, task, result, output_dir)
     return result
 
 

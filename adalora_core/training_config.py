@@ -33,6 +33,12 @@ class TrainingConfig:
     seed: int = 0
     eval_every: int | None = None
     checkpoint_every: int | None = None
+    # Publish the adapter of the evaluation with the lowest validation loss, not the last
+    # (needs validation rows; the recipe turns it on when a job has them).
+    keep_best: bool = False
+    # End the run once this many evaluations in a row have not lowered the validation loss;
+    # None runs to the last update.
+    early_stop_patience: int | None = None
 
     def validate(self) -> TrainingConfig:
         """Raise ``ConfigError("training.<field>", ...)`` for the first invalid setting."""
@@ -74,6 +80,12 @@ class TrainingConfig:
             _positive_int("eval_every", self.eval_every)
         if self.checkpoint_every is not None:
             _positive_int("checkpoint_every", self.checkpoint_every)
+        if not isinstance(self.keep_best, bool):
+            raise ConfigError(
+                "training.keep_best", f"must be true or false, got {self.keep_best!r}"
+            )
+        if self.early_stop_patience is not None:
+            _positive_int("early_stop_patience", self.early_stop_patience)
         return self
 
 

@@ -61,6 +61,17 @@ class TrainingParams(Strict):
     seed: int | None = None
     eval_every: int | None = None
     checkpoint_every: int | None = None
+    keep_best: bool | None = Field(
+        None,
+        description="Publish the adapter of the evaluation with the lowest validation loss "
+        "instead of the last; needs validation_dataset_id. Left out: on when the job has "
+        "validation data.",
+    )
+    early_stop_patience: int | None = Field(
+        None,
+        description="End the run once this many evaluations in a row have not lowered the "
+        "validation loss; needs validation_dataset_id. Left out: the run goes to its last update.",
+    )
 
 
 class ResourcesParams(Strict):

@@ -221,6 +221,7 @@ def resolve_hyperparameters(
         paired="text_pair" in roles,
         max_positions=context_limit(settings.base_models[body.base_model]),
         learned_chars=learned_chars(train, roles),
+        has_validation=validation is not None,
     )
     training = body.training.model_dump(exclude_none=True)
     adalora = body.adalora.model_dump(exclude_none=True)

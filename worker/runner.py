@@ -398,7 +398,7 @@ class JobRunner:
                 message = f"an adapter named {name!r} exists; this one is published without a name"
                 add_event(session, owned, EventKind.WARNING, {"message": message})
                 name = None
-            add_adapter_row(
+            adapter = add_adapter_row(
                 session,
                 stored,
                 tenant_id=owned.tenant_id,
@@ -410,8 +410,18 @@ class JobRunner:
             current = stored.weights.total_rank
             owned.budget = {**(owned.budget or {}), **meta.budget, "current": current}
             owned.metrics = {**(owned.metrics or {}), **eval_metrics(meta.metrics)}
+            if result.best_step is not None:  # the best evaluation's adapter, not the last
+                owned.metrics["best_step"] = result.best_step
+                adapter.metrics = {**adapter.metrics, "best_step": result.best_step}
             owned.progress = {**(owned.progress or {}), "step": result.steps}
             values, events = notes
+            if result.stopped_early:
+                patience = owned.hyperparameters["training"]["early_stop_patience"]
+                message = (
+                    f"stopped early at update {result.steps}: {patience} evaluations in a row "
+                    "did not lower the validation loss"
+                )
+                events = [*events, (EventKind.LOG, {"message": message, "step": result.steps})]
             if "tracking" in values:
                 owned.tracking = values["tracking"]
             for kind, data in events:

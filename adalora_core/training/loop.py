@@ -17,6 +17,7 @@ from adalora_core.checkpoint import ADAPTER_DIR
 from adalora_core.distributed import Replica
 from adalora_core.ordering import epoch_order, length_grouped_order
 from adalora_core.run_plan import RunPlan
+from adalora_core.training.best import BestAdapter
 from adalora_core.training.evaluation import Evaluator
 from adalora_core.training.events import ProgressEvent, TrainCallbacks
 from adalora_core.training.state import RunState
@@ -37,6 +38,7 @@ class UpdateLoop:
         checkpoint_dir: Path | None,
         snapshot: Callable[[Path], Path] | None = None,
         evaluate_first: bool = False,
+        best: BestAdapter | None = None,
     ) -> None:
         self.plan = plan
         self.state = state
@@ -48,6 +50,8 @@ class UpdateLoop:
         self.checkpoint_dir = checkpoint_dir
         self.snapshot = snapshot  # writes the adapter bundle of this moment into a directory
         self.evaluate_first = evaluate_first  # score the starting point (a continued run)
+        self.best = best  # on rank 0 of a run that keeps its best evaluation's adapter
+        self.stopped_early = False
         self.batches_per_epoch = micro_batches_per_epoch(len(lengths), plan.training)
 
     def run(self) -> bool:
@@ -78,7 +82,9 @@ class UpdateLoop:
                 if self.update.last_token_accuracy is not None:
                     event = replace(event, token_accuracy_value=self.update.last_token_accuracy)
                 self.callbacks.on_progress(event)
-                self._after_update()
+                if self._after_update():
+                    self.stopped_early = position.step < total
+                    return True
                 if position.step == total:
                     break
         return True
@@ -89,17 +95,24 @@ class UpdateLoop:
             return length_grouped_order(self.lengths, training.seed, epoch, training.batch_size)
         return epoch_order(len(self.lengths), training.seed, epoch)
 
-    def _after_update(self) -> None:
+    def _after_update(self) -> bool:
         """Evaluate every ``eval_every`` updates, at each epoch's end and at the last update;
-        checkpoint every ``checkpoint_every`` updates but not after the last."""
+        checkpoint every ``checkpoint_every`` updates but not after the last. True when the
+        early stop's patience is spent (every replica learns it from rank 0)."""
         position, total = self.state.position, self.plan.total_steps
         epoch_done = position.batch == self.batches_per_epoch
         if self._due(self.plan.eval_every) or epoch_done or position.step == total:
             self._evaluate()
+            if self.plan.training.early_stop_patience is not None and position.step < total:
+                spent = self.best is not None and self.best.patience_spent
+                sync = self.update.sync
+                if sync.any_stop(spent) if sync is not None else spent:
+                    return True
         if epoch_done:
             position.epoch, position.batch = position.epoch + 1, 0
         if self._due(self.plan.checkpoint_every) and position.step < total:
             self._checkpoint()
+        return False
 
     def _due(self, every: int | None) -> bool:
         return every is not None and self.state.position.step % every == 0
@@ -108,6 +121,8 @@ class UpdateLoop:
         if self.evaluator is None or not self.replica.is_main:
             return
         self.state.last_eval = self.evaluator.evaluate(self.state.adapted)
+        if self.best is not None:
+            self.best.offer(self.state.position.step, self.state.last_eval)
         self.callbacks.on_eval(self.state.position.step, dict(self.state.last_eval))
 
     def _checkpoint(self) -> None:

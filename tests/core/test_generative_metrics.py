@@ -91,3 +91,123 @@ def test_a_run_that_learns_its_answers_reports_it(gpt2_dir: Path, tmp_path: Path
     assert result.metrics["mean_token_accuracy"] == 1.0
     assert len(progress.accuracies) == 60 and all(a is not None for a in progress.accuracies)
     assert progress.accuracies[0] < 0.5 and progress.accuracies[-1] == 1.0
+
+
+# The same prompts with each other's answers: the better the run learns ROWS, the worse it does
+# on these, so the validation loss has its lowest point before the last update.
+CROSSED = [{**row, "answer": ROWS[(i + 1) % 4]["answer"]} for i, row in enumerate(ROWS)]
+
+
+class Evals(TrainCallbacks):
+    def __init__(self) -> None:
+        self.losses: dict[int, float] = {}
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        self.losses[step] = metrics["eval_loss"]
+
+
+def crossed_run(gpt2_dir: Path, out: Path, **training: object) -> tuple[object, Evals]:
+    evals = Evals()
+    result = train(
+        base_model=gpt2_dir,
+        task=TASK,
+        train_rows=ROWS,
+        eval_rows=CROSSED,
+        plan=plan_run(
+            len(ROWS),
+            TrainingConfig(
+                epochs=None,
+                max_steps=40,
+                batch_size=4,
+                learning_rate=3e-2,
+                eval_every=4,
+                **training,
+            ),
+            AdaLoraConfig(init_r=4, target_r=4, lora_alpha=16.0),
+        ),  # fmt: skip
+        output_dir=out / "adapter",
+        callbacks=evals,
+    )
+    return result, evals
+
+
+def eval_loss(gpt2_dir: Path, bundle: Path) -> float:
+    """The validation loss of a published bundle, loaded afresh."""
+    from adalora_core.formats.bundle import read_adapter
+    from adalora_core.formats.peft import apply_adapter
+    from adalora_core.training.evaluation import EvalAccumulator
+
+    tokenizer = load_tokenizer(gpt2_dir)
+    model = apply_adapter(load_model(gpt2_dir, TASK, tokenizer), read_adapter(bundle)).eval()
+    from adalora_core.encoding import make_collator
+
+    batch = make_collator(TASK, tokenizer)(encode_rows(TASK, CROSSED, tokenizer, 512))
+    accumulator = EvalAccumulator(TASK)
+    with torch.no_grad():
+        accumulator.add(model(**batch), batch)
+    return accumulator.result()["eval_loss"]
+
+
+def test_the_published_adapter_is_the_best_evaluation_and_the_early_stop_ends_the_run(
+    gpt2_dir: Path, tmp_path: Path
+) -> None:
+    kept, evals = crossed_run(gpt2_dir, tmp_path / "kept", keep_best=True)
+    best_step = min(evals.losses, key=evals.losses.__getitem__)
+    assert kept.steps == 40 and best_step < 40 and not kept.stopped_early
+    assert kept.best_step == best_step
+    assert eval_loss(gpt2_dir, kept.adapter_dir) == pytest.approx(evals.losses[best_step], rel=1e-4)
+    assert read_metrics(kept.adapter_dir)["eval_loss"] == pytest.approx(evals.losses[best_step])
+
+    last, last_evals = crossed_run(gpt2_dir, tmp_path / "last")
+    assert last.best_step is None and last_evals.losses == evals.losses  # the same run
+    assert eval_loss(gpt2_dir, last.adapter_dir) == pytest.approx(evals.losses[40], rel=1e-4)
+
+    stopped, stopped_evals = crossed_run(
+        gpt2_dir, tmp_path / "stopped", keep_best=True, early_stop_patience=2
+    )
+    # The same run to the point where two evaluations in a row (every update ends an epoch of
+    # 4 rows, and so evaluates) have not beaten the lowest loss so far.
+    running, since, expected = None, 0, None
+    for step in sorted(evals.losses):
+        if running is None or evals.losses[step] < evals.losses[running]:
+            running, since = step, 0
+        else:
+            since += 1
+        if since == 2:
+            expected = step
+            break
+    assert expected is not None and expected < 40  # the test's data must make it stop
+    assert stopped.stopped_early and stopped.steps == expected
+    assert stopped.best_step == running and max(stopped_evals.losses) == expected
+    assert eval_loss(gpt2_dir, stopped.adapter_dir) == pytest.approx(
+        evals.losses[running], rel=1e-4
+    )
+
+
+def read_metrics(bundle: Path) -> dict[str, float]:
+    from adalora_core.formats.bundle import read_adapter
+
+    return dict(read_adapter(bundle).meta.metrics)
+
+
+def test_keeping_the_best_needs_validation_rows(gpt2_dir: Path, tmp_path: Path) -> None:
+    from adalora_core.errors import ConfigError
+
+    for field_name, training in (
+        ("keep_best", {"keep_best": True}),
+        ("early_stop_patience", {"early_stop_patience": 1}),
+    ):
+        with pytest.raises(ConfigError) as raised:
+            train(
+                base_model=gpt2_dir,
+                task=TASK,
+                train_rows=ROWS,
+                eval_rows=None,
+                plan=plan_run(
+                    len(ROWS),
+                    TrainingConfig(epochs=None, max_steps=2, batch_size=4, **training),
+                    AdaLoraConfig(init_r=4, target_r=4),
+                ),
+                output_dir=tmp_path / field_name,
+            )
+        assert raised.value.field == f"training.{field_name}"

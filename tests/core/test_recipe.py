@@ -233,3 +233,39 @@ def test_the_api_vocabularies_are_the_cores() -> None:
     assert set(get_args(DatasetOut.model_fields["format"].annotation)) == set(FORMATS.values())
     pq_init = AdaLoraParams.model_fields["pq_init"].annotation
     assert set(get_args(get_args(pq_init)[0])) == set(PQ_INITS)
+
+
+def test_the_best_evaluation_is_kept_when_there_is_validation_data() -> None:
+    with_validation = recipe.resolve(recipe.DataProfile(400, "causal-lm", has_validation=True))
+    assert with_validation.plan.training.keep_best is True
+    assert "training.keep_best" in with_validation.chosen
+    assert with_validation.plan.training.early_stop_patience is None  # off unless asked
+    without = recipe.resolve(recipe.DataProfile(400, "causal-lm"))
+    assert without.plan.training.keep_best is False and "training.keep_best" in without.chosen
+    last = recipe.resolve(
+        recipe.DataProfile(400, "classification", has_validation=True), {"keep_best": False}
+    )
+    assert last.plan.training.keep_best is False and "training.keep_best" not in last.chosen
+    patient = recipe.resolve(
+        recipe.DataProfile(400, "causal-lm", has_validation=True), {"early_stop_patience": 3}
+    )
+    assert patient.plan.training.early_stop_patience == 3
+
+
+@pytest.mark.parametrize(
+    ("given", "field", "has_validation"),
+    [
+        ({"keep_best": True}, "training.keep_best", False),
+        ({"early_stop_patience": 2}, "training.early_stop_patience", False),
+        ({"early_stop_patience": 0}, "training.early_stop_patience", True),
+        ({"early_stop_patience": 1.5}, "training.early_stop_patience", True),
+        ({"keep_best": "yes"}, "training.keep_best", True),
+    ],
+)
+def test_keeping_the_best_and_stopping_early_are_checked(
+    given: dict, field: str, has_validation: bool
+) -> None:
+    profile = recipe.DataProfile(400, "causal-lm", has_validation=has_validation)
+    with pytest.raises(ConfigError) as raised:
+        recipe.resolve(profile, given)
+    assert raised.value.field == field
