@@ -157,7 +157,9 @@ def resolve(
     pick(given_training, "training", "learning_rate", defaults.learning_rate)
     pick(given_training, "training", "max_grad_norm", TrainingConfig.max_grad_norm)
     pick(given_training, "training", "group_by_length", GROUP_BY_LENGTH)
-    pick(given_training, "training", "keep_best", profile.has_validation)
+    # Generative runs overfit small sets within a run (many epochs): publish their best
+    # evaluation. Classification keeps its last adapter, as its measured defaults did.
+    pick(given_training, "training", "keep_best", generative and profile.has_validation)
     for name in ("keep_best", "early_stop_patience"):
         if given_training.get(name) and not profile.has_validation:
             raise ConfigError(

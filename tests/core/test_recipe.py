@@ -243,9 +243,12 @@ def test_the_best_evaluation_is_kept_when_there_is_validation_data() -> None:
     without = recipe.resolve(recipe.DataProfile(400, "causal-lm"))
     assert without.plan.training.keep_best is False and "training.keep_best" in without.chosen
     last = recipe.resolve(
-        recipe.DataProfile(400, "classification", has_validation=True), {"keep_best": False}
+        recipe.DataProfile(400, "causal-lm", has_validation=True), {"keep_best": False}
     )
     assert last.plan.training.keep_best is False and "training.keep_best" not in last.chosen
+    classifier = recipe.DataProfile(400, "classification", has_validation=True)
+    assert recipe.resolve(classifier).plan.training.keep_best is False  # as measured
+    assert recipe.resolve(classifier, {"keep_best": True}).plan.training.keep_best is True
     patient = recipe.resolve(
         recipe.DataProfile(400, "causal-lm", has_validation=True), {"early_stop_patience": 3}
     )
