@@ -4,8 +4,8 @@ The recipe sizes a generative run by its data's content (``adalora_core.recipe``
 upload counts, per column, a chat's assistant turns or the text. Data sets stored before this
 revision have none (NULL); their jobs are sized by their rows alone.
 
-Revision ID: 0008_dataset_learned_chars
-Revises: 0007_job_tracking
+Revision ID: 0009_dataset_learned_chars
+Revises: 0008_adapter_names_and_imports
 Create Date: 2026-12-06
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0008_dataset_learned_chars"
-down_revision: str | None = "0007_job_tracking"
+revision: str = "0009_dataset_learned_chars"
+down_revision: str | None = "0008_adapter_names_and_imports"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
