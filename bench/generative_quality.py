@@ -32,7 +32,7 @@ from adalora_core.formats.bundle import read_adapter
 from adalora_core.formats.peft import apply_adapter
 from adalora_core.hf_loading import load_model, load_tokenizer
 from adalora_core.tasks import CAUSAL_LM, TaskSpec
-from adalora_core.trainer import train
+from adalora_core.trainer import TrainCallbacks, train
 from bench.generative_sets import SETS, GenerativeSet, chat
 
 TASK = TaskSpec(kind=CAUSAL_LM, text_column="messages")
@@ -86,6 +86,14 @@ def log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
+class Progress(TrainCallbacks):
+    """A line on stderr every 20 updates: a long run on a loaded machine shows its pace."""
+
+    def on_progress(self, event: Any) -> None:
+        if event.step % 20 == 0 or event.step == event.total_steps:
+            log(f"update {event.step}/{event.total_steps} loss {float(event.loss):.3f}")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     data: GenerativeSet = SETS[args.set](args.seed)
@@ -137,6 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 plan=resolved.plan,
                 output_dir=Path(tmp) / "adapter",
                 device="cpu",
+                callbacks=Progress(),
             )
             result["training_seconds"] = round(time.perf_counter() - started, 1)
             result["training_cpu_seconds"] = round(_cpu_seconds() - cpu, 1)
