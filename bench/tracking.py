@@ -97,6 +97,8 @@ def screenshot(logdir: Path, out: Path) -> None:
     import httpx
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     port = free_port()
     server = subprocess.Popen(
@@ -106,7 +108,7 @@ def screenshot(logdir: Path, out: Path) -> None:
     )
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1500,1000"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1500,1150"):
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
     try:
@@ -118,8 +120,14 @@ def screenshot(logdir: Path, out: Path) -> None:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        driver.get(f"{url}/#timeseries&tagFilter=train%2Floss%7Callocation%2Fkind")
-        time.sleep(15)  # the charts load their data after the page
+        driver.get(f"{url}/#timeseries")
+        time.sleep(10)  # the page loads its data after itself
+        for button in driver.find_elements(By.CSS_SELECTOR, "button[aria-label*='lose']"):
+            if button.is_displayed():
+                button.click()  # the settings pane
+        tags = driver.find_element(By.CSS_SELECTOR, "input[placeholder*='Filter tags']")
+        tags.send_keys("train/loss|allocation/kind/(query|value|intermediate)", Keys.ESCAPE)
+        time.sleep(10)  # the charts redraw
         out.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(out))
     finally:
