@@ -45,10 +45,14 @@ class LogprobView:
     token_bytes: Callable[[Sequence[int]], list[bytes]]
     chat: bool
 
-    def render(self, entries: Sequence[TokenLogprob], offset: int) -> tuple[dict[str, Any], int]:
+    def render(
+        self, entries: Sequence[TokenLogprob], offset: int, lead: int | None = None
+    ) -> tuple[dict[str, Any], int]:
         """The shape for ``entries`` and the text offset after them (completions count
-        ``text_offset`` from ``offset``)."""
+        ``text_offset`` from ``offset``); ``lead`` is an echoed prompt's first token, listed
+        first with no log-probability (nothing precedes it)."""
         ids = [e.token_id for e in entries] + [t for e in entries for t, _ in e.top]
+        ids += [] if lead is None else [lead]
         raw = dict(zip(ids, self.token_bytes(ids), strict=True))
 
         def text(token: int) -> str:
@@ -67,14 +71,19 @@ class LogprobView:
                 for e in entries
             ]
             return {"content": content, "refusal": None}, offset
+        tokens = [text(e.token_id) for e in entries]
+        logprobs: list[float | None] = [e.logprob for e in entries]
+        tops: list[dict[str, float] | None] = [{text(t): v for t, v in e.top} for e in entries]
+        if lead is not None:
+            tokens, logprobs, tops = [text(lead), *tokens], [None, *logprobs], [None, *tops]
         offsets = []
-        for e in entries:
+        for token in tokens:
             offsets.append(offset)
-            offset += len(text(e.token_id))
+            offset += len(token)
         shaped = {
-            "tokens": [text(e.token_id) for e in entries],
-            "token_logprobs": [e.logprob for e in entries],
-            "top_logprobs": [{text(t): v for t, v in e.top} for e in entries],
+            "tokens": tokens,
+            "token_logprobs": logprobs,
+            "top_logprobs": tops,
             "text_offset": offsets,
         }
         return shaped, offset
@@ -84,7 +93,8 @@ class LogprobView:
 class Run:
     """One request's choices in the decoder: prompt i's k-th choice is index i·n + k.
     ``opening`` is text each choice starts with (completions' echoed prompt); ``logprobs`` set
-    when the request asked for them."""
+    when the request asked for them; ``echo_logprobs`` when the echoed prompt's tokens are
+    listed too (its text then opens the first chunk that carries them)."""
 
     model: str
     shape: ChunkShape
@@ -93,9 +103,11 @@ class Run:
     logprobs: LogprobView | None = None
     opening: Sequence[str] = ()
     tools: ToolPlan | None = None
+    echo_logprobs: bool = False
     id: str = ""
     created: int = 0
     _offsets: list[int] = field(default_factory=list)
+    _opened: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.id = self.id or f"{self.shape.id_prefix}-{secrets.token_hex(12)}"
@@ -119,15 +131,25 @@ class Run:
     def stream(self, options: StreamOptions | None) -> StreamingResponse:
         return sse_response(_events(self, options is not None and options.include_usage))
 
-    def logprobs_of(self, index: int, entries: Sequence[TokenLogprob]) -> dict[str, Any] | None:
-        """A choice's log-probabilities for ``entries``, continuing its text offsets."""
+    def logprobs_of(
+        self,
+        index: int,
+        entries: Sequence[TokenLogprob],
+        prompt: Sequence[TokenLogprob] | None = None,
+    ) -> dict[str, Any] | None:
+        """A choice's log-probabilities for ``entries``, continuing its text offsets; with
+        ``prompt`` (an echo's, on its first chunk) the prompt's tokens come first."""
         if self.logprobs is None:
             return None
         if not self._offsets:
             self._offsets = [
-                len(self.opening[i]) if self.opening else 0 for i in range(len(self.handles))
+                0 if self.echo_logprobs or not self.opening else len(self.opening[i])
+                for i in range(len(self.handles))
             ]
-        shaped, self._offsets[index] = self.logprobs.render(entries, self._offsets[index])
+        lead = None
+        if prompt is not None:
+            lead, entries = self.handles[index].prompt_ids[0], [*prompt, *entries]
+        shaped, self._offsets[index] = self.logprobs.render(entries, self._offsets[index], lead)
         return shaped
 
     # ---- chunks ---------------------------------------------------------------------------------
@@ -135,10 +157,15 @@ class Run:
         """A choice's chunk; ``event`` None is its opening chunk: a chat choice's role, or a
         completion's echoed prompt."""
         finish = None if event is None or event.finish is None else finish_reason(event.finish)
-        logprobs = None if event is None else self.logprobs_of(index, event.logprobs)
+        opens = self.echo_logprobs and event is not None and index not in self._opened
+        prompt = event.prompt_logprobs if opens and event is not None else None
+        logprobs = None if event is None else self.logprobs_of(index, event.logprobs, prompt)
         choice: dict[str, Any] = {"index": index, "logprobs": logprobs, "finish_reason": finish}
         if not self.shape.chat:
             choice["text"] = self.opening[index] if event is None else event.delta
+            if opens:
+                self._opened.add(index)
+                choice["text"] = self.opening[index] + event.delta  # type: ignore[union-attr]
         elif event is None:
             choice["delta"] = {"role": "assistant", "content": ""}
         else:
@@ -231,7 +258,7 @@ def _call_delta(index: int, call: ToolCall) -> dict[str, Any]:
 async def _events(run: Run, include_usage: bool) -> AsyncIterator[str]:
     generated = [0] * len(run.handles)
     try:
-        if run.shape.chat or run.opening:
+        if run.shape.chat or (run.opening and not run.echo_logprobs):
             for index in range(len(run.handles)):
                 yield sse_message(run.chunk(index, None))
         readers = [ToolStream(run.tools) for _ in run.handles] if run.tools else None

@@ -156,6 +156,7 @@ class Sampling:
     frequency_penalty: float = 0.0
     logit_bias: Mapping[str, float] | None = None  # token id as a string → bias
     logprobs: int | None = None  # None: not reported; k: the picked token and k alternatives
+    prompt_logprobs: bool = False  # the prompt's tokens too (an echoed completion's)
 
 
 @dataclass(frozen=True)
@@ -530,6 +531,7 @@ def _generation_controls(base: SharedBase, sampling: Sampling) -> dict[str, Any]
         "frequency_penalty": sampling.frequency_penalty,
         "logit_bias": _logit_bias(base, sampling.logit_bias),
         "logprobs": sampling.logprobs,
+        "prompt_logprobs": sampling.prompt_logprobs,
     }
 
 

@@ -66,6 +66,8 @@ class _Row:
     finish: str | None = None
     joined_at: int = 0  # the decode step at which it (last) joined the batch
     logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet published
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # computed at its first prefill, published once
+    prefilled: bool = False
 
     @classmethod
     def of(cls, generation: Generation) -> _Row:
@@ -283,6 +285,10 @@ class ContinuousDecoder:
             for row in joining:
                 row.generation.publish(TextEvent("", len(row.tokens), FINISH_STOP, error=exc))
             return
+        for j, row in enumerate(joining):
+            if row.generation.sampling.prompt_logprobs and not row.prefilled:
+                row.prompt_logprobs = _prompt_logprobs(out.logits[j], row.context, row.sampler)
+            row.prefilled = True
         first = self._pick(out.logits[:, -1, :], joining)
         self._merge(joining, out.past_key_values, mask, first)
 
@@ -349,7 +355,9 @@ class ContinuousDecoder:
             row.finish = FINISH_STOP
         if delta or row.finish is not None:
             logprobs, row.logprobs = tuple(row.logprobs), []
-            row.generation.publish(TextEvent(delta, len(row.tokens), row.finish, logprobs=logprobs))
+            prompt, row.prompt_logprobs = row.prompt_logprobs, ()
+            event = TextEvent(delta, len(row.tokens), row.finish, None, logprobs, prompt)
+            row.generation.publish(event)
 
     def _retire(self) -> None:
         """Rows that finished or were cancelled leave the batch now."""
@@ -430,6 +438,16 @@ class ContinuousDecoder:
         if waiting:
             for row in self._queue.drain():
                 row.generation.publish(TextEvent("", len(row.tokens), FINISH_STOP, error=exc))
+
+
+def _prompt_logprobs(
+    logits: torch.Tensor, context: list[int], sampler: RowSampler
+) -> tuple[TokenLogprob, ...]:
+    """Each prompt token's log-probability after the tokens before it (the first has none),
+    from one row's prefill logits, which end with its (left-padded) context."""
+    top = sampler.params.logprobs or 0
+    rows = torch.log_softmax(logits[-len(context) : -1].float(), dim=-1)
+    return tuple(token_logprob(rows[i], context[i + 1], top) for i in range(len(context) - 1))
 
 
 def _left_pad(tensor: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:

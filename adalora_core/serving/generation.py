@@ -37,6 +37,7 @@ class GenerationParams:
     frequency_penalty: float = 0.0  # subtracted once per time it was generated
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
     logprobs: int | None = None  # report the picked token's logprob and this many alternatives
+    prompt_logprobs: bool = False  # and each prompt token's, from the prefill (``logprobs`` top)
 
     @property
     def adjusts_logits(self) -> bool:

@@ -34,6 +34,8 @@ class TextEvent:
     # The tokens generated since the last event, when the row reports log-probabilities
     # (an end-of-sequence token is not reported: it is not in the text).
     logprobs: tuple[TokenLogprob, ...] = ()
+    # On a row's first event, when it asked for them: its prompt tokens after the first.
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Completion:
     completion_tokens: int
     finish: str
     logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class Generation:
@@ -116,9 +119,9 @@ class Generation:
         last = events[-1]
         text = "".join(e.delta for e in events)
         logprobs = tuple(entry for e in events for entry in e.logprobs)
-        return Completion(
-            text, len(self.prompt_ids), last.tokens, last.finish or FINISH_STOP, logprobs
-        )
+        prompt = tuple(entry for e in events for entry in e.prompt_logprobs)
+        finish = last.finish or FINISH_STOP
+        return Completion(text, len(self.prompt_ids), last.tokens, finish, logprobs, prompt)
 
 
 async def complete_all(handles: Sequence[Generation]) -> list[Completion]:

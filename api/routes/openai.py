@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import struct
 import time
 from typing import Any
@@ -133,13 +134,6 @@ async def completions(
             "suffix needs a fill-in-the-middle model; none is served here",
             "suffix",
         )
-    if body.echo and body.logprobs is not None:
-        raise RequestError(
-            400,
-            "unsupported_parameter",
-            "echo with logprobs is not supported: prompt tokens get no log-probabilities here",
-            "echo",
-        )
     best_of = body.best_of or body.n
     if best_of < body.n:
         raise RequestError(400, "invalid_value", "best_of must be at least n", "best_of")
@@ -153,6 +147,8 @@ async def completions(
     # best_of ranks its candidates by their tokens' mean log-probability.
     logprobs = body.logprobs if body.logprobs is not None or best_of == body.n else 0
     sampling = _sampling(body, body.max_tokens, best_of, logprobs)
+    if body.echo and body.logprobs is not None:  # the echoed prompt's tokens are listed too
+        sampling = dataclasses.replace(sampling, prompt_logprobs=True)
     inputs = Prompts(prompts, single)
     run, admitted = await _start(serving, metered, body, inputs, sampling, COMPLETION_CHUNKS)
     if body.echo:
@@ -160,6 +156,7 @@ async def completions(
         run.opening = [text for text in texts for _ in range(best_of)]
     if body.logprobs is not None:
         run.logprobs = LogprobView(admitted.token_bytes, chat=False)
+        run.echo_logprobs = body.echo
     if body.stream:
         return run.stream(body.stream_options)
     done = await unless_disconnected(request, run.complete())
@@ -171,7 +168,9 @@ async def completions(
             CompletionChoice(
                 index=index,
                 text=opening + done[k].text,
-                logprobs=run.logprobs_of(k, done[k].logprobs),
+                logprobs=run.logprobs_of(
+                    k, done[k].logprobs, done[k].prompt_logprobs if body.echo else None
+                ),
                 finish_reason=finish_reason(done[k].finish),
             )
         )

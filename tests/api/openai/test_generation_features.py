@@ -153,6 +153,35 @@ def test_logprobs_equal_peft_log_softmax_on_the_same_prefix(
         assert torch.allclose(torch.tensor(top_values), expected.topk(3).values, atol=1e-4)
     assert "".join(logprobs.tokens) == completion.choices[0].text
     assert logprobs.text_offset[0] == 0
+    # echo with logprobs lists the prompt's tokens first: the first has none, each other its
+    # log-probability after the tokens before it (the same PEFT forward).
+    echoed = client.completions.create(
+        model=adapter_id, prompt=prompt_ids, max_tokens=6, temperature=0, logprobs=3, echo=True
+    ).choices[0]
+    listed = echoed.logprobs
+    assert "".join(listed.tokens) == echoed.text
+    assert echoed.text == smollm2_tokenizer.decode(prompt_ids) + completion.choices[0].text
+    assert listed.token_logprobs[0] is None and listed.top_logprobs[0] is None
+    assert listed.text_offset == [
+        len("".join(listed.tokens[:i])) for i in range(len(listed.tokens))
+    ]
+    for position, token in enumerate(prompt_ids[1:] + generated[:6]):
+        expected = reference[position] if position < len(reference) else None
+        if expected is None:
+            break
+        assert abs(listed.token_logprobs[position + 1] - float(expected[token])) < 1e-4
+    streamed = client.completions.create(
+        model=adapter_id,
+        prompt=prompt_ids,
+        max_tokens=6,
+        temperature=0,
+        logprobs=3,
+        echo=True,
+        stream=True,
+    )
+    chunks = [c.choices[0] for c in streamed if c.choices]
+    assert "".join(c.text for c in chunks) == echoed.text
+    assert [t for c in chunks if c.logprobs for t in c.logprobs.tokens] == listed.tokens
 
     chat = client.chat.completions.create(
         model=adapter_id,
@@ -268,7 +297,6 @@ def test_echo_best_of_and_what_is_refused(client: openai.OpenAI, adapter: tuple[
     assert best.usage.completion_tokens == sum(len(c.logprobs.tokens) for c in every)
     for options, param in (
         ({"suffix": "end"}, "suffix"),
-        ({"echo": True, "logprobs": 1}, "echo"),
         ({"n": 3, "best_of": 2}, "best_of"),
         ({"best_of": 3, "stream": True}, "best_of"),
     ):
