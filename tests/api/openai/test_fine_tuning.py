@@ -286,6 +286,14 @@ def test_a_fine_tuning_job_from_file_to_served_model(
         )
     assert refused.value.body["param"] == "adalora.init_r"
     client.fine_tuning.jobs.cancel(continued.id)
+    from_checkpoint = client.fine_tuning.jobs.create(
+        model=newest.fine_tuned_model_checkpoint, training_file=file.id
+    )
+    assert from_checkpoint.model == newest.fine_tuned_model_checkpoint
+    ours = from_checkpoint.model_extra["adalora_job_id"]
+    shown = httpx.get(f"{live_server.url}/jobs/{ours}", headers=tenant.headers).json()
+    assert shown["hyperparameters"]["init_from"]["checkpoint_id"] == ckpt_id
+    client.fine_tuning.jobs.cancel(from_checkpoint.id)
     client.files.delete(file.id)  # its jobs finished: the file may go
 
 
