@@ -30,12 +30,14 @@ once per base, a cold compile, a cached one).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -190,6 +192,34 @@ def run_hf(model: Any, tokenizer: Any, groups: list[tuple[str | None, list[list[
     return {"tokens": tokens, "seconds": time.perf_counter() - start}
 
 
+@contextlib.contextmanager
+def _timed_controls() -> Iterator[list[float]]:
+    """Seconds the decode thread spends in rows' grammar masks (and any penalties or bias) and
+    in accepting their picks, summed: the constrained rows' own cost, apart from the load."""
+    from adalora_core.serving.sampling import RowSampler
+
+    spent = [0.0]
+    originals = {name: getattr(RowSampler, name) for name in ("adjust", "accept")}
+
+    def timing(original: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - start
+
+        return timed
+
+    for name, original in originals.items():
+        setattr(RowSampler, name, timing(original))
+    try:
+        yield spent
+    finally:
+        for name, original in originals.items():
+            setattr(RowSampler, name, original)
+
+
 def schema_runs(
     engine: InferenceEngine, name: str, tokenizer: Any, streams: list[int], rounds: int, new: int
 ) -> dict[str, Any]:
@@ -224,7 +254,9 @@ def schema_runs(
         for round_index in range(rounds):
             order = list(variants) if round_index % 2 == 0 else list(reversed(variants))
             for variant in order:
-                runs[variant].append(variants[variant]())
+                with _timed_controls() as spent:
+                    run = variants[variant]()
+                runs[variant].append({**run, "controls_s": spent[0]})
         rate = {
             v: statistics.median(r["tokens"] / r["seconds"] for r in rs) for v, rs in runs.items()
         }
@@ -232,7 +264,9 @@ def schema_runs(
         tokens = {v: statistics.median(r["tokens"] for r in rs) for v, rs in runs.items()}
         print(f"\n{count} stream(s), up to {new} new tokens, medians of {rounds}:")
         for v in variants:
-            print(f"  {v:14s} {rate[v]:8.1f} tok/s   {wall[v]:6.2f} s   {tokens[v]:5.0f} tokens")
+            share = statistics.median(r["controls_s"] / r["seconds"] for r in runs[v])
+            print(f"  {v:14s} {rate[v]:8.1f} tok/s   {wall[v]:6.2f} s   {tokens[v]:5.0f} tokens"
+                  f"   grammar mask and accept {100 * share:.2f}% of the time")  # fmt: skip
         ratio = rate["mixed8_schema"] / rate["mixed8"]
         faster = wall["mixed8"] / wall["mixed8_schema"]
         print(f"  schema / free: throughput {ratio:.3f}   wall {faster:.3f} (free / schema time)")
