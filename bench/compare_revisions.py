@@ -37,6 +37,8 @@ def leaves(value: Any, prefix: str = "") -> dict[str, float]:
         for key, item in value.items():
             out.update(leaves(item, f"{prefix}.{key}" if prefix else str(key)))
         return out
+    if isinstance(value, list):  # per-round records (bench/decode.py): keyed by their index
+        return leaves({str(index): item for index, item in enumerate(value)}, prefix)
     return {}
 
 
