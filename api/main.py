@@ -109,7 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_request_bytes,
-        exempt_paths=frozenset({"/datasets", "/adapters/import"}),
+        # Uploads stream to disk under their own size limit (api/uploads.py).
+        exempt_paths=frozenset({"/datasets", "/v1/files", "/adapters/import"}),
     )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(NoSniffMiddleware)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import random
 import string
 from typing import Any
 
+import openai
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -234,3 +236,31 @@ def test_oversized_json_body_is_413(settings: Settings, tenant: TenantKey) -> No
         )
         assert assert_error_shape(streamed, 413)["code"] == "payload_too_large"
         assert client.post("/keys", json={"name": "ok"}, headers=tenant.headers).status_code == 201
+
+
+def test_a_fine_tuning_file_is_not_held_to_the_json_body_limit(
+    settings: Settings, tenant: TenantKey
+) -> None:
+    """/v1/files is an upload like POST /datasets: its own size limit, not the 8 MiB JSON cap."""
+    small = settings.model_copy(update={"max_request_bytes": 2000})
+    with TestClient(create_app(small), raise_server_exceptions=False) as http:
+        client = openai.OpenAI(
+            base_url="http://testserver/v1", api_key=tenant.secret, http_client=http, max_retries=0
+        )
+        rows = [
+            {
+                "messages": [
+                    {"role": "user", "content": f"q{i}"},
+                    {"role": "assistant", "content": f"a{i}"},
+                ]
+            }
+            for i in range(100)
+        ]
+        data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        assert len(data) > 2000
+        uploaded = client.files.create(file=("train.jsonl", data), purpose="fine-tune")
+        assert uploaded.bytes == len(data)
+        assert client.files.content(uploaded.id).content == data
+        chat = {"model": "x", "messages": [{"role": "user", "content": "y" * 5000}]}
+        response = http.post("/v1/chat/completions", json=chat, headers=tenant.headers)
+        assert response.status_code == 413
