@@ -150,6 +150,13 @@ def main() -> None:
     parser.add_argument("--stream-tokens", type=int, default=200)
     parser.add_argument("--settle", type=float, default=5.0, help="s before B's probes")
     parser.add_argument("--home", type=Path, default=Path(".adalora"), help="holds the model")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="ADALORA_X=VALUE",
+        help="a server setting, e.g. ADALORA_INFER_MAX_RUNNING_ROWS_PER_TENANT=8 (repeatable)",
+    )
     args = parser.parse_args()
     model_dir = smollm2_dir(args.home.resolve())
     with tempfile.TemporaryDirectory(prefix="adalora-flood-") as tmp:
@@ -157,7 +164,8 @@ def main() -> None:
         weights = [random_adapter(seed, llama_shapes(model_dir)) for seed in range(ADAPTERS)]
         a_key, adapters = store_adapters(home, weights, NAME, {NAME: model_dir})
         b_key = second_tenant(home)
-        settings = {"ADALORA_BASE_MODELS": json.dumps({NAME: model_dir})}
+        settings = dict(pair.split("=", 1) for pair in args.setting)
+        settings["ADALORA_BASE_MODELS"] = json.dumps({NAME: model_dir})
         with serving(home, settings) as (url, _):
             asyncio.run(idle(url, a_key, 1))  # load the base
             for adapter in adapters:  # and every adapter
