@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from service.db import make_engine, make_sessionmaker
-from service.tables import Adapter, Dataset, Job
+from service.tables import Adapter, Checkpoint, Dataset, Job
 
 
 def assert_store_matches_rows(database_url: str, store_dir: Path) -> None:
@@ -18,11 +18,15 @@ def assert_store_matches_rows(database_url: str, store_dir: Path) -> None:
             jobs = session.scalars(select(Job)).all()
             adapters = {a.id: a for a in session.scalars(select(Adapter))}
             datasets = session.scalars(select(Dataset)).all()
+            checkpoints = session.scalars(select(Checkpoint)).all()
     finally:
         engine.dispose()
     expected: dict[str, str | None] = {d.storage_key: d.sha256 for d in datasets}
     for adapter in adapters.values():
         for info in adapter.formats.values():
+            expected[info["storage_key"]] = info["sha256"]
+    for checkpoint in checkpoints:  # a checkpoint row names its step's adapter
+        for info in checkpoint.formats.values():
             expected[info["storage_key"]] = info["sha256"]
     for job in jobs:
         if job.status == "succeeded":
