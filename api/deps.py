@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
@@ -64,6 +64,10 @@ ServingDep = Annotated[Serving, Depends(get_serving)]
 # One page of a cursor-paginated list, the same bounds on every list route.
 PageLimit = Annotated[int, Query(ge=1, le=200)]
 PageCursor = Annotated[str | None, Query(max_length=64)]
+# Uploads and submissions replay an earlier identical call under the same key.
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+]
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
@@ -16,6 +16,7 @@ from starlette.datastructures import FormData
 
 from api.deps import (
     CallerDep,
+    IdempotencyKey,
     PageCursor,
     PageLimit,
     ServingDep,
@@ -159,9 +160,7 @@ async def import_peft_adapter(
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
-    idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> AdapterOut:
     """A PEFT LoRA or AdaLoRA adapter trained elsewhere becomes one of the tenant's adapters."""
     limit = settings.max_upload_bytes

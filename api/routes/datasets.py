@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Request, Response
 
-from api.deps import PageCursor, PageLimit, SessionDep, SettingsDep, StoreDep, TrainCaller
+from api.deps import (
+    IdempotencyKey,
+    PageCursor,
+    PageLimit,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    TrainCaller,
+)
 from api.errors import responses
 from api.rows import page_body, tenant_row
 from api.schemas import DatasetList, DatasetOut
@@ -74,9 +81,7 @@ async def upload_dataset(
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
-    idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> DatasetOut:
     return dataset_out(
         await receive_dataset(

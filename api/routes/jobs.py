@@ -15,6 +15,7 @@ from adalora_core.config import BudgetSchedule
 from adalora_core.state_machine import IllegalTransition
 from api import event_stream, sse
 from api.deps import (
+    IdempotencyKey,
     JobsLimitedCaller,
     PageCursor,
     PageLimit,
@@ -93,9 +94,7 @@ def submit_job(
     session: SessionDep,
     settings: SettingsDep,
     producer: ProducerDep,
-    idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     submitted = submit(
         session,

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
-from api.deps import SessionDep, SettingsDep, StoreDep, TrainCaller
+from api.deps import IdempotencyKey, SessionDep, SettingsDep, StoreDep, TrainCaller
 from api.openai_ft_schemas import FileDeleted, FileList, FileObject
 from api.openai_schemas import openai_errors
 from api.routes.datasets import UPLOAD_BODY
@@ -93,9 +93,7 @@ async def create_file(
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
-    idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> FileObject:
     dataset = await receive_dataset(
         request,
