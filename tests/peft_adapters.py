@@ -52,6 +52,32 @@ def minilm_base(num_labels: int) -> torch.nn.Module:
     return copy.deepcopy(_minilm(num_labels))
 
 
+def train_peft_adalora(out: Path, init_r: int, steps: int, lora_alpha: int) -> None:
+    """PEFT itself trains an AdaLoRA adapter on MiniLM for ``steps`` updates (its allocator
+    prunes ranks towards 2 per module) and saves it to ``out``."""
+    config = peft.AdaLoraConfig(
+        task_type="SEQ_CLS",
+        init_r=init_r,
+        target_r=2,
+        tinit=1,
+        tfinal=2,
+        deltaT=1,
+        total_step=steps,
+        lora_alpha=lora_alpha,
+        target_modules=["query", "value"],
+    )
+    model = peft.get_peft_model(minilm_base(3), config)
+    batch = AutoTokenizer.from_pretrained(MINILM_DIR)(TEXTS, return_tensors="pt", padding=True)
+    labels = torch.tensor([2, 0, 1, 0])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    for step in range(1, steps + 1):
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        model.base_model.update_and_allocate(step)
+        optimizer.zero_grad()
+    model.save_pretrained(out)
+
+
 def save_minilm_adapter(
     directory: Path, config: Any, num_labels: int = 3, seed: int = 0, **save: Any
 ) -> Path:

@@ -423,29 +423,9 @@ def test_an_adalora_adapter_peft_trained_shows_its_pruned_ranks(
 ) -> None:
     """PEFT trains AdaLoRA for a few steps and prunes it; imported, its ranks view shows the
     ranks PEFT kept (its rank_pattern), and it serves PEFT's outputs."""
-    from tests.peft_adapters import minilm_base
+    from tests.peft_adapters import train_peft_adalora
 
-    config = peft.AdaLoraConfig(
-        task_type="SEQ_CLS",
-        init_r=4,
-        target_r=2,
-        tinit=1,
-        tfinal=2,
-        deltaT=1,
-        total_step=6,
-        lora_alpha=8,
-        target_modules=["query", "value"],
-    )
-    model = peft.get_peft_model(minilm_base(3), config)
-    tokenizer = AutoTokenizer.from_pretrained(MINILM_DIR)
-    batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    for step in range(1, 7):
-        model(**batch, labels=torch.tensor([2, 0, 1, 0])).loss.backward()
-        optimizer.step()
-        model.base_model.update_and_allocate(step)
-        optimizer.zero_grad()
-    model.save_pretrained(tmp_path / "peft")
+    train_peft_adalora(tmp_path / "peft", init_r=4, steps=6, lora_alpha=8)
     pattern = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["rank_pattern"]
 
     response = import_zip(zip_dir(tmp_path / "peft"), name="peft-adalora")

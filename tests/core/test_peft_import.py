@@ -48,6 +48,7 @@ from tests.peft_adapters import (
     minilm_base,
     peft_logits,
     perturb,
+    train_peft_adalora,
     zip_dir,
 )
 
@@ -157,28 +158,7 @@ def test_regression_head_and_bin_weights_equal_peft(served: Served, tmp_path: Pa
 
 
 def test_adalora_trained_by_peft_equals_peft(served: Served, tmp_path: Path) -> None:
-    config = peft.AdaLoraConfig(
-        task_type="SEQ_CLS",
-        init_r=6,
-        target_r=2,
-        tinit=1,
-        tfinal=2,
-        deltaT=1,
-        total_step=8,
-        lora_alpha=12,
-        target_modules=["query", "value"],
-    )
-    model = peft.get_peft_model(minilm_base(3), config)
-    tokenizer = AutoTokenizer.from_pretrained(MINILM_DIR)
-    batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
-    labels = torch.tensor([2, 0, 1, 0])
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    for step in range(1, 9):
-        model(**batch, labels=labels).loss.backward()
-        optimizer.step()
-        model.base_model.update_and_allocate(step)
-        optimizer.zero_grad()
-    model.save_pretrained(tmp_path / "peft")
+    train_peft_adalora(tmp_path / "peft", init_r=6, steps=8, lora_alpha=12)
     want = torch.softmax(peft_logits(tmp_path / "peft"), -1)
 
     imported = import_zip(tmp_path / "peft", labels=LABELS, task="classification")
