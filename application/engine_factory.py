@@ -46,6 +46,7 @@ SERVING_SETTINGS: dict[str, str] = {
     "infer_max_queued_rows": "engine.max_queued_rows",
     "infer_max_queued_rows_per_tenant": "engine.max_queued_rows_per_tenant",
     "infer_max_running_rows_per_tenant": "engine.max_running_rows_per_tenant",
+    "infer_max_running_rows_per_tenant_shared": "engine.max_running_rows_per_tenant_shared",
     "infer_max_inputs": "admission.max_rows",
     "infer_max_new_tokens": "admission.max_new_tokens",
     "infer_device": "device",  # serving_device

@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     # The most rows one tenant runs in a decode batch of max_batch_size; 0 lets one tenant fill it
     # (a single-tenant deployment that wants every place for itself).
     infer_max_running_rows_per_tenant: int = 16
+    # The same while another tenant has rows running or waiting: the rows above it give their
+    # places back, so a flood slows another tenant's chat little (docs/reliability.md). 0: the
+    # cap above applies alone.
+    infer_max_running_rows_per_tenant_shared: int = 8
     infer_max_new_tokens: int = 256
     infer_max_length: int = 512
     # Where /infer runs: "auto" (the first GPU if there is one), "cpu", "cuda" or "cuda:N"; a

@@ -40,7 +40,7 @@ from adalora_core.serving.handles import (
 )
 from adalora_core.serving.loading import LoadedAdapter
 from adalora_core.serving.sampling import RowSampler, TokenLogprob, token_logprob
-from adalora_core.serving.scheduling import DecoderBusy, FairQueue, QueueLimits
+from adalora_core.serving.scheduling import DecoderBusy, FairQueue, QueueLimits, RunningLimits
 from adalora_core.serving.text_stream import StreamedText
 
 log = logging.getLogger("adalora.serving.decoding")
@@ -98,6 +98,8 @@ class ContinuousDecoder:
     kept) and waits first in its tenant's line; when it joins again its prompt and tokens are
     prefilled and it goes on where it stopped. So one tenant's backlog delays another tenant's
     first token by one step, not by the length of its generations (vLLM preempts the same way).
+    While more than one tenant has rows, each runs at most `RunningLimits.shared` of them (the
+    newest above it are taken out the same way), so the other's rows decode beside few.
     """
 
     def __init__(
@@ -108,16 +110,16 @@ class ContinuousDecoder:
         strategy: DecodeStrategy = "auto",
         max_tokens: int | None = None,
         queue_limits: QueueLimits | None = None,
-        max_rows_per_tenant: int | None = None,
+        running_limits: RunningLimits | None = None,
     ) -> None:
         if base.kind != "causal-lm":
             raise ValueError(f"continuous decoding serves causal-lm bases, not {base.kind}")
         self.base = base
         self.device = device
         self.max_rows = max_rows
-        # The most places one tenant holds in the batch, so another tenant's row always finds
-        # one and runs beside fewer rows (None: a lone tenant may fill the batch).
-        self.max_rows_per_tenant = max_rows_per_tenant or None
+        # The most places one tenant holds in the batch, alone and beside another tenant, so
+        # another tenant's row always finds one and runs beside fewer rows.
+        self.running_limits = running_limits or RunningLimits()
         # The KV cache's bound: the running rows' prompt + max_new_tokens, summed.
         self.max_tokens = max_tokens
         self.strategy = strategy
@@ -197,24 +199,24 @@ class ContinuousDecoder:
         for row in self._queue.remove_if(lambda r: r.generation.cancelled.is_set()):
             row.generation.publish(TextEvent("", len(row.tokens), FINISH_CANCELLED))
         running = Counter(r.tenant for r in self._rows)
+        cap = self.running_limits.cap(len(set(running) | set(self._queue.tenants())))
+        passed: set[str] = set()  # tenants whose next row does not fit this time
+        for victim in self._trim_to(cap, running):
+            passed.add(victim.tenant)  # it gave its place up: no place back this round
         used = sum(r.cost for r in self._rows)
         joining: list[_Row] = []
-        passed: set[str] = set()  # tenants whose next row does not fit this time
 
         def fits(row: _Row) -> bool:
             rows = len(self._rows) + len(joining)
             if rows >= self.max_rows:
                 return False
-            if (
-                self.max_rows_per_tenant is not None
-                and running[row.tenant] >= self.max_rows_per_tenant
-            ):
+            if cap is not None and running[row.tenant] >= cap:
                 return False
             return self.max_tokens is None or used + row.cost <= self.max_tokens or not rows
 
         while (head := self._queue.peek(passed)) is not None:
             tenant, row = head
-            while not fits(row) and not self._at_tenant_cap(tenant, running):
+            while not fits(row) and (cap is None or running[tenant] < cap):
                 victim = self._preempt_for(tenant, running)
                 if victim is None:
                     break
@@ -230,9 +232,28 @@ class ContinuousDecoder:
         if joining:
             self._prefill(joining)
 
-    def _at_tenant_cap(self, tenant: str, running: Counter[str]) -> bool:
-        cap = self.max_rows_per_tenant
-        return cap is not None and running[tenant] >= cap
+    def _trim_to(self, cap: int | None, running: Counter[str]) -> list[_Row]:
+        """Take out each tenant's newest rows above ``cap`` (it tightened because another
+        tenant came); they wait first in their tenants' lines, tokens kept."""
+        if cap is None or all(n <= cap for n in running.values()):
+            return []
+        newest_first = sorted(
+            range(len(self._rows)), key=lambda i: self._rows[i].joined_at, reverse=True
+        )
+        over = {t: n - cap for t, n in running.items() if n > cap}
+        out: set[int] = set()
+        for i in newest_first:
+            tenant = self._rows[i].tenant
+            if over.get(tenant, 0) > 0:
+                over[tenant] -= 1
+                out.add(i)
+        victims = sorted((self._rows[i] for i in out), key=lambda r: r.joined_at)
+        self._keep([i for i in range(len(self._rows)) if i not in out])
+        for victim in reversed(victims):  # put_front: the oldest ends up first in line
+            running[victim.tenant] -= 1
+            self._queue.put_front(victim.tenant, victim)
+        self.preempted += len(victims)
+        return victims
 
     def _preempt_for(self, tenant: str, running: Counter[str]) -> _Row | None:
         """Free a place for ``tenant`` while it runs fewer rows than its fair share: take out
@@ -472,14 +493,14 @@ class Decoders:
         strategy: DecodeStrategy = "auto",
         max_tokens: int | None = None,
         queue_limits: QueueLimits | None = None,
-        max_rows_per_tenant: int | None = None,
+        running_limits: RunningLimits | None = None,
     ) -> None:
         self.device = device
         self.max_rows = max_rows
         self.strategy = strategy
         self.max_tokens = max_tokens
         self.queue_limits = queue_limits
-        self.max_rows_per_tenant = max_rows_per_tenant or None
+        self.running_limits = running_limits
         self._by_base: dict[int, ContinuousDecoder] = {}
         self._lock = threading.Lock()
 
@@ -494,7 +515,7 @@ class Decoders:
                     self.strategy,
                     self.max_tokens,
                     self.queue_limits,
-                    self.max_rows_per_tenant,
+                    self.running_limits,
                 )
             return found
 

@@ -37,7 +37,7 @@ from adalora_core.serving.handles import Generation
 from adalora_core.serving.loading import AdapterLoader, LoadedAdapter, Parser, default_parser
 from adalora_core.serving.malloc import tune_glibc_malloc
 from adalora_core.serving.requests import Prepared, prepare_texts, prepare_token_rows
-from adalora_core.serving.scheduling import QueueLimits
+from adalora_core.serving.scheduling import QueueLimits, RunningLimits
 from adalora_core.serving.sources import AdapterRef, AdapterSource
 from adalora_core.tasks import ModelKind
 
@@ -64,10 +64,11 @@ class EngineSettings:
     # are a quarter of the batch (docs/reliability.md has the flood test).
     max_queued_rows: int | None = 64
     max_queued_rows_per_tenant: int | None = 8
-    # The most places one tenant holds in a decode batch: another tenant's row always finds a
-    # place and decodes beside fewer rows (a step of 33 rows takes about 4× one of 1 on two
-    # cores, docs/reliability.md). None lets a lone tenant fill the batch.
+    # The most places one tenant holds in a decode batch, alone and while another tenant has
+    # rows: another tenant's row always finds a place and decodes beside few rows (a step of 17
+    # rows takes about 3× one of 1 on two cores, docs/reliability.md). None: no cap.
     max_running_rows_per_tenant: int | None = 16
+    max_running_rows_per_tenant_shared: int | None = 8
     strategy: Strategy = "grouped"
     decode_strategy: DecodeStrategy = "auto"  # the continuous decoder's op (decoding.py)
     tune_malloc: bool = True  # glibc mallopt at engine start (see malloc.py, docs/benchmarks.md)
@@ -127,7 +128,10 @@ class InferenceEngine:
             self.settings.decode_strategy,
             self.settings.max_batch_tokens,
             QueueLimits(self.settings.max_queued_rows, self.settings.max_queued_rows_per_tenant),
-            self.settings.max_running_rows_per_tenant,
+            RunningLimits(
+                self.settings.max_running_rows_per_tenant or None,
+                self.settings.max_running_rows_per_tenant_shared or None,
+            ),
         )
 
     def base(self, name: str, kind: ModelKind) -> SharedBase:

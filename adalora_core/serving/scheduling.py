@@ -40,6 +40,24 @@ class QueueLimits:
     max_rows_per_tenant: int | None = None
 
 
+@dataclass(frozen=True)
+class RunningLimits:
+    """The most rows one tenant runs in a decode batch: ``alone`` while no other tenant has
+    rows running or waiting, ``shared`` while one does (None: no cap). A lone tenant may use
+    most of the batch; once another tenant comes, the first gives back the rows above
+    ``shared``, because every row in the batch slows each step for everyone in it (on two
+    CPU cores a step of 17 rows takes about 3x a step of one: docs/reliability.md)."""
+
+    alone: int | None = None
+    shared: int | None = None
+
+    def cap(self, tenants: int) -> int | None:
+        """The cap while ``tenants`` tenants have rows running or waiting."""
+        if tenants <= 1 or self.shared is None:
+            return self.alone
+        return self.shared if self.alone is None else min(self.alone, self.shared)
+
+
 class FairQueue(Generic[T]):
     """Thread-safe: callers `put` from any thread, the decode thread takes."""
 

@@ -246,3 +246,57 @@ def test_the_cache_budget_holds_rows_back_until_others_leave(
     assert decoder.largest_batch == 2
     for prompt, got in zip(prompts, done, strict=True):
         assert got.text == alone("tiny-llama", weights["a1"], prompt, 12)
+
+
+def test_a_tenant_gives_back_the_rows_above_its_shared_cap_while_another_has_rows(
+    make_engine, source: MemorySource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alone, tenant A runs 6 rows; while B's row is in the batch A runs at most 2 beside it
+    (the other 4 wait, their tokens kept), then A takes its 6 places back, and every A row
+    still ends exactly as it would have alone."""
+    step = ContinuousDecoder._step
+    batches: list[list[str]] = []
+
+    def recorded(self: ContinuousDecoder) -> None:
+        time.sleep(0.005)  # long enough for B to arrive while A runs
+        batches.append([r.tenant for r in self._rows])
+        step(self)
+
+    monkeypatch.setattr(ContinuousDecoder, "_step", recorded)
+    weights = add_adapters(source, tmp_path, "tiny-llama")
+    engine = make_engine(
+        max_batch_size=8, max_running_rows_per_tenant=6, max_running_rows_per_tenant_shared=2
+    )
+    prompts = [f"w{i} w{i + 1}" for i in range(1, 7)]
+    params = GenerationParams(max_new_tokens=40)
+    a_rows = [
+        engine.generate(
+            engine.prepare("a1", [p], params, base_model="tiny-llama", base_kind="causal-lm"),
+            tenant="A",
+        )[0]
+        for p in prompts
+    ]
+    decoder = engine.decoders.get(engine.base("tiny-llama", "causal-lm"))
+    wait_for(lambda: decoder.running == 6, "A's 6 rows to run")
+    b_row = engine.generate(
+        engine.prepare(
+            "a2",
+            ["w3 w9"],
+            GenerationParams(max_new_tokens=4),
+            base_model="tiny-llama",
+            base_kind="causal-lm",
+        ),
+        tenant="B",
+    )[0]
+    b_done = b_row.wait(timeout=60)
+    a_done = [h.wait(timeout=60) for h in a_rows]
+
+    with_b = [b for b in batches if "B" in b]
+    assert with_b, "B's row never ran"
+    assert max(b.count("A") for b in with_b) == 2
+    b_left = max(i for i, b in enumerate(batches) if "B" in b)
+    assert max(b.count("A") for b in batches[b_left + 1 :]) == 6  # A took its places back
+    assert decoder.preempted == 4
+    assert b_done.text == alone("tiny-llama", weights["a2"], "w3 w9", 4)
+    for prompt, got in zip(prompts, a_done, strict=True):
+        assert got.text == alone("tiny-llama", weights["a1"], prompt, 40)
