@@ -10,6 +10,7 @@ clipping, update count) and the runs that chose them are in ``docs/results.md``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -166,12 +167,16 @@ def resolve(
                 f"training.{name}",
                 "needs validation data to compare evaluations: give validation_dataset_id",
             )
+    fixed_ranks = False
     if "epochs" not in given_training and "max_steps" not in given_training:
         sized = TrainingConfig(**{**given_training, "epochs": 1}).validate()
         updates = _generative_updates if generative else _updates
         given_training["max_steps"] = updates(profile, sized)
         given_training["epochs"] = None
         chosen.append("training.max_steps")
+        # A set so small that MAX_GENERATIVE_EPOCHS passes are fewer updates than the
+        # allocator needs keeps its ranks: reallocating on noise would not help it.
+        fixed_ranks = generative and given_training["max_steps"] < min_schedule_updates()
     elif "epochs" not in given_training:
         given_training["epochs"] = None
     try:
@@ -180,7 +185,7 @@ def resolve(
         raise ConfigError("training", str(exc)) from exc
 
     pick(given_adalora, "adalora", "lora_alpha", defaults.lora_alpha)
-    _pick_ranks(given_adalora, chosen)
+    _pick_ranks(given_adalora, chosen, fixed=fixed_ranks and method == ADALORA)
     plan = plan_run(
         profile.num_rows,
         training_config,
@@ -220,11 +225,13 @@ def default_checkpoint_every(total_steps: int) -> int | None:
     return max(1, math.ceil(total_steps / CHECKPOINTS_PER_RUN))
 
 
-def _pick_ranks(given: dict[str, Any], chosen: list[str]) -> None:
-    """init_r and target_r keep the default ratio (12 -> 8) to whichever of them was given."""
+def _pick_ranks(given: dict[str, Any], chosen: list[str], fixed: bool = False) -> None:
+    """init_r and target_r keep the default ratio (12 -> 8) to whichever of them was given;
+    with neither given, a ``fixed`` run starts at the target and keeps it."""
     init_given, target_given = "init_r" in given, "target_r" in given
     if not init_given and not target_given:
-        given["init_r"], given["target_r"] = AdaLoraConfig.init_r, AdaLoraConfig.target_r
+        start = AdaLoraConfig.target_r if fixed else AdaLoraConfig.init_r
+        given["init_r"], given["target_r"] = start, AdaLoraConfig.target_r
     elif not target_given:
         given["target_r"] = max(1, round(given["init_r"] / INIT_TO_TARGET_RATIO))
     elif not init_given:
@@ -268,16 +275,23 @@ def _generative_batch(num_rows: int) -> int:
 
 def _generative_updates(profile: DataProfile, training: TrainingConfig) -> int:
     """Enough passes to see TARGET_LEARNED_TOKENS (DEFAULT_EPOCHS to MAX_GENERATIVE_EPOCHS), at
-    most MAX_UPDATES, and never fewer than the allocator needs (:func:`min_schedule_updates`)."""
+    most MAX_UPDATES, and raised to what the allocator needs (:func:`min_schedule_updates`)
+    where that is within MAX_GENERATIVE_EPOCHS passes; a smaller set keeps its ranks instead
+    (`resolve`), rather than hundreds of passes over a few rows."""
     per_epoch = updates_per_epoch(max(1, profile.num_rows), training)
     epochs = DEFAULT_EPOCHS
     if profile.learned_chars:
         tokens = max(1, profile.learned_chars // CHARS_PER_TOKEN)
         wanted = math.ceil(TARGET_LEARNED_TOKENS / tokens)
         epochs = min(max(epochs, wanted), MAX_GENERATIVE_EPOCHS)
-    return max(min(epochs * per_epoch, MAX_UPDATES), min_schedule_updates())
+    updates = min(epochs * per_epoch, MAX_UPDATES)
+    floor = min_schedule_updates()
+    if updates < floor <= MAX_GENERATIVE_EPOCHS * per_epoch:
+        return floor
+    return updates
 
 
+@functools.cache
 def min_schedule_updates() -> int:
     """The fewest updates whose default schedule reduces the budget over at least
     MIN_REDUCTION_UPDATES updates, so that :func:`schedule_warnings` has nothing to say."""

@@ -85,7 +85,8 @@ def test_a_generative_batch_leaves_twenty_updates_an_epoch_down_to_four(
         (400, 3_000, 600),  # 24 epochs of 25 updates at batch 16
         (80, 30_000, 462),  # long answers: 3 epochs are 60 updates, the allocator's floor wins
         (80, None, 462),  # unknown content: 3 epochs, then the floor
-        (10, 300, 462),  # a tiny set: at most 30 epochs (90 updates), then the floor
+        (10, 300, 90),  # a tiny set: 30 epochs (90 updates); the floor would be 154 epochs
+        (16, 464, 120),  # the OpenAI e2e test's set: 30 epochs of 4 updates
         (200, 1_500, 750),  # 500 tokens: 48 epochs wanted, 30 of 25 updates (batch 8) taken
         (2_000, 200_000, 462),  # 66,666 tokens: 3 epochs of 125 updates, then the floor
         (4_000, 30_000, 750),  # 10,000 tokens: 3 epochs of 250 updates
@@ -120,7 +121,31 @@ def test_no_generative_schedule_the_recipe_chooses_draws_its_own_warning(
     assert resolved.warnings == ()
     schedule = resolved.plan.schedule
     assert schedule is not None
-    assert schedule.final_mask_step - schedule.t_init >= recipe.MIN_REDUCTION_UPDATES
+    adalora = resolved.plan.adalora
+    reduces = schedule.final_mask_step - schedule.t_init >= recipe.MIN_REDUCTION_UPDATES
+    assert reduces or adalora.init_r == adalora.target_r
+
+
+@pytest.mark.parametrize(
+    ("rows", "chars", "given", "fixed"),
+    [
+        (10, 300, {}, True),  # 90 updates: the allocator would need 154 passes
+        (16, 464, {}, True),
+        (80, None, {}, False),  # 462 updates are 23 passes: raised to the floor instead
+        (80, 3_000, {"batch_size": 64}, True),  # 2 updates a pass
+        (10, 300, {"max_steps": 90}, False),  # a given length is the job's own choice: warned
+    ],
+)
+def test_a_set_too_small_for_the_allocator_keeps_its_ranks(
+    rows: int, chars: int | None, given: dict, fixed: bool
+) -> None:
+    resolved = generative(rows, chars, training=given)
+    adalora = resolved.plan.adalora
+    assert (adalora.init_r == adalora.target_r == 8) is fixed
+    assert "adalora.init_r" in resolved.chosen
+    assert (resolved.warnings != ()) is ("max_steps" in given)
+    given_ranks = generative(rows, chars, training=given, adalora={"init_r": 6, "target_r": 2})
+    assert (given_ranks.plan.adalora.init_r, given_ranks.plan.adalora.target_r) == (6, 2)
 
 
 def test_the_floor_is_the_fewest_updates_without_a_warning() -> None:
