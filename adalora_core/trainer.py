@@ -67,6 +67,9 @@ class TrainResult:
     # last), and whether the early stop ended the run before its last update.
     best_step: int | None = None
     stopped_early: bool = False
+    # Tokens of the training rows the updates took, summed over the run (OpenAI's
+    # trained_tokens; None until a run sets it).
+    trained_tokens: int | None = None
 
 
 def train(
@@ -178,6 +181,7 @@ def train(
     finished = loop.run()
     result = _result(adapted, state, finished)
     result.stopped_early = loop.stopped_early
+    result.trained_tokens = loop.trained_tokens()
     if finished and writes:
         if best is not None and best.bundle is not None:
             result.adapter_dir, result.best_step = best.bundle, best.step

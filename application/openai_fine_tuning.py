@@ -211,7 +211,7 @@ def fine_tuning_job(session: Session, job: Job) -> dict[str, Any]:
         "training_file": _file_id(request.get("dataset_id") or job.dataset_id) or "",
         "validation_file": _file_id(validation),
         "result_files": [result_file_id(job.id)] if status in FINISHED else [],
-        "trained_tokens": None,
+        "trained_tokens": _trained_tokens(job) if status == JobStatus.SUCCEEDED else None,
         "seed": int(((job.hyperparameters or {}).get("training") or {}).get("seed") or 0),
         "organization_id": job.tenant_id,
         "method": {"type": SUPERVISED, "supervised": {"hyperparameters": hyper}},
@@ -219,6 +219,13 @@ def fine_tuning_job(session: Session, job: Job) -> dict[str, Any]:
         "integrations": _integrations(request),
         "adalora_job_id": job.id,
     }
+
+
+def _trained_tokens(job: Job) -> int | None:
+    """The tokens of the training rows the run's updates took (whole passes and the part of
+    the last), as the worker recorded them; None for a job that finished before it did."""
+    value = (job.metrics or {}).get("trained_tokens")
+    return int(value) if value is not None else None
 
 
 def _integrations(request: dict[str, Any]) -> list[dict[str, Any]] | None:

@@ -413,6 +413,8 @@ class JobRunner:
             if result.best_step is not None:  # the best evaluation's adapter, not the last
                 owned.metrics["best_step"] = result.best_step
                 adapter.metrics = {**adapter.metrics, "best_step": result.best_step}
+            if result.trained_tokens is not None:
+                owned.metrics["trained_tokens"] = result.trained_tokens
             owned.progress = {**(owned.progress or {}), "step": result.steps}
             values, events = notes
             if result.stopped_early:

@@ -7,6 +7,7 @@ run replays it; only rank 0 evaluates and checkpoints.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -88,6 +89,20 @@ class UpdateLoop:
                 if position.step == total:
                     break
         return True
+
+    def trained_tokens(self) -> int:
+        """Tokens of the rows the updates so far trained on (OpenAI's ``trained_tokens``):
+        every row of each whole pass, and the rows the current pass's micro-batches took.
+        Derived from the update count and the seeded order, so a resumed run counts the same."""
+        training = self.plan.training
+        per_pass = math.ceil(self.batches_per_epoch / training.grad_accum)
+        passes, updates = divmod(self.state.position.step, per_pass)
+        tokens = passes * sum(self.lengths)
+        if updates:
+            batches = min(updates * training.grad_accum, self.batches_per_epoch)
+            taken = self._epoch_order(passes)[: batches * training.batch_size].tolist()
+            tokens += sum(self.lengths[i] for i in taken)
+        return tokens
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         training = self.plan.training

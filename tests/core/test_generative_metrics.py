@@ -211,3 +211,65 @@ def test_keeping_the_best_needs_validation_rows(gpt2_dir: Path, tmp_path: Path) 
                 output_dir=tmp_path / field_name,
             )
         assert raised.value.field == f"training.{field_name}"
+
+
+# Rows of three lengths, so a token count that mixes rows up shows.
+SIZED = [
+    {"prompt": " ".join(POSITIVE[: 1 + i % 3]), "answer": " ".join(FILLER[: 1 + i % 2])}
+    for i in range(6)
+]
+
+
+class TokensFed(TrainCallbacks):
+    """The oracle: counts the tokens of every micro-batch the model is fed (through loss_fn),
+    and stops the run after ``stop_after`` updates."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.fed = 0
+        self.updates = 0
+        self.stop_after = stop_after
+
+    def loss(self, outputs, batch) -> torch.Tensor:
+        self.fed += int(batch["attention_mask"].sum())
+        return outputs.loss
+
+    def on_progress(self, event) -> None:
+        self.updates += 1
+
+    def should_stop(self) -> bool:
+        return self.stop_after is not None and self.updates >= self.stop_after
+
+
+def sized_run(gpt2_dir: Path, out: Path, fed: TokensFed, checkpoints: Path | None = None):
+    # 6 rows in batches of 4: 2 updates a pass (the second of 2 rows); 5 updates are 2 passes
+    # and the first 4 rows of the third pass's order.
+    return train(
+        base_model=gpt2_dir,
+        task=TASK,
+        train_rows=SIZED,
+        eval_rows=None,
+        plan=plan_run(
+            len(SIZED),
+            TrainingConfig(epochs=None, max_steps=5, batch_size=4, checkpoint_every=2),
+            AdaLoraConfig(init_r=4, target_r=4, lora_alpha=16.0),
+        ),
+        output_dir=out,
+        callbacks=fed,
+        checkpoint_dir=checkpoints,
+        loss_fn=fed.loss,
+    )
+
+
+def test_trained_tokens_are_the_tokens_the_updates_took_resumed_or_not(
+    gpt2_dir: Path, tmp_path: Path
+) -> None:
+    whole = TokensFed()
+    result = sized_run(gpt2_dir, tmp_path / "whole", whole)
+    assert result.steps == 5 and result.trained_tokens == whole.fed
+    lengths = {len(r["input_ids"]) for r in encode_rows(TASK, SIZED, load_tokenizer(gpt2_dir), 32)}
+    assert len(lengths) > 1  # rows differ, so the count depends on which rows were taken
+
+    cut = TokensFed(stop_after=3)  # checkpoint at update 2, cancelled after update 3
+    assert sized_run(gpt2_dir, tmp_path / "cut", cut, tmp_path / "ckpt").cancelled
+    resumed = sized_run(gpt2_dir, tmp_path / "resumed", TokensFed(), tmp_path / "ckpt")
+    assert resumed.steps == 5 and resumed.trained_tokens == whole.fed

@@ -141,6 +141,19 @@ def test_a_wandb_integration_is_the_jobs_report_to(
     assert integration.wandb.tags == ["nightly"]
 
 
+def _file_tokens(settings: Any, rows: list[dict[str, Any]], max_length: int) -> int:
+    """The tokens of the chat rows as the base's tokenizer encodes them for training."""
+    from adalora_core.encoding import encode_rows
+    from adalora_core.hf_loading import load_tokenizer
+    from adalora_core.tasks import CAUSAL_LM, TaskSpec
+
+    tokenizer = load_tokenizer(settings.base_models[LLAMA])
+    encoded = encode_rows(
+        TaskSpec(kind=CAUSAL_LM, text_column="messages"), rows, tokenizer, max_length
+    )
+    return sum(len(row["input_ids"]) for row in encoded)
+
+
 def _learning_rate(live_server: Any, tenant: TenantKey, job_id: str) -> float:
     response = httpx.get(f"{live_server.url}/jobs/{job_id}", headers=tenant.headers)
     assert response.status_code == 200, response.text
@@ -203,6 +216,8 @@ def test_a_fine_tuning_job_from_file_to_served_model(
     done = client.fine_tuning.jobs.retrieve(job.id)
     assert done.status == "succeeded" and done.finished_at is not None
     assert done.fine_tuned_model == f"ft:{LLAMA}:acme:tiny:{job.id}"
+    assert job.trained_tokens is None  # null until it succeeds, as on OpenAI
+    assert done.trained_tokens == 2 * _file_tokens(settings, CHATS, 32)  # 2 whole passes
 
     (result,) = done.result_files
     assert client.files.retrieve(result).purpose == "fine-tune-results"
