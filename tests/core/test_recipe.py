@@ -105,6 +105,8 @@ def test_generative_run_length_follows_rows_and_learned_tokens(
 def test_generative_defaults_are_the_measured_ones() -> None:
     plan = generative(80, 3_000).plan
     assert plan.training.learning_rate == 2e-3 and plan.adalora.lora_alpha == 128
+    lora = recipe.resolve(recipe.DataProfile(80, "causal-lm", learned_chars=3_000), method="lora")
+    assert lora.plan.training.learning_rate == 1e-3 and lora.plan.adalora.lora_alpha == 16
     # the encoder kinds keep theirs
     assert resolve(5_000).plan.training.batch_size == recipe.BATCH_SIZE == 16
 
