@@ -247,8 +247,13 @@ class ContinuousDecoder:
             if over.get(tenant, 0) > 0:
                 over[tenant] -= 1
                 out.add(i)
-        victims = sorted((self._rows[i] for i in out), key=lambda r: r.joined_at)
-        self._keep([i for i in range(len(self._rows)) if i not in out])
+        return self._take_out(out, running)
+
+    def _take_out(self, indices: set[int], running: Counter[str]) -> list[_Row]:
+        """Take these rows out of the batch (cache dropped, tokens kept); each waits first in
+        its tenant's line, the oldest ahead, and is re-prefilled when it joins again."""
+        victims = sorted((self._rows[i] for i in indices), key=lambda r: r.joined_at)
+        self._keep([i for i in range(len(self._rows)) if i not in indices])
         for victim in reversed(victims):  # put_front: the oldest ends up first in line
             running[victim.tenant] -= 1
             self._queue.put_front(victim.tenant, victim)
@@ -273,12 +278,7 @@ class ContinuousDecoder:
             key=lambda i: self._rows[i].joined_at,
             default=max(candidates, key=lambda i: self._rows[i].joined_at),
         )
-        victim = self._rows[index]
-        self._keep([i for i in range(len(self._rows)) if i != index])
-        running[victim.tenant] -= 1
-        self._queue.put_front(victim.tenant, victim)
-        self.preempted += 1
-        return victim
+        return self._take_out({index}, running)[0]
 
     def _prefill(self, joining: list[_Row]) -> None:
         joining.sort(key=lambda r: r.generation.adapter_key)
